@@ -1,0 +1,5 @@
+import sys
+
+from mailmand.cli import main
+
+sys.exit(main())

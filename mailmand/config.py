@@ -1,0 +1,671 @@
+"""Configuration: YAML under `email:`, parsed into frozen dataclasses.
+
+The defaults live here and only here (the dataclass field defaults). The
+loader, validation, `${ENV}` interpolation, secrets, the reload diff and the
+file watcher are below the dataclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from mailmand.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+def data_dir() -> Path:
+    """The user's data directory, where the embedded defaults keep spool and store."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "mailmand"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """`email.queue.default`: where producers put messages."""
+
+    engine: str = "spool"  # spool | redis
+    path: Path = field(default_factory=lambda: data_dir() / "spool")
+    # redis engine (the Go original's keys, or a url)
+    url: str | None = field(default=None, repr=False)  # may hold a password
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    name: str = "mailmand"
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    min: float = 30.0  # seconds
+    max: float = 900.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr
+    identity: str | None = None  # Go original; accepted, unused by smtplib
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """`email.server.smtp`: the relay and how to talk to it."""
+
+    host: str = "localhost"
+    port: int = 25
+    tls: str = "none"  # starttls | ssl | none
+    verify: bool = True
+    ca_file: Path | None = None
+    connections: int = 4
+    rate: float | None = None  # messages per second; None = no ceiling
+    timeout: float = 30.0  # connect and each command
+    data_timeout: float = 120.0  # the DATA phase, which carries the body
+    helo: str | None = None  # name sent in EHLO; None = this host's FQDN
+    auth: AuthConfig | None = None
+
+    @property
+    def relay(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    engine: str = "sqlite3"  # sqlite3 | postgres
+    path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
+    dsn: str | None = field(default=None, repr=False)  # postgres; may hold a password
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """`email.server`: the daemon's dispatch settings."""
+
+    max_fails: int = 3  # attempts before a message fails
+    max_time: float = 3600.0  # seconds past its send time before it expires
+    batch: int = 50  # messages claimed per dispatch run
+    interval: float = 5.0  # dispatch tick when idle
+    lease: float = 300.0  # how long a claim is held before a sweep takes it back
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    retention: float = 30 * 86400.0  # finished mail older than this is purged
+    max_message_size: int = 25 * MiB
+    log_level: str = "INFO"
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    source: Path | None = None  # the file it came from; None = embedded defaults
+
+
+# --- values: durations, rates, sizes --------------------------------------
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+_DURATION_HINT = "a duration such as 90s, 5m, 1h30m or 2d"
+
+
+def _show(value: object) -> str:
+    """A value as an error message shows it: strings quoted, containers by kind."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return type(value).__name__
+
+
+def _kind(value: object) -> str:
+    """A value's type only, for secrets whose text must not be shown."""
+    if isinstance(value, (dict, list)):
+        return _show(value)
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `90s`, `5m`, `1h30m`, `2d`, `1w`, `250ms`, or a plain number of seconds."""
+    seconds: float
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {_DURATION_HINT}, got {_show(value)}")  # noqa: TRY004
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        else:
+            body = text[1:] if text[:1] in "+-" else text
+            parts = list(_DURATION_PART.finditer(body))
+            if not body or "".join(p.group(0) for p in parts) != body:
+                raise ValueError(f"expected {_DURATION_HINT}, got {_show(value)}")
+            seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+            if text.startswith("-"):
+                seconds = -seconds
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected {_DURATION_HINT}, got {_show(value)}")
+    if seconds < 0:
+        raise ValueError(f"expected a duration that is not negative, got {_show(value)}")
+    return seconds
+
+
+_RATE_HINT = "a rate such as 10/s, 30/m, 500/h or 1000/d"
+
+
+def parse_rate(value: object) -> float:
+    """Messages per second from `10/s`, `30/m`, `500/h`, `1000/d`, `100/5m`, or a plain number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {_RATE_HINT}, got {_show(value)}")  # noqa: TRY004
+    count_text, _, per_text = str(value).replace(" ", "").partition("/")
+    if not _NUMBER.fullmatch(count_text):
+        raise ValueError(f"expected {_RATE_HINT}, got {_show(value)}")
+    try:  # `/s` means one second; `/5m` five minutes
+        per = parse_duration(
+            ("1" + per_text if per_text[:1].isalpha() else per_text) if per_text else 1
+        )
+    except ValueError:
+        raise ValueError(f"expected {_RATE_HINT}, got {_show(value)}") from None
+    count = float(count_text)
+    if count <= 0 or per <= 0:
+        raise ValueError(
+            f"expected a rate above zero (omit the key for no limit), got {_show(value)}"
+        )
+    return count / per
+
+
+_SIZE_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgt", start=1):
+    # KB, MB are decimal; KiB, MiB binary; a bare K, M binary as in nginx and systemd
+    _SIZE_UNITS |= {f"{_p}b": 1000**_i, f"{_p}ib": 1024**_i, f"{_p}i": 1024**_i, _p: 1024**_i}
+_SIZE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer, `25MiB`, `10MB`, `512KiB`, `1G`."""
+    hint = f"a size such as 25MiB, 10MB or 512KiB, got {_show(value)}"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected {hint}")  # noqa: TRY004
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected {hint}")
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size < 0:
+        raise ValueError(f"expected a size that is not negative, got {_show(value)}")
+    return round(size)
+
+
+# --- ${ENV} interpolation ----------------------------------------------------
+
+# `$${` is a literal `${`; inside the braces: NAME, NAME:-default (unset or
+# empty), NAME-default (unset), as in the shell.
+_REF = re.compile(r"\$\$(?=\{)|\$\{([^}]*)\}")
+_REF_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)(.*))?", re.DOTALL)
+_SECRET_KEYS = {"password", "dsn", "url"}  # their text is never shown
+
+
+def _interpolate(text: str, key: str) -> str:
+    secret = key.rpartition(".")[2] in _SECRET_KEYS
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "$"
+        ref = _REF_BODY.fullmatch(m.group(1))
+        if not ref:
+            shown = "${...}" if secret else f"${{{m.group(1)}}}"
+            raise ConfigError(
+                f"bad variable reference {shown}: expected ${{NAME}} or ${{NAME:-default}}", key
+            )
+        name, op, default = ref.groups()
+        value = os.environ.get(name)
+        if op is not None and (value is None or (op == ":-" and value == "")):
+            return str(default)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+                key,
+            )
+        return value
+
+    return _REF.sub(sub, text)
+
+
+def _is_literal(text: str) -> bool:
+    """True if the text holds anything but ${VAR} references with no default."""
+    return bool(re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-)?\}", "", text))
+
+
+# --- the schema ---------------------------------------------------------------
+
+_Conv = Callable[[Any, str], Any]
+
+# Keys of the Go original that do nothing in mailmand: accepted, logged as ignored.
+_IGNORED = {
+    "email.buffer": "it sized the Go original's in-process channel; mailmand has none",
+    "email.server.smtp.auth.host": "the relay's name is checked by TLS (verify, ca-file)",
+    "email.server.smtp.auth.identity": "smtplib sends no separate authorization identity",
+}
+_PORT_FOR_TLS = {
+    "ssl": 465,
+    "starttls": 587,
+    "none": 25,
+}  # RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _int(lo: int, hi: int | None = None) -> _Conv:
+    want = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+
+    def conv(value: Any, key: str) -> int:
+        n = (
+            int(value)
+            if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip())
+            else value
+        )
+        if isinstance(n, bool) or not isinstance(n, int) or n < lo or (hi is not None and n > hi):
+            raise ConfigError(f"expected {want}, got {_show(value)}", key)
+        return n
+
+    return conv
+
+
+def _duration(allow_zero: bool = False) -> _Conv:
+    def conv(value: Any, key: str) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            raise ConfigError(str(e), key) from None
+        if seconds == 0 and not allow_zero:
+            raise ConfigError(f"expected a duration above zero, got {_show(value)}", key)
+        return seconds
+
+    return conv
+
+
+def _via(parser: Callable[[object], Any]) -> _Conv:
+    def conv(value: Any, key: str) -> Any:
+        try:
+            return parser(value)
+        except ValueError as e:
+            raise ConfigError(str(e), key) from None
+
+    return conv
+
+
+def _choice(*options: str, upper: bool = False) -> _Conv:
+    def conv(value: Any, key: str) -> str:
+        text = value.upper() if upper and isinstance(value, str) else value
+        if text not in options:
+            raise ConfigError(f"expected one of {', '.join(options)}, got {_show(value)}", key)
+        return str(text)
+
+    return conv
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {_show(value)}", key)
+    return value
+
+
+def _secret(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {_kind(value)}", key)
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, got {_show(value)}", key)
+    return value
+
+
+class _Parser:
+    """One parse: knows the file, for relative paths and its permissions."""
+
+    def __init__(self, source: Path | None) -> None:
+        self.source = source
+        self.base = source.parent if source else Path.cwd()
+
+    def section(self, value: Any, path: str, spec: Mapping[str, _Conv]) -> dict[str, Any]:
+        """Check a mapping's keys and convert its values; returns field name -> value.
+
+        A null or empty value (`${VAR:-}` included) means "not given": the default applies.
+        """
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping, got {_show(value)}", path)
+        out: dict[str, Any] = {}
+        for name, raw in value.items():
+            key = f"{path}.{name}"
+            if key in _IGNORED:
+                log.warning("%s is ignored: %s", key, _IGNORED[key])
+                if name not in spec:
+                    continue
+            if name not in spec:
+                raise ConfigError(f"unknown key (known here: {', '.join(spec)})", key)
+            if isinstance(raw, str):
+                raw = _interpolate(raw, key)
+            if raw is not None and raw != "":
+                out[name.replace("-", "_")] = spec[name](raw, key)
+        return out
+
+    def path(self, value: Any, key: str) -> Path:
+        p = Path(_str(value, key)).expanduser()
+        return p if p.is_absolute() else self.base / p
+
+    def file(self, value: Any, key: str) -> Path:
+        p = self.path(value, key)
+        if not p.is_file():
+            raise ConfigError(f"no such file: {p}", key)
+        return p
+
+    def email(self, value: Any, path: str) -> Config:
+        d = self.section(value, path, {"queue": self.queue, "server": self.server})
+        server = d.get("server") or self.server(
+            None, f"{path}.server"
+        )  # the relay host is required
+        return Config(queue=d.get("queue", QueueConfig()), server=server, source=self.source)
+
+    def queue(self, value: Any, path: str) -> QueueConfig:
+        queue: QueueConfig = self.section(value, path, {"default": self.queue_default}).get(
+            "default", QueueConfig()
+        )
+        return queue
+
+    def queue_default(self, value: Any, path: str) -> QueueConfig:
+        spec = {
+            "engine": _choice("spool", "redis"),
+            "path": self.path,
+            "url": _secret,
+            "host": _str,
+            "port": _int(1, 65535),
+            "db": _int(0),
+            "name": _str,
+        }
+        return QueueConfig(**self.section(value, path, spec))
+
+    def server(self, value: Any, path: str) -> ServerConfig:
+        spec = {
+            "max-fails": _int(1),
+            "max-time": _duration(),
+            "batch": _int(1),
+            "interval": _duration(),
+            "lease": _duration(),
+            "backoff": self.backoff,
+            "retention": _duration(),
+            "max-message-size": _via(parse_size),
+            "log-level": _choice(*LOG_LEVELS, upper=True),
+            "database": self.database,
+            "smtp": self.smtp,
+        }
+        d = self.section(value, path, spec)
+        if "smtp" not in d:
+            d["smtp"] = self.smtp(None, f"{path}.smtp")
+        return ServerConfig(**d)
+
+    def backoff(self, value: Any, path: str) -> BackoffConfig:
+        b = BackoffConfig(
+            **self.section(value, path, {"min": _duration(allow_zero=True), "max": _duration()})
+        )
+        if b.min > b.max:
+            raise ConfigError(f"min ({b.min:g}s) is more than max ({b.max:g}s)", path)
+        return b
+
+    def database(self, value: Any, path: str) -> DatabaseConfig:
+        spec = {"engine": _choice("sqlite3", "postgres"), "path": self.path, "dsn": _secret}
+        db = DatabaseConfig(**self.section(value, path, spec))
+        if db.engine == "postgres" and not db.dsn:
+            raise ConfigError("required when engine is postgres", f"{path}.dsn")
+        return db
+
+    def smtp(self, value: Any, path: str) -> SmtpConfig:
+        spec = {
+            "host": _str,
+            "port": _int(1, 65535),
+            "tls": _choice("starttls", "ssl", "none"),
+            "verify": _bool,
+            "ca-file": self.file,
+            "connections": _int(1),
+            "rate": _via(parse_rate),
+            "timeout": _duration(),
+            "data-timeout": _duration(),
+            "helo": _str,
+            "auth": self.auth,
+        }
+        d = self.section(value, path, spec)
+        if "host" not in d:
+            raise ConfigError("required: the relay to deliver through", f"{path}.host")
+        d.setdefault("port", _PORT_FOR_TLS[d.get("tls", SmtpConfig.tls)])
+        return SmtpConfig(**d)
+
+    def auth(self, value: Any, path: str) -> AuthConfig | None:
+        spec = {"username": _str, "password": _secret, "password-file": self.path, "identity": _str}
+        d = self.section(value, path, spec)
+        secret_file = d.pop("password_file", None)
+        if secret_file and "password" in d:
+            raise ConfigError("give password or password-file, not both", path)
+        if secret_file:
+            d["password"] = self.read_secret(secret_file, f"{path}.password-file")
+        elif "password" in d and _is_literal(value["password"]):
+            self.check_private(f"{path}.password")
+        if "username" not in d:
+            if "password" in d:
+                raise ConfigError("required when a password is given", f"{path}.username")
+            return None
+        if "password" not in d:
+            raise ConfigError(
+                "required with a username: give password or password-file", f"{path}.password"
+            )
+        return AuthConfig(**d)
+
+    def check_private(self, key: str) -> None:
+        """Refuse a literal password in a file every user can read."""
+        try:
+            shared = self.source is not None and self.source.stat().st_mode & 0o004
+        except OSError:  # parse() given a source that is not (or no longer) a file
+            shared = False
+        if shared:
+            raise ConfigError(
+                f"{self.source} is readable by every user and holds a literal password: "
+                f"run `chmod o-r {self.source}`, or use password-file or ${{ENV_VAR}} instead",
+                key,
+            )
+
+    def read_secret(self, path: Path, key: str) -> str:
+        try:
+            secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}", key) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not UTF-8 text", key) from None
+        if not secret:
+            raise ConfigError(f"{path} is empty", key)
+        if path.stat().st_mode & 0o004:
+            log.warning("%s: %s is readable by every user; run `chmod o-r %s`", key, path, path)
+        return secret
+
+
+# --- loading ------------------------------------------------------------------
+
+SYSTEM_CONFIG = Path("/etc/mailmand/mailmand.yaml")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last silently)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def parse(data: object, source: Path | None = None) -> Config:
+    """Validate YAML-loaded data rooted at `email:`; relative paths resolve next to `source`."""
+    if data is None:
+        raise ConfigError(
+            "missing: the file is empty; it must start with the root key email:", "email"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"missing: expected a mapping with the root key email:, got {_show(data)}", "email"
+        )
+    if "email" not in data:
+        raise ConfigError("missing: the file must start with the root key email:", "email")
+    for key in data:
+        if key != "email":
+            # the Go original shared one file with the rest of the application
+            log.warning("%s is ignored: mailmand reads only the email: section", key)
+    return _Parser(source).email(data["email"], "email")
+
+
+def find_config_path(explicit: str | Path | None = None) -> Path | None:
+    """`-c PATH`, else $MAILMAND_CONFIG, else ./mailmand.yaml, else /etc/mailmand/, else None."""
+    for given, origin in (
+        (explicit, "-c"),
+        (os.environ.get("MAILMAND_CONFIG"), "$MAILMAND_CONFIG"),
+    ):
+        if given:  # named explicitly: it must exist
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"configuration file {path} (from {origin}) does not exist")
+            return path.absolute()
+    for path in (Path("mailmand.yaml"), SYSTEM_CONFIG):
+        if path.is_file():
+            return path.absolute()
+    return None
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Find, read and parse the configuration; with no file, the embedded defaults."""
+    found = find_config_path(path)
+    if found is None:
+        return Config()
+    try:
+        text = found.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {found}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        # problem/context only: str(e) quotes the source line, which may hold a password
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        reason = "; ".join(filter(None, (e.context, e.problem)))
+        raise ConfigError(f"{found}: YAML syntax error at {where}: {reason}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{found}: YAML syntax error: {type(e).__name__}") from None
+    return parse(data, found)
+
+
+# --- reloading ----------------------------------------------------------------
+
+
+def restart_required(old: Config, new: Config) -> list[str]:
+    """Key paths that changed but cannot apply to a running daemon (queue, database)."""
+    changed = []
+    for prefix, a, b in (
+        ("email.queue.default", old.queue, new.queue),
+        ("email.server.database", old.server.database, new.server.database),
+    ):
+        for f in fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                changed.append(f"{prefix}.{f.name.replace('_', '-')}")
+    return changed
+
+
+class ConfigWatcher:
+    """Calls `callback()`, from its own thread, after the file at `path` changes.
+
+    Watches the parent directory, not the file: editors save by writing a
+    temporary file and renaming it over the original, or by deleting and
+    recreating it, and a watch on the file itself dies with the old inode.
+    Events within `delay` seconds of each other make one call.
+    """
+
+    def __init__(
+        self, path: str | Path, callback: Callable[[], object], delay: float = 0.1
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.callback = callback
+        self.delay = delay
+        self._changed = threading.Event()
+        self._stopping = False
+        self._observer = Observer()
+        self._thread = threading.Thread(
+            target=self._run, name="mailmand-config-watcher", daemon=True
+        )
+
+    def start(self) -> None:
+        handler = FileSystemEventHandler()
+        handler.on_any_event = self._on_event  # type: ignore[method-assign]
+        self._observer.schedule(handler, str(self.path.parent), recursive=False)
+        self._observer.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        self._observer.stop()
+        self._observer.join()
+        self._thread.join()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        # a delete alone is not a change to act on: the recreate that follows is
+        if event.is_directory or event.event_type not in ("modified", "created", "moved", "closed"):
+            return
+        target = event.dest_path if event.event_type == "moved" else event.src_path
+        if os.path.abspath(os.fsdecode(target)) == str(self.path):
+            self._changed.set()
+
+    def _run(self) -> None:
+        while True:
+            self._changed.wait()
+            while not self._stopping:  # quiet for `delay` before calling
+                self._changed.clear()
+                if not self._changed.wait(self.delay):
+                    break
+            if self._stopping:
+                return
+            try:
+                self.callback()
+            except Exception:  # the watcher must outlive a failing callback
+                log.exception("configuration reload callback failed")

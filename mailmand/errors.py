@@ -1,0 +1,88 @@
+"""The exception tree: one root, and types that carry decisions.
+
+The retry policy reads `TemporaryFailure` / `PermanentFailure`; the CLI reads
+`exit_code`. Messages name the field or key path and the offending value.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class MailmandError(Exception):
+    """Root of every error mailmand raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InvalidMessage(MailmandError, ValueError):
+    """A message that cannot be queued: names the field and the value."""
+
+    exit_code = os.EX_DATAERR
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}: {reason}: {value!r}")
+
+
+class InvalidAddress(InvalidMessage):
+    """An address that does not parse."""
+
+
+class HeaderInjection(InvalidMessage):
+    """CR or LF inside a header value."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """The flattened message is over `max-message-size`."""
+
+
+class ConfigError(MailmandError):
+    """A configuration that does not validate: names the key path."""
+
+    exit_code = os.EX_CONFIG  # 78
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.key_path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class QueueError(MailmandError):
+    """The spool (or another queue engine) cannot be written or read."""
+
+    exit_code = os.EX_TEMPFAIL
+
+
+class StoreError(MailmandError):
+    """The store refused an operation."""
+
+
+class NotFound(StoreError):
+    """No message has that id."""
+
+
+class InvalidState(StoreError):
+    """The operation does not apply to a message in its current status."""
+
+
+class AlreadyRunning(MailmandError):
+    """Another daemon holds the spool's single-instance lock."""
+
+
+class DeliveryFailure(MailmandError):
+    """A failed SMTP exchange; `code` is the reply code or None (no reply)."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code} {reason}" if code else reason)
+
+
+class TemporaryFailure(DeliveryFailure):
+    """4xx, a timeout or a dropped connection: may pass later."""
+
+
+class PermanentFailure(DeliveryFailure):
+    """5xx: will not pass by retrying."""

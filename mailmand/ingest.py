@@ -1,0 +1,129 @@
+"""Queue → store. Commit, then ack: a crash between the two re-delivers an
+item, and the store's insert-by-id makes that a no-op."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .errors import InvalidMessage
+from .message import Record
+from .queues import Item, Queue
+from .stores import Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # items per store transaction
+
+
+@dataclass
+class IngestResult:
+    ingested: int = 0  # new rows in the store
+    duplicates: int = 0  # items whose id was already stored (a re-delivery)
+    quarantined: int = 0
+
+    def __iadd__(self, other: IngestResult) -> IngestResult:
+        self.ingested += other.ingested
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        return self
+
+
+def _decode(item: Item) -> Record | str:
+    """The record, or the reason it cannot be ingested."""
+    if item.error:
+        return item.error
+    try:
+        return Record.from_json(item.data)
+    except InvalidMessage as exc:
+        return str(exc)
+
+
+class Ingester:
+    def __init__(self, queue: Queue, store: Store, on_due: Callable[[], None] | None = None) -> None:
+        self.queue = queue
+        self.store = store
+        self.on_due = on_due  # called when something stored is due now
+
+    def drain(self, limit: int | None = None) -> IngestResult:
+        """Ingest everything waiting (or up to `limit` items)."""
+        total = IngestResult()
+        while limit is None or total.ingested + total.duplicates + total.quarantined < limit:
+            items = self.queue.take(BATCH if limit is None else min(BATCH, limit))
+            if not items:
+                break
+            total += self._ingest(items)
+        return total
+
+    def _ingest(self, items: list[Item]) -> IngestResult:
+        records: list[Record] = []
+        now = time.time()
+        for item in items:
+            got = _decode(item)
+            if isinstance(got, Record):
+                records.append(got)
+            else:
+                self.store.quarantine(got, item.raw, now)
+                log.warning("quarantined a spool item: %s", got)
+        new = self.store.insert(records) if records else 0
+        self.queue.ack(items)
+        result = IngestResult(new, len(records) - new, len(items) - len(records))
+        if new and self.on_due and any(r.send_after <= now for r in records):
+            self.on_due()
+        return result
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.event.set()
+
+
+class IngestLoop:
+    """Runs `drain` in a thread, woken by watchdog within milliseconds of a
+    producer's write, with a slow poll in case a notification is missed."""
+
+    def __init__(self, ingester: Ingester, spool_dir: Path | None, poll: float = 2.0) -> None:
+        self.ingester = ingester
+        self.poll = poll
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self._observer = None
+        if spool_dir is not None:
+            self._observer = Observer()
+            self._observer.schedule(_Wake(self.wake), str(spool_dir), recursive=False)
+        self._thread = threading.Thread(target=self._run, name="mailmand-ingest", daemon=True)
+
+    def start(self) -> None:
+        if self._observer is not None:
+            self._observer.start()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                result = self.ingester.drain()
+                if result.ingested or result.quarantined:
+                    log.debug("ingested %d, quarantined %d", result.ingested, result.quarantined)
+            except Exception:  # the loop must survive a bad moment (disk full, locked store)
+                log.exception("ingest failed; retrying in %.1fs", self.poll)
+            self.wake.wait(self.poll)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        self._thread.join(timeout=30)

@@ -1,0 +1,147 @@
+"""The local spool: a persist-queue SQLiteAckQueue in a directory.
+
+This module is the only one that imports persist-queue. Records are JSON
+(persist-queue's JSON serializer); pickle is never used, so whoever can write
+the spool cannot run code in the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import persistqueue
+import persistqueue.serializers.json as pq_json
+from persistqueue.exceptions import Empty
+
+from ..errors import QueueError
+from .base import Item, Queue
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "data.db"  # persist-queue's default file name
+BUSY_TIMEOUT = 30.0  # seconds sqlite waits on a lock before raising
+RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    data: Any
+    raw: bytes
+    error: str | None
+
+
+class _JsonSerializer:
+    """persist-queue's JSON serializer, but a bad item comes back as a value
+    (with its bytes and the reason) instead of an exception, so the daemon can
+    quarantine it and go on."""
+
+    dumps = staticmethod(pq_json.dumps)
+
+    @staticmethod
+    def loads(value: bytes | str) -> _Loaded:
+        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+        try:
+            return _Loaded(pq_json.loads(raw), raw, None)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _Loaded(None, raw, f"not valid JSON: {exc}")
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _prepare_dir(path: Path) -> None:
+    """Create the spool so that members of the daemon's group can write it."""
+    try:
+        if not path.exists():
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o2770)  # setgid: files inherit the directory's group
+        db = path / DB_FILE
+        if not db.exists():
+            os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o660))
+        if db.stat().st_uid == os.geteuid():
+            # SQLite creates -wal and -shm with the database file's mode.
+            os.chmod(db, (db.stat().st_mode | 0o660) & 0o7777)
+    except PermissionError as exc:
+        raise QueueError(f"cannot write the spool at {path}: permission denied "
+                         "(is this user in the daemon's group?)") from exc
+
+
+class SpoolQueue(Queue):
+    """persist-queue behind our Queue contract. Producers open it with
+    auto_resume=False: only the daemon may hand back in-flight items."""
+
+    def __init__(self, path: Path, *, daemon: bool = False) -> None:
+        self.path = Path(path)
+        self.daemon = daemon
+        _prepare_dir(self.path)
+        self._q = self._retry(self._open, "open")
+        if daemon:
+            # Ack marks need not be durable: an item whose ack is lost is
+            # ingested again, and ingest is idempotent. Producers keep FULL.
+            for conn in {id(c): c for c in (self._q._putter, self._q._getter)}.values():
+                conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _open(self) -> persistqueue.SQLiteAckQueue:
+        return persistqueue.SQLiteAckQueue(
+            str(self.path), auto_resume=False, multithreading=True,
+            timeout=BUSY_TIMEOUT, serializer=_JsonSerializer,
+        )
+
+    def _retry(self, fn: Any, what: str, *args: Any) -> Any:
+        deadline = time.monotonic() + RETRY_FOR
+        delay = 0.005
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                if _locked(exc) and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                if "readonly" in str(exc) or "unable to open" in str(exc):
+                    raise QueueError(f"cannot write the spool at {self.path}: {exc} "
+                                     "(is this user in the daemon's group?)") from exc
+                raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
+
+    def put(self, record: dict[str, Any]) -> None:
+        # persist-queue commits each put (auto_commit), and SQLite's WAL with
+        # synchronous=FULL fsyncs at commit: durable when this returns.
+        self._retry(self._q.put, "put", record)
+
+    def take(self, limit: int) -> list[Item]:
+        items: list[Item] = []
+        while len(items) < limit:
+            try:
+                got = self._retry(self._q.get, "take", False, None, None, False, True)
+            except Empty:
+                break
+            loaded: _Loaded = got["data"]
+            items.append(Item(token=got["pqid"], data=loaded.data, raw=loaded.raw, error=loaded.error))
+        return items
+
+    def ack(self, items: list[Item]) -> None:
+        for item in items:
+            self._retry(self._q.ack, "ack", None, item.token)
+        if items:
+            # The ack queue keeps acked rows and its get scans past them:
+            # delete them as we go, or the drain slows as history grows.
+            self._retry(self._q.clear_acked_data, "clear", 0, 0, True)
+
+    def resume(self) -> int:
+        n = self._q.unack_count()
+        self._retry(self._q.resume_unack_tasks, "resume")
+        return n
+
+    def pending(self) -> int:
+        return int(self._retry(self._q._count, "count"))
+
+    def close(self) -> None:
+        self._q.close()
