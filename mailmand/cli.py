@@ -40,14 +40,27 @@ def _version() -> str:
     return f"mailmand {__version__} ({COMMIT})"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("mailmand").setLevel(level.upper())
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler warns when a poke finds the job running; the job loops again by design.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _when(ts: float | None) -> str:
@@ -150,11 +163,11 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     print(f"last error: {info.last_error or '-'}")
     print(f"attempts ({len(attempts)}):")
     for a in attempts:
-        print(f"  {_when(a.at)}  {a.outcome:<9} {a.code or '-':>3} {a.duration * 1000:7.1f} ms  {a.relay}  {a.reply}")
+        print(f"  {_when(a.at)}  {a.outcome:<9} {a.duration * 1000:7.1f} ms  {a.relay}  {a.reply}")
     if recipients:
         print("recipients:")
         for r in recipients:
-            print(f"  {r.address:<30} {r.status:<9} {r.code or '-':>3} {r.reply}")
+            print(f"  {r.address:<30} {r.status:<9} {r.reply}")
     return EX_OK
 
 
@@ -338,18 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--priority", type=int, default=0)
     add("check-config", cmd_check_config, "validate the configuration and exit 0, or 78")
     add("demo", cmd_demo, "show the whole pipeline on a loopback SMTP server")
-    add("sendmail", cmd_sendmail, "sendmail-compatible entry point (-t -i -f -F)").add_argument(
-        "sendmail_args", nargs=argparse.REMAINDER)
+    add("sendmail", cmd_sendmail, "sendmail-compatible: reads a message on stdin; "
+        "-t (recipients from headers), -i, -f SENDER, -F NAME, RECIPIENT...").set_defaults(sendmail_args=[])
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    tail: list[str] = []
+    if "sendmail" in argv:  # sendmail's own flags (-t -i -f -F …) pass through untouched
+        at = argv.index("sendmail")
+        argv, tail = argv[: at + 1], argv[at + 1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
         return int(exc.code or 0)
+    if tail:
+        args.sendmail_args = tail
     fn = getattr(args, "fn", cmd_run)
     if fn is cmd_run:
         args.once = getattr(args, "once", False)

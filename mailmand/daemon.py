@@ -122,7 +122,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention)
-        self.ingester.on_due = sched.poke
+        self.ingester.on_stored = sched.wake_at
         loop = IngestLoop(self.ingester, self.cfg.queue.path if self.cfg.queue.engine == "spool" else None)
         watcher = None
         if self.cfg.source is not None:
@@ -156,6 +156,10 @@ class Daemon:
             self.close()
         log.info("stopped")
         return 0
+
+    def stop(self) -> None:
+        """Ask `run()` to stop, as SIGTERM does (safe from any thread)."""
+        self._stop = True
 
     def _request_reload(self) -> None:
         self._reload = True

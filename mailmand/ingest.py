@@ -47,10 +47,11 @@ def _decode(item: Item) -> Record | str:
 
 
 class Ingester:
-    def __init__(self, queue: Queue, store: Store, on_due: Callable[[], None] | None = None) -> None:
+    def __init__(self, queue: Queue, store: Store,
+                 on_stored: Callable[[float], None] | None = None) -> None:
         self.queue = queue
         self.store = store
-        self.on_due = on_due  # called when something stored is due now
+        self.on_stored = on_stored  # called with the earliest send time of what was stored
 
     def drain(self, limit: int | None = None) -> IngestResult:
         """Ingest everything waiting (or up to `limit` items)."""
@@ -75,8 +76,8 @@ class Ingester:
         new = self.store.insert(records) if records else 0
         self.queue.ack(items)
         result = IngestResult(new, len(records) - new, len(items) - len(records))
-        if new and self.on_due and any(r.send_after <= now for r in records):
-            self.on_due()
+        if new and self.on_stored:
+            self.on_stored(min(r.send_after for r in records))
         return result
 
 
@@ -85,7 +86,9 @@ class _Wake(FileSystemEventHandler):
         self.event = event
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
+        # A producer's commit writes the WAL: modified (or created/moved for
+        # a new file). Opens, reads and attribute changes are not news.
+        if not event.is_directory and event.event_type in ("modified", "created", "moved"):
             self.event.set()
 
 
@@ -110,15 +113,27 @@ class IngestLoop:
         self._thread.start()
 
     def _run(self) -> None:
+        woken = False
         while not self.stopping.is_set():
             self.wake.clear()
-            try:
-                result = self.ingester.drain()
-                if result.ingested or result.quarantined:
-                    log.debug("ingested %d, quarantined %d", result.ingested, result.quarantined)
-            except Exception:  # the loop must survive a bad moment (disk full, locked store)
-                log.exception("ingest failed; retrying in %.1fs", self.poll)
-            self.wake.wait(self.poll)
+            # inotify reports the WAL write a moment before the commit is
+            # visible to readers: after a wake that found nothing, look again
+            # shortly rather than at the next poll.
+            for delay in (0.0, 0.002, 0.01, 0.05) if woken else (0.0,):
+                time.sleep(delay)
+                if self._drain():
+                    break
+            woken = self.wake.wait(self.poll)
+
+    def _drain(self) -> bool:
+        try:
+            result = self.ingester.drain()
+        except Exception:  # the loop must survive a bad moment (disk full, locked store)
+            log.exception("ingest failed; retrying in %.1fs", self.poll)
+            return True
+        if result.ingested or result.quarantined:
+            log.debug("ingested %d, quarantined %d", result.ingested, result.quarantined)
+        return bool(result.ingested or result.duplicates or result.quarantined)
 
     def stop(self) -> None:
         self.stopping.set()

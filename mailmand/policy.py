@@ -65,6 +65,6 @@ def _reason(result: SendResult, refused: list[RecipientResult]) -> str | None:
     if result.kind == "sent" and not refused:
         return None
     if result.kind == "sent":
-        detail = "; ".join(f"{r.address}: {r.code or ''} {r.reply}".replace("  ", " ") for r in refused)
+        detail = "; ".join(f"{r.address}: {r.reply}" for r in refused)
         return f"delivered to {len(result.recipients) - len(refused)} of {len(result.recipients)}; {detail}"
-    return f"{result.code} {result.reply}" if result.code else result.reply
+    return result.reply  # the relay's reply, code included, or what went wrong

@@ -34,7 +34,8 @@ def make_config(tmp_path: Path):
 def write_config(tmp_path: Path):
     """Write a YAML config for a relay; returns its path (for subprocess daemons)."""
 
-    def write(port: int, name: str = "mailmand.yaml", extra_server: str = "", smtp_extra: str = "") -> Path:
+    def write(port: int, name: str = "mailmand.yaml", extra_server: str = "", smtp_extra: str = "",
+              interval: str = "1s") -> Path:
         path = tmp_path / name
         path.write_text(
             "email:\n"
@@ -42,7 +43,7 @@ def write_config(tmp_path: Path):
             f"      path: {tmp_path / 'spool'}\n"
             "  server:\n"
             f"    database:\n      engine: sqlite3\n      path: {tmp_path / 'mailmand.db'}\n"
-            "    interval: 1s\n"
+            f"    interval: {interval}\n"
             "    backoff: {min: 1s, max: 2s}\n"
             f"{extra_server}"
             f"    smtp:\n      host: 127.0.0.1\n      port: {port}\n      tls: none\n      timeout: 5s\n"

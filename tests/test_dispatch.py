@@ -1,0 +1,331 @@
+"""Dispatch against real SMTP servers: delivery, retries, scheduling, TLS/AUTH,
+crash, latency and graceful stop. The clock is injected where time matters."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections import Counter
+from email import message_from_bytes
+
+import pytest
+
+from mailmand import Client, Email
+from mailmand.cli import main
+from mailmand.config import AuthConfig, BackoffConfig, SmtpConfig
+from mailmand.daemon import Daemon
+from mailmand.errors import AlreadyRunning
+from mailmand.stores import Status
+from tests.daemonproc import DaemonProcess, wait_until
+
+
+def smtp_for(server, **kw) -> SmtpConfig:
+    return SmtpConfig(host=server.host, port=server.port, timeout=5.0, data_timeout=5.0, **kw)
+
+
+def enqueue(cfg, n: int = 1, **kw) -> list[str]:
+    client = Client(cfg)
+    try:
+        return [client.enqueue(Email(sender="app@example.com", to=kw.pop("to", "ann@example.com"),
+                                     subject=f"m{i}", text="hello", **kw)) for i in range(n)]
+    finally:
+        client.close()
+
+
+def message_ids(server) -> Counter[str]:
+    return Counter(message_from_bytes(m.data)["Subject"] for m in server.messages)
+
+
+def test_200_messages_once_each_over_few_connections(smtp_server, write_config, capsys):
+    server = smtp_server()
+    conf = write_config(server.port, extra_server="    batch: 50\n", smtp_extra="      connections: 1\n")
+    assert main(["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com",
+                 "--subject", "probe", "--text", "x"]) == 0
+    from mailmand.config import load
+    cfg = load(conf)
+    enqueue(cfg, 199)
+    assert main(["--once", "-c", str(conf)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "ingested 200, sent 200, deferred 0, failed 0, expired 0"
+    counts = message_ids(server)
+    assert len(server.messages) == 200 and set(counts.values()) == {1}
+    assert server.connections <= math.ceil(200 / 50)
+
+
+def test_once_summary_line(smtp_server, write_config, capsys):
+    server = smtp_server(rcpt_replies={"bad@example.com": "550 5.1.1 no such user"})
+    conf = write_config(server.port)
+    from mailmand.config import load
+    cfg = load(conf)
+    enqueue(cfg, 3)
+    enqueue(cfg, 1, to="bad@example.com")
+    capsys.readouterr()
+    assert main(["--once", "-c", str(conf)]) == 0
+    assert capsys.readouterr().out.strip() == "ingested 4, sent 3, deferred 0, failed 1, expired 0"
+
+
+def daemon_for(make_config, server, **server_kw) -> Daemon:
+    server_kw.setdefault("backoff", BackoffConfig(min=30, max=600))
+    smtp_kw = server_kw.pop("smtp_kw", {})
+    return Daemon(make_config(smtp_for(server, **smtp_kw), **server_kw))
+
+
+def test_451_defers_with_backoff_then_delivers(smtp_server, make_config):
+    server = smtp_server(data_reply="451 4.3.0 try again later")
+    d = daemon_for(make_config, server)
+    [mid] = enqueue(d.cfg)
+    t0 = time.time()
+    assert d.once(now=t0).dispatched.deferred == 1
+    info = d.store.get(mid)
+    assert info.status is Status.DEFERRED and "451 4.3.0 try again later" in info.last_error
+    assert t0 + 30 <= info.due_at <= t0 + 600
+    server.data_reply = None
+    assert d.once(now=t0 + 1).dispatched.sent == 0  # not due yet: no hammering
+    assert d.once(now=info.due_at).dispatched.sent == 1
+    assert d.store.get(mid).status is Status.SENT
+    assert [a.outcome for a in d.store.attempts(mid)] == ["temporary", "sent"]
+    assert len(server.messages) == 1
+    d.close()
+
+
+def test_550_fails_at_once_with_the_reply(smtp_server, make_config):
+    server = smtp_server(rcpt_replies={"ann@example.com": "550 5.1.1 no such user"})
+    d = daemon_for(make_config, server)
+    [mid] = enqueue(d.cfg)
+    assert d.once().dispatched.failed == 1
+    info = d.store.get(mid)
+    assert info.status is Status.FAILED and info.last_code == 550 and "no such user" in info.last_error
+    [attempt] = d.store.attempts(mid)
+    assert attempt.code == 550 and attempt.outcome == "permanent"
+    assert d.once(now=time.time() + 10_000).dispatched.failed == 0  # never tried again
+    assert server.messages == []
+    d.close()
+
+
+def test_max_fails_is_honoured(smtp_server, make_config):
+    server = smtp_server(data_reply="451 4.3.0 busy")
+    d = daemon_for(make_config, server, max_fails=3, max_time=10**6)
+    [mid] = enqueue(d.cfg)
+    now = time.time()
+    for expected in (Status.DEFERRED, Status.DEFERRED, Status.FAILED):
+        d.once(now=now)
+        info = d.store.get(mid)
+        assert info.status is expected
+        now = info.due_at
+    assert info.attempts == 3 and "max-fails (3) reached" in info.last_error
+    assert d.once(now=now + 10**5).dispatched.failed == 0
+    d.close()
+
+
+def test_max_time_expires(smtp_server, make_config):
+    server = smtp_server(data_reply="451 4.3.0 busy")
+    d = daemon_for(make_config, server, max_fails=100, max_time=120, backoff=BackoffConfig(30, 60))
+    [mid] = enqueue(d.cfg)
+    d.ingester.drain()
+    t0 = time.time()
+    now = t0
+    while d.store.get(mid).status is not Status.EXPIRED:
+        d.once(now=now)
+        now = d.store.get(mid).due_at
+        assert now <= t0 + 121, "the next try never lands past the deadline"
+    info = d.store.get(mid)
+    assert "max-time" in info.last_error and info.finished_at is not None
+    tries = len(server.messages)
+    assert d.once(now=now + 10**5).dispatched.expired == 0
+    assert len(server.messages) == tries
+    # One that waited past max-time before anyone could send it expires without a connection.
+    [late] = enqueue(d.cfg)
+    before = server.connections
+    assert d.once(now=time.time() + 500).dispatched.expired == 1
+    assert d.store.get(late).status is Status.EXPIRED and server.connections == before
+    d.close()
+
+
+def test_mixed_recipients_are_recorded_each(smtp_server, make_config):
+    server = smtp_server(rcpt_replies={"gone@example.com": "550 5.1.1 gone",
+                                       "later@example.com": "451 4.2.1 mailbox busy"})
+    d = daemon_for(make_config, server)
+    [mid] = enqueue(d.cfg, to=["ok@example.com", "gone@example.com", "later@example.com"])
+    d.once()
+    info = d.store.get(mid)
+    assert info.status is Status.DEFERRED
+    rcpt = {r.address: r for r in d.store.recipients(mid)}
+    assert (rcpt["ok@example.com"].status, rcpt["ok@example.com"].code) == ("sent", 250)
+    assert (rcpt["gone@example.com"].status, rcpt["gone@example.com"].code) == ("failed", 550)
+    assert (rcpt["later@example.com"].status, rcpt["later@example.com"].code) == ("deferred", 451)
+    assert [list(m.rcpt_tos) for m in server.messages] == [["ok@example.com"]]
+    server.rcpt_replies = {}
+    d.once(now=info.due_at)
+    assert d.store.get(mid).status is Status.SENT
+    # Only the temporarily refused recipient was tried again.
+    assert [list(m.rcpt_tos) for m in server.messages] == [["ok@example.com"], ["later@example.com"]]
+    assert {r.address: r.status for r in d.store.recipients(mid)}["later@example.com"] == "sent"
+    d.close()
+
+
+def test_send_later_is_not_sent_before_its_time_injected_clock(smtp_server, make_config):
+    server = smtp_server()
+    d = daemon_for(make_config, server)
+    client = Client(d.cfg)
+    t0 = time.time()
+    mid = client.send_later(Email(sender="a@example.com", to="b@example.com", text="x"), "2s")
+    client.close()
+    assert d.once(now=t0 + 1.0).dispatched.sent == 0
+    assert d.store.get(mid).status is Status.QUEUED and server.messages == []
+    assert d.once(now=t0 + 2.5).dispatched.sent == 1
+    d.close()
+
+
+def test_leases_that_ran_out_go_back(smtp_server, make_config):
+    server = smtp_server()
+    d = daemon_for(make_config, server, lease=60)
+    ids = enqueue(d.cfg, 3)
+    d.ingester.drain()
+    now = time.time()
+    assert len(d.store.claim(now, 10, "a-dead-peer", 60)) == 3
+    assert d.once(now=now + 30).dispatched.sent == 0  # still leased
+    assert d.once(now=now + 61).dispatched.sent == 3
+    assert all(d.store.get(i).status is Status.SENT for i in ids)
+    d.close()
+
+
+def test_auth_good_and_bad_credentials(smtp_server, make_config, tmp_path):
+    server = smtp_server(auth=("app", "s3cret-pw"))
+    d = daemon_for(make_config, server, smtp_kw={"auth": AuthConfig("app", "s3cret-pw")})
+    [good] = enqueue(d.cfg)
+    d.once()
+    assert d.store.get(good).status is Status.SENT
+    d.close()
+    d = daemon_for(make_config, server, smtp_kw={"auth": AuthConfig("app", "wrong-pw")})
+    [bad] = enqueue(d.cfg)
+    d.once()
+    info = d.store.get(bad)
+    assert info.status is Status.DEFERRED and "authentication failed" in info.last_error
+    assert "wrong-pw" not in info.last_error and "wrong-pw" not in repr(d.cfg)
+    d.close()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_tls_verified_and_untrusted_refused(smtp_server, make_config, tls_ca, mode):
+    server = smtp_server(tls=mode)
+    d = daemon_for(make_config, server, smtp_kw={"tls": mode, "ca_file": tls_ca.ca_file})
+    [ok] = enqueue(d.cfg)
+    d.once()
+    assert d.store.get(ok).status is Status.SENT
+    d.close()
+    d = daemon_for(make_config, server, smtp_kw={"tls": mode})  # system CAs do not know trustme's
+    [refused] = enqueue(d.cfg)
+    d.once()
+    info = d.store.get(refused)
+    assert info.status is Status.DEFERRED and "certificate verify failed" in info.last_error
+    d.close()
+    d = daemon_for(make_config, server, smtp_kw={"tls": mode, "verify": False})  # asked for explicitly
+    d.once(now=info.due_at)
+    assert d.store.get(refused).status is Status.SENT
+    d.close()
+
+
+def test_second_daemon_on_the_same_spool_is_refused(make_config, smtp_server, write_config):
+    server = smtp_server()
+    d = daemon_for(make_config, server)
+    with pytest.raises(AlreadyRunning, match="already running"):
+        daemon_for(make_config, server)
+    d.close()
+    conf = write_config(server.port)
+    first = DaemonProcess(conf).ready()
+    from tests.conftest import run_cli
+    second = run_cli("run", "-c", str(conf), timeout=30)
+    assert second.returncode == 1
+    assert b"already running" in second.stderr and b"Traceback" not in second.stderr
+    assert first.stop() == 0
+
+
+def test_real_daemon_latency_and_scheduling(smtp_server, write_config):
+    server = smtp_server()
+    conf = write_config(server.port, interval="5s")
+    from mailmand.config import load
+    cfg = load(conf)
+    daemon = DaemonProcess(conf).ready()
+    try:
+        client = Client(cfg)
+        for n in range(1, 4):  # an idle daemon: watchdog wakes ingest, ingest pokes dispatch
+            t0 = time.time()
+            client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=f"now{n}", text="x"))
+            assert wait_until(lambda: len(server.messages) == n, timeout=5)
+            assert time.time() - t0 < 1.0, "an idle daemon must deliver a new message in under 1 s"
+        t0 = time.time()
+        client.send_later(Email(sender="a@example.com", to="b@example.com", subject="later", text="x"), "2s")
+        time.sleep(1.5)
+        assert len(server.messages) == 3, "sent before its time"
+        assert wait_until(lambda: len(server.messages) == 4, timeout=5)
+        assert 2.0 <= time.time() - t0 < 3.5
+        client.close()
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_deferred_mail_goes_out_when_due_on_a_running_daemon(smtp_server, write_config):
+    server = smtp_server(data_reply="451 4.3.0 not yet")
+    conf = write_config(server.port)  # backoff 1s..2s
+    from mailmand.config import load
+    daemon = DaemonProcess(conf).ready()
+    try:
+        [mid] = enqueue(load(conf))
+        daemon.wait_for(f"deferred {mid} until")
+        server.data_reply = None
+        assert wait_until(lambda: len(server.messages) == 1, timeout=10)
+    finally:
+        assert daemon.stop() == 0
+    from mailmand.stores import open_store
+    store = open_store(load(conf).server.database)
+    assert store.get(mid).status is Status.SENT and store.get(mid).attempts == 2
+    store.close()
+
+
+def test_sigkill_mid_run_then_restart_delivers_everything(smtp_server, write_config):
+    server = smtp_server()
+    conf = write_config(server.port, extra_server="    batch: 50\n", smtp_extra="      connections: 4\n")
+    from mailmand.config import load
+    cfg = load(conf)
+    client = Client(cfg)
+    subjects = [f"m{i}" for i in range(1000)]
+    for s in subjects:
+        client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=s, text="x"))
+    client.close()
+    server.stall = 0.002  # so the kill lands mid-run
+    daemon = DaemonProcess(conf).ready()
+    assert wait_until(lambda: len(server.messages) >= 300, timeout=60)
+    daemon.kill()
+    got_at_kill = len(server.messages)
+    assert got_at_kill < 1000, "the kill must land in the middle of the run"
+    server.stall = 0
+    restarted = DaemonProcess(conf).ready()
+    assert wait_until(lambda: set(message_ids(server)) == set(subjects), timeout=60)
+    assert restarted.stop() == 0
+    counts = message_ids(server)
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= 50, f"{duplicates} duplicates: more than one batch was in flight"
+    assert "took back" in restarted.log  # at once, not after the lease
+
+
+def test_sigterm_during_a_batch_loses_nothing(smtp_server, write_config):
+    server = smtp_server(stall=0.05)
+    conf = write_config(server.port, extra_server="    batch: 100\n", smtp_extra="      connections: 1\n")
+    from mailmand.config import load
+    cfg = load(conf)
+    ids = enqueue(cfg, 100)
+    daemon = DaemonProcess(conf).ready()
+    assert wait_until(lambda: len(server.messages) >= 5, timeout=20)
+    assert daemon.stop() == 0  # SIGTERM
+    sent_before = len(server.messages)
+    assert sent_before < 100
+    from mailmand.stores import open_store
+    store = open_store(cfg.server.database)
+    counts = store.counts()
+    assert counts[Status.SENDING] == 0, "a graceful stop leaves nothing claimed"
+    assert counts[Status.SENT] == sent_before  # what went out is recorded as sent
+    store.close()
+    server.stall = 0
+    assert main(["--once", "-c", str(conf)]) == 0
+    assert sorted(message_ids(server)) == sorted(f"m{i}" for i in range(100))
+    assert len(ids) == 100
