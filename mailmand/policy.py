@@ -37,7 +37,7 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     """The message's new status after `result`, and each recipient's outcome."""
     recipients = [RecipientOutcome(r.address, RECIPIENT_STATUS[r.kind], r.code, r.reply)
                   for r in result.recipients]
-    temporary = tuple(r.address for r in result.recipients if r.kind == "temporary")
+    temporary = result.retry_recipients
     refused = [r for r in result.recipients if r.kind != "sent"]
     reason = _reason(result, refused)
 
