@@ -356,12 +356,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_index(argv: list[str]) -> int | None:
+    """Where the subcommand is: the first word that is not an option or -c's value."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-c", "--config"):
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     tail: list[str] = []
-    if "sendmail" in argv:  # sendmail's own flags (-t -i -f -F …) pass through untouched
-        at = argv.index("sendmail")
+    at = _command_index(argv)
+    if at is not None and argv[at] == "sendmail":  # sendmail's own flags (-t -i -f -F …) pass untouched
         argv, tail = argv[: at + 1], argv[at + 1:]
     try:
         args = parser.parse_args(argv)
@@ -373,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if fn is cmd_run:
         args.once = getattr(args, "once", False)
     try:
-        cfg = configmod.load(getattr(args, "config", None))
+        cfg = configmod.load(getattr(args, "config", None), producer=fn in (cmd_send, cmd_sendmail))
     except MailmandError as exc:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -35,7 +35,7 @@ def _delay_seconds(delay: str | float | int | timedelta) -> float:
 
 class Client:
     def __init__(self, config: str | Path | Config | None = None) -> None:
-        self.config = config if isinstance(config, Config) else configmod.load(config)
+        self.config = config if isinstance(config, Config) else configmod.load(config, producer=True)
         self._queue: Queue | None = None
         self._pid = 0
         self._lock = threading.Lock()

@@ -567,8 +567,22 @@ def find_config_path(explicit: str | Path | None = None) -> Path | None:
     return None
 
 
-def load(path: str | Path | None = None) -> Config:
-    """Find, read and parse the configuration; with no file, the embedded defaults."""
+def _drop_daemon_secrets(data: object) -> None:
+    """Producers need the queue, not the relay's credentials: an application
+    user who cannot read the SMTP secret must still be able to enqueue."""
+    server = data.get("email", {}).get("server") if isinstance(data, dict) else None
+    if not isinstance(server, dict):
+        return
+    if isinstance(server.get("smtp"), dict):
+        server["smtp"].pop("auth", None)
+    if isinstance(server.get("database"), dict):
+        server["database"].pop("dsn", None)
+
+
+def load(path: str | Path | None = None, *, producer: bool = False) -> Config:
+    """Find, read and parse the configuration; with no file, the embedded
+    defaults. `producer=True` (clients, `send`, `sendmail`) skips the daemon's
+    secrets: the AUTH password and the database DSN."""
     found = find_config_path(path)
     if found is None:
         return Config()
@@ -586,6 +600,8 @@ def load(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{found}: YAML syntax error at {where}: {reason}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{found}: YAML syntax error: {type(e).__name__}") from None
+    if producer:
+        _drop_daemon_secrets(data)
     return parse(data, found)
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,8 @@ class Daemon:
 
 def _watchdog_interval() -> float:
     usec = os.environ.get("WATCHDOG_USEC")
-    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+    # In the one-file binary, systemd's main PID is PyInstaller's bootloader, our parent.
+    ours = {str(os.getpid())} | ({str(os.getppid())} if getattr(sys, "frozen", False) else set())
+    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) not in ours:
         return 0.0
     return int(usec) / 2e6  # ping at half the timeout, as sd_watchdog_enabled(3) advises

@@ -55,6 +55,12 @@ class QueueError(MailmandError):
     exit_code = os.EX_TEMPFAIL
 
 
+class SpoolPermissionError(QueueError):
+    """This user may not write the spool (not in the daemon's group)."""
+
+    exit_code = os.EX_NOPERM
+
+
 class StoreError(MailmandError):
     """The store refused an operation."""
 

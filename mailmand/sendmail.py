@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from .client import Client
 from .config import Config
-from .errors import InvalidMessage, MailmandError, QueueError
+from .errors import InvalidMessage, MailmandError
 from .message import Email
 
 # Options sendmail accepts that mean nothing for a queue: taken and ignored.
@@ -84,10 +84,7 @@ def sendmail(cfg: Config, argv: Sequence[str]) -> int:
     except InvalidMessage as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return os.EX_DATAERR
-    except QueueError as exc:
-        print(f"sendmail: {exc}", file=sys.stderr)
-        return os.EX_TEMPFAIL if "permission" not in str(exc) else os.EX_NOPERM
-    except MailmandError as exc:
+    except MailmandError as exc:  # spool: EX_TEMPFAIL, or EX_NOPERM for a user outside the group
         print(f"sendmail: {exc}", file=sys.stderr)
         return exc.exit_code
     return os.EX_OK

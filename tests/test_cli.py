@@ -227,3 +227,25 @@ def test_check_config_and_exit_codes(tmp_path, write_config, capsys):
     assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 78
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.decode().startswith("mailmand ")
+
+
+def test_producers_do_not_need_the_relay_secret(write_config, monkeypatch, capsys):
+    conf = write_config(9, smtp_extra="      auth:\n        username: app\n        password: ${SMTP_PASSWORD}\n")
+    conf.chmod(0o640)
+    monkeypatch.delenv("SMTP_PASSWORD", raising=False)
+    assert main(["check-config", "-c", str(conf)]) == 78  # the daemon needs it...
+    assert "SMTP_PASSWORD" in capsys.readouterr().err
+    assert main(["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com",
+                 "--text", "x"]) == 0  # ...an application enqueueing does not
+    from mailmand import Client, Email
+    Client(conf).enqueue(Email(sender="a@example.com", to="b@example.com", text="x"))
+
+
+def test_a_word_sendmail_inside_send_flags_is_just_a_word(smtp_server, write_config, capsys):
+    server = smtp_server()
+    conf = write_config(server.port)
+    assert main(["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com",
+                 "--subject", "sendmail", "--text", "the body"]) == 0
+    assert main(["--once", "-c", str(conf)]) == 0
+    [got] = server.messages
+    assert b"the body" in got.data and message_from_bytes(got.data)["Subject"] == "sendmail"

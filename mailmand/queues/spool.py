@@ -19,7 +19,7 @@ import persistqueue
 import persistqueue.serializers.json as pq_json
 from persistqueue.exceptions import Empty
 
-from ..errors import QueueError
+from ..errors import QueueError, SpoolPermissionError
 from .base import Item, Queue
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _prepare_dir(path: Path) -> None:
             # SQLite creates -wal and -shm with the database file's mode.
             os.chmod(db, (db.stat().st_mode | 0o660) & 0o7777)
     except PermissionError as exc:
-        raise QueueError(f"cannot write the spool at {path}: permission denied "
+        raise SpoolPermissionError(f"cannot write the spool at {path}: permission denied "
                          "(is this user in the daemon's group?)") from exc
 
 
@@ -107,7 +107,7 @@ class SpoolQueue(Queue):
                     delay = min(delay * 2, 0.5)
                     continue
                 if "readonly" in str(exc) or "unable to open" in str(exc):
-                    raise QueueError(f"cannot write the spool at {self.path}: {exc} "
+                    raise SpoolPermissionError(f"cannot write the spool at {self.path}: {exc} "
                                      "(is this user in the daemon's group?)") from exc
                 raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
 

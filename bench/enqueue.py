@@ -1,0 +1,162 @@
+"""Scenario 1: producers. `Client.put` / `Client.enqueue` against a bare
+persist-queue `SQLiteAckQueue.put` of the same JSON record, same durability."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import persistqueue
+import persistqueue.serializers.json as pq_json
+
+from mailmand.client import Client
+from mailmand.message import Record
+
+from .common import Series, ab, config, email, row, workdir
+
+MAX_SIZE = 25 * 2**20
+
+
+def _records(n: int) -> list[Record]:
+    e = email()
+    return [e.to_record(MAX_SIZE) for _ in range(n)]
+
+
+def _bare(path: Path) -> persistqueue.SQLiteAckQueue:
+    # What a careful user of persist-queue writes: one handle kept open, JSON,
+    # the library's own durability (WAL; synchronous left at SQLite's FULL).
+    return persistqueue.SQLiteAckQueue(str(path), auto_resume=False, multithreading=True,
+                                       serializer=pq_json)
+
+
+def _synchronous(path: Path) -> int:
+    q = _bare(path)
+    try:
+        return int(q._putter.execute("PRAGMA synchronous").fetchone()[0])
+    finally:
+        q.close()
+
+
+# -- one producer: each call returns msg/s for one fresh spool ------------------------
+
+
+def _client_put(base: Path, records: list[Record]) -> float:
+    with workdir(base) as root:
+        client = Client(config(root))
+        client.put(records[0])  # open the handle outside the clock, as a long-lived app would
+        t0 = time.perf_counter()
+        for r in records:
+            client.put(r)
+        dt = time.perf_counter() - t0
+        client.close()
+        return len(records) / dt
+
+
+def _client_enqueue(base: Path, n: int) -> float:
+    with workdir(base) as root:
+        client = Client(config(root))
+        emails = [email(i) for i in range(n)]  # built, not yet composed
+        client.put(_records(1)[0])
+        t0 = time.perf_counter()
+        for e in emails:
+            client.enqueue(e)
+        dt = time.perf_counter() - t0
+        client.close()
+        return n / dt
+
+
+def _bare_put(base: Path, dicts: list[dict[str, Any]]) -> float:
+    with workdir(base) as root:
+        q = _bare(root / "spool")
+        q.put(dicts[0])
+        t0 = time.perf_counter()
+        for d in dicts:
+            q.put(d)
+        dt = time.perf_counter() - t0
+        q.close()
+        return len(dicts) / dt
+
+
+# -- N producer processes --------------------------------------------------------
+
+
+def _child(kind: str, root: Path, items: list[Any], start: Any, out: Any) -> None:
+    if kind == "mailmand":
+        client = Client(config(root))
+        client.put(items[0])
+        put = client.put
+    else:
+        q = _bare(root / "spool")
+        q.put(items[0])
+        put = q.put
+    start.wait()
+    t0 = time.time()
+    for item in items:
+        put(item)
+    out.put((t0, time.time(), len(items)))
+
+
+def _procs(kind: str, base: Path, items: list[Any], procs: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    with workdir(base) as root:
+        if kind == "mailmand":
+            Client(config(root)).close()  # create the spool once, as the daemon would
+        else:
+            _bare(root / "spool").close()
+        start, out = ctx.Event(), ctx.Queue()
+        share = len(items) // procs
+        children = [ctx.Process(target=_child, args=(kind, root, items[i * share:(i + 1) * share], start, out))
+                    for i in range(procs)]
+        for c in children:
+            c.start()
+        time.sleep(0.5)  # every child has opened its handle
+        start.set()
+        got = [out.get(timeout=300) for _ in children]
+        for c in children:
+            c.join()
+        return sum(n for _, _, n in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
+
+
+# -- composition -----------------------------------------------------------------
+
+
+def compose_cost(n: int) -> dict[str, float]:
+    """Microseconds per message: Email(...) and Email.to_record (build + flatten)."""
+    t0 = time.perf_counter()
+    emails = [email(i) for i in range(n)]
+    t1 = time.perf_counter()
+    for e in emails:
+        e.to_record(MAX_SIZE)
+    t2 = time.perf_counter()
+    return {"email_init_us": (t1 - t0) / n * 1e6, "to_record_us": (t2 - t1) / n * 1e6,
+            "size_bytes": len(emails[0].to_record(MAX_SIZE).raw)}
+
+
+def run(base: Path, quick: bool) -> dict[str, Any]:
+    n, rounds = (1000, 3) if quick else (3000, 5)
+    records = _records(n)
+    dicts = [r.to_json() for r in records]
+    with workdir(base) as root:
+        sync = _synchronous(root)
+    rows = []
+    a, b = ab(rounds, lambda: _client_put(base, records), lambda: _bare_put(base, dicts))
+    rows.append(row("enqueue 1 producer: Client.put(record) / bare put", a, b))
+    a2, b2 = ab(rounds, lambda: _client_enqueue(base, n), lambda: _bare_put(base, dicts))
+    rows.append(row("enqueue 1 producer: Client.enqueue(email), composing / bare put", a2, b2))
+    n4 = n * 2
+    records4 = _records(n4)
+    dicts4 = [r.to_json() for r in records4]
+    a4, b4 = ab(rounds, lambda: _procs("mailmand", base, records4, 4),
+                lambda: _procs("bare", base, dicts4, 4))
+    rows.append(row("enqueue 4 processes: Client.put(record) / bare put", a4, b4))
+    compose = compose_cost(n)
+    return {"rows": rows, "compose": compose,
+            "durability": {"journal_mode": "wal", "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL",
+                                                                  3: "EXTRA"}.get(sync, sync)},
+            "sqlite": sqlite3.sqlite_version}
+
+
+__all__ = ["run", "compose_cost", "Series"]
