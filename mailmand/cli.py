@@ -105,7 +105,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         counts = store.counts()
         oldest = store.oldest_due(now)
         next_due = store.next_due()
-        data = {
+        data: dict[str, Any] = {
             "counts": {s.value: n for s, n in counts.items()},
             "spool": queue.pending(),
             "quarantine": store.quarantine_count(),
@@ -135,7 +135,7 @@ def _row(m: MessageInfo) -> str:
 
 def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     with _store(cfg) as store:
-        rows = store.list(Status(args.status) if args.status else None, args.limit)
+        rows = store.list_messages(Status(args.status) if args.status else None, args.limit)
     if args.json:
         _print_json([m.to_json() for m in rows])
     else:

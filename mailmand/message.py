@@ -325,7 +325,7 @@ class Email:
             values = [str(v) for n in names for v in msg.get_all(n, [])]
             return [formataddr(pair) for pair in getaddresses(values)]
 
-        envelope_from = sender or (addrs("From") or [default_sender])[0]
+        envelope_from = sender or next(iter(addrs("From")), default_sender)
         rcpt = list(recipients) if recipients else [*addrs("To", "Cc", "Bcc"), *extra_recipients]
         e = cls(sender=envelope_from, bcc=rcpt, priority=priority, idempotency_key=idempotency_key)
         del msg["Bcc"]

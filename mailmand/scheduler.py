@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -148,22 +148,22 @@ class DispatchScheduler:
     def start(self) -> None:
         interval = self.dispatcher.cfg.interval
         self._sched.add_job(self._dispatch, "interval", seconds=interval, id=self.JOB,
-                            next_run_time=datetime.now(timezone.utc))
+                            next_run_time=datetime.now(UTC))
         self._sched.add_job(self._housekeeping, "interval", minutes=5, id="housekeeping",
-                            next_run_time=datetime.now(timezone.utc))
+                            next_run_time=datetime.now(UTC))
         self._sched.start()
 
     def poke(self) -> None:
         """Run the dispatch job now (or again right after the one running)."""
         self._again.set()
-        self._run_at(datetime.now(timezone.utc))
+        self._run_at(datetime.now(UTC))
 
     def wake_at(self, when: float) -> None:
         """Something new is due at `when` (epoch seconds): make sure the job runs then."""
         if when <= time.time():
             self.poke()
         else:
-            self._run_at(datetime.fromtimestamp(when, timezone.utc))
+            self._run_at(datetime.fromtimestamp(when, UTC))
 
     def _run_at(self, when: datetime) -> None:
         job = self._sched.get_job(self.JOB)
@@ -181,7 +181,7 @@ class DispatchScheduler:
                 break
         due = self.dispatcher.store.next_due()
         if due is not None and not self.dispatcher.stop.is_set():
-            self._run_at(datetime.fromtimestamp(max(due, time.time()), timezone.utc))
+            self._run_at(datetime.fromtimestamp(max(due, time.time()), UTC))
 
     def _housekeeping(self) -> None:
         now = time.time()

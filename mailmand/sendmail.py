@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .client import Client
 from .config import Config
@@ -22,8 +23,16 @@ class SendmailUsage(Exception):
     pass
 
 
-def parse_args(argv: Sequence[str]) -> tuple[dict[str, object], list[str]]:
-    opts: dict[str, object] = {"t": False, "i": False, "f": None, "F": None}
+@dataclass
+class Options:
+    t: bool = False  # recipients from the headers
+    i: bool = False  # a lone dot does not end the message
+    f: str | None = None  # envelope sender
+    F: str | None = None  # the sender's full name  # noqa: N815
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Options, list[str]]:
+    opts = Options()
     recipients: list[str] = []
     args = list(argv)
     while args:
@@ -31,13 +40,18 @@ def parse_args(argv: Sequence[str]) -> tuple[dict[str, object], list[str]]:
         if a == "--":
             recipients.extend(args)
             break
-        if a in ("-t", "-i", "-oi"):
-            opts["t" if a == "-t" else "i"] = True
+        if a == "-t":
+            opts.t = True
+        elif a in ("-i", "-oi"):
+            opts.i = True
         elif a[:2] in ("-f", "-F", "-r"):
             value = a[2:] or (args.pop(0) if args else None)
             if value is None:
                 raise SendmailUsage(f"option {a} needs a value")
-            opts["F" if a[:2] == "-F" else "f"] = value
+            if a[:2] == "-F":
+                opts.F = value
+            else:
+                opts.f = value
         elif a in ("-B", "-N", "-R", "-V", "-X"):
             args = args[1:]  # ignored options that take a separate value
         elif a[:2] in ("-o", "-B", "-N", "-R", "-V", "-X") or a in IGNORED_FLAGS:
@@ -67,14 +81,14 @@ def sendmail(cfg: Config, argv: Sequence[str]) -> int:
     except SendmailUsage as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return os.EX_USAGE
-    if not opts["t"] and not recipients:
+    if not opts.t and not recipients:
         print("sendmail: no recipients given (use -t to take them from the headers)", file=sys.stderr)
         return os.EX_USAGE
-    raw = _read_message(not opts["i"])
+    raw = _read_message(not opts.i)
     try:
         email = Email.from_bytes(
-            raw, sender=opts["f"], recipients=None if opts["t"] else recipients,
-            extra_recipients=recipients if opts["t"] else (), from_name=opts["F"],
+            raw, sender=opts.f, recipients=None if opts.t else recipients,
+            extra_recipients=recipients if opts.t else (), from_name=opts.F,
             default_sender=f"{getpass.getuser()}@{socket.getfqdn()}")
         client = Client(cfg)
         try:

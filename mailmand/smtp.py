@@ -537,6 +537,21 @@ class Relay:
         not yielded. Closing the iterator early does the same, and the results
         still in flight are then dropped.
         """
+        groups = self.send_grouped(envelopes, stop)
+        try:
+            for group in groups:
+                yield from group
+        finally:
+            groups.close()
+
+    def send_grouped(
+        self, envelopes: Sequence[Envelope], stop: threading.Event | None = None
+    ) -> Iterator[list[SendResult]]:
+        """As `send`, but each step yields every result that has come back since
+        the last one (never an empty list, and never waiting for more than the
+        first). A caller that commits outcomes can commit each list in one
+        transaction: with several fast sessions the commits then keep up,
+        and no result is held back waiting for company."""
         if not envelopes:
             return
         workers = min(self._cfg.connections, len(envelopes))
@@ -552,11 +567,21 @@ class Relay:
         try:
             running = workers
             while running:
+                group: list[SendResult] = []
                 result = batch.results.get()
-                if result is None:
-                    running -= 1
-                else:
-                    yield result
+                while True:
+                    if result is None:
+                        running -= 1
+                    else:
+                        group.append(result)
+                    if not running:
+                        break
+                    try:
+                        result = batch.results.get_nowait()
+                    except queue.Empty:
+                        break
+                if group:
+                    yield group
         finally:
             batch.abandoned.set()
             for thread in threads:

@@ -54,7 +54,7 @@ def test_concurrent_producers_while_ingesting(make_config):
     assert total == 2000
     ids = ids_in_store(cfg)
     assert len(ids) == len(set(ids)) == 2000
-    subjects = {m.subject for m in store.list(limit=5000)}
+    subjects = {m.subject for m in store.list_messages(limit=5000)}
     assert subjects == {f"p{i}-{j}" for i in range(4) for j in range(500)}
     assert queue.pending() == 0
 
@@ -123,7 +123,7 @@ def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config):
     queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.quarantined) == (2, 3)
-    assert {m.id for m in store.list()} == {first, last}
+    assert {m.id for m in store.list_messages()} == {first, last}
     kept = store.quarantined()
     assert len(kept) == 3 and store.quarantine_count() == 3
     reasons = " | ".join(q.reason for q in kept)

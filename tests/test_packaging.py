@@ -287,15 +287,46 @@ def as_user(user: str, cmd: list[str | Path]) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *map(str, cmd)]
 
 
-def foreign_python(user: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]] | None:
+def importable_copy(dest: Path) -> Path:
+    """Copy mailmand and the top-level packages it imports into `dest`, which
+    other users can read (the venv and the checkout may sit in private dirs)."""
+    listing = subprocess.run(
+        [sys.executable, "-c", "import sys, mailmand.client, mailmand.cli, mailmand.queues.spool, mailmand.daemon\n"
+         "print('\\n'.join(m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)))"],
+        capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()
+    roots = [ROOT, Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"])]
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in map(Path, listing):
+        for root in roots:
+            if root in file.parents:
+                top = root / file.relative_to(root).parts[0]
+                target = dest / top.name
+                if not target.exists():
+                    if top.is_dir():
+                        shutil.copytree(top, target, ignore=shutil.ignore_patterns("__pycache__"))
+                    else:
+                        shutil.copy2(top, target)
+                break
+    subprocess.run(["chmod", "-R", "a+rX", dest], check=True)
+    return dest
+
+
+def foreign_python(user: str, env: dict[str, str], base: Path) -> tuple[list[str], dict[str, str]] | None:
     """A Python that `user` can run with mailmand importable, or None.
 
     The venv's interpreter usually lives under /root (mode 0700); the system
-    Python of the same minor version can load the venv's packages instead.
+    Python of the same minor version can load the venv's packages instead,
+    from the venv if it is readable, else from a copy in `base`.
     """
     site = sysconfig.get_paths()["purelib"]
-    for python, extra in ((sys.executable, {}),
-                          (shutil.which("python3", path=BARE_PATH) or "", {"PYTHONPATH": f"{ROOT}:{site}"})):
+    system = shutil.which("python3", path=BARE_PATH) or ""
+    candidates = (
+        lambda: (sys.executable, {}),
+        lambda: (system, {"PYTHONPATH": f"{ROOT}:{site}"}),
+        lambda: (system, {"PYTHONPATH": str(importable_copy(base / "py"))}),
+    )
+    for candidate in candidates:
+        python, extra = candidate()
         if not python:
             continue
         probe = run(as_user(user, [python, "-c", "import mailmand.client, persistqueue, yaml, watchdog"]),
@@ -372,7 +403,7 @@ def test_spool_permissions_with_real_users(binary, users, smtp_server, notify_so
         subjects = {"via sendmail", "via send"}
 
         # appuser, through the Python client, as an application would.
-        python = foreign_python("appuser", user_env("appuser"))
+        python = foreign_python("appuser", user_env("appuser"), base)
         if python is not None:
             cmd, penv = python
             script = ("import sys\nfrom mailmand import Client, Email\n"

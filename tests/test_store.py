@@ -91,8 +91,8 @@ def test_counts_follow_every_transition(store):
     store.cancel("id4", 2002.0)
     expected = {s: 0 for s in Status} | {Status.SENT: 3, Status.QUEUED: 2, Status.CANCELLED: 1}
     assert store.counts() == expected
-    assert sum(1 for _ in store.list(limit=100)) == 6
-    assert [m.id for m in store.list(Status.CANCELLED)] == ["id4"]
+    assert sum(1 for _ in store.list_messages(limit=100)) == 6
+    assert [m.id for m in store.list_messages(Status.CANCELLED)] == ["id4"]
     assert store.purge(before=2001.5) == 3
     assert store.counts() == expected | {Status.SENT: 0}
     with pytest.raises(NotFound):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from ..message import Record
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     QUEUED = "queued"  # waiting for its send time (scheduled) or for a sender
     SENDING = "sending"  # claimed under a lease
     DEFERRED = "deferred"  # a temporary failure; tried again at due_at
@@ -22,9 +22,6 @@ class Status(str, Enum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 WAITING = (Status.QUEUED, Status.DEFERRED)
@@ -154,7 +151,7 @@ class Store:
     def recipients(self, message_id: str) -> list[RecipientOutcome]:
         raise NotImplementedError
 
-    def list(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
+    def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
         """Newest first; never reads message bodies."""
         raise NotImplementedError
 

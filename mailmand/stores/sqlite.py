@@ -33,6 +33,8 @@ from .base import (
 )
 
 HOUR = 3600
+# One finish() call's arguments: (message_id, owner, attempt, outcome, recipients).
+Finished = tuple[str, str, Attempt, Outcome, Sequence[RecipientOutcome]]
 LATENCY_BASE = 1.2  # latency histogram buckets grow by 20%: percentiles within ~10%
 
 SCHEMA = [
@@ -102,7 +104,12 @@ INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, create
 def _subject(raw: bytes) -> str:
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     try:
-        return str(BytesHeaderParser(policy=policy.default).parsebytes(head).get("Subject", ""))
+        # Split the head with compat32 (plain strings), then decode only the
+        # Subject with the modern policy: parsing every header into objects
+        # was half of ingest's time, for one value.
+        head_msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+        value = next((v for k, v in head_msg.raw_items() if k.lower() == "subject"), None)
+        return "" if value is None else str(policy.default.header_fetch_parse("Subject", value))
     except Exception:  # a header the parser chokes on must not stop ingest
         return ""
 
@@ -201,29 +208,40 @@ class SQLiteStore(Store):
 
     def finish(self, message_id: str, owner: str, attempt: Attempt, outcome: Outcome,
                recipients: Sequence[RecipientOutcome] = ()) -> bool:
+        with self.tx() as db:
+            return self._finish(db, message_id, owner, attempt, outcome, recipients)
+
+    def finish_many(self, outcomes: Sequence[Finished]) -> list[bool]:
+        """`finish` for several messages in one transaction: one fsync for the
+        group instead of one each, which is what bounds a fast relay. All or
+        nothing; durable on return, like `finish`."""
+        with self.tx() as db:
+            return [self._finish(db, *one) for one in outcomes]
+
+    def _finish(self, db: sqlite3.Connection, message_id: str, owner: str, attempt: Attempt,
+                outcome: Outcome, recipients: Sequence[RecipientOutcome] = ()) -> bool:
         status = outcome.status
         finished = status in FINISHED
-        with self.tx() as db:
-            db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (message_id, attempt.at, attempt.relay, attempt.code, attempt.reply,
-                        attempt.duration, attempt.outcome))
-            db.executemany(
-                "INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, address)"
-                " DO UPDATE SET status = excluded.status, code = excluded.code, reply = excluded.reply,"
-                " updated_at = excluded.updated_at",
-                [(message_id, r.address, r.status, r.code, r.reply, attempt.at) for r in recipients],
-            )
-            row = db.execute(
-                "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
-                " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
-                " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'sending' AND lease_owner = ? RETURNING send_after",
-                (status.value, 0 if attempt.outcome == "expired" else 1, outcome.code, outcome.reason,
-                 outcome.due_at, json.dumps(list(outcome.pending)) if outcome.pending else None,
-                 attempt.at, attempt.at if finished else None, message_id, owner),
-            ).fetchone()
-            if row is not None and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
-                self._roll_up(db, attempt.at, status, attempt.at - row[0], outcome.reason)
+        db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (message_id, attempt.at, attempt.relay, attempt.code, attempt.reply,
+                    attempt.duration, attempt.outcome))
+        db.executemany(
+            "INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, address)"
+            " DO UPDATE SET status = excluded.status, code = excluded.code, reply = excluded.reply,"
+            " updated_at = excluded.updated_at",
+            [(message_id, r.address, r.status, r.code, r.reply, attempt.at) for r in recipients],
+        )
+        row = db.execute(
+            "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
+            " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+            " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?"
+            " WHERE id = ? AND status = 'sending' AND lease_owner = ? RETURNING send_after",
+            (status.value, 0 if attempt.outcome == "expired" else 1, outcome.code, outcome.reason,
+             outcome.due_at, json.dumps(list(outcome.pending)) if outcome.pending else None,
+             attempt.at, attempt.at if finished else None, message_id, owner),
+        ).fetchone()
+        if row is not None and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
+            self._roll_up(db, attempt.at, status, attempt.at - row[0], outcome.reason)
         return row is not None
 
     def _roll_up(self, db: sqlite3.Connection, now: float, status: Status, latency: float,
@@ -239,7 +257,8 @@ class SQLiteStore(Store):
                        " DO UPDATE SET n = n + 1", (hour, reason[:200]))
 
     def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None) -> int:
-        where, args = ["status = 'sending'"], []
+        where: list[str] = ["status = 'sending'"]
+        args: list[object] = []
         if owner is not None:
             where.append("lease_owner = ?")
             args.append(owner)
@@ -292,7 +311,7 @@ class SQLiteStore(Store):
                           " WHERE message_id = ? ORDER BY address", (message_id,))
         return [RecipientOutcome(*r) for r in rows]
 
-    def list(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
+    def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
         if status is None:
             rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages ORDER BY created_at DESC LIMIT ?",
                               (limit,))
