@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -175,7 +176,7 @@ class Daemon:
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
         # Keys that need a restart keep their running values: nothing is half-applied.
-        server = new.server.__class__(**{**new.server.__dict__, "database": self.cfg.server.database})
+        server = dataclasses.replace(new.server, database=self.cfg.server.database)
         self.cfg = Config(queue=self.cfg.queue, server=server, source=self.cfg.source)
         self.dispatcher.configure(server)
         sched.reschedule(server.interval, server.retention)
