@@ -98,7 +98,7 @@ def run(base: Path, quick: bool, sinks: tuple[str, ...] | None = None) -> dict[s
     n, rounds = (1500, 3) if quick else (5000, 5)
     sinks = sinks or (("smtp-sink",) if have_smtp_sink() else ()) + ("aiosmtpd",)
     setup_logging("INFO")
-    rows, curve = [], []
+    rows = []
     with workdir(base) as root:
         template = root / "template.db"
         bodies = make_store(template, n)
@@ -106,12 +106,12 @@ def run(base: Path, quick: bool, sinks: tuple[str, ...] | None = None) -> dict[s
         for kind in sinks:
             with sink(kind) as port:
                 for conns in (1, 2, 4):
-                    a, b = ab(rounds, lambda: _mailmand(template, base, port, conns, n, log),
-                              lambda: _bare(bodies, port, conns))
+                    a, b = ab(rounds,
+                              lambda c=conns: _mailmand(template, base, port, c, n, log),
+                              lambda c=conns: _bare(bodies, port, c))
                     r = row(f"dispatch {kind}, {conns} connection(s): once() / smtplib loop", a, b)
                     r.update(sink=kind, connections=conns)
                     rows.append(r)
-                    curve.append(r)
         log_lines = sum(1 for _ in log.open())
     logging.getLogger().handlers[:] = []
     return {"messages": n, "rows": rows, "log_lines": log_lines,

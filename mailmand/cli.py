@@ -19,10 +19,8 @@ from typing import Any
 
 from . import __version__
 from . import config as configmod
-from .client import Client
 from .config import Config
 from .errors import MailmandError
-from .message import Email
 from .queues import open_queue
 from .stores import Status, open_store
 from .stores.base import MessageInfo, Store
@@ -219,6 +217,9 @@ def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
+    from .client import Client
+    from .message import Email
+
     send_after = _send_after(args)
     if args.file is not None:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()

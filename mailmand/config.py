@@ -15,11 +15,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEvent
 
 import yaml
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
 from mailmand.errors import ConfigError
 
@@ -638,12 +639,16 @@ class ConfigWatcher:
         self.delay = delay
         self._changed = threading.Event()
         self._stopping = False
+        from watchdog.observers import Observer  # here: commands that never watch skip its import
+
         self._observer = Observer()
         self._thread = threading.Thread(
             target=self._run, name="mailmand-config-watcher", daemon=True
         )
 
     def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+
         handler = FileSystemEventHandler()
         handler.on_any_event = self._on_event  # type: ignore[method-assign]
         self._observer.schedule(handler, str(self.path.parent), recursive=False)

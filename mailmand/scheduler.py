@@ -12,7 +12,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Generator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from . import policy
 from .config import ServerConfig
 from .smtp import Envelope, Relay, SendResult
-from .stores.base import Attempt, Claimed, Outcome, Status, Store
+from .stores.base import Attempt, Claimed, Finished, Outcome, Status, Store
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,10 @@ class RunResult:
     expired: int = 0
     released: int = 0  # claimed but handed back unsent (stopping)
     batches: int = 0
-    outcomes: dict[str, Status] = field(default_factory=dict)
 
-    def count(self, message_id: str, status: Status) -> None:
-        self.outcomes[message_id] = status
-        name = status.value
-        if hasattr(self, name):
-            setattr(self, name, getattr(self, name) + 1)
+    def count(self, status: Status) -> None:
+        if status is not Status.CANCELLED and status.value in self.__dataclass_fields__:
+            setattr(self, status.value, getattr(self, status.value) + 1)
 
 
 def owner_id() -> str:
@@ -54,72 +52,104 @@ class Dispatcher:
         self.stop = threading.Event()
         self._cfg = cfg
         self._relay = Relay(cfg.smtp)
-        self._lock = threading.Lock()  # one run at a time; configure() waits for it
+        self._pending: ServerConfig | None = None  # a reloaded configuration, applied between batches
+        self._run_lock = threading.Lock()  # one run at a time
+        self._cfg_lock = threading.Lock()
 
     @property
     def cfg(self) -> ServerConfig:
-        return self._cfg
+        return self._pending or self._cfg
 
     def configure(self, cfg: ServerConfig) -> None:
-        """Apply a reloaded configuration. A run in flight finishes on the old
-        settings: the swap waits for it."""
-        with self._lock:
-            old, self._cfg = self._relay, cfg
-            self._relay = Relay(cfg.smtp)
-        old.close()
+        """Apply a reloaded configuration: now if idle, else before the next
+        batch. A batch in flight finishes on the old settings."""
+        with self._cfg_lock:
+            self._pending = cfg
+        if self._run_lock.acquire(blocking=False):
+            try:
+                self._apply_pending()
+            finally:
+                self._run_lock.release()
+
+    def _apply_pending(self) -> None:
+        with self._cfg_lock:
+            cfg, self._pending = self._pending, None
+        if cfg is not None:
+            old, self._cfg, self._relay = self._relay, cfg, Relay(cfg.smtp)
+            old.close()
 
     def run_once(self, now: float | None = None) -> RunResult:
         """Send everything due at `now` (default: the real clock, read afresh
-        for every batch), one batch at a time, until nothing is due."""
+        for every batch), a batch at a time, until nothing is due."""
         result = RunResult()
-        with self._lock:
+        with self._run_lock:
+            self._apply_pending()
             cfg, relay = self._cfg, self._relay
-            while not self.stop.is_set():
-                t = time.time() if now is None else now
-                self.store.release(None, now=t)  # leases that ran out (a crashed peer)
-                batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
-                if not batch:
-                    break
-                result.batches += 1
-                self._send_batch(batch, cfg, relay, t if now is not None else None, result)
+            live: dict[str, Claimed] = {}  # claimed and not yet committed
+            feed = self._feed(cfg, now, result, live)
+            # The sessions pull from the feed, which claims the next batch
+            # only when one of them is free for it: no session idles at a
+            # batch boundary, and nothing is claimed that no session can take.
+            for group in relay.send_grouped(feed, self.stop):
+                self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
+            feed.close()
+            if live:  # stopping: hand back what was never tried
+                result.released += self.store.release(self.owner, list(live))
+        if result.batches:
+            log.info("dispatched %d batch(es): sent %d, deferred %d, failed %d, expired %d, released %d",
+                     result.batches, result.sent, result.deferred, result.failed, result.expired,
+                     result.released)
         return result
 
-    def _send_batch(self, batch: list[Claimed], cfg: ServerConfig, relay: Relay,
-                    now: float | None, result: RunResult) -> None:
-        live: dict[str, Claimed] = {}
-        for msg in batch:
+    def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
+              live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
+        """Claim up to `batch` due messages at a time, expire those past
+        max-time, and hand out the rest. Runs in the sessions' threads, one at a time."""
+        while not self.stop.is_set():
             t = time.time() if now is None else now
-            if policy.is_expired(t, msg.send_after, cfg):
-                outcome = policy.expired_outcome(cfg)
-                self.store.finish(msg.id, self.owner, Attempt(t, cfg.smtp.relay, None, outcome.reason or "",
-                                                              0.0, "expired"), outcome)
-                result.count(msg.id, Status.EXPIRED)
-            else:
-                live[msg.id] = msg
-        envelopes = [Envelope(m.id, m.mail_from, m.rcpt_to, m.raw) for m in live.values()]
-        for sent in relay.send(envelopes, self.stop):
-            msg = live.pop(sent.id)
-            self._commit(msg, sent, cfg, now, result)
-        if live:  # stopping: hand back what was never tried
-            result.released += self.store.release(self.owner, list(live))
+            self.store.release(None, now=t)  # leases that ran out (a crashed peer)
+            batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
+            if not batch:
+                return
+            result.batches += 1
+            expired: list[Finished] = []
+            for msg in batch:
+                if policy.is_expired(t, msg.send_after, cfg):
+                    outcome = policy.expired_outcome(cfg)
+                    attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
+                    expired.append((msg.id, self.owner, attempt, outcome, ()))
+                else:
+                    live[msg.id] = msg
+            if expired:
+                self.store.finish_many(expired)
+                result.expired += len(expired)
+            for msg in batch:
+                if msg.id in live:
+                    yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
 
-    def _commit(self, msg: Claimed, sent: SendResult, cfg: ServerConfig, now: float | None,
+    def _commit(self, done: list[tuple[Claimed, SendResult]], cfg: ServerConfig, now: float | None,
                 result: RunResult) -> None:
-        t = time.time() if now is None else now
-        outcome, recipients = policy.decide(sent, msg, cfg, t)
-        attempt = Attempt(sent.started if now is None else now, sent.relay, sent.code, sent.reply,
-                          sent.duration, sent.kind)
-        self.store.finish(msg.id, self.owner, attempt, outcome, recipients)
-        result.count(msg.id, outcome.status)
-        _log_outcome(msg, outcome)
+        rows: list[Finished] = []
+        for msg, sent in done:
+            t = time.time() if now is None else now
+            outcome, recipients = policy.decide(sent, msg, cfg, t)
+            attempt = Attempt(sent.started if now is None else now, sent.relay, sent.code, sent.reply,
+                              sent.duration, sent.kind)
+            rows.append((msg.id, self.owner, attempt, outcome, recipients))
+        self.store.finish_many(rows)
+        for (msg, _), (_, _, _, outcome, _) in zip(done, rows, strict=True):
+            result.count(outcome.status)
+            _log_outcome(msg, outcome)
 
     def close(self) -> None:
         self._relay.close()
 
 
 def _log_outcome(msg: Claimed, outcome: Outcome) -> None:
+    # A delivery is DEBUG (the store records every attempt, and `run_once`
+    # logs a summary); what needs a look, a deferral or a failure, is WARNING.
     if outcome.status is Status.SENT:
-        log.info("sent %s to %d recipient(s)", msg.id, len(msg.rcpt_to))
+        log.debug("sent %s to %d recipient(s)", msg.id, len(msg.rcpt_to))
     elif outcome.status is Status.DEFERRED:
         log.warning("deferred %s until %s: %s", msg.id,
                     datetime.fromtimestamp(outcome.due_at or 0).isoformat(timespec="seconds"),
@@ -177,11 +207,16 @@ class DispatchScheduler:
                 self.last = self.dispatcher.run_once()
             except Exception:  # the job must survive a bad moment (store locked, relay bug)
                 log.exception("dispatch run failed")
-            if not self._again.is_set() or self.dispatcher.stop.is_set():
+            if not self._again.is_set() or self.dispatcher.stop.is_set() or self._gave_up():
                 break
+        if self._gave_up():
+            return  # the relay could not be reached: the next tick tries again, no sooner
         due = self.dispatcher.store.next_due()
         if due is not None and not self.dispatcher.stop.is_set():
             self._run_at(datetime.fromtimestamp(max(due, time.time()), UTC))
+
+    def _gave_up(self) -> bool:
+        return self.last is not None and self.last.released > 0
 
     def _housekeeping(self) -> None:
         now = time.time()

@@ -42,7 +42,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -474,15 +474,19 @@ def _mail_options(smtp: smtplib.SMTP, env: Envelope) -> tuple[list[str], str | N
 
 
 class _Batch:
-    """One call to `send`: the shared work queue, the results, and who is still working."""
+    """One call to `send`: the shared source of work, the results, and who is still working.
 
-    def __init__(self, envelopes: Sequence[Envelope], stop: threading.Event | None, workers: int):
-        self.work: queue.SimpleQueue[Envelope] = queue.SimpleQueue()
-        for env in envelopes:
-            self.work.put(env)
+    The source is a sequence, or any iterable read lazily (the dispatcher's
+    feed, which claims the next batch from the store only when a session is
+    free for it, so sessions never idle at batch boundaries)."""
+
+    def __init__(self, envelopes: Iterable[Envelope], stop: threading.Event | None, workers: int):
+        self._source: Iterator[Envelope] = iter(envelopes)
+        self.finite = isinstance(envelopes, Sequence)
         self.results: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()  # None: done
         self.stop = stop
         self.abandoned = threading.Event()  # the caller closed the generator early
+        self.given_up = False  # no session could be opened: take nothing more from a feed
         self._active = workers
         self._lock = threading.Lock()
 
@@ -490,12 +494,10 @@ class _Batch:
         return self.abandoned.is_set() or (self.stop is not None and self.stop.is_set())
 
     def take(self) -> Envelope | None:
-        if self.stopped():
-            return None
-        try:
-            return self.work.get_nowait()
-        except queue.Empty:
-            return None
+        with self._lock:  # one reader at a time: a feed is a generator
+            if self.stopped() or (self.given_up and not self.finite):
+                return None
+            return next(self._source, None)
 
     def leave(self) -> bool:
         """A worker stops; True when it was the last one."""
@@ -528,7 +530,7 @@ class Relay:
         return f"<Relay {self._cfg.relay} tls={self._cfg.tls} connections={self._cfg.connections}>"
 
     def send(
-        self, envelopes: Sequence[Envelope], stop: threading.Event | None = None
+        self, envelopes: Iterable[Envelope], stop: threading.Event | None = None
     ) -> Iterator[SendResult]:
         """Deliver `envelopes`, yielding each attempt's SendResult as it comes back.
 
@@ -545,16 +547,20 @@ class Relay:
             groups.close()
 
     def send_grouped(
-        self, envelopes: Sequence[Envelope], stop: threading.Event | None = None
-    ) -> Iterator[list[SendResult]]:
+        self, envelopes: Iterable[Envelope], stop: threading.Event | None = None
+    ) -> Generator[list[SendResult], None, None]:
         """As `send`, but each step yields every result that has come back since
         the last one (never an empty list, and never waiting for more than the
         first). A caller that commits outcomes can commit each list in one
         transaction: with several fast sessions the commits then keep up,
-        and no result is held back waiting for company."""
-        if not envelopes:
-            return
-        workers = min(self._cfg.connections, len(envelopes))
+        and no result is held back waiting for company. `envelopes` may be a
+        lazy iterable, read from the worker threads one item at a time."""
+        if isinstance(envelopes, Sequence):
+            if not envelopes:
+                return
+            workers = min(self._cfg.connections, len(envelopes))
+        else:
+            workers = self._cfg.connections  # an idle worker exits without connecting
         batch = _Batch(envelopes, stop, workers)
         threads = [
             threading.Thread(
@@ -638,7 +644,9 @@ class Relay:
 
     def _give_up(self, batch: _Batch, reason: str) -> None:
         """No session of this batch could be opened: answer the rest without waiting
-        out a connect timeout for each."""
+        out a connect timeout for each. A lazy feed is not drained: what it has
+        not handed out yet stays where it is, for a later run."""
+        batch.given_up = True
         while (env := batch.take()) is not None:
             now = time.time(), time.monotonic()
             outcome = _everyone(env, None, f"relay unavailable: {reason}", "temporary")

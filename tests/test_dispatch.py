@@ -333,3 +333,21 @@ def test_sigterm_during_a_batch_loses_nothing(smtp_server, write_config):
     assert main(["--once", "-c", str(conf)]) == 0
     assert sorted(message_ids(server)) == sorted(f"m{i}" for i in range(100))
     assert len(ids) == 100
+
+
+def test_an_unreachable_relay_burns_no_attempt_on_mail_it_never_tried(make_config):
+    import socket
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = Daemon(make_config(SmtpConfig(host="127.0.0.1", port=port, connections=2, timeout=2.0), batch=10))
+    ids = enqueue(d.cfg, 30)
+    run = d.once().dispatched
+    assert 1 <= run.deferred <= 2 and run.sent == 0 and run.batches == 1
+    assert run.released == 10 - run.deferred  # the rest of the one batch claimed; nothing more claimed
+    infos = [d.store.get(i) for i in ids]
+    deferred = [i for i in infos if i.status is Status.DEFERRED]
+    assert len(deferred) == run.deferred and "Connection refused" in deferred[0].last_error
+    assert all(i.attempts == 0 for i in infos if i.status is Status.QUEUED)
+    assert d.store.counts()[Status.SENDING] == 0
+    d.close()

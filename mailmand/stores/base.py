@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..message import Record
+if TYPE_CHECKING:
+    from ..message import Record
+
 
 
 class Status(StrEnum):
@@ -72,6 +74,10 @@ class Outcome:
     pending: tuple[str, ...] | None = None  # recipients left to try, when deferred
 
 
+# One finish() call's arguments: (message_id, owner, attempt, outcome, recipients).
+Finished = tuple[str, str, Attempt, Outcome, Sequence[RecipientOutcome]]
+
+
 @dataclass(frozen=True)
 class MessageInfo:
     id: str
@@ -127,6 +133,11 @@ class Store:
         together. Returns False if `owner` no longer held the lease (the
         attempt is still recorded; the status is left to the new owner)."""
         raise NotImplementedError
+
+    def finish_many(self, outcomes: Sequence[Finished]) -> list[bool]:
+        """`finish` for several messages, in one transaction where the engine
+        can (one commit for what came back together); durable on return."""
+        return [self.finish(*one) for one in outcomes]
 
     def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None) -> int:
         """Hand leased messages back to the queue, unchanged but for status.

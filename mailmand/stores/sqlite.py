@@ -10,20 +10,24 @@ import json
 import math
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..message import Record
 
 from ..errors import InvalidState, NotFound, StoreError
-from ..message import Record
 from .base import (
     FINISHED,
     WAITING,
     Attempt,
     Claimed,
+    Finished,
     MessageInfo,
     Outcome,
     Quarantined,
@@ -33,8 +37,6 @@ from .base import (
 )
 
 HOUR = 3600
-# One finish() call's arguments: (message_id, owner, attempt, outcome, recipients).
-Finished = tuple[str, str, Attempt, Outcome, Sequence[RecipientOutcome]]
 LATENCY_BASE = 1.2  # latency histogram buckets grow by 20%: percentiles within ~10%
 
 SCHEMA = [
@@ -81,6 +83,9 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL)",
     # The claim walks this index in order and stops at `batch` rows.
     """CREATE INDEX IF NOT EXISTS ix_due ON messages (priority DESC, due_at)
+        WHERE status IN ('queued', 'deferred')""",
+    # min(due_at) of the waiting rows (status, next send) is one step down this one.
+    """CREATE INDEX IF NOT EXISTS ix_waiting_due ON messages (due_at)
         WHERE status IN ('queued', 'deferred')""",
     "CREATE INDEX IF NOT EXISTS ix_lease ON messages (lease_until) WHERE status = 'sending'",
     "CREATE INDEX IF NOT EXISTS ix_finished ON messages (finished_at) WHERE finished_at IS NOT NULL",
@@ -191,7 +196,8 @@ class SQLiteStore(Store):
         with self.tx() as db:
             rows = db.execute(
                 "UPDATE messages SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?"
-                " WHERE id IN (SELECT id FROM messages WHERE status IN ('queued', 'deferred')"
+                " WHERE id IN (SELECT id FROM messages INDEXED BY ix_due"  # else: every waiting row, sorted
+                "   WHERE status IN ('queued', 'deferred')"
                 "   AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?)"
                 " RETURNING id, mail_from, coalesce(pending_rcpt, rcpt_to), attempts, send_after,"
                 " priority, due_at",
@@ -208,53 +214,49 @@ class SQLiteStore(Store):
 
     def finish(self, message_id: str, owner: str, attempt: Attempt, outcome: Outcome,
                recipients: Sequence[RecipientOutcome] = ()) -> bool:
-        with self.tx() as db:
-            return self._finish(db, message_id, owner, attempt, outcome, recipients)
+        return self.finish_many([(message_id, owner, attempt, outcome, recipients)])[0]
 
     def finish_many(self, outcomes: Sequence[Finished]) -> list[bool]:
         """`finish` for several messages in one transaction: one fsync for the
         group instead of one each, which is what bounds a fast relay. All or
         nothing; durable on return, like `finish`."""
+        rollup: Counter[tuple[int, str, int]] = Counter()
+        reasons: Counter[tuple[int, str]] = Counter()
+        held: list[bool] = []
         with self.tx() as db:
-            return [self._finish(db, *one) for one in outcomes]
-
-    def _finish(self, db: sqlite3.Connection, message_id: str, owner: str, attempt: Attempt,
-                outcome: Outcome, recipients: Sequence[RecipientOutcome] = ()) -> bool:
-        status = outcome.status
-        finished = status in FINISHED
-        db.execute("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (message_id, attempt.at, attempt.relay, attempt.code, attempt.reply,
-                    attempt.duration, attempt.outcome))
-        db.executemany(
-            "INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, address)"
-            " DO UPDATE SET status = excluded.status, code = excluded.code, reply = excluded.reply,"
-            " updated_at = excluded.updated_at",
-            [(message_id, r.address, r.status, r.code, r.reply, attempt.at) for r in recipients],
-        )
-        row = db.execute(
-            "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
-            " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
-            " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?"
-            " WHERE id = ? AND status = 'sending' AND lease_owner = ? RETURNING send_after",
-            (status.value, 0 if attempt.outcome == "expired" else 1, outcome.code, outcome.reason,
-             outcome.due_at, json.dumps(list(outcome.pending)) if outcome.pending else None,
-             attempt.at, attempt.at if finished else None, message_id, owner),
-        ).fetchone()
-        if row is not None and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
-            self._roll_up(db, attempt.at, status, attempt.at - row[0], outcome.reason)
-        return row is not None
-
-    def _roll_up(self, db: sqlite3.Connection, now: float, status: Status, latency: float,
-                 reason: str | None) -> None:
-        hour = int(now // HOUR)
-        upsert = ("INSERT INTO stats_hourly VALUES (?, ?, ?, 1) ON CONFLICT (hour, kind, bucket)"
-                  " DO UPDATE SET n = n + 1")
-        db.execute(upsert, (hour, status.value, 0))
-        if status is Status.SENT:
-            db.execute(upsert, (hour, "latency", _bucket(latency)))
-        elif reason:
-            db.execute("INSERT INTO reasons_hourly VALUES (?, ?, 1) ON CONFLICT (hour, reason)"
-                       " DO UPDATE SET n = n + 1", (hour, reason[:200]))
+            db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                (mid, a.at, a.relay, a.code, a.reply, a.duration, a.outcome) for mid, _, a, _, _ in outcomes])
+            db.executemany(
+                "INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, address)"
+                " DO UPDATE SET status = excluded.status, code = excluded.code, reply = excluded.reply,"
+                " updated_at = excluded.updated_at",
+                [(mid, r.address, r.status, r.code, r.reply, a.at) for mid, _, a, _, rs in outcomes for r in rs],
+            )
+            for message_id, owner, attempt, outcome, _ in outcomes:
+                status = outcome.status
+                row = db.execute(
+                    "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
+                    " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+                    " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?"
+                    " WHERE id = ? AND status = 'sending' AND lease_owner = ? RETURNING send_after",
+                    (status.value, 0 if attempt.outcome == "expired" else 1, outcome.code, outcome.reason,
+                     outcome.due_at, json.dumps(list(outcome.pending)) if outcome.pending else None,
+                     attempt.at, attempt.at if status in FINISHED else None, message_id, owner),
+                ).fetchone()
+                held.append(row is not None)
+                if row is not None and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
+                    hour = int(attempt.at // HOUR)
+                    rollup[hour, status.value, 0] += 1
+                    if status is Status.SENT:
+                        rollup[hour, "latency", _bucket(attempt.at - row[0])] += 1
+                    elif outcome.reason:
+                        reasons[hour, outcome.reason[:200]] += 1
+            # The hourly roll-ups, summed over the group: a few upserts, not a few per message.
+            db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?) ON CONFLICT (hour, kind, bucket)"
+                           " DO UPDATE SET n = n + excluded.n", [(*k, n) for k, n in rollup.items()])
+            db.executemany("INSERT INTO reasons_hourly VALUES (?, ?, ?) ON CONFLICT (hour, reason)"
+                           " DO UPDATE SET n = n + excluded.n", [(*k, n) for k, n in reasons.items()])
+        return held
 
     def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None) -> int:
         where: list[str] = ["status = 'sending'"]
@@ -277,11 +279,14 @@ class SQLiteStore(Store):
             return cur.rowcount
 
     def next_due(self) -> float | None:
-        # min(due_at) over the partial index: one lookup per priority level.
-        rows = self._read("SELECT min(due_at) FROM messages WHERE status IN ('queued', 'deferred')")
+        # INDEXED BY: left to itself the planner picks ix_status_created and
+        # reads every waiting row (`status` took 146 ms on a million messages; now 5 ms).
+        rows = self._read("SELECT min(due_at) FROM messages INDEXED BY ix_waiting_due"
+                          " WHERE status IN ('queued', 'deferred')")
         return rows[0][0]
 
-    oldest_due_sql = ("SELECT min(due_at) FROM messages WHERE status IN ('queued', 'deferred')"
+    oldest_due_sql = ("SELECT min(due_at) FROM messages INDEXED BY ix_waiting_due"
+                      " WHERE status IN ('queued', 'deferred')"
                       " AND due_at <= ?")
 
     def oldest_due(self, now: float) -> float | None:

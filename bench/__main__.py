@@ -1,0 +1,103 @@
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import dispatch, enqueue, ingest, latency, scale
+from .common import environment
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
+             "latency": latency.run, "scale": scale.run}
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    out = ["| comparison | mailmand median (min–max) | baseline median (min–max) | ratio |",
+           "|---|---|---|---|"]
+    for r in rows:
+        a, b = r["mailmand"], r["baseline"]
+        out.append(f"| {r['name']} | {a['median']:.0f} ({a['min']:.0f}–{a['max']:.0f}) {r['unit']} "
+                   f"| {b['median']:.0f} ({b['min']:.0f}–{b['max']:.0f}) {r['unit']} | **{r['ratio']:.2f}** |")
+    return "\n".join(out)
+
+
+def report(results: dict[str, Any]) -> str:
+    parts = [f"# mailmand bench ({results['mode']}) — {results['env']['when']}"]
+    if "enqueue" in results:
+        e = results["enqueue"]
+        parts += ["\n## enqueue", _table(e["rows"]),
+                  f"\ncomposition (Email.to_record, {e['compose']['size_bytes']} bytes): "
+                  f"{e['compose']['to_record_us']:.0f} µs/message; Email(...) {e['compose']['email_init_us']:.0f} µs; "
+                  f"durability both sides: WAL, synchronous={e['durability']['synchronous']}"]
+    if "ingest" in results:
+        g = results["ingest"]
+        parts += ["\n## ingest (spool → store)", "| waiting | msg/s | late/early rate | spool rows left |",
+                  "|---|---|---|---|"]
+        for r in g["runs"]:
+            parts.append(f"| {r['waiting']} | {r['msg_s']:.0f} | {r['flatness']:.2f} | "
+                         f"{r['curve'][-1]['spool_rows']} |")
+        parts.append(f"\nbare persist-queue drain, no store (for scale): {g['bare_queue_drain_msg_s']:.0f} msg/s")
+    if "dispatch" in results:
+        parts += ["\n## dispatch", _table(results["dispatch"]["rows"]),
+                  f"\nlogging: {results['dispatch']['logging']}"]
+    if "latency" in results:
+        lat = results["latency"]
+        parts += ["\n## latency (enqueue → relay's 250, idle daemon)",
+                  f"p50 {lat['p50_ms']:.1f} ms (target < 50), p99 {lat['p99_ms']:.1f} ms (target < 200), "
+                  f"max {lat['max_ms']:.1f} ms over {lat['messages']}"]
+        if "p50_smtp_ms" in lat:
+            parts.append(f"p50 split: record created → SMTP attempt begins "
+                         f"{lat['p50_created_to_attempt_ms']:.1f} ms, SMTP exchange {lat['p50_smtp_ms']:.1f} ms")
+    if "scale" in results:
+        s, r = results["scale"]["store"], results["scale"]["run"]
+        parts += [f"\n## scale ({s['messages']:,} messages)", "| operation | median ms (min–max) |", "|---|---|"]
+        for key in ("claim_50", "status_inprocess", "stats_inprocess", "status_subprocess",
+                    "stats_subprocess", "python_import_only_subprocess"):
+            v = s[key]
+            parts.append(f"| {key} | {v['median_ms']:.1f} ({v['min_ms']:.1f}–{v['max_ms']:.1f}) |")
+        parts.append(f"\nstore on disk: {s['bytes_per_message']:.0f} bytes/message; daemon idle RSS on it: "
+                     f"{s['daemon_idle_rss_mib']:.1f} MiB")
+        parts.append(f"daemon run of {r['messages']:,}: RSS {r['rss_at_start_mib']:.1f} MiB at start, "
+                     f"max {r['rss_first_quarter_max_mib']:.1f} in the first quarter, "
+                     f"{r['rss_last_quarter_max_mib']:.1f} in the last, {r['rss_after_mib']:.1f} after; "
+                     f"end to end {r['end_to_end_msg_s']:.0f} msg/s")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller runs, about 2 minutes")
+    p.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    p.add_argument("--dir", type=Path, default=Path("/var/tmp"),
+                   help="scratch directory on a real disk (default /var/tmp; not a tmpfs)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
+    args = p.parse_args(argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "env": environment()}
+    t0 = time.monotonic()
+    for name in wanted:
+        print(f"… {name}", file=sys.stderr, flush=True)
+        results[name] = SCENARIOS[name](args.dir, args.quick)
+    results["duration_s"] = round(time.monotonic() - t0, 1)
+    print(report(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if "dispatch" in results:
+        try:
+            from .plot import plot
+
+            plot(results["dispatch"], args.plot)
+        except ImportError:
+            print("matplotlib not installed (pip install mailmand[bench]): no plot", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

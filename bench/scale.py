@@ -1,0 +1,191 @@
+"""Scenario 5: a store of 1,000,000 messages in mixed states. Claim, `status`
+and `stats` times; bytes on disk per message; the daemon's RSS idle and while
+it pushes a large run through."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mailmand import cli
+from mailmand.stores.base import Status
+from mailmand.stores.sqlite import HOUR, SQLiteStore, _bucket
+
+from .common import config, email, have_smtp_sink, sink, workdir, write_yaml
+from .enqueue import MAX_SIZE
+from .ingest import fill_spool
+from .latency import daemon
+
+DAY = 86400.0
+# (status, share): what a month of a busy host's store looks like.
+MIX = [(Status.SENT, 0.90), (Status.FAILED, 0.03), (Status.EXPIRED, 0.01), (Status.CANCELLED, 0.01),
+       (Status.DEFERRED, 0.01), (Status.QUEUED, 0.04)]
+REASON = {Status.FAILED: "550 5.1.1 no such user", Status.EXPIRED: "expired: max-time passed"}
+
+
+def generate(path: Path, n: int, now: float, chunk: int = 50_000) -> float:
+    """Bulk-load `n` messages through the real schema (triggers keep status_counts);
+    the hourly roll-ups are written as finish() would have. Returns seconds taken."""
+    t0 = time.perf_counter()
+    SQLiteStore(path).close()  # the schema, exactly as the daemon creates it
+    raw = email().to_record(MAX_SIZE).raw
+    rng = random.Random(6)
+    statuses = [s for s, _ in MIX]
+    weights = [w for _, w in MIX]
+    stats, reasons = Counter(), Counter()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    for start in range(0, n, chunk):
+        msgs, bodies, attempts = [], [], []
+        for i in range(start, min(n, start + chunk)):
+            status = rng.choices(statuses, weights)[0]
+            created = now - rng.random() * 30 * DAY
+            mid = f"{i:032x}"
+            finished = created + rng.random() * 5 if status in (Status.SENT, Status.FAILED, Status.EXPIRED,
+                                                                 Status.CANCELLED) else None
+            if status is Status.QUEUED:  # scheduled for later this month
+                due = now + rng.random() * 30 * DAY
+            elif status is Status.DEFERRED:
+                due = now + rng.random() * 900
+            else:
+                due = created
+            tries = 0 if status in (Status.QUEUED, Status.CANCELLED) else 1
+            msgs.append((mid, status.value, "bench@example.com", '["sink@example.com"]', f"bench message {i}",
+                         0, len(raw), None, created, created, due, tries, REASON.get(status), created,
+                         finished))
+            bodies.append((mid, raw))
+            if tries:
+                at = finished or created
+                outcome = {"sent": "sent", "deferred": "temporary", "failed": "permanent"}.get(status.value,
+                                                                                                 "expired")
+                attempts.append((mid, at, "127.0.0.1:25", 250 if status is Status.SENT else 550,
+                                 REASON.get(status, "250 2.0.0 Ok"), 0.01, outcome))
+                if status in (Status.SENT, Status.FAILED, Status.EXPIRED):
+                    hour = int(at // HOUR)
+                    stats[(hour, status.value, 0)] += 1
+                    if status is Status.SENT:
+                        stats[(hour, "latency", _bucket(at - created))] += 1
+                    else:
+                        reasons[(hour, REASON[status])] += 1
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"
+                       " idempotency_key, created_at, send_after, due_at, attempts, last_error, updated_at,"
+                       " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msgs)
+        db.executemany("INSERT INTO bodies VALUES (?, ?)", bodies)
+        db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
+        db.execute("COMMIT")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?)", [(*k, v) for k, v in stats.items()])
+    db.executemany("INSERT INTO reasons_hourly VALUES (?, ?, ?)", [(*k, v) for k, v in reasons.items()])
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return time.perf_counter() - t0
+
+
+def _ms(fn: Any, times: int = 7) -> dict[str, float]:
+    got = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        fn()
+        got.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": statistics.median(got), "min_ms": min(got), "max_ms": max(got)}
+
+
+def _cli(conf: Path, *args: str) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        if cli.main([*args, "--json", "-c", str(conf)]) != 0:
+            raise RuntimeError(f"mailmand {args} failed")
+
+
+def _subprocess(conf: Path | None, *args: str) -> None:
+    cmd = [sys.executable, "-m", "mailmand", *args, "--json", "-c", str(conf)] if conf else \
+        [sys.executable, "-c", "import mailmand.cli"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _count(path: Path, status: str) -> int:
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return int(db.execute("SELECT n FROM status_counts WHERE status = ?", (status,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+def big_store(base: Path, n: int) -> dict[str, Any]:
+    now = time.time()
+    with workdir(base) as root:
+        cfg = config(root, port=9, connections=4)
+        conf = write_yaml(cfg, root / "mailmand.yaml")
+        db_path = cfg.server.database.path
+        load_s = generate(db_path, n, now)
+        size = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
+        store = SQLiteStore(db_path)
+        later = now + 31 * DAY  # every scheduled message is due: the claim has work to take
+
+        def claim() -> None:
+            if len(store.claim(later, 50, "bench", 300.0)) != 50:
+                raise RuntimeError("claim took less than a batch")
+            store.release("bench")
+
+        out = {"messages": n, "load_s": load_s, "bytes_per_message": size / n,
+               "counts": {s.value: c for s, c in store.counts().items()},
+               "claim_50": _ms(claim)}
+        store.close()
+        out["status_inprocess"] = _ms(lambda: _cli(conf, "status"))
+        out["stats_inprocess"] = _ms(lambda: _cli(conf, "stats"))
+        out["status_subprocess"] = _ms(lambda: _subprocess(conf, "status"), 5)
+        out["stats_subprocess"] = _ms(lambda: _subprocess(conf, "stats"), 5)
+        out["python_import_only_subprocess"] = _ms(lambda: _subprocess(None), 5)
+        with daemon(cfg, root) as proc:  # nothing due: an idle daemon on the big store
+            time.sleep(3)
+            out["daemon_idle_rss_mib"] = rss_mib(proc.pid)
+    return out
+
+
+def rss_run(base: Path, n: int) -> dict[str, Any]:
+    """The daemon ingests and sends `n` messages to smtp-sink; its RSS sampled as it goes."""
+    with workdir(base) as root, sink("smtp-sink" if have_smtp_sink() else "aiosmtpd") as port:
+        cfg = config(root, port, connections=4, batch=50)
+        fill_spool(cfg.queue.path, n)
+        samples = []
+        t0 = time.perf_counter()
+        with daemon(cfg, root) as proc:
+            idle = rss_mib(proc.pid)
+            db = cfg.server.database.path
+            while True:
+                sent = _count(db, "sent") if db.exists() else 0
+                samples.append({"t": round(time.perf_counter() - t0, 2), "sent": sent,
+                                "rss_mib": rss_mib(proc.pid)})
+                if sent >= n or time.perf_counter() - t0 > 1800:
+                    break
+                time.sleep(0.5)
+            elapsed = time.perf_counter() - t0
+            time.sleep(2)
+            after = rss_mib(proc.pid)
+    rss = [s["rss_mib"] for s in samples]
+    return {"messages": n, "sent": samples[-1]["sent"], "end_to_end_msg_s": n / elapsed,
+            "rss_at_start_mib": idle, "rss_max_mib": max(rss), "rss_after_mib": after,
+            "rss_first_quarter_max_mib": max(rss[:max(1, len(rss) // 4)]),
+            "rss_last_quarter_max_mib": max(rss[-max(1, len(rss) // 4):]), "samples": samples}
+
+
+def run(base: Path, quick: bool) -> dict[str, Any]:
+    return {"store": big_store(base, 100_000 if quick else 1_000_000),
+            "run": rss_run(base, 10_000 if quick else 100_000)}
