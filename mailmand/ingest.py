@@ -119,7 +119,7 @@ class IngestLoop:
             # inotify reports the WAL write a moment before the commit is
             # visible to readers: after a wake that found nothing, look again
             # shortly rather than at the next poll.
-            for delay in (0.0, 0.002, 0.01, 0.05) if woken else (0.0,):
+            for delay in (0.0, 0.002, 0.003, 0.005, 0.01, 0.02, 0.04) if woken else (0.0,):
                 time.sleep(delay)
                 if self._drain():
                     break

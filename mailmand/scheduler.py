@@ -83,29 +83,35 @@ class Dispatcher:
         for every batch), a batch at a time, until nothing is due."""
         result = RunResult()
         with self._run_lock:
-            self._apply_pending()
-            cfg, relay = self._cfg, self._relay
-            live: dict[str, Claimed] = {}  # claimed and not yet committed
-            feed = self._feed(cfg, now, result, live)
-            # The sessions pull from the feed, which claims the next batch
-            # only when one of them is free for it: no session idles at a
-            # batch boundary, and nothing is claimed that no session can take.
-            for group in relay.send_grouped(feed, self.stop):
-                self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
-            feed.close()
-            if live:  # stopping: hand back what was never tried
-                result.released += self.store.release(self.owner, list(live))
+            while True:
+                self._apply_pending()
+                self._run(self._cfg, self._relay, now, result)
+                # The feed stops early for a reloaded configuration: go on under it.
+                if self._pending is None or self.stop.is_set():
+                    break
         if result.batches:
             log.info("dispatched %d batch(es): sent %d, deferred %d, failed %d, expired %d, released %d",
                      result.batches, result.sent, result.deferred, result.failed, result.expired,
                      result.released)
         return result
 
+    def _run(self, cfg: ServerConfig, relay: Relay, now: float | None, result: RunResult) -> None:
+        live: dict[str, Claimed] = {}  # claimed and not yet committed
+        feed = self._feed(cfg, now, result, live)
+        # The sessions pull from the feed, which claims the next batch only
+        # when one of them is free for it: no session idles at a batch
+        # boundary, and nothing is claimed that no session can take.
+        for group in relay.send_grouped(feed, self.stop):
+            self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
+        feed.close()
+        if live:  # stopping: hand back what was never tried
+            result.released += self.store.release(self.owner, list(live))
+
     def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
               live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
         """Claim up to `batch` due messages at a time, expire those past
         max-time, and hand out the rest. Runs in the sessions' threads, one at a time."""
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self._pending is None:
             t = time.time() if now is None else now
             self.store.release(None, now=t)  # leases that ran out (a crashed peer)
             batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
@@ -171,7 +177,8 @@ class DispatchScheduler:
         self.last: RunResult | None = None
         self._again = threading.Event()
         self._sched = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},
+            # Two threads: a long dispatch run must not hold up housekeeping.
+            executors={"default": ThreadPoolExecutor(2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
 

@@ -351,3 +351,23 @@ def test_an_unreachable_relay_burns_no_attempt_on_mail_it_never_tried(make_confi
     assert all(i.attempts == 0 for i in infos if i.status is Status.QUEUED)
     assert d.store.counts()[Status.SENDING] == 0
     d.close()
+
+
+def test_a_reload_under_steady_load_applies_between_batches(smtp_server, make_config):
+    import dataclasses
+    import threading
+    first, second = smtp_server(stall=0.005), smtp_server()
+    d = daemon_for(make_config, first, batch=10, smtp_kw={"connections": 1})
+    enqueue(d.cfg, 200)
+    d.ingester.drain()
+    run = threading.Thread(target=d.dispatcher.run_once)
+    run.start()
+    assert wait_until(lambda: len(first.messages) >= 20, timeout=20)
+    d.dispatcher.configure(dataclasses.replace(d.cfg.server, smtp=smtp_for(second, connections=1)))
+    run.join(timeout=60)
+    assert not run.is_alive()
+    # The batch in flight finished on the old relay; the rest went to the new one, nothing twice.
+    assert len(first.messages) < 200 and len(second.messages) > 0
+    assert len(first.messages) + len(second.messages) == 200
+    assert d.store.counts()[Status.SENT] == 200
+    d.close()
