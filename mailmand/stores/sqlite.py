@@ -222,7 +222,6 @@ class SQLiteStore(Store):
         nothing; durable on return, like `finish`."""
         rollup: Counter[tuple[int, str, int]] = Counter()
         reasons: Counter[tuple[int, str]] = Counter()
-        held: list[bool] = []
         with self.tx() as db:
             db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)", [
                 (mid, a.at, a.relay, a.code, a.reply, a.duration, a.outcome) for mid, _, a, _, _ in outcomes])
@@ -232,23 +231,28 @@ class SQLiteStore(Store):
                 " updated_at = excluded.updated_at",
                 [(mid, r.address, r.status, r.code, r.reply, a.at) for mid, _, a, _, rs in outcomes for r in rs],
             )
-            for message_id, owner, attempt, outcome, _ in outcomes:
+            # Which leases are still ours (and each one's send time, for the
+            # latency roll-up): one read, inside the write transaction.
+            marks = ",".join("?" * len(outcomes))
+            leased = {mid: (owner, sent) for mid, owner, sent in db.execute(
+                f"SELECT id, lease_owner, send_after FROM messages WHERE id IN ({marks}) AND status = 'sending'",
+                [mid for mid, *_ in outcomes])}
+            held = [leased.get(mid, (None,))[0] == owner for mid, owner, *_ in outcomes]
+            db.executemany(
+                "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
+                " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
+                [(o.status.value, 0 if a.outcome == "expired" else 1, o.code, o.reason, o.due_at,
+                  json.dumps(list(o.pending)) if o.pending else None, a.at,
+                  a.at if o.status in FINISHED else None, mid)
+                 for (mid, _, a, o, _), ok in zip(outcomes, held, strict=True) if ok])
+            for (message_id, _, attempt, outcome, _), ok in zip(outcomes, held, strict=True):
                 status = outcome.status
-                row = db.execute(
-                    "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
-                    " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
-                    " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?"
-                    " WHERE id = ? AND status = 'sending' AND lease_owner = ? RETURNING send_after",
-                    (status.value, 0 if attempt.outcome == "expired" else 1, outcome.code, outcome.reason,
-                     outcome.due_at, json.dumps(list(outcome.pending)) if outcome.pending else None,
-                     attempt.at, attempt.at if status in FINISHED else None, message_id, owner),
-                ).fetchone()
-                held.append(row is not None)
-                if row is not None and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
+                if ok and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
                     hour = int(attempt.at // HOUR)
                     rollup[hour, status.value, 0] += 1
                     if status is Status.SENT:
-                        rollup[hour, "latency", _bucket(attempt.at - row[0])] += 1
+                        rollup[hour, "latency", _bucket(attempt.at - leased[message_id][1])] += 1
                     elif outcome.reason:
                         reasons[hour, outcome.reason[:200]] += 1
             # The hourly roll-ups, summed over the group: a few upserts, not a few per message.
