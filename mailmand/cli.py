@@ -387,11 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if fn is cmd_run:
         args.once = getattr(args, "once", False)
     try:
-        cfg = configmod.load(getattr(args, "config", None), producer=fn in (cmd_send, cmd_sendmail))
+        # Only the daemon (and check-config, which vouches for it) needs the relay's secrets.
+        cfg = configmod.load(getattr(args, "config", None), producer=fn not in (cmd_run, cmd_check_config))
     except MailmandError as exc:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code
-    setup_logging(os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level))
+    level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
+    setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
     try:
         return fn(cfg, args)
     except MailmandError as exc:
@@ -402,6 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an input we did not foresee: still one line, not a traceback
+        log.debug("unexpected error", exc_info=True)
+        print(f"mailmand: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_ERROR
 
 
 def sendmail_main() -> int:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -382,6 +383,14 @@ class _Parser:
             raise ConfigError(f"no such file: {p}", key)
         return p
 
+    def ca_file(self, value: Any, key: str) -> Path:
+        p = self.file(value, key)
+        try:  # load it now, so that a bad bundle is refused here and not when the daemon connects
+            ssl.create_default_context(cafile=str(p))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"not a usable CA bundle (PEM): {p}: {exc}", key) from None
+        return p
+
     def email(self, value: Any, path: str) -> Config:
         d = self.section(value, path, {"queue": self.queue, "server": self.server})
         server = d.get("server") or self.server(
@@ -447,7 +456,7 @@ class _Parser:
             "port": _int(1, 65535),
             "tls": _choice("starttls", "ssl", "none"),
             "verify": _bool,
-            "ca-file": self.file,
+            "ca-file": self.ca_file,
             "connections": _int(1),
             "rate": _via(parse_rate),
             "timeout": _duration(),

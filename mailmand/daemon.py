@@ -43,12 +43,14 @@ def notify(state: str) -> bool:
     return True
 
 
-class SpoolLock:
-    """An flock on the spool: one daemon per spool. The kernel drops it when
-    the process dies, so a SIGKILLed daemon never leaves a stale lock."""
+class InstanceLock:
+    """An flock that makes a daemon the only one on a spool (or a store). The
+    kernel drops it when the process dies, so a SIGKILLed daemon never leaves
+    a stale lock."""
 
-    def __init__(self, spool: Path) -> None:
-        self.path = Path(spool) / LOCK_FILE
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -59,8 +61,7 @@ class SpoolLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running "
-                                 f"on the spool {self.path.parent}") from None
+            raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running on {self.what}") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -87,12 +88,21 @@ class Daemon:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.lock = SpoolLock(cfg.queue.path)
+        # One daemon per spool, and per store: the take-over below assumes nobody else sends from either.
+        db = cfg.server.database.path
+        self.lock = InstanceLock(cfg.queue.path / LOCK_FILE, f"the spool {cfg.queue.path}")
         self.lock.acquire()
+        self.store_lock = InstanceLock(db.with_name(f"{db.name}.lock"), f"the store {db}")
+        try:
+            self.store_lock.acquire()
+        except BaseException:
+            self.lock.release()
+            raise
         try:
             self.queue: Queue = open_queue(cfg.queue, daemon=True)
             self.store: Store = open_store(cfg.server.database)
         except BaseException:
+            self.store_lock.release()
             self.lock.release()
             raise
         # We hold the lock, so nobody else is sending: take back at once
@@ -177,8 +187,12 @@ class Daemon:
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
         # Keys that need a restart keep their running values: nothing is half-applied.
         server = dataclasses.replace(new.server, database=self.cfg.server.database)
+        try:
+            self.dispatcher.configure(server)
+        except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays
+            log.error("configuration reload refused, keeping the running one: %s", exc)
+            return False
         self.cfg = Config(queue=self.cfg.queue, server=server, source=self.cfg.source)
-        self.dispatcher.configure(server)
         sched.reschedule(server.interval, server.retention)
         logging.getLogger("mailmand").setLevel(server.log_level.upper())
         log.info("configuration reloaded from %s", self.cfg.source)
@@ -188,6 +202,7 @@ class Daemon:
         self.dispatcher.close()
         self.queue.close()
         self.store.close()
+        self.store_lock.release()
         self.lock.release()
 
 

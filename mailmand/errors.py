@@ -10,15 +10,15 @@ import os
 
 
 class MailmandError(Exception):
-    """Root of every error mailmand raises on purpose."""
+    """Root of every error mailmand raises on purpose. `exit_code` follows
+    the CLI's convention (1 error, 2 usage, 78 configuration); the sendmail
+    entry point maps errors to sendmail's sysexits itself."""
 
     exit_code: int = 1
 
 
 class InvalidMessage(MailmandError, ValueError):
     """A message that cannot be queued: names the field and the value."""
-
-    exit_code = os.EX_DATAERR
 
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
@@ -52,13 +52,9 @@ class ConfigError(MailmandError):
 class QueueError(MailmandError):
     """The spool (or another queue engine) cannot be written or read."""
 
-    exit_code = os.EX_TEMPFAIL
-
 
 class SpoolPermissionError(QueueError):
     """This user may not write the spool (not in the daemon's group)."""
-
-    exit_code = os.EX_NOPERM
 
 
 class StoreError(MailmandError):

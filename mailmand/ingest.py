@@ -4,6 +4,7 @@ item, and the store's insert-by-id makes that a no-op."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from .stores import Store
 log = logging.getLogger(__name__)
 
 BATCH = 500  # items per store transaction
+# What the store raises for a record it cannot hold (a value out of range),
+# as opposed to a store that cannot take anything now (locked, disk full).
+RECORD_ERRORS = (OverflowError, ValueError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
 
 
 @dataclass
@@ -64,21 +68,42 @@ class Ingester:
         return total
 
     def _ingest(self, items: list[Item]) -> IngestResult:
-        records: list[Record] = []
-        now = time.time()
-        for item in items:
-            got = _decode(item)
-            if isinstance(got, Record):
-                records.append(got)
-            else:
-                self.store.quarantine(got, item.raw, now)
-                log.warning("quarantined a spool item: %s", got)
-        new = self.store.insert(records) if records else 0
+        try:
+            records, new = self._store(items)
+        except Exception:
+            self.queue.release(items)  # the store is not taking anything now: keep them for later
+            raise
         self.queue.ack(items)
         result = IngestResult(new, len(records) - new, len(items) - len(records))
         if new and self.on_stored:
             self.on_stored(min(r.send_after for r in records))
         return result
+
+    def _store(self, items: list[Item]) -> tuple[list[Record], int]:
+        """Insert what decodes, quarantine what does not; returns the records and how many were new."""
+        now = time.time()
+        decoded = [(item, _decode(item)) for item in items]
+        records = [got for _, got in decoded if isinstance(got, Record)]
+        try:
+            new = self.store.insert(records) if records else 0
+        except RECORD_ERRORS:
+            # One record the store refuses must not hold up the others: one at a time.
+            # (A store that is down or full raises something else, and nothing is quarantined.)
+            records, new = [], 0
+            for n, (item, got) in enumerate(decoded):
+                if isinstance(got, Record):
+                    try:
+                        new += self.store.insert([got])
+                        records.append(got)
+                        continue
+                    except RECORD_ERRORS as exc:
+                        got = f"the store refused it: {type(exc).__name__}: {exc}"
+                decoded[n] = (item, got)
+        for item, got in decoded:
+            if not isinstance(got, Record):
+                self.store.quarantine(got, item.raw, now)
+                log.warning("quarantined a spool item: %s", got)
+        return records, new
 
 
 class _Wake(FileSystemEventHandler):

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email import headerregistry, policy
+from email import errors, headerregistry, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .client import Client
 
 RECORD_VERSION = 1
+PRIORITY_MAX = 1_000_000  # higher goes first; bounded so every store can hold it
 # RFC 5322 §3.6.8: field-name = 1*ftext, printable US-ASCII except ":".
 FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 # Headers that the keyword arguments own; setting them through `headers=`
@@ -76,13 +77,13 @@ def _no_crlf(name: str, value: str) -> str:
 
 def _address(name: str, display: str, spec: str, original: object) -> Address:
     local, at, domain = spec.rpartition("@")
-    if not at or not local or " " in spec or ("." not in domain and domain != "localhost"):
+    if not at or not local or not domain or " " in spec or domain.startswith(".") or ".." in domain:
         raise InvalidAddress(name, original, "not a valid email address")
     if not spec.isascii():
         raise InvalidAddress(name, original, "non-ASCII addresses (SMTPUTF8) are not supported")
     try:
         return Address(display_name=display, addr_spec=spec)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, errors.HeaderParseError) as exc:
         raise InvalidAddress(name, original, f"not a valid email address ({exc})") from None
 
 
@@ -149,6 +150,10 @@ class Record:
             for key in ("id", "mail_from", "raw"):
                 if not isinstance(data[key], str):
                     raise InvalidMessage(f"record.{key}", data[key], "expected a string")
+            for key, addr in [("mail_from", data["mail_from"]), *(("rcpt_to", r) for r in rcpt)]:
+                # Envelope addresses go on SMTP command lines: an @, and no CR/LF, spaces or brackets.
+                if "@" not in addr or any(c in addr for c in "\r\n <>"):
+                    raise InvalidMessage(f"record.{key}", addr, "not an envelope address")
             try:
                 raw = base64.b64decode(data["raw"], validate=True)
             except (binascii.Error, ValueError):
@@ -158,7 +163,7 @@ class Record:
                 mail_from=data["mail_from"],
                 rcpt_to=tuple(rcpt),
                 raw=raw,
-                priority=int(data.get("priority") or 0),
+                priority=_priority(data.get("priority")),
                 send_after=float(data.get("send_after") or 0.0),
                 idempotency_key=data.get("idempotency_key"),
                 created_at=float(data.get("created_at") or time.time()),
@@ -207,14 +212,17 @@ class Email:
         if not (self.to or self.cc or self.bcc):
             raise InvalidMessage("to", to, "at least one recipient (to, cc or bcc) is required")
         self.reply_to = parse_addresses("reply_to", reply_to)
+        for field_name, value in (("subject", subject), ("text", text), ("html", html)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidMessage(field_name, type(value).__name__, "expected a string")
         self.subject = _no_crlf("subject", subject or "")
         self.text = text
         self.html = html
         self.headers: dict[str, str] = {}
         for name, value in (headers or {}).items():
             self.set_header(name, value)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise InvalidMessage("priority", priority, "expected an integer")
+        if not isinstance(priority, int) or isinstance(priority, bool) or not -PRIORITY_MAX <= priority <= PRIORITY_MAX:
+            raise InvalidMessage("priority", priority, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
         self.priority = priority
         self.read_receipt = parse_address("read_receipt", read_receipt) if read_receipt else None
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
@@ -327,28 +335,43 @@ class Email:
     @classmethod
     def from_bytes(cls, raw: bytes, *, sender: str | None = None, recipients: Sequence[str] | None = None,
                    extra_recipients: Sequence[str] = (), from_name: str | None = None,
-                   default_sender: str | None = None, priority: int = 0,
+                   default_sender: str | None = None, local_domain: str | None = None, priority: int = 0,
                    idempotency_key: str | None = None) -> Email:
         """Parse an RFC 5322 message. The envelope sender is `sender`, else the
         From header, else `default_sender`; the recipients are `recipients`,
-        else the To, Cc and Bcc headers plus `extra_recipients`. The Bcc
-        header is always removed."""
+        else the To, Cc and Bcc headers plus `extra_recipients`; a bare local
+        part (`root`, as cron writes) gets `@local_domain`. The Bcc header is
+        always removed."""
         if not isinstance(raw, bytes | bytearray):
             raise InvalidMessage("raw", type(raw).__name__, "expected bytes")
         msg = BytesParser(policy=SMTP_POLICY).parsebytes(bytes(raw))
         if not msg.keys():
             raise InvalidMessage("raw", bytes(raw[:40]), "no headers: not an RFC 5322 message")
 
-        def addrs(*names: str) -> list[str]:
-            values = [str(v) for n in names for v in msg.get_all(n, [])]
-            return [formataddr(pair) for pair in getaddresses(values)]
+        def qualify(header: object) -> list[str]:
+            # The modern parser keeps "not an address" whole (and it then
+            # fails validation) where parseaddr would keep just "not".
+            found = []
+            for a in getattr(header, "addresses", ()):
+                if not a.username:  # "undisclosed-recipients:;": a group with no one in it
+                    continue
+                spec = a.addr_spec if a.domain or not local_domain else f"{a.addr_spec}@{local_domain}"
+                found.append(formataddr((a.display_name, spec)))
+            return found
 
-        envelope_from = sender or next(iter(addrs("From")), default_sender)
-        rcpt = list(recipients) if recipients else [*addrs("To", "Cc", "Bcc"), *extra_recipients]
+        def arg(value: str) -> list[str]:
+            return qualify(SMTP_POLICY.header_factory("To", _no_crlf("recipient", value))) or [value]
+
+        def addrs(*names: str) -> list[str]:
+            return [addr for n in names for h in msg.get_all(n, []) for addr in qualify(h)]
+
+        envelope_from = arg(sender)[0] if sender else next(iter(addrs("From")), default_sender)
+        given = [addr for r in (recipients or extra_recipients) for addr in arg(r)]
+        rcpt = given if recipients else [*addrs("To", "Cc", "Bcc"), *given]
         e = cls(sender=envelope_from, bcc=rcpt, priority=priority, idempotency_key=idempotency_key)
         del msg["Bcc"]
         if "From" not in msg:
-            msg["From"] = formataddr((from_name or "", e.sender.addr_spec))
+            msg["From"] = formataddr((_no_crlf("from_name", from_name or ""), e.sender.addr_spec))
         if "Message-ID" not in msg:
             msg["Message-ID"] = make_msgid(domain=e.sender.domain)
         if "Date" not in msg:
@@ -369,6 +392,14 @@ class Email:
 
     def __repr__(self) -> str:
         return f"Email(sender={str(self.sender)!r}, to={self.envelope_recipients!r}, subject={self.subject!r})"
+
+
+def _priority(value: object) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not -PRIORITY_MAX <= value <= PRIORITY_MAX:
+        raise InvalidMessage("record.priority", value, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
+    return value
 
 
 def _default_client() -> Client:

@@ -29,7 +29,8 @@ def is_expired(now: float, send_after: float, cfg: ServerConfig) -> bool:
 
 
 def expired_outcome(cfg: ServerConfig) -> Outcome:
-    return Outcome(Status.EXPIRED, reason=f"expired: max-time ({cfg.max_time:g}s) passed since its send time")
+    return Outcome(Status.EXPIRED, reason=f"expired: max-time ({cfg.max_time:g}s) passed since its send time",
+                   counted=False)
 
 
 def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
@@ -47,18 +48,23 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     if result.kind == "permanent" and not temporary:
         return Outcome(Status.FAILED, reason=reason, code=result.code), recipients
 
-    attempts = msg.attempts + 1
+    # Only what the relay said about this message counts toward max-fails;
+    # an unreachable relay, TLS or AUTH trouble (no reply code at all) is
+    # bounded by max-time instead, so an outage does not fail the queue.
+    counted = result.code is not None or any(r.code is not None for r in result.recipients)
+    attempts = msg.attempts + (1 if counted else 0)
     code = result.code if result.kind != "sent" else (refused[0].code if refused else result.code)
-    if attempts >= cfg.max_fails:
+    if counted and attempts >= cfg.max_fails:
         return Outcome(Status.FAILED, reason=f"max-fails ({cfg.max_fails}) reached: {reason}",
                        code=code), recipients
     if is_expired(now, msg.send_after, cfg):
-        return Outcome(Status.EXPIRED, reason=f"max-time passed: {reason}", code=code), recipients
+        return Outcome(Status.EXPIRED, reason=f"max-time passed: {reason}", code=code,
+                       counted=counted), recipients
     due = min(now + backoff(attempts, cfg.backoff, rand), deadline(msg.send_after, cfg))
     # Only the temporarily refused recipients are tried again; with no
     # per-recipient replies (the connection failed) all of them are.
     return Outcome(Status.DEFERRED, reason=reason, code=code, due_at=due,
-                   pending=temporary or None), recipients
+                   pending=temporary or None, counted=counted), recipients
 
 
 def _reason(result: SendResult, refused: list[RecipientResult]) -> str | None:

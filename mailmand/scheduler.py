@@ -52,19 +52,22 @@ class Dispatcher:
         self.stop = threading.Event()
         self._cfg = cfg
         self._relay = Relay(cfg.smtp)
-        self._pending: ServerConfig | None = None  # a reloaded configuration, applied between batches
+        self._pending: tuple[ServerConfig, Relay] | None = None  # a reload, applied between batches
         self._run_lock = threading.Lock()  # one run at a time
         self._cfg_lock = threading.Lock()
 
     @property
     def cfg(self) -> ServerConfig:
-        return self._pending or self._cfg
+        pending = self._pending
+        return pending[0] if pending else self._cfg
 
     def configure(self, cfg: ServerConfig) -> None:
         """Apply a reloaded configuration: now if idle, else before the next
-        batch. A batch in flight finishes on the old settings."""
+        batch. A batch in flight finishes on the old settings. Raises (and
+        changes nothing) if the relay settings cannot be used, e.g. a bad CA file."""
+        relay = Relay(cfg.smtp)
         with self._cfg_lock:
-            self._pending = cfg
+            self._pending = (cfg, relay)
         if self._run_lock.acquire(blocking=False):
             try:
                 self._apply_pending()
@@ -73,9 +76,10 @@ class Dispatcher:
 
     def _apply_pending(self) -> None:
         with self._cfg_lock:
-            cfg, self._pending = self._pending, None
-        if cfg is not None:
-            old, self._cfg, self._relay = self._relay, cfg, Relay(cfg.smtp)
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            old = self._relay
+            self._cfg, self._relay = pending
             old.close()
 
     def run_once(self, now: float | None = None) -> RunResult:
@@ -98,14 +102,16 @@ class Dispatcher:
     def _run(self, cfg: ServerConfig, relay: Relay, now: float | None, result: RunResult) -> None:
         live: dict[str, Claimed] = {}  # claimed and not yet committed
         feed = self._feed(cfg, now, result, live)
-        # The sessions pull from the feed, which claims the next batch only
-        # when one of them is free for it: no session idles at a batch
-        # boundary, and nothing is claimed that no session can take.
-        for group in relay.send_grouped(feed, self.stop):
-            self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
-        feed.close()
-        if live:  # stopping: hand back what was never tried
-            result.released += self.store.release(self.owner, list(live))
+        try:
+            # The sessions pull from the feed, which claims the next batch only
+            # when one of them is free for it: no session idles at a batch
+            # boundary, and nothing is claimed that no session can take.
+            for group in relay.send_grouped(feed, self.stop):
+                self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
+        finally:
+            feed.close()
+            if live:  # stopping, or a failure: hand back what was never tried, at once
+                result.released += self.store.release(self.owner, list(live))
 
     def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
               live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
@@ -113,7 +119,8 @@ class Dispatcher:
         max-time, and hand out the rest. Runs in the sessions' threads, one at a time."""
         while not self.stop.is_set() and self._pending is None:
             t = time.time() if now is None else now
-            self.store.release(None, now=t)  # leases that ran out (a crashed peer)
+            # Leases that ran out (a crashed peer); ours are alive, however long they take.
+            self.store.release(None, now=t, spare=self.owner)
             batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
             if not batch:
                 return
@@ -139,8 +146,9 @@ class Dispatcher:
         for msg, sent in done:
             t = time.time() if now is None else now
             outcome, recipients = policy.decide(sent, msg, cfg, t)
-            attempt = Attempt(sent.started if now is None else now, sent.relay, sent.code, sent.reply,
-                              sent.duration, sent.kind)
+            # `at` is when the relay answered, so latency runs to its 250.
+            attempt = Attempt(sent.started + sent.duration if now is None else now, sent.relay, sent.code,
+                              sent.reply, sent.duration, sent.kind)
             rows.append((msg.id, self.owner, attempt, outcome, recipients))
         self.store.finish_many(rows)
         for (msg, _), (_, _, _, outcome, _) in zip(done, rows, strict=True):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .client import Client
 from .config import Config
-from .errors import InvalidMessage, MailmandError
+from .errors import ConfigError, InvalidMessage, MailmandError, QueueError, SpoolPermissionError
 from .message import Email
 
 # Options sendmail accepts that mean nothing for a queue: taken and ignored.
@@ -89,19 +89,29 @@ def sendmail(cfg: Config, argv: Sequence[str]) -> int:
         email = Email.from_bytes(
             raw, sender=opts.f, recipients=None if opts.t else recipients,
             extra_recipients=recipients if opts.t else (), from_name=opts.F,
-            default_sender=f"{getpass.getuser()}@{socket.getfqdn()}")
+            default_sender=f"{getpass.getuser()}@{socket.getfqdn()}", local_domain=socket.getfqdn())
         client = Client(cfg)
         try:
             client.enqueue(email)
         finally:
             client.close()
-    except InvalidMessage as exc:
+    except MailmandError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
-        return os.EX_DATAERR
-    except MailmandError as exc:  # spool: EX_TEMPFAIL, or EX_NOPERM for a user outside the group
-        print(f"sendmail: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _sysexit(exc)
     return os.EX_OK
+
+
+def _sysexit(exc: MailmandError) -> int:
+    """sendmail's exit codes (sysexits.h), which cron, PHP and git read."""
+    if isinstance(exc, InvalidMessage):
+        return os.EX_DATAERR
+    if isinstance(exc, SpoolPermissionError):
+        return os.EX_NOPERM
+    if isinstance(exc, QueueError):
+        return os.EX_TEMPFAIL
+    if isinstance(exc, ConfigError):
+        return os.EX_CONFIG
+    return os.EX_SOFTWARE
 
 
 __all__ = ["sendmail", "parse_args"]

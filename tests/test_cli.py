@@ -163,7 +163,7 @@ def test_send_from_stdin_with_at_and_in(write_config, capsys):
                    "--at", "2030-01-01T09:00:00", "--in", "5m")
     assert both.returncode == 2 and b"not both" in both.stderr
     bad = run_cli("send", "-c", str(conf), "--from", "a@example.com", "--to", "not-an-address")
-    assert bad.returncode == 65 and b"to: not a valid email address" in bad.stderr
+    assert bad.returncode == 1 and b"to: not a valid email address" in bad.stderr
     assert b"Traceback" not in bad.stderr
     from mailmand.daemon import Daemon
     d = Daemon(load(conf))
@@ -249,3 +249,39 @@ def test_a_word_sendmail_inside_send_flags_is_just_a_word(smtp_server, write_con
     assert main(["--once", "-c", str(conf)]) == 0
     [got] = server.messages
     assert b"the body" in got.data and message_from_bytes(got.data)["Subject"] == "sendmail"
+
+
+def test_sendmail_takes_what_cron_sends(smtp_server, write_config):
+    import socket
+    server = smtp_server()
+    conf = write_config(server.port)
+    raw = (b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> run-parts\n\noutput\n")
+    out = run_cli("sendmail", "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "-oi", "-t", "-f", "root",
+                  env={"MAILMAND_CONFIG": str(conf)}, input=raw)
+    assert out.returncode == 0, out.stderr
+    hidden = b"To: undisclosed-recipients:;\nBcc: audit@example.com\nSubject: quiet\n\nx\n"
+    out = run_cli("sendmail", "-t", env={"MAILMAND_CONFIG": str(conf)}, input=hidden)
+    assert out.returncode == 0, out.stderr
+    assert main(["--once", "-c", str(conf)]) == 0
+    local = f"root@{socket.getfqdn()}"
+    got = {message_from_bytes(m.data)["Subject"]: m for m in server.messages}
+    cron = got["Cron <root@host> run-parts"]
+    assert cron.mail_from == local and list(cron.rcpt_tos) == [local]
+    assert list(got["quiet"].rcpt_tos) == ["audit@example.com"] and b"audit@" not in got["quiet"].data
+
+
+def test_odd_input_gives_one_line_not_a_traceback(write_config, tmp_path):
+    conf = write_config(9)
+    binary_text = tmp_path / "latin1.txt"
+    binary_text.write_bytes(b"caf\xe9")
+    cases = [
+        ["send", "-c", str(conf), "--from", "a@example.com", "--to", "a@b..com", "--text", "x"],
+        ["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com", "--text-file", str(binary_text)],
+        ["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com", "--priority", "99999999999"],
+    ]
+    for args in cases:
+        out = run_cli(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert b"Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    out = run_cli("status", "-c", str(conf), env={"MAILMAND_LOG_LEVEL": "loud"})
+    assert out.returncode == 0 and b"Traceback" not in out.stderr

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from mailmand.config import (
     SYSTEM_CONFIG,
@@ -164,7 +165,7 @@ def test_minimal_file_takes_the_defaults(tmp_path: Path) -> None:
 
 def test_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PW_FOR_TEST", "hunter2")
-    (tmp_path / "ca.pem").write_text("not checked here")
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))  # a real CA: the bundle is loaded
     config = load(
         write(
             tmp_path,
@@ -820,3 +821,15 @@ def test_watcher_survives_a_failing_callback(
         path.write_text("y")
         assert calls.wait()
     assert "configuration reload callback failed" in caplog.text
+
+
+def test_a_ca_file_that_is_not_pem_is_refused(tmp_path):
+    from mailmand.config import load
+    from mailmand.errors import ConfigError
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    conf = tmp_path / "m.yaml"
+    conf.write_text(f"email:\n  server:\n    smtp:\n      host: relay.example.com\n      tls: starttls\n"
+                    f"      ca-file: {junk}\n")
+    with pytest.raises(ConfigError, match="email.server.smtp.ca-file: not a usable CA bundle"):
+        load(conf)

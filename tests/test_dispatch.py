@@ -371,3 +371,63 @@ def test_a_reload_under_steady_load_applies_between_batches(smtp_server, make_co
     assert len(first.messages) + len(second.messages) == 200
     assert d.store.counts()[Status.SENT] == 200
     d.close()
+
+
+def test_a_batch_slower_than_its_lease_is_not_sent_twice(smtp_server, make_config):
+    server = smtp_server(stall=0.15)
+    d = daemon_for(make_config, server, batch=10, lease=1.0, smtp_kw={"connections": 1})
+    ids = enqueue(d.cfg, 12)
+    run = d.once().dispatched  # the first batch alone outlasts its 1 s lease
+    assert run.sent == 12
+    assert len(server.messages) == 12 and set(message_ids(server).values()) == {1}
+    assert all(d.store.get(i).status is Status.SENT for i in ids)
+    d.close()
+
+
+def test_an_outage_is_bounded_by_max_time_not_max_fails(make_config):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = Daemon(make_config(SmtpConfig(host="127.0.0.1", port=port, connections=1, timeout=2.0),
+                           max_fails=2, max_time=600, backoff=BackoffConfig(30, 60)))
+    [mid] = enqueue(d.cfg)
+    d.ingester.drain()
+    now = time.time()
+    for _ in range(5):  # five refused connections: not the message's fault
+        d.once(now=now)
+        info = d.store.get(mid)
+        assert info.status is Status.DEFERRED and info.attempts == 0
+        now = info.due_at
+    assert len(d.store.attempts(mid)) == 5  # every try is still on record
+    d.once(now=now + 600)
+    assert d.store.get(mid).status is Status.EXPIRED
+    d.close()
+
+
+def test_retry_sends_only_to_recipients_not_yet_delivered(smtp_server, make_config):
+    server = smtp_server(rcpt_replies={"busy@example.com": "451 4.2.1 mailbox busy"})
+    d = daemon_for(make_config, server, max_fails=1)
+    [mid] = enqueue(d.cfg, to=["ok@example.com", "busy@example.com"])
+    d.once()
+    assert d.store.get(mid).status is Status.FAILED  # ok@ got it; busy@ used up max-fails
+    server.rcpt_replies = {}
+    assert d.store.requeue(mid, time.time()) == 1  # what `mailmand retry ID` does
+    d.once()
+    assert d.store.get(mid).status is Status.SENT
+    assert [sorted(m.rcpt_tos) for m in server.messages] == [["ok@example.com"], ["busy@example.com"]]
+    d.close()
+
+
+def test_two_daemons_on_one_store_are_refused(make_config, smtp_server, tmp_path):
+    server = smtp_server()
+    first = daemon_for(make_config, server)
+    other_spool = dataclasses_replace_queue(first.cfg, tmp_path / "other-spool")
+    with pytest.raises(AlreadyRunning, match="the store"):
+        Daemon(other_spool)
+    first.close()
+
+
+def dataclasses_replace_queue(cfg, path):
+    import dataclasses
+    return dataclasses.replace(cfg, queue=dataclasses.replace(cfg.queue, path=path))

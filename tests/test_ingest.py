@@ -191,3 +191,19 @@ def test_spool_files_are_group_writable(make_config):
     for name in ("data.db", "data.db-wal"):
         mode = os.stat(cfg.queue.path / name).st_mode
         assert mode & 0o060 == 0o060 and mode & 0o007 == 0, f"{name}: {oct(mode)}"
+
+
+def test_a_record_the_store_cannot_hold_is_quarantined_not_blocking(make_config):
+    cfg = make_config()
+    client = Client(cfg)
+    good = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="1"))
+    record = Email(sender="a@example.com", to="b@example.com", text="2").to_record(10**6).to_json()
+    record["priority"] = 2**63  # what a buggy or hostile producer could write
+    client._q().put(record)
+    last = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="3"))
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    result = Ingester(queue, store).drain()
+    assert (result.ingested, result.quarantined) == (2, 1)
+    assert {m.id for m in store.list_messages()} == {good, last}
+    assert "record.priority" in store.quarantined()[0].reason
+    assert queue.pending() == 0

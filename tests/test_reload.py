@@ -80,3 +80,21 @@ def test_delete_then_create_is_seen(smtp_server, write_config):
         assert first.messages == []
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_reload_the_relay_cannot_use_keeps_the_daemon_running(smtp_server, write_config, tmp_path):
+    server = smtp_server()
+    conf = write_config(server.port)
+    text = conf.read_text()
+    conf.with_name("client.yaml").write_text(text)
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    daemon = DaemonProcess(conf).ready()
+    try:
+        atomic_save(conf, text.replace("      tls: none\n", f"      tls: starttls\n      ca-file: {junk}\n"))
+        daemon.wait_for("reload refused", timeout=10)
+        assert "not a usable CA bundle" in daemon.log
+        send_one(conf, "still delivering")
+        assert wait_until(lambda: len(server.messages) == 1, timeout=5)
+    finally:
+        assert daemon.stop() == 0

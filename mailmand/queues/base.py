@@ -37,6 +37,10 @@ class Queue:
         """Forget items whose content is committed elsewhere."""
         raise NotImplementedError
 
+    def release(self, items: list[Item]) -> None:
+        """Hand taken items back, unacked, for a later take (the store could not take them now)."""
+        raise NotImplementedError
+
     def resume(self) -> int:
         """Daemon only: hand back items taken but never acked. Returns how many."""
         raise NotImplementedError

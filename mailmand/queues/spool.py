@@ -135,6 +135,10 @@ class SpoolQueue(Queue):
             # delete them as we go, or the drain slows as history grows.
             self._retry(self._q.clear_acked_data, "clear", 0, 0, True)
 
+    def release(self, items: list[Item]) -> None:
+        for item in items:
+            self._retry(self._q.nack, "release", None, item.token)
+
     def resume(self) -> int:
         n = self._q.unack_count()
         self._retry(self._q.resume_unack_tasks, "resume")

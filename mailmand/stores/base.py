@@ -72,6 +72,7 @@ class Outcome:
     code: int | None = None
     due_at: float | None = None  # next attempt, when deferred
     pending: tuple[str, ...] | None = None  # recipients left to try, when deferred
+    counted: bool = True  # counts toward max-fails (not when the relay was never reached)
 
 
 # One finish() call's arguments: (message_id, owner, attempt, outcome, recipients).
@@ -139,10 +140,12 @@ class Store:
         can (one commit for what came back together); durable on return."""
         return [self.finish(*one) for one in outcomes]
 
-    def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None) -> int:
+    def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None,
+                spare: str | None = None) -> int:
         """Hand leased messages back to the queue, unchanged but for status.
         owner=None: every lease (the single-instance lock holder's take-over);
-        `ids` restricts to those; `now` restricts to leases that ran out."""
+        `ids` restricts to those; `now` restricts to leases that ran out;
+        `spare` leaves that owner's leases alone (a live dispatcher's own)."""
         raise NotImplementedError
 
     def next_due(self) -> float | None:
@@ -175,8 +178,9 @@ class Store:
         raise NotImplementedError
 
     def requeue(self, message_id: str | None, now: float) -> int:
-        """failed/expired → queued with fresh attempts, due now. None: every
-        failed message. Raises InvalidState for one in another status."""
+        """failed/expired → queued with fresh attempts, due now, to the
+        recipients not yet delivered to. None: every failed or expired
+        message. Raises InvalidState for one in another status."""
         raise NotImplementedError
 
     def purge(self, before: float) -> int:

@@ -242,7 +242,7 @@ class SQLiteStore(Store):
                 "UPDATE messages SET status = ?, attempts = attempts + ?, last_code = ?, last_error = ?,"
                 " due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
                 " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
-                [(o.status.value, 0 if a.outcome == "expired" else 1, o.code, o.reason, o.due_at,
+                [(o.status.value, 1 if o.counted else 0, o.code, o.reason, o.due_at,
                   json.dumps(list(o.pending)) if o.pending else None, a.at,
                   a.at if o.status in FINISHED else None, mid)
                  for (mid, _, a, o, _), ok in zip(outcomes, held, strict=True) if ok])
@@ -262,9 +262,13 @@ class SQLiteStore(Store):
                            " DO UPDATE SET n = n + excluded.n", [(*k, n) for k, n in reasons.items()])
         return held
 
-    def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None) -> int:
+    def release(self, owner: str | None, ids: Sequence[str] | None = None, now: float | None = None,
+                spare: str | None = None) -> int:
         where: list[str] = ["status = 'sending'"]
         args: list[object] = []
+        if spare is not None:
+            where.append("lease_owner IS NOT ?")
+            args.append(spare)
         if owner is not None:
             where.append("lease_owner = ?")
             args.append(owner)
@@ -351,8 +355,11 @@ class SQLiteStore(Store):
                          "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?,"
                          " last_error = 'cancelled by operator' WHERE id = ?", (now, now))
 
+    # Fresh attempts; recipients already delivered to are not sent to again.
     requeue_sql = ("UPDATE messages SET status = 'queued', attempts = 0, due_at = ?, send_after = ?,"
-                   " pending_rcpt = NULL, updated_at = ?, finished_at = NULL")
+                   " pending_rcpt = (SELECT nullif(json_group_array(address), '[]') FROM recipients"
+                   "   WHERE message_id = messages.id AND status <> 'sent'),"
+                   " updated_at = ?, finished_at = NULL")
 
     def requeue(self, message_id: str | None, now: float) -> int:
         if message_id is not None:
@@ -360,7 +367,8 @@ class SQLiteStore(Store):
                              self.requeue_sql + " WHERE id = ?", (now, now, now))
             return 1
         with self.tx() as db:
-            return db.execute(self.requeue_sql + " WHERE status = 'failed'", (now, now, now)).rowcount
+            return db.execute(self.requeue_sql + " WHERE status IN ('failed', 'expired')",
+                              (now, now, now)).rowcount
 
     def purge(self, before: float) -> int:
         finished = ",".join(f"'{s.value}'" for s in FINISHED)
