@@ -18,6 +18,13 @@ def atomic_save(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def start(conf: Path) -> tuple[str, DaemonProcess]:
+    """The daemon on `conf`, and producers on a copy of it that the test leaves alone."""
+    text = conf.read_text()
+    conf.with_name("client.yaml").write_text(text)
+    return text, DaemonProcess(conf).ready()
+
+
 def send_one(conf: Path, subject: str) -> None:
     client = Client(load(conf.with_name("client.yaml")))  # the producers' view: unchanged
     client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=subject, text="x"))
@@ -27,9 +34,7 @@ def send_one(conf: Path, subject: str) -> None:
 def test_new_port_invalid_edit_restart_keys_and_sighup(smtp_server, write_config):
     first, second = smtp_server(), smtp_server()
     conf = write_config(first.port)
-    original = conf.read_text()
-    conf.with_name("client.yaml").write_text(original)
-    daemon = DaemonProcess(conf).ready()
+    original, daemon = start(conf)
     try:
         send_one(conf, "one")
         assert wait_until(lambda: len(first.messages) == 1, timeout=5)
@@ -68,9 +73,7 @@ def test_new_port_invalid_edit_restart_keys_and_sighup(smtp_server, write_config
 def test_delete_then_create_is_seen(smtp_server, write_config):
     first, second = smtp_server(), smtp_server()
     conf = write_config(first.port)
-    text = conf.read_text()
-    conf.with_name("client.yaml").write_text(text)
-    daemon = DaemonProcess(conf).ready()
+    text, daemon = start(conf)
     try:
         conf.unlink()
         conf.write_text(text.replace(f"port: {first.port}", f"port: {second.port}"))
@@ -85,11 +88,9 @@ def test_delete_then_create_is_seen(smtp_server, write_config):
 def test_a_reload_the_relay_cannot_use_keeps_the_daemon_running(smtp_server, write_config, tmp_path):
     server = smtp_server()
     conf = write_config(server.port)
-    text = conf.read_text()
-    conf.with_name("client.yaml").write_text(text)
     junk = tmp_path / "ca.pem"
     junk.write_text("not a certificate\n")
-    daemon = DaemonProcess(conf).ready()
+    text, daemon = start(conf)
     try:
         atomic_save(conf, text.replace("      tls: none\n", f"      tls: starttls\n      ca-file: {junk}\n"))
         daemon.wait_for("reload refused", timeout=10)
