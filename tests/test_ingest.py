@@ -207,3 +207,20 @@ def test_a_record_the_store_cannot_hold_is_quarantined_not_blocking(make_config)
     assert {m.id for m in store.list_messages()} == {good, last}
     assert "record.priority" in store.quarantined()[0].reason
     assert queue.pending() == 0
+
+
+def test_the_spool_backlog_count_matches_persist_queue(make_config):
+    import persistqueue
+    from persistqueue.sqlackqueue import AckStatus
+
+    from mailmand.queues import spool
+    assert (spool.TABLE, spool.UNACK) == (f"{persistqueue.SQLiteAckQueue._TABLE_NAME}_default", int(AckStatus.unack))
+    cfg = make_config()
+    assert open_queue(cfg.queue).pending() == 0  # a spool nobody wrote to yet
+    client = Client(cfg)
+    for _ in range(3):
+        client.enqueue(Email(sender="a@example.com", to="b@example.com", text="x"))
+    daemon_side = open_queue(cfg.queue, daemon=True)
+    taken = daemon_side.take(1)  # in flight: not waiting any more
+    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2
+    daemon_side.ack(taken)

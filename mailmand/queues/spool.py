@@ -11,13 +11,13 @@ import logging
 import os
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import persistqueue
-import persistqueue.serializers.json as pq_json
-from persistqueue.exceptions import Empty
+if TYPE_CHECKING:
+    import persistqueue
 
 from ..errors import QueueError, SpoolPermissionError
 from .base import Item, Queue
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 DB_FILE = "data.db"  # persist-queue's default file name
 BUSY_TIMEOUT = 30.0  # seconds sqlite waits on a lock before raising
 RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
+# persist-queue's table for the queue named "default", and its AckStatus.unack:
+# rows below it are waiting. Read directly by `pending()`, so that `mailmand
+# status` need not import persist-queue (tests check them against persist-queue).
+TABLE = "ack_queue_default"
+UNACK = 2
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,16 @@ class _JsonSerializer:
     (with its bytes and the reason) instead of an exception, so the daemon can
     quarantine it and go on."""
 
-    dumps = staticmethod(pq_json.dumps)
+    @staticmethod
+    def dumps(value: Any) -> bytes:
+        import persistqueue.serializers.json as pq_json
+
+        return pq_json.dumps(value)
 
     @staticmethod
     def loads(value: bytes | str) -> _Loaded:
+        import persistqueue.serializers.json as pq_json
+
         raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
         try:
             return _Loaded(pq_json.loads(raw), raw, None)
@@ -74,6 +85,12 @@ def _prepare_dir(path: Path) -> None:
                          "(is this user in the daemon's group?)") from exc
 
 
+def persistqueue_empty() -> type[Exception]:
+    from persistqueue.exceptions import Empty
+
+    return Empty
+
+
 class SpoolQueue(Queue):
     """persist-queue behind our Queue contract. Producers open it with
     auto_resume=False: only the daemon may hand back in-flight items."""
@@ -82,18 +99,31 @@ class SpoolQueue(Queue):
         self.path = Path(path)
         self.daemon = daemon
         _prepare_dir(self.path)
-        self._q = self._retry(self._open, "open")
+        self._opened: persistqueue.SQLiteAckQueue | None = None
         if daemon:
-            # Ack marks need not be durable: an item whose ack is lost is
-            # ingested again, and ingest is idempotent. Producers keep FULL.
-            for conn in {id(c): c for c in (self._q._putter, self._q._getter)}.values():
-                conn.execute("PRAGMA synchronous=NORMAL")
+            self._q  # noqa: B018 (open now: the daemon should fail at start, not at its first take)
+
+    @property
+    def _q(self) -> persistqueue.SQLiteAckQueue:
+        """persist-queue's queue, opened on first use (`status` only counts, without it)."""
+        if self._opened is None:
+            self._opened = self._retry(self._open, "open")
+        return self._opened
 
     def _open(self) -> persistqueue.SQLiteAckQueue:
-        return persistqueue.SQLiteAckQueue(
+        import persistqueue
+
+        q = persistqueue.SQLiteAckQueue(
             str(self.path), auto_resume=False, multithreading=True,
             timeout=BUSY_TIMEOUT, serializer=_JsonSerializer,
         )
+        if self.daemon:
+            # Ack marks need not be durable: an item whose ack is lost is
+            # ingested again, and ingest is idempotent. Producers keep FULL.
+            for conn in (q._putter, q._getter):  # with multithreading, two connections
+                if conn is not None:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+        return q
 
     def _retry(self, fn: Any, what: str, *args: Any) -> Any:
         deadline = time.monotonic() + RETRY_FOR
@@ -121,7 +151,7 @@ class SpoolQueue(Queue):
         while len(items) < limit:
             try:
                 got = self._retry(self._q.get, "take", False, None, None, False, True)
-            except Empty:
+            except persistqueue_empty():
                 break
             loaded: _Loaded = got["data"]
             items.append(Item(token=got["pqid"], data=loaded.data, raw=loaded.raw, error=loaded.error))
@@ -145,7 +175,18 @@ class SpoolQueue(Queue):
         return n
 
     def pending(self) -> int:
-        return int(self._retry(self._q._count, "count"))
+        if self._opened is not None:
+            return int(self._retry(self._opened._count, "count"))
+        try:
+            with closing(sqlite3.connect(f"file:{self.path / DB_FILE}?mode=ro", uri=True,
+                                         timeout=BUSY_TIMEOUT)) as db:
+                return int(db.execute(f"SELECT count(*) FROM {TABLE} WHERE status < ?", (UNACK,)).fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0  # nothing was ever put
+            raise QueueError(f"cannot read the spool at {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        self._q.close()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
