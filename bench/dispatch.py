@@ -115,4 +115,5 @@ def run(base: Path, quick: bool, sinks: tuple[str, ...] | None = None) -> dict[s
         log_lines = sum(1 for _ in log.open())
     logging.getLogger().handlers[:] = []
     return {"messages": n, "rows": rows, "log_lines": log_lines,
-            "logging": "mailmand.cli.setup_logging('INFO') as the daemon runs it (a summary line per run; each deferral or failure a WARNING), to a file"}
+            "logging": "mailmand.cli.setup_logging('INFO') as the daemon runs it "
+                       "(a summary line per run; each deferral or failure a WARNING), to a file"}

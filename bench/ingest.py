@@ -12,20 +12,18 @@ import persistqueue.serializers.json as pq_json
 from persistqueue.exceptions import Empty
 
 from mailmand.ingest import Ingester
-from mailmand.queues.spool import DB_FILE, SpoolQueue
+from mailmand.queues.spool import DB_FILE, TABLE, SpoolQueue
 from mailmand.stores.base import Status
 from mailmand.stores.sqlite import SQLiteStore
 
 from .common import config, email, workdir
 from .enqueue import MAX_SIZE, _bare
 
-TABLE = "ack_queue_default"  # persist-queue's table for name="default"
-
 
 def fill_spool(spool: Path, n: int) -> None:
     """Put `n` records in the spool fast: the rows persist-queue's put writes
     (status 0 = inited), in one transaction instead of n."""
-    SpoolQueue(spool).close()  # the directory, file and table, as mailmand makes them
+    SpoolQueue(spool, daemon=True).close()  # the directory, file and table, as mailmand makes them
     e = email()
     now = time.time()
     rows = ((pq_json.dumps(e.to_record(MAX_SIZE).to_json()), now) for _ in range(n))
