@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,41 +44,41 @@ def _synchronous(path: Path) -> int:
 # -- one producer: each call returns msg/s for one fresh spool ------------------------
 
 
+def _rate(items: list[Any], put: Callable[[Any], object]) -> float:
+    """msg/s of `put` over `items`; the first call (opening the handle, as a
+    long-lived app would have) is made outside the clock."""
+    put(items[0])
+    t0 = time.perf_counter()
+    for item in items:
+        put(item)
+    return len(items) / (time.perf_counter() - t0)
+
+
 def _client_put(base: Path, records: list[Record]) -> float:
     with workdir(base) as root:
         client = Client(config(root))
-        client.put(records[0])  # open the handle outside the clock, as a long-lived app would
-        t0 = time.perf_counter()
-        for r in records:
-            client.put(r)
-        dt = time.perf_counter() - t0
-        client.close()
-        return len(records) / dt
+        try:
+            return _rate(records, client.put)
+        finally:
+            client.close()
 
 
 def _client_enqueue(base: Path, n: int) -> float:
     with workdir(base) as root:
         client = Client(config(root))
-        emails = [email(i) for i in range(n)]  # built, not yet composed
-        client.put(_records(1)[0])
-        t0 = time.perf_counter()
-        for e in emails:
-            client.enqueue(e)
-        dt = time.perf_counter() - t0
-        client.close()
-        return n / dt
+        try:
+            return _rate([email(i) for i in range(n)], client.enqueue)  # built, not yet composed
+        finally:
+            client.close()
 
 
 def _bare_put(base: Path, dicts: list[dict[str, Any]]) -> float:
     with workdir(base) as root:
         q = _bare(root / "spool")
-        q.put(dicts[0])
-        t0 = time.perf_counter()
-        for d in dicts:
-            q.put(d)
-        dt = time.perf_counter() - t0
-        q.close()
-        return len(dicts) / dt
+        try:
+            return _rate(dicts, q.put)
+        finally:
+            q.close()
 
 
 # -- N producer processes --------------------------------------------------------

@@ -1,7 +1,8 @@
 """The exception tree: one root, and types that carry decisions.
 
-The retry policy reads `TemporaryFailure` / `PermanentFailure`; the CLI reads
-`exit_code`. Messages name the field or key path and the offending value.
+The CLI reads `exit_code`. (Delivery outcomes are not exceptions: the relay
+yields a SendResult whose `kind` — sent, temporary, permanent — the retry
+policy reads.) Messages name the field or key path and the offending value.
 """
 
 from __future__ import annotations
@@ -72,19 +73,3 @@ class InvalidState(StoreError):
 class AlreadyRunning(MailmandError):
     """Another daemon holds the spool's single-instance lock."""
 
-
-class DeliveryFailure(MailmandError):
-    """A failed SMTP exchange; `code` is the reply code or None (no reply)."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"{code} {reason}" if code else reason)
-
-
-class TemporaryFailure(DeliveryFailure):
-    """4xx, a timeout or a dropped connection: may pass later."""
-
-
-class PermanentFailure(DeliveryFailure):
-    """5xx: will not pass by retrying."""

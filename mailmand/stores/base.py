@@ -199,7 +199,8 @@ class Store:
 
     def oldest_due(self, now: float) -> float | None:
         """due_at of the oldest message that is due now, or None."""
-        raise NotImplementedError
+        due = self.next_due()
+        return due if due is not None and due <= now else None
 
     def stats(self, since: float, now: float) -> dict[str, Any]:
         """Sent/failed/expired counts, latency percentiles, top failure

@@ -102,6 +102,12 @@ SCHEMA = [
         UPDATE status_counts SET n = n - 1 WHERE status = OLD.status; END""",
 ]
 
+# Fresh attempts; recipients already delivered to are not sent to again.
+REQUEUE = ("UPDATE messages SET status = 'queued', attempts = 0, due_at = ?, send_after = ?,"
+           " pending_rcpt = (SELECT nullif(json_group_array(address), '[]') FROM recipients"
+           "   WHERE message_id = messages.id AND status <> 'sent'),"
+           " updated_at = ?, finished_at = NULL")
+
 INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
                 "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key")
 
@@ -293,13 +299,6 @@ class SQLiteStore(Store):
                           " WHERE status IN ('queued', 'deferred')")
         return rows[0][0]
 
-    oldest_due_sql = ("SELECT min(due_at) FROM messages INDEXED BY ix_waiting_due"
-                      " WHERE status IN ('queued', 'deferred')"
-                      " AND due_at <= ?")
-
-    def oldest_due(self, now: float) -> float | None:
-        return self._read(self.oldest_due_sql, (now,))[0][0]
-
     # -- reading ---------------------------------------------------------------
 
     def get(self, message_id: str) -> MessageInfo:
@@ -355,19 +354,13 @@ class SQLiteStore(Store):
                          "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?,"
                          " last_error = 'cancelled by operator' WHERE id = ?", (now, now))
 
-    # Fresh attempts; recipients already delivered to are not sent to again.
-    requeue_sql = ("UPDATE messages SET status = 'queued', attempts = 0, due_at = ?, send_after = ?,"
-                   " pending_rcpt = (SELECT nullif(json_group_array(address), '[]') FROM recipients"
-                   "   WHERE message_id = messages.id AND status <> 'sent'),"
-                   " updated_at = ?, finished_at = NULL")
-
     def requeue(self, message_id: str | None, now: float) -> int:
         if message_id is not None:
             self._transition(message_id, (Status.FAILED, Status.EXPIRED), "retry",
-                             self.requeue_sql + " WHERE id = ?", (now, now, now))
+                             REQUEUE + " WHERE id = ?", (now, now, now))
             return 1
         with self.tx() as db:
-            return db.execute(self.requeue_sql + " WHERE status IN ('failed', 'expired')",
+            return db.execute(REQUEUE + " WHERE status IN ('failed', 'expired')",
                               (now, now, now)).rowcount
 
     def purge(self, before: float) -> int:
