@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__
 from . import config as configmod
 from .config import Config
-from .errors import MailmandError
+from .errors import MailmandError, UsageError
 from .queues import open_queue
 from .stores import Status, open_store
 from .stores.base import MessageInfo, Store
@@ -262,10 +262,6 @@ def cmd_sendmail(cfg: Config, args: argparse.Namespace) -> int:
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-class UsageError(MailmandError):
-    exit_code = EX_USAGE
 
 
 class _store:

@@ -14,7 +14,7 @@ import re
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -47,7 +47,12 @@ class QueueConfig:
     host: str = "127.0.0.1"
     port: int = 6379
     db: int = 0
-    name: str = "mailmand"
+    name: str = "mailmand"  # the stream's key
+    password: str | None = field(default=None, repr=False)  # `password` or `password-file`
+    # Producers refuse to enqueue while the spool's disk has less free (Postfix's
+    # queue_minfree), so the daemon always has room to drain. Parsed default:
+    # 4 × max-message-size.
+    min_free: int = 4 * 25 * MiB
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,9 @@ class SmtpConfig:
     rate: float | None = None  # messages per second; None = no ceiling
     timeout: float = 30.0  # connect and each command
     data_timeout: float = 120.0  # the DATA phase, which carries the body
-    helo: str | None = None  # name sent in EHLO; None = this host's FQDN
+    helo: str | None = None  # name sent in EHLO; None = hostname.mail_domain()
     auth: AuthConfig | None = None
+    pipelining: str = "auto"  # auto (RFC 2920 when the relay offers it) | off
 
     @property
     def relay(self) -> str:
@@ -89,6 +95,47 @@ class DatabaseConfig:
     engine: str = "sqlite3"  # sqlite3 | postgres
     path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
     dsn: str | None = field(default=None, repr=False)  # postgres; may hold a password
+    pool_size: int | None = None  # postgres connections; None = enough for every part of the daemon
+
+
+@dataclass(frozen=True)
+class TlsFilesConfig:
+    """A certificate and its key, for a listener's STARTTLS."""
+
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """`email.server.submission`: the SMTP listener apps submit to (off when absent)."""
+
+    listen: tuple[str, ...] = ("127.0.0.1:2525",)  # host:port, [v6]:port
+    auth: AuthConfig | None = None  # when set, AUTH PLAIN/LOGIN is required
+    tls: TlsFilesConfig | None = None  # when set, STARTTLS is offered
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """`email.server.metrics`: Prometheus /metrics and /healthz (off when absent)."""
+
+    listen: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """`email.server.notify`: failure notices (RFC 3464), off by default."""
+
+    bounce: bool = False  # a DSN to the envelope sender when a message fails or expires
+    copy_to: str | None = None  # an operator address that gets a copy of each notice
+
+
+@dataclass(frozen=True)
+class SendmailConfig:
+    """`email.sendmail`: how the sendmail shim qualifies bare names."""
+
+    domain: str | None = None  # for bare local parts; None = hostname.mail_domain()
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # msmtp-style; `default` catches all
 
 
 @dataclass(frozen=True)
@@ -103,15 +150,20 @@ class ServerConfig:
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     retention: float = 30 * 86400.0  # finished mail older than this is purged
     max_message_size: int = 25 * MiB
+    max_recipients: int = 1000  # per message; the client, ingest and the listener all check it
     log_level: str = "INFO"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    submission: SubmissionConfig | None = None
+    metrics: MetricsConfig | None = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 @dataclass(frozen=True)
 class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
     source: Path | None = None  # the file it came from; None = embedded defaults
 
 
@@ -342,12 +394,65 @@ def _bool(value: Any, key: str) -> bool:
     return value
 
 
+def _listen(value: Any, key: str) -> str:
+    """`host:port`, `[v6]:port`, or a bare port (then on loopback)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"127.0.0.1:{value}"
+    text = _str(value, key).strip()
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})", text)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise ConfigError(f"expected host:port (e.g. 127.0.0.1:2525 or [::1]:2525), got {_show(value)}", key)
+    return text
+
+
+def _listen_list(value: Any, key: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError("expected at least one host:port", key)
+    return tuple(_listen(v, f"{key}[{i}]" if isinstance(value, list) else key) for i, v in enumerate(items))
+
+
+def _address(value: Any, key: str) -> str:
+    text = _str(value, key).strip()
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):
+        raise ConfigError(f"expected an address such as ops@example.com, got {_show(value)}", key)
+    return text
+
+
+def _domain(value: Any, key: str) -> str:
+    text = _str(value, key).strip().rstrip(".").lower()
+    label = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+    if not re.fullmatch(rf"{label}(\.{label})*", text) or text == "localhost":
+        raise ConfigError(f"expected a domain such as example.com (not localhost), got {_show(value)}", key)
+    return text
+
+
+def _aliases(value: Any, key: str) -> dict[str, tuple[str, ...]]:
+    """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to one or more addresses."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a mapping such as {{root: ops@example.com}}, got {_show(value)}", key)
+    out: dict[str, tuple[str, ...]] = {}
+    for name, target in value.items():
+        sub = f"{key}.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+            raise ConfigError("expected a local name (letters, digits, . _ + -)", sub)
+        targets = target if isinstance(target, list) else [target]
+        if not targets:
+            raise ConfigError("expected at least one address", sub)
+        out[name.lower()] = tuple(_address(_interpolate(t, sub) if isinstance(t, str) else t, sub) for t in targets)
+    return out
+
+
 class _Parser:
     """One parse: knows the file, for relative paths and its permissions."""
 
-    def __init__(self, source: Path | None) -> None:
+    def __init__(self, source: Path | None, producer: bool = False) -> None:
         self.source = source
+        self.producer = producer  # the daemon's secrets were dropped: do not require them
         self.base = source.parent if source else Path.cwd()
+        self._min_free_given = False
 
     def section(self, value: Any, path: str, spec: Mapping[str, _Conv]) -> dict[str, Any]:
         """Check a mapping's keys and convert its values; returns field name -> value.
@@ -392,11 +497,15 @@ class _Parser:
         return p
 
     def email(self, value: Any, path: str) -> Config:
-        d = self.section(value, path, {"queue": self.queue, "server": self.server})
+        d = self.section(value, path, {"queue": self.queue, "server": self.server, "sendmail": self.sendmail})
         server = d.get("server") or self.server(
             None, f"{path}.server"
         )  # the relay host is required
-        return Config(queue=d.get("queue", QueueConfig()), server=server, source=self.source)
+        queue = d.get("queue", QueueConfig())
+        if not self._min_free_given:
+            queue = replace(queue, min_free=4 * server.max_message_size)
+        return Config(queue=queue, server=server, sendmail=d.get("sendmail", SendmailConfig()),
+                      source=self.source)
 
     def queue(self, value: Any, path: str) -> QueueConfig:
         queue: QueueConfig = self.section(value, path, {"default": self.queue_default}).get(
@@ -413,8 +522,20 @@ class _Parser:
             "port": _int(1, 65535),
             "db": _int(0),
             "name": _str,
+            "password": _secret,
+            "password-file": self.path,
+            "min-free": _via(parse_size),
         }
-        return QueueConfig(**self.section(value, path, spec))
+        d = self.section(value, path, spec)
+        secret_file = d.pop("password_file", None)
+        if secret_file and "password" in d:
+            raise ConfigError("give password or password-file, not both", path)
+        if secret_file:
+            d["password"] = self.read_secret(secret_file, f"{path}.password-file")
+        elif "password" in d and _is_literal(value["password"]):
+            self.check_private(f"{path}.password")
+        self._min_free_given = "min_free" in d
+        return QueueConfig(**d)
 
     def server(self, value: Any, path: str) -> ServerConfig:
         spec = {
@@ -426,9 +547,13 @@ class _Parser:
             "backoff": self.backoff,
             "retention": _duration(),
             "max-message-size": _via(parse_size),
+            "max-recipients": _int(1),
             "log-level": _choice(*LOG_LEVELS, upper=True),
             "database": self.database,
             "smtp": self.smtp,
+            "submission": self.submission,
+            "metrics": self.metrics,
+            "notify": self.notify,
         }
         d = self.section(value, path, spec)
         if "smtp" not in d:
@@ -444,9 +569,10 @@ class _Parser:
         return b
 
     def database(self, value: Any, path: str) -> DatabaseConfig:
-        spec = {"engine": _choice("sqlite3", "postgres"), "path": self.path, "dsn": _secret}
+        spec = {"engine": _choice("sqlite3", "postgres"), "path": self.path, "dsn": _secret,
+                "pool-size": _int(1)}
         db = DatabaseConfig(**self.section(value, path, spec))
-        if db.engine == "postgres" and not db.dsn:
+        if db.engine == "postgres" and not db.dsn and not self.producer:
             raise ConfigError("required when engine is postgres", f"{path}.dsn")
         return db
 
@@ -463,12 +589,37 @@ class _Parser:
             "data-timeout": _duration(),
             "helo": _str,
             "auth": self.auth,
+            "pipelining": _choice("auto", "off"),
         }
         d = self.section(value, path, spec)
         if "host" not in d:
             raise ConfigError("required: the relay to deliver through", f"{path}.host")
         d.setdefault("port", _PORT_FOR_TLS[d.get("tls", SmtpConfig.tls)])
         return SmtpConfig(**d)
+
+    def submission(self, value: Any, path: str) -> SubmissionConfig | None:
+        spec = {"listen": _listen_list, "auth": self.auth, "tls": self.tls_files}
+        d = self.section(value, path, spec)
+        if "listen" not in d:  # the section alone does not open a port
+            return None
+        return SubmissionConfig(**d)
+
+    def metrics(self, value: Any, path: str) -> MetricsConfig | None:
+        d = self.section(value, path, {"listen": _listen})
+        return MetricsConfig(**d) if "listen" in d else None
+
+    def notify(self, value: Any, path: str) -> NotifyConfig:
+        return NotifyConfig(**self.section(value, path, {"bounce": _bool, "copy-to": _address}))
+
+    def sendmail(self, value: Any, path: str) -> SendmailConfig:
+        return SendmailConfig(**self.section(value, path, {"domain": _domain, "aliases": _aliases}))
+
+    def tls_files(self, value: Any, path: str) -> TlsFilesConfig:
+        d = self.section(value, path, {"cert-file": self.file, "key-file": self.file})
+        for name in ("cert_file", "key_file"):
+            if name not in d:
+                raise ConfigError("required: give cert-file and key-file", f"{path}.{name.replace('_', '-')}")
+        return TlsFilesConfig(**d)
 
     def auth(self, value: Any, path: str) -> AuthConfig | None:
         spec = {"username": _str, "password": _secret, "password-file": self.path, "identity": _str}
@@ -541,7 +692,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def parse(data: object, source: Path | None = None) -> Config:
+def parse(data: object, source: Path | None = None, *, producer: bool = False) -> Config:
     """Validate YAML-loaded data rooted at `email:`; relative paths resolve next to `source`."""
     if data is None:
         raise ConfigError(
@@ -557,7 +708,7 @@ def parse(data: object, source: Path | None = None) -> Config:
         if key != "email":
             # the Go original shared one file with the rest of the application
             log.warning("%s is ignored: mailmand reads only the email: section", key)
-    return _Parser(source).email(data["email"], "email")
+    return _Parser(source, producer).email(data["email"], "email")
 
 
 def find_config_path(explicit: str | Path | None = None) -> Path | None:
@@ -587,6 +738,8 @@ def _drop_daemon_secrets(data: object) -> None:
         server["smtp"].pop("auth", None)
     if isinstance(server.get("database"), dict):
         server["database"].pop("dsn", None)
+    if isinstance(server.get("submission"), dict):
+        server["submission"].pop("auth", None)
 
 
 def load(path: str | Path | None = None, *, producer: bool = False) -> Config:
@@ -612,7 +765,7 @@ def load(path: str | Path | None = None, *, producer: bool = False) -> Config:
         raise ConfigError(f"{found}: YAML syntax error: {type(e).__name__}") from None
     if producer:
         _drop_daemon_secrets(data)
-    return parse(data, found)
+    return parse(data, found, producer=producer)
 
 
 # --- reloading ----------------------------------------------------------------
@@ -621,6 +774,13 @@ def load(path: str | Path | None = None, *, producer: bool = False) -> Config:
 def restart_required(old: Config, new: Config) -> list[str]:
     """Key paths that changed but cannot apply to a running daemon (queue, database)."""
     changed = []
+    for key, x, y in (
+        ("email.server.submission", old.server.submission, new.server.submission),
+        ("email.server.metrics.listen", old.server.metrics, new.server.metrics),
+    ):
+        # listeners bind at start; auth and TLS of the listener apply on reload
+        if (x and x.listen) != (y and y.listen):
+            changed.append(key + (".listen" if key.endswith("submission") else ""))
     for prefix, a, b in (
         ("email.queue.default", old.queue, new.queue),
         ("email.server.database", old.server.database, new.server.database),

@@ -58,8 +58,29 @@ class SpoolPermissionError(QueueError):
     """This user may not write the spool (not in the daemon's group)."""
 
 
+class UsageError(MailmandError):
+    """A command line that does not make sense (a missing or conflicting flag)."""
+
+    exit_code = 2  # the CLI's usage code (sendmail maps it to EX_USAGE, 64)
+
+
+class QueueUnavailable(QueueError):
+    """The queue cannot be reached or written now (Redis down, spool disk nearly
+    full): a temporary condition; the caller may retry (sendmail: EX_TEMPFAIL)."""
+
+
 class StoreError(MailmandError):
     """The store refused an operation."""
+
+
+class RecordRejected(StoreError):
+    """The store cannot hold this record (a value out of its range, a constraint):
+    ingest quarantines the record and goes on with the rest."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or written now (disk full, database down):
+    ingest hands items back to the queue and dispatch keeps outcomes to commit later."""
 
 
 class NotFound(StoreError):
