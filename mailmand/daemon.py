@@ -116,6 +116,7 @@ class Daemon:
         self.ingester = Ingester(self.queue, self.store)
         self._stop = False
         self._reload = False
+        self._poke = False
 
     def once(self, now: float | None = None) -> OnceResult:
         ingested = self.ingester.drain()
@@ -127,11 +128,13 @@ class Daemon:
         # Handlers only set flags; the main loop does the work.
         if signum == signal.SIGHUP:
             self._reload = True
+        elif signum == signal.SIGUSR1:  # `mailmand flush`: deferred mail was made due
+            self._poke = True
         else:
             self._stop = True
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention)
         self.ingester.on_stored = sched.wake_at
@@ -150,6 +153,9 @@ class Daemon:
         try:
             while not self._stop:
                 time.sleep(0.1)
+                if self._poke:
+                    self._poke = False
+                    sched.poke()
                 if self._reload:
                     self._reload = False
                     notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")

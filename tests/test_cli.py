@@ -252,7 +252,8 @@ def test_a_word_sendmail_inside_send_flags_is_just_a_word(smtp_server, write_con
 
 
 def test_sendmail_takes_what_cron_sends(smtp_server, write_config):
-    import socket
+    from mailmand.hostname import mail_domain
+
     server = smtp_server()
     conf = write_config(server.port)
     raw = (b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> run-parts\n\noutput\n")
@@ -263,10 +264,13 @@ def test_sendmail_takes_what_cron_sends(smtp_server, write_config):
     out = run_cli("sendmail", "-t", env={"MAILMAND_CONFIG": str(conf)}, input=hidden)
     assert out.returncode == 0, out.stderr
     assert main(["--once", "-c", str(conf)]) == 0
-    local = f"root@{socket.getfqdn()}"
+    local = f"root@{mail_domain()}"
+    assert not local.endswith("@localhost")
     got = {message_from_bytes(m.data)["Subject"]: m for m in server.messages}
     cron = got["Cron <root@host> run-parts"]
     assert cron.mail_from == local and list(cron.rcpt_tos) == [local]
+    headers = message_from_bytes(cron.data)
+    assert headers["To"] == local and headers["From"] == local  # qualified like the envelope
     assert list(got["quiet"].rcpt_tos) == ["audit@example.com"] and b"audit@" not in got["quiet"].data
 
 

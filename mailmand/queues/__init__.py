@@ -7,12 +7,13 @@ from ..errors import ConfigError
 from .base import Item, Queue
 
 
-def open_queue(cfg: QueueConfig, *, daemon: bool = False) -> Queue:
-    """Open the configured queue. `daemon=True` for the single consumer."""
+def open_queue(cfg: QueueConfig, *, daemon: bool = False, readonly: bool = False) -> Queue:
+    """Open the configured queue. `daemon=True` for the single consumer;
+    `readonly=True` for commands that only look (they create nothing)."""
     if cfg.engine == "spool":
         from .spool import SpoolQueue
 
-        return SpoolQueue(cfg.path, daemon=daemon)
+        return SpoolQueue(cfg.path, daemon=daemon, readonly=readonly)
     raise ConfigError(f"unknown queue engine {cfg.engine!r} (this build knows: spool)",
                       "email.queue.default.engine")
 

@@ -49,5 +49,10 @@ class Queue:
         """Items waiting (not yet taken)."""
         raise NotImplementedError
 
+    def holds(self, message_id: str) -> bool:
+        """True when a record with this id waits in the queue, not ingested
+        yet (`mailmand show` says so instead of "no message"). Read-only."""
+        return False
+
     def close(self) -> None:
         pass

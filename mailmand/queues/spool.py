@@ -95,10 +95,12 @@ class SpoolQueue(Queue):
     """persist-queue behind our Queue contract. Producers open it with
     auto_resume=False: only the daemon may hand back in-flight items."""
 
-    def __init__(self, path: Path, *, daemon: bool = False) -> None:
+    def __init__(self, path: Path, *, daemon: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
         self.daemon = daemon
-        _prepare_dir(self.path)
+        self.readonly = readonly  # `status`, `show`: never create the spool
+        if not readonly:
+            _prepare_dir(self.path)
         self._opened: persistqueue.SQLiteAckQueue | None = None
         if daemon:
             self._q  # noqa: B018 (open now: the daemon should fail at start, not at its first take)
@@ -177,6 +179,8 @@ class SpoolQueue(Queue):
     def pending(self) -> int:
         if self._opened is not None:
             return int(self._retry(self._opened._count, "count"))
+        if not (self.path / DB_FILE).exists():
+            return 0  # no spool yet: nothing was ever put
         try:
             with closing(sqlite3.connect(f"file:{self.path / DB_FILE}?mode=ro", uri=True,
                                          timeout=BUSY_TIMEOUT)) as db:
@@ -185,6 +189,22 @@ class SpoolQueue(Queue):
             if "no such table" in str(exc):
                 return 0  # nothing was ever put
             raise QueueError(f"cannot read the spool at {self.path}: {exc}") from exc
+
+    def holds(self, message_id: str) -> bool:
+        db = self.path / DB_FILE
+        if not db.exists():
+            return False
+        try:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as conn:
+                rows = conn.execute(f"SELECT data FROM {TABLE} WHERE status < ? AND instr(data, ?) > 0",
+                                    (UNACK + 1, message_id.encode())).fetchall()
+        except sqlite3.OperationalError:
+            return False  # no table yet, or unreadable: nothing we can say
+        for (data,) in rows:
+            loaded = _JsonSerializer.loads(data)
+            if isinstance(loaded.data, dict) and loaded.data.get("id") == message_id:
+                return True
+        return False
 
     def close(self) -> None:
         if self._opened is not None:

@@ -363,6 +363,17 @@ class SQLiteStore(Store):
             return db.execute(REQUEUE + " WHERE status IN ('failed', 'expired')",
                               (now, now, now)).rowcount
 
+    def flush(self, ids: Sequence[str] | None, now: float) -> int:
+        where = "status = 'deferred'"
+        args: list[Any] = [now, now]
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        with self.tx() as db:
+            return db.execute(f"UPDATE messages SET due_at = ?, updated_at = ? WHERE {where}", args).rowcount
+
     def purge(self, before: float) -> int:
         finished = ",".join(f"'{s.value}'" for s in FINISHED)
         with self.tx() as db:
