@@ -96,8 +96,8 @@ def _utf8_headers(msg: EmailMessage) -> None:
         del msg[name]
     for name, value in items:
         text = str(value)
-        if not text.isascii():
-            text = text.encode("ascii", "surrogateescape").decode("utf-8")
+        if not text.isascii():  # undecoded bytes come back as surrogates: make them text
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8")
         msg[name] = _no_crlf(name, text)
 
 

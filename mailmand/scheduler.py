@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import policy
+from . import notify, policy
 from .config import ServerConfig
 from .smtp import Envelope, Relay, SendResult
 from .stores.base import Attempt, Claimed, Finished, Outcome, Status, Store
@@ -134,7 +134,8 @@ class Dispatcher:
                 else:
                     live[msg.id] = msg
             if expired:
-                self.store.finish_many(expired)
+                held = self.store.finish_many(expired)
+                notify.send_notices(self.store, cfg.notify, expired, batch, held)
                 result.expired += len(expired)
             for msg in batch:
                 if msg.id in live:
@@ -150,7 +151,8 @@ class Dispatcher:
             attempt = Attempt(sent.started + sent.duration if now is None else now, sent.relay, sent.code,
                               sent.reply, sent.duration, sent.kind)
             rows.append((msg.id, self.owner, attempt, outcome, recipients))
-        self.store.finish_many(rows)
+        held = self.store.finish_many(rows)
+        notify.send_notices(self.store, cfg.notify, rows, [m for m, _ in done], held)  # failure notices
         for (msg, _), (_, _, _, outcome, _) in zip(done, rows, strict=True):
             result.count(outcome.status)
             _log_outcome(msg, outcome)
