@@ -41,7 +41,9 @@ def directory_warnings(cfg: Config) -> list[str]:
                                 f"(run the daemon as its owner, or fix its permissions)")
         else:
             parent = _nearest(path.parent)
-            if not os.access(parent, os.W_OK | os.X_OK):
+            if not parent.is_dir():
+                warnings.append(f"warning: the {what} directory {path} cannot be created: {parent} is not a directory")
+            elif not os.access(parent, os.W_OK | os.X_OK):
                 warnings.append(f"warning: the {what} directory {path} does not exist and this user "
                                 f"cannot create it in {parent}")
     return warnings
@@ -102,6 +104,7 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
     smtp = (smtplib.SMTP_SSL(context=context, timeout=cfg.timeout) if cfg.tls == "ssl"
             else smtplib.SMTP(timeout=cfg.timeout))
     try:
+        smtp._host = cfg.host  # type: ignore[attr-defined]  # the name STARTTLS verifies (smtplib sets it only in __init__)
         code, greeting = smtp.connect(cfg.host, cfg.port)
         out.append(f"connected to {cfg.relay} (tls: {cfg.tls})")
         out.append(f"greeting: {code} {greeting.decode(errors='replace')}")

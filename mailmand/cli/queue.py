@@ -18,7 +18,7 @@ from ..errors import InvalidState, NotFound, UsageError
 from ..queues import open_queue
 from ..stores.base import MessageInfo, Status, Store
 from . import format as fmt
-from .common import duration, local_daemon, now, store
+from .common import duration, local_daemon, missing_store, now, store
 
 EVERY = sys.maxsize  # "no limit" for a listing
 
@@ -55,6 +55,8 @@ def _show_missing(cfg: Config, message_id: str) -> None:
 
 
 def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
+    if missing_store(cfg) is not None:  # no daemon ever ran: the message may still wait in the spool
+        _show_missing(cfg, args.id)
     with store(cfg) as s:
         try:
             info = s.get(args.id)

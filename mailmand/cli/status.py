@@ -71,8 +71,9 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
     t = now()
+    since = t - duration("--since", args.since)
     with store(cfg) as s:
-        data = s.stats(t - duration("--since", args.since), t)
+        data = s.stats(since, t)
     if args.json:
         fmt.print_json(data)
         return 0

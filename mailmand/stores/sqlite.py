@@ -253,6 +253,7 @@ class SQLiteStore(Store):
                   a.at if o.status in FINISHED else None, mid)
                  for (mid, _, a, o, _), ok in zip(outcomes, held, strict=True) if ok])
             for (message_id, _, attempt, outcome, _), ok in zip(outcomes, held, strict=True):
+                rollup[int(attempt.at // HOUR), f"attempt.{attempt.outcome}", 0] += 1  # every attempt
                 status = outcome.status
                 if ok and status in (Status.SENT, Status.FAILED, Status.EXPIRED):
                     hour = int(attempt.at // HOUR)
@@ -417,19 +418,29 @@ class SQLiteStore(Store):
         rows = self._read("SELECT kind, bucket, sum(n) FROM stats_hourly WHERE hour >= ?"
                           " GROUP BY kind, bucket", (first,))
         totals = {k: 0 for k in ("sent", "failed", "expired")}
+        attempts = {k: 0 for k in ("sent", "temporary", "permanent", "expired")}
         histogram: list[tuple[int, int]] = []
         for kind, bucket, n in rows:
             if kind == "latency":
                 histogram.append((bucket, n))
+            elif kind.startswith("attempt."):
+                attempts[kind[8:]] = attempts.get(kind[8:], 0) + n
             else:
                 totals[kind] = totals.get(kind, 0) + n
         reasons = self._read("SELECT reason, sum(n) AS c FROM reasons_hourly WHERE hour >= ?"
                              " GROUP BY reason ORDER BY c DESC LIMIT 10", (first,))
         depth = self._read("SELECT hour, depth FROM depth_hourly WHERE hour >= ? ORDER BY hour", (first,))
+        # Messages, not events: one retried twice and failed twice is one failed message.
+        messages = {k: 0 for k in ("sent", "failed", "expired")}
+        messages.update(self._read("SELECT status, count(*) FROM messages INDEXED BY ix_finished"
+                                   " WHERE finished_at >= ? AND status IN ('sent', 'failed', 'expired')"
+                                   " GROUP BY status", (since,)))
         return {
             "since": since,
             "until": now,
             **totals,
+            "messages": messages,
+            "attempts": attempts,
             "latency": _percentiles(sorted(histogram), (50, 95, 99)),
             "top_failures": [{"reason": r, "count": n} for r, n in reasons],
             "depth_hourly": [{"hour": h * HOUR, "depth": d} for h, d in depth],
