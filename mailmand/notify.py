@@ -106,9 +106,11 @@ def notices(cfg: NotifyConfig, rows: Sequence[Finished], claimed: Mapping[str, C
         if not failed:
             continue
         rcpt = ([msg.mail_from] if cfg.bounce else []) + ([cfg.copy_to] if cfg.copy_to else [])
+        # Dated when the outcome was: a dispatcher run with an injected clock (tests, --once) agrees.
+        at = attempt.at if now is None else t
         raw = compose(msg, failed, expired=outcome.status is Status.EXPIRED, relay=attempt.relay,
-                      domain=domain, to=msg.mail_from if cfg.bounce else cfg.copy_to or "", now=t)
-        out.append(Record(id=new_id(), mail_from="", rcpt_to=tuple(dict.fromkeys(rcpt)), raw=raw, created_at=t))
+                      domain=domain, to=msg.mail_from if cfg.bounce else cfg.copy_to or "", now=at)
+        out.append(Record(id=new_id(), mail_from="", rcpt_to=tuple(dict.fromkeys(rcpt)), raw=raw, created_at=at))
     return out
 
 
