@@ -10,17 +10,19 @@ Each subcommand lives in the module of its kind (`queue`, `status`, `send`,
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .. import config as configmod
 from ..errors import MailmandError, UsageError
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here: mailmand-sendmail never parses with it
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, "

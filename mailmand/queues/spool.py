@@ -7,9 +7,11 @@ the spool cannot run code in the daemon.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
 # status` need not import persist-queue (tests check them against persist-queue).
 TABLE = "ack_queue_default"
+INITED = 0  # AckStatus.inited: what a put writes
 UNACK = 2
 
 
@@ -102,6 +105,8 @@ class SpoolQueue(Queue):
         if not readonly:
             _prepare_dir(self.path)
         self._opened: persistqueue.SQLiteAckQueue | None = None
+        self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
+        self._direct_lock = threading.Lock()
         if daemon:
             self._q  # noqa: B018 (open now: the daemon should fail at start, not at its first take)
 
@@ -146,7 +151,36 @@ class SpoolQueue(Queue):
     def put(self, record: dict[str, Any]) -> None:
         # persist-queue commits each put (auto_commit), and SQLite's WAL with
         # synchronous=FULL fsyncs at commit: durable when this returns.
+        if not self.daemon and self._opened is None and self._retry(self._put_direct, "put", record):
+            return
         self._retry(self._q.put, "put", record)
+
+    def _put_direct(self, record: dict[str, Any]) -> bool:
+        """A producer's put without importing persist-queue (whose import pulls
+        in asyncio: half of `mailmand-sendmail`'s start-up). The same row
+        persist-queue's `put` writes (its JSON bytes, time, status inited),
+        in WAL with synchronous=FULL: durable when this returns. False when the
+        spool has no table yet (nobody opened it with persist-queue): then
+        persist-queue creates it."""
+        if self._direct is None:
+            db = sqlite3.connect(self.path / DB_FILE, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (TABLE,)).fetchone() is None:
+                    db.close()
+                    return False
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # fsync at commit, as persist-queue's default
+            except BaseException:
+                db.close()
+                raise
+            self._direct = db
+        data = json.dumps(record).encode("utf-8")  # persistqueue.serializers.json.dumps
+        with self._direct_lock:
+            self._direct.execute(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, ?)",
+                                 (data, time.time(), INITED))
+        return True
 
     def take(self, limit: int) -> list[Item]:
         items: list[Item] = []
@@ -207,6 +241,9 @@ class SpoolQueue(Queue):
         return False
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._opened is not None:
             self._opened.close()
             self._opened = None
