@@ -131,7 +131,8 @@ def run(quick: bool, dist: Path | None, venv: Path | None) -> dict[str, Any]:
         out["importtime_top"] = importtime(python, env)
     floor = rows["python_pass"]["median_ms"]
     out["verdict"] = {k: {"median_ms": round(rows[k]["median_ms"], 1), "target_ms": t,
-                          "met": rows[k]["median_ms"] <= t, "over_python_pass_ms": round(rows[k]["median_ms"] - floor, 1)}
+                          "met": rows[k]["median_ms"] <= t,
+                          "over_python_pass_ms": round(rows[k]["median_ms"] - floor, 1)}
                       for k, t in TARGETS_MS.items() if k in rows}
     return out
 

@@ -54,8 +54,8 @@ def world(tmp_path, write_config):
 
     conf = write_config(9)
     assert main(["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com", "--text", "x"]) == 0
-    from mailmand.daemon import Daemon
     from mailmand.config import load
+    from mailmand.daemon import Daemon
 
     d = Daemon(load(conf))
     d.ingester.drain()
@@ -75,9 +75,8 @@ ENTRY_POINTS = {
     "mailmand status": ("import sys; from mailmand.cli import main; sys.exit(main(['status']))", b""),
     "mailmand list": ("import sys; from mailmand.cli import main; sys.exit(main(['list']))", b""),
     "mailmand show": ("import sys; from mailmand.cli import main; sys.exit(main(['show', '{id}']))", b""),
-    "Email + Client": ("from mailmand import Email, Client\n"
-                       "c = Client(); c.enqueue(Email(sender='a@example.com', to='b@example.com', text='x')); c.close()",
-                       b""),
+    "Email + Client": ("from mailmand import Email, Client\nc = Client()\n"
+                       "c.enqueue(Email(sender='a@example.com', to='b@example.com', text='x')); c.close()", b""),
 }
 
 
