@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import mimetypes
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,15 +58,21 @@ class _HeaderRegistry(headerregistry.HeaderRegistry):
 
 SMTP_POLICY = policy.SMTP.clone(header_factory=_HeaderRegistry())
 SMTP_UTF8_POLICY = SMTP_POLICY.clone(utf8=True)
-# uuid5 namespace for idempotency keys: the same key always gives the same id,
+# uuid5 namespace for idempotency keys (uuid is imported only for them): the same key always gives the same id,
 # so a producer learns the first message's id without asking the daemon.
-IDEMPOTENCY_NS = uuid.UUID("6f1c9d0e-5b7a-4f3e-9a51-3c1f6d2b8e40")
+IDEMPOTENCY_NS = "6f1c9d0e-5b7a-4f3e-9a51-3c1f6d2b8e40"
 
 
 def new_id(idempotency_key: str | None = None) -> str:
     if idempotency_key is not None:
-        return uuid.uuid5(IDEMPOTENCY_NS, idempotency_key).hex
-    return uuid.uuid4().hex
+        import uuid
+
+        return uuid.uuid5(uuid.UUID(IDEMPOTENCY_NS), idempotency_key).hex
+    # uuid4().hex, without importing uuid (and the platform probing it does) on every sendmail call
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    return b.hex()
 
 
 # The boundaries of str.splitlines(): the email package folds a header at
@@ -472,7 +477,10 @@ def _filename(name: str) -> str:
 
 
 def _mime(filename: str, mimetype: str | None) -> tuple[str, str]:
-    mimetype = mimetype or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if not mimetype:
+        import mimetypes  # here: it reads the system's type maps, which only attachments need
+
+        mimetype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     maintype, _, subtype = mimetype.partition("/")
     if not maintype or not subtype or "\n" in mimetype or "\r" in mimetype:
         raise InvalidMessage("mimetype", mimetype, "expected type/subtype")

@@ -161,11 +161,15 @@ def _main(argv: Sequence[str], config: str | None) -> int:
 
 
 def _user() -> str:
-    import getpass
+    """getpass.getuser(), without the terminal modules getpass imports."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
+    import pwd
 
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a uid with no passwd entry (containers)
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (containers)
         return f"uid{os.getuid()}"
 
 
