@@ -93,7 +93,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, list[str]]:
 
 
 def _read_message(dot_ends: bool) -> bytes:
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read() if sys.stdin is not None else b""  # stdin closed: an empty message
     if not dot_ends:
         return data
     # Without -i, a line holding a single dot ends the message.

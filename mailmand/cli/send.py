@@ -43,7 +43,7 @@ def _body(args: argparse.Namespace) -> str | None:
         return _text("--text-file -", sys.stdin.buffer.read())
     if args.text_file:
         return _text(f"--text-file {args.text_file}", Path(args.text_file).read_bytes())
-    if args.html_file is None and not sys.stdin.isatty():
+    if args.html_file is None and sys.stdin is not None and not sys.stdin.isatty():
         return _text("stdin", sys.stdin.buffer.read())
     return None
 
