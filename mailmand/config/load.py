@@ -191,6 +191,9 @@ def _describe(t: Any) -> str:
     return "a mapping"
 
 
+_YAML_BOOLS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
+
+
 def _lenient(value: Any, t: Any) -> Any:
     """A spelling that msgspec's strict mode refuses and a file may use, made
     canonical; `_MISSING` if there is none. Strict mode stays on so that
@@ -202,6 +205,8 @@ def _lenient(value: Any, t: Any) -> Any:
             return int(text)
         if typing.get_origin(t) is Literal:  # `tls: STARTTLS`, `log-level: info`
             return next((o for o in typing.get_args(t) if o.lower() == text.lower() and o != value), _MISSING)
+    if isinstance(value, bool) and typing.get_origin(t) is Literal:  # YAML 1.1 reads `off` as false
+        return next((o for o in typing.get_args(t) if o in _YAML_BOOLS[value]), _MISSING)
     if typing.get_origin(t) is tuple and isinstance(value, (str, int)):  # one item for a list
         return [value]
     return _MISSING
@@ -469,11 +474,12 @@ def read_yaml(text: str, found: Path) -> object:
     except yaml.MarkedYAMLError as e:
         # problem/context only: str(e) quotes the source line, which may hold a password
         mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         ref = _unquoted_reference(text, mark.line, mark.column) if mark else None
-        if ref:
+        if mark and ref:  # YAML stopped at the `{` after the `$`: point at the `$`
+            where = f"line {mark.line + 1}, column {mark.column}"
             reason = f"{ref} inside {{ }} or [ ] must be quoted: write \"{ref}\""
         else:
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
             reason = "; ".join(filter(None, (e.context, e.problem)))
         raise ConfigError(f"{found}: YAML syntax error at {where}: {reason}") from None
     except yaml.YAMLError as e:

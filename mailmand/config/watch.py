@@ -66,12 +66,16 @@ class ConfigWatcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _on_event(self, event: FileSystemEvent) -> None:
+    def concerns(self, event: FileSystemEvent) -> bool:
+        """True if `event` leaves new content at the watched path."""
         # a delete alone is not a change to act on: the recreate that follows is
         if event.is_directory or event.event_type not in ("modified", "created", "moved", "closed"):
-            return
+            return False
         target = event.dest_path if event.event_type == "moved" else event.src_path
-        if os.path.abspath(os.fsdecode(target)) == str(self.path):
+        return os.path.abspath(os.fsdecode(target)) == str(self.path)
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        if self.concerns(event):
             self._changed.set()
 
     def _run(self) -> None:
