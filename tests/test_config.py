@@ -850,7 +850,7 @@ def test_watcher_debounces(tmp_path: Path) -> None:
         (lambda p: FileMovedEvent(str(p), str(p.with_name("old.yaml"))), False),  # moved away
         (lambda p: FileDeletedEvent(str(p)), False),  # the recreate that follows counts
         (lambda p: FileModifiedEvent(str(p.with_name("other.yaml"))), False),
-        (lambda p: DirModifiedEvent(str(p.parent)), False),
+        (lambda p: DirModifiedEvent(str(p)), False),  # a directory by that name is not the file
     ],
     ids=["modified", "created", "closed", "moved-here", "moved-away", "deleted", "other-file", "directory"],
 )
