@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailmand.config import Config, load, parse, parse_size, replace
 from mailmand.config.schema import EmailSection
@@ -404,3 +406,25 @@ def test_load_without_a_list_keeps_warnings_at_debug(go_original: Path, caplog: 
     with caplog.at_level("DEBUG", logger="mailmand.config"):
         load(go_original)
     assert {r.levelname for r in caplog.records if "is ignored" in r.getMessage()} == {"DEBUG"}
+
+
+# --- anything YAML can give is a Config or one ConfigError --------------------------------------
+
+_NAMES = sorted({part for key in _ROW.findall(REFERENCE.read_text()) for part in key[0].split(".")} | {"x", "1"})
+_LEAVES = st.none() | st.booleans() | st.integers(-2, 70000) | st.floats(allow_nan=True) | st.sampled_from(
+    ["", "5m", "10/s", "25MiB", "127.0.0.1:2525", "a@b.c", "STARTTLS", "off", "${NOPE}", "${HOME}", "0", "-1", "x"])
+_DATA = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(_NAMES) | st.integers(0, 2), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(email=_DATA, server=_DATA, smtp=_DATA)
+def test_any_data_gives_a_config_or_one_config_error(email: Any, server: Any, smtp: Any) -> None:
+    for data in ({"email": email}, {"email": {"server": server}}, {"email": {"server": {"smtp": smtp}}},
+                 {"email": {"server": {"smtp": {"host": "h", **(smtp if isinstance(smtp, dict) else {})}}}}):
+        try:
+            config = parse(data, producer=True)
+        except ConfigError as e:
+            assert "\n" not in str(e) and str(e).startswith("email"), str(e)
+        else:
+            assert isinstance(config, Config)
