@@ -2,7 +2,8 @@
 
 - `schema.py`: the sections as typed frozen structures, with their defaults;
 - `values.py`: durations, rates, sizes and other values written as text;
-- `load.py`: finding and reading the file, `${ENV}`, secrets, errors, the reload diff;
+- `load.py`: finding and reading the file, `${ENV}`, secrets, the reload diff;
+- `explain.py`: msgspec's errors as one-line messages with the key path;
 - `watch.py`: the file watcher behind hot reload.
 
 A section is a msgspec `Struct`: build one with keywords, change one with

@@ -5,7 +5,7 @@ A parse runs in four steps:
 2. `prepare`: `${ENV}` filled in, null and empty values dropped ("not given"),
    the Go original's ignored keys noted, literal passwords noted;
 3. msgspec converts the data into `schema.EmailSection`: types, ranges, unknown
-   keys, key paths; its errors become `ConfigError("key.path", "expected ..., got ...")`;
+   keys, key paths; `explain.py` turns its errors into `key.path: expected ..., got ...`;
 4. `finish`: the rules that span keys (AUTH needs both halves, the port follows
    `tls`, a world-readable file must not hold a literal password, ...).
 """
@@ -16,16 +16,15 @@ import functools
 import logging
 import os
 import re
-import types
-import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from msgspec.structs import replace
 
 from mailmand.errors import ConfigError
 
+from .explain import explain, make_canonical
 from .schema import (
     Address,
     Aliases,
@@ -41,8 +40,7 @@ from .schema import (
     Size,
 )
 from .values import (
-    Invalid,
-    kind,
+    SECRET_KEYS,
     parse_address,
     parse_aliases,
     parse_domain,
@@ -68,7 +66,6 @@ IGNORED = {
 }
 # RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4
 PORT_FOR_TLS = {"ssl": 465, "starttls": 587, "none": 25}
-SECRET_KEYS = frozenset({"password", "dsn", "url"})  # their text is never shown
 
 
 # --- ${ENV} interpolation ----------------------------------------------------
@@ -107,109 +104,6 @@ def interpolate(text: str, key: str) -> str:
 def _is_literal(text: str) -> bool:
     """True if the text holds anything but ${VAR} references with no default."""
     return bool(re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-)?\}", "", text))
-
-
-# --- msgspec's errors, in mailmand's words ------------------------------------
-
-_AT = re.compile(r"(.*) - at `\$(.*)`", re.DOTALL)
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_MISSING = object()
-
-
-def _split(exc: msgspec.ValidationError) -> tuple[str, list[str | int]]:
-    """msgspec's `Expected ... - at `$.server.smtp.port`` as (message, ["server", "smtp", "port"])."""
-    m = _AT.fullmatch(str(exc))
-    if not m:  # the root itself
-        return str(exc), []
-    return m.group(1), [int(i) if i else str(k) for k, i in _STEP.findall(m.group(2))]
-
-
-def _key(where: list[str | int]) -> str:
-    return "email" + "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in where)
-
-
-def _unwrap(t: Any) -> tuple[Any, tuple[Any, ...]]:
-    """(the type, its Annotated metadata), with `X | None` read as X."""
-    meta: tuple[Any, ...] = ()
-    while True:
-        if typing.get_origin(t) is typing.Annotated:
-            meta += t.__metadata__
-            t = t.__origin__
-        elif typing.get_origin(t) in (typing.Union, types.UnionType):
-            t = next(a for a in typing.get_args(t) if a is not type(None))
-        else:
-            return t, meta
-
-
-def _type_at(where: list[str | int]) -> Any:
-    """The schema's type for the key at `where`, or None where the schema has no such key."""
-    t: Any = EmailSection
-    for step in where:
-        t, _ = _unwrap(t)
-        if isinstance(step, int):
-            args = typing.get_args(t)
-            t = args[0] if args else None
-        elif isinstance(t, type) and issubclass(t, msgspec.Struct):
-            t = next((f.type for f in msgspec.structs.fields(t) if f.encode_name == step), None)
-        else:
-            return None
-    return t
-
-
-def _value_at(data: Any, where: list[str | int]) -> Any:
-    for step in where:
-        try:
-            data = data[step]
-        except (KeyError, IndexError, TypeError):
-            return _MISSING
-    return data
-
-
-def _describe(t: Any) -> str:
-    """What a key of type `t` expects, as the error message says it."""
-    t, meta = _unwrap(t)
-    if t is bool:
-        return "true or false"
-    if t is int:
-        lo = next((m.ge for m in meta if getattr(m, "ge", None) is not None), None)
-        hi = next((m.le for m in meta if getattr(m, "le", None) is not None), None)
-        if lo is not None and hi is not None:
-            return f"an integer {lo}-{hi}"
-        return f"an integer >= {lo}" if lo is not None else "an integer"
-    if t is float:
-        return "a number"
-    if t is str:
-        return "a string"
-    if typing.get_origin(t) is Literal:
-        return "one of " + ", ".join(typing.get_args(t))
-    if typing.get_origin(t) is tuple:
-        if any(getattr(m, "min_length", None) for m in meta):
-            return f"at least one {_describe(typing.get_args(t)[0])}"
-        return "a list"
-    if t is Listen:
-        return "host:port"
-    return "a mapping"
-
-
-_YAML_BOOLS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
-
-
-def _lenient(value: Any, t: Any) -> Any:
-    """A spelling that msgspec's strict mode refuses and a file may use, made
-    canonical; `_MISSING` if there is none. Strict mode stays on so that
-    `verify: 1` or `verify: "yes"` is an error, not a guess."""
-    t, _ = _unwrap(t)
-    if isinstance(value, str):
-        text = value.strip()
-        if t is int and re.fullmatch(r"[+-]?\d+", text):  # `port: ${SMTP_PORT}`, `batch: "20"`
-            return int(text)
-        if typing.get_origin(t) is Literal:  # `tls: STARTTLS`, `log-level: info`
-            return next((o for o in typing.get_args(t) if o.lower() == text.lower() and o != value), _MISSING)
-    if isinstance(value, bool) and typing.get_origin(t) is Literal:  # YAML 1.1 reads `off` as false
-        return next((o for o in typing.get_args(t) if o in _YAML_BOOLS[value]), _MISSING)
-    if typing.get_origin(t) is tuple and isinstance(value, (str, int)):  # one item for a list
-        return [value]
-    return _MISSING
 
 
 # --- one parse -------------------------------------------------------------------
@@ -284,29 +178,9 @@ class Parse:
             try:
                 return msgspec.convert(data, EmailSection, dec_hook=self.read)
             except msgspec.ValidationError as exc:
-                message, where = _split(exc)
-                value = _value_at(data, where)
-                fixed = _lenient(value, _type_at(where)) if exc.__cause__ is None else _MISSING
-                if fixed is _MISSING:
-                    raise self.explain(exc, message, where, value) from None
-                parent = _value_at(data, where[:-1])
-                parent[where[-1]] = fixed
+                if not make_canonical(exc, data):
+                    raise explain(exc, data) from None
         raise ConfigError("too many values to read", "email")
-
-    def explain(self, exc: Exception, message: str, where: list[str | int], value: Any) -> ConfigError:
-        key = _key(where)
-        cause = exc.__cause__
-        if isinstance(cause, ValueError):  # our reader or a __post_init__ said why
-            return ConfigError(str(cause), key + (cause.key if isinstance(cause, Invalid) else ""))
-        section, _ = _unwrap(_type_at(where))
-        if m := re.fullmatch(r"Object contains unknown field `(.*)`", message):
-            known = ", ".join(f.encode_name for f in msgspec.structs.fields(section))
-            return ConfigError(f"unknown key (known here: {known})", f"{key}.{m.group(1)}")
-        if m := re.fullmatch(r"Object missing required field `(.*)`", message):
-            needed = " and ".join(f.encode_name for f in msgspec.structs.fields(section) if f.required)
-            return ConfigError(f"required: give {needed}", f"{key}.{m.group(1)}")
-        got = kind(value) if where and where[-1] in SECRET_KEYS else show(value)
-        return ConfigError(f"expected {_describe(_type_at(where))}, got {got}", key)
 
     # step 4
     def finish(self, email: EmailSection, data: dict[str, Any]) -> Config:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+SECRET_KEYS = frozenset({"password", "dsn", "url"})  # keys whose text is never shown
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
