@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
 import typing
 from pathlib import Path
@@ -428,3 +430,21 @@ def test_any_data_gives_a_config_or_one_config_error(email: Any, server: Any, sm
             assert "\n" not in str(e) and str(e).startswith("email"), str(e)
         else:
             assert isinstance(config, Config)
+
+
+def test_importing_the_configuration_is_cheap() -> None:
+    """No PyYAML until a file is read, no ssl until a CA file is checked, no watchdog until a watcher."""
+    code = ("import sys, mailmand.config as c; c.Config(); c.parse_duration('5m'); "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    assert loaded & {"yaml", "ssl", "_ssl", "watchdog", "dataclasses", "pydantic"} == set(), loaded
+    assert "msgspec" in loaded
+
+
+def test_the_c_loader_reads_the_file_when_built(tmp_path: Path) -> None:
+    from mailmand.config.load import _loader
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("this PyYAML was built without libyaml")
+    assert issubclass(_loader(), yaml.CSafeLoader)
