@@ -117,13 +117,15 @@ def lenient(value: Any, t: Any) -> Any:
             return next((o for o in typing.get_args(t) if o.lower() == text.lower() and o != value), MISSING)
     if isinstance(value, bool) and typing.get_origin(t) is Literal:  # YAML 1.1 reads `off` as false
         return next((o for o in typing.get_args(t) if o in YAML_BOOLS[value]), MISSING)
-    if typing.get_origin(t) is tuple and isinstance(value, (str, int)):  # one item for a list
+    if typing.get_origin(t) is tuple and isinstance(value, (str, int)) and not isinstance(value, bool):
+        # one item for a list
         return [value]
     return MISSING
 
 
-def make_canonical(exc: msgspec.ValidationError, data: dict[str, Any]) -> bool:
-    """Replace the value msgspec refused with its canonical spelling, if it has one."""
+def make_canonical(exc: msgspec.ValidationError, data: dict[str, Any], wrapped: list[list[str | int]]) -> bool:
+    """Replace the value msgspec refused with its canonical spelling, if it has one.
+    `wrapped` collects the keys whose single value was made a list of one."""
     if exc.__cause__ is not None:  # our reader refused it: no other spelling helps
         return False
     _, where = split(exc)
@@ -131,13 +133,16 @@ def make_canonical(exc: msgspec.ValidationError, data: dict[str, Any]) -> bool:
     if fixed is MISSING or not where:
         return False
     value_at(data, where[:-1])[where[-1]] = fixed
+    if isinstance(fixed, list):
+        wrapped.append(where)
     return True
 
 
-def explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> ConfigError:
+def explain(exc: msgspec.ValidationError, data: dict[str, Any], wrapped: list[list[str | int]]) -> ConfigError:
     """The one-line error: key path, then what was expected and what was given."""
     message, where = split(exc)
-    key = key_of(where)
+    single = where[-1:] == [0] and where[:-1] in wrapped  # the file gave one value, not a list
+    key = key_of(where[:-1] if single else where)
     cause = exc.__cause__
     if isinstance(cause, ValueError):  # our reader or a __post_init__ said why
         return ConfigError(str(cause), key + (cause.key if isinstance(cause, Invalid) else ""))

@@ -174,12 +174,13 @@ class Parse:
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
 
     def decode(self, data: dict[str, Any]) -> EmailSection:
+        wrapped: list[list[str | int]] = []
         for _ in range(1000):  # each round makes one lenient value canonical
             try:
                 return msgspec.convert(data, EmailSection, dec_hook=self.read)
             except msgspec.ValidationError as exc:
-                if not make_canonical(exc, data):
-                    raise explain(exc, data) from None
+                if not make_canonical(exc, data, wrapped):
+                    raise explain(exc, data, wrapped) from None
         raise ConfigError("too many values to read", "email")
 
     # step 4
