@@ -417,8 +417,14 @@ def test_load_without_a_list_keeps_warnings_at_debug(go_original: Path, caplog: 
 _NAMES = sorted({part for key in _ROW.findall(REFERENCE.read_text()) for part in key[0].split(".")} | {"x", "1"})
 _LEAVES = st.none() | st.booleans() | st.integers(-2, 70000) | st.floats(allow_nan=True) | st.sampled_from(
     ["", "5m", "10/s", "25MiB", "127.0.0.1:2525", "a@b.c", "STARTTLS", "off", "${NOPE}", "${HOME}", "0", "-1", "x"])
-_DATA = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.sampled_from(_NAMES) | st.integers(0, 2), inner, max_size=4), max_leaves=12)
+
+
+def _nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return inner | st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(_NAMES) | st.integers(0, 2), inner, max_size=4)
+
+
+_DATA = _nest(_nest(_LEAVES))  # two levels below each root the test gives
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
