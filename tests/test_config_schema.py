@@ -414,9 +414,10 @@ def test_load_without_a_list_keeps_warnings_at_debug(go_original: Path, caplog: 
 
 # --- anything YAML can give is a Config or one ConfigError --------------------------------------
 
-_NAMES = sorted({part for key in _ROW.findall(REFERENCE.read_text()) for part in key[0].split(".")} | {"x", "1"})
+_NAMES = sorted({part for key in _ROW.findall(REFERENCE.read_text()) for part in key[0].split(".")} | {"x", "a\nb"})
 _LEAVES = st.none() | st.booleans() | st.integers(-2, 70000) | st.floats(allow_nan=True) | st.sampled_from(
-    ["", "5m", "10/s", "25MiB", "127.0.0.1:2525", "a@b.c", "STARTTLS", "off", "${NOPE}", "${HOME}", "0", "-1", "x"])
+    ["", "5m", "10/s", "25MiB", "127.0.0.1:2525", "a@b.c", "STARTTLS", "off", "${NOPE}", "${HOME}", "0", "-1", "x",
+     "a\nb"])
 
 
 def _nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -456,3 +457,10 @@ def test_the_c_loader_reads_the_file_when_built(tmp_path: Path) -> None:
     if not yaml.__with_libyaml__:
         pytest.skip("this PyYAML was built without libyaml")
     assert issubclass(_loader(), yaml.CSafeLoader)
+
+
+def test_a_value_or_key_with_a_newline_gives_one_line(tmp_path: Path) -> None:
+    assert error(tmp_path, with_key(RELAY, "email.server.smtp.port", "25\nx")) == (
+        'email.server.smtp.port: expected an integer 1-65535, got "25\\nx"')
+    assert error(tmp_path, with_key(RELAY, "email.server.smtp.p\nrt", 1)).startswith(
+        "email.server.smtp.p\\nrt: unknown key (known here: host, ")

@@ -19,7 +19,7 @@ import msgspec
 from mailmand.errors import ConfigError
 
 from .schema import EmailSection, Listen
-from .values import SECRET_KEYS, Invalid, kind, show
+from .values import SECRET_KEYS, Invalid, kind, printable, show
 
 AT = re.compile(r"(.*) - at `\$(.*)`", re.DOTALL)
 STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
@@ -35,7 +35,7 @@ def split(exc: msgspec.ValidationError) -> tuple[str, list[str | int]]:
 
 
 def key_of(where: list[str | int]) -> str:
-    return "email" + "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in where)
+    return "email" + "".join(f"[{x}]" if isinstance(x, int) else f".{printable(x)}" for x in where)
 
 
 def unwrap(t: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -147,10 +147,10 @@ def explain(exc: msgspec.ValidationError, data: dict[str, Any], wrapped: list[li
     if isinstance(cause, ValueError):  # our reader or a __post_init__ said why
         return ConfigError(str(cause), key + (cause.key if isinstance(cause, Invalid) else ""))
     section, _ = unwrap(type_at(where))
-    if m := re.fullmatch(r"Object contains unknown field `(.*)`", message):
+    if m := re.fullmatch(r"Object contains unknown field `(.*)`", message, re.DOTALL):
         known = ", ".join(f.encode_name for f in msgspec.structs.fields(section))
-        return ConfigError(f"unknown key (known here: {known})", f"{key}.{m.group(1)}")
-    if m := re.fullmatch(r"Object missing required field `(.*)`", message):
+        return ConfigError(f"unknown key (known here: {known})", f"{key}.{printable(m.group(1))}")
+    if m := re.fullmatch(r"Object missing required field `(.*)`", message, re.DOTALL):
         needed = " and ".join(f.encode_name for f in msgspec.structs.fields(section) if f.required)
         return ConfigError(f"required: give {needed}", f"{key}.{m.group(1)}")
     value = value_at(data, where)

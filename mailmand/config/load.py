@@ -48,6 +48,7 @@ from .values import (
     parse_listen,
     parse_rate,
     parse_size,
+    printable,
     show,
 )
 
@@ -139,7 +140,7 @@ class Parse:
             return value
         out = {}
         for name, raw in value.items():
-            sub = f"{key}.{name}"
+            sub = f"{key}.{printable(str(name))}"
             if sub in IGNORED:
                 self.warn(f"{sub} is ignored: {IGNORED[sub]}")
                 if not sub.endswith(".identity"):  # a field of AuthConfig; the others are not

@@ -18,10 +18,18 @@ _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _DURATION_HINT = "a duration such as 90s, 5m, 1h30m or 2d"
 
 
+# Control characters as escapes, so that an error stays on one line.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def printable(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
 def show(value: object) -> str:
     """A value as an error message shows it: strings quoted, containers by kind."""
     if isinstance(value, str):
-        return f'"{value}"'
+        return f'"{printable(value)}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
