@@ -464,3 +464,14 @@ def test_a_value_or_key_with_a_newline_gives_one_line(tmp_path: Path) -> None:
         'email.server.smtp.port: expected an integer 1-65535, got "25\\nx"')
     assert error(tmp_path, with_key(RELAY, "email.server.smtp.p\nrt", 1)).startswith(
         "email.server.smtp.p\\nrt: unknown key (known here: host, ")
+
+
+def test_producers_do_not_load_the_relays_ca_file(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    path = write(tmp_path, with_key(RELAY, "email.server.smtp.ca-file", "ca.pem"))
+    code = (f"import sys, mailmand.config as c; c.load({str(path)!r}, producer=True); "
+            "print('ssl' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
+    with pytest.raises(ConfigError, match="^email.server.smtp.ca-file: not a usable CA bundle"):
+        load(path)  # the daemon's view: refused

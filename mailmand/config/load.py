@@ -196,7 +196,7 @@ class Parse:
         if "port" not in smtp_given:
             smtp = replace(smtp, port=PORT_FOR_TLS[smtp.tls])
         smtp = replace(smtp, auth=self.auth(smtp.auth, "email.server.smtp.auth"))
-        if smtp.ca_file is not None:
+        if smtp.ca_file is not None and not self.producer:  # the daemon connects to the relay; producers never
             self.check_ca_file(smtp.ca_file)
         if server.database.engine == "postgres" and not server.database.dsn and not self.producer:
             raise ConfigError("required when engine is postgres", "email.server.database.dsn")
@@ -234,7 +234,7 @@ class Parse:
         return auth
 
     def check_ca_file(self, path: Path) -> None:
-        import ssl  # here: producers never pay for it
+        import ssl  # here: producers never import it
 
         try:  # load it now, so that a bad bundle is refused here and not when the daemon connects
             ssl.create_default_context(cafile=str(path))
