@@ -44,7 +44,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
 }
-# Only the daemon (and check-config, which vouches for it) needs the relay's secrets.
 DAEMON_SIDE = frozenset({"run", "check-config"})
 
 
@@ -203,13 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command = "run"
     if args.command == "run":
         args.once = getattr(args, "once", False)
+    # Only the daemon (and check-config, which vouches for it) needs the relay's secrets, and
+    # only they report the file's warnings (ignored keys): producers run too often to repeat them.
+    daemon_side = args.command in DAEMON_SIDE
+    warnings: list[str] = []
     try:
-        cfg = configmod.load(getattr(args, "config", None), producer=args.command not in DAEMON_SIDE)
+        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
     except MailmandError as exc:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
     setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
+    for warning in warnings if daemon_side else ():
+        logging.getLogger("mailmand.config").warning("%s", warning)
     module, name = COMMANDS[args.command]
     try:
         fn = getattr(importlib.import_module(f"{__name__}.{module}"), name)
