@@ -17,6 +17,14 @@ change them while the server runs (answer 451, then 250):
   (AUTH PLAIN/LOGIN offered, in clear too: `auth_require_tls=False`).
 - `tls`: "starttls" (offered and required), "ssl" (implicit TLS) or None.
 - `idle_timeout`: seconds after which the server drops an idle client.
+- `pipelining`: advertise PIPELINING (RFC 2920) in the EHLO reply (default
+  True; aiosmtpd reads pipelined commands in order either way).
+- `gate`: a threading.Event; while it is not set, the end of DATA is not
+  answered (`held` counts the messages waiting at it).
+
+What the server saw: `messages`, `helos` (EHLO/HELO names), `chunks` (each
+read from a client, as received: a client that does not pipeline sends one
+command per chunk), `connections`, `active`.
 
 `auth`, `tls` (starttls/None) and `idle_timeout` apply to connections accepted
 after the change; switching to or from "ssl" restarts the listener on the
@@ -81,12 +89,32 @@ class _Smtp(SMTP):
         self._owner._closed(self)
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        self._owner._chunk(data)
+        super().data_received(data)
+
 
 class _Handler:
     """aiosmtpd handler hooks that read the owner's script as each command arrives."""
 
     def __init__(self, owner: SmtpServer) -> None:
         self.owner = owner
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # the new-style hook takes this over from aiosmtpd
+        self.owner._helo(hostname)
+        if self.owner.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        session.host_name = hostname
+        self.owner._helo(hostname)
+        return f"250 {server.hostname}"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -117,6 +145,14 @@ class _Handler:
             await asyncio.Event().wait()  # cancelled by connection_lost: no reply ever
         if owner.stall:
             await asyncio.sleep(owner.stall)
+        gate = owner.gate
+        if gate is not None and not gate.is_set():
+            owner._hold(+1)
+            try:
+                while not gate.is_set():
+                    await asyncio.sleep(0.005)
+            finally:
+                owner._hold(-1)
         if owner.data_reply:
             return _answer(server, owner.data_reply)
         data = envelope.original_content or b""
@@ -167,6 +203,8 @@ class SmtpServer:
         stall: float = 0.0,
         auth: tuple[str, str] | None = None,
         idle_timeout: float = 300.0,
+        pipelining: bool = True,
+        gate: threading.Event | None = None,
     ) -> None:
         if tls not in (None, "starttls", "ssl"):
             raise ValueError(f"tls must be starttls, ssl or None, got {tls!r}")
@@ -180,10 +218,15 @@ class SmtpServer:
         self.stall = stall
         self.auth = auth
         self.idle_timeout = idle_timeout
+        self.pipelining = pipelining
+        self.gate = gate
         self._tls = tls
         self._handler = _Handler(self)
         self._lock = threading.Lock()
         self._messages: list[Received] = []
+        self._helos: list[str] = []
+        self._chunks: list[bytes] = []
+        self._held = 0
         self._connections = 0
         self._live: set[_Smtp] = set()
         self._controller: _Controller | None = None
@@ -207,6 +250,22 @@ class SmtpServer:
     def messages(self) -> list[Received]:
         with self._lock:
             return list(self._messages)
+
+    @property
+    def helos(self) -> list[str]:
+        with self._lock:
+            return list(self._helos)
+
+    @property
+    def chunks(self) -> list[bytes]:
+        with self._lock:
+            return list(self._chunks)
+
+    @property
+    def held(self) -> int:
+        """Messages waiting at the end of DATA for `gate`."""
+        with self._lock:
+            return self._held
 
     @property
     def connections(self) -> int:
@@ -293,6 +352,18 @@ class SmtpServer:
     def _record(self, message: Received) -> None:
         with self._lock:
             self._messages.append(message)
+
+    def _helo(self, name: str) -> None:
+        with self._lock:
+            self._helos.append(name)
+
+    def _chunk(self, data: bytes) -> None:
+        with self._lock:
+            self._chunks.append(data)
+
+    def _hold(self, delta: int) -> None:
+        with self._lock:
+            self._held += delta
 
     def _opened(self, protocol: _Smtp) -> None:
         with self._lock:

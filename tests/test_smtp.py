@@ -6,7 +6,7 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -57,8 +57,18 @@ def relays() -> Iterator[Callable[[SmtpConfig], Relay]]:
         relay.close()
 
 
+def send(relay: Relay, envelopes: Iterable[Envelope], stop: threading.Event | None = None) -> Iterator[SendResult]:
+    """The results of `send_grouped` (the dispatcher's path), one at a time."""
+    groups = relay.send_grouped(envelopes, stop)
+    try:
+        for group in groups:
+            yield from group
+    finally:
+        groups.close()
+
+
 def send_one(relay: Relay, env: Envelope) -> SendResult:
-    [result] = list(relay.send([env]))
+    [result] = list(send(relay, [env]))
     return result
 
 
@@ -71,7 +81,7 @@ def test_batches_share_one_connection(smtp_server: Start, relays: Relays) -> Non
     envs = [envelope(i) for i in range(200)]
     results = []
     for start in range(0, 200, 50):
-        results += list(relay.send(envs[start : start + 50]))
+        results += list(send(relay, envs[start : start + 50]))
     assert [r.kind for r in results] == ["sent"] * 200
     assert sorted(r.id for r in results) == sorted(e.id for e in envs)
     assert all(r.code == 250 and r.relay == config(server).relay for r in results)
@@ -92,10 +102,10 @@ def test_raw_bytes_arrive_unchanged(smtp_server: Start, relays: Relays) -> None:
 def test_parallel_sessions(smtp_server: Start, relays: Relays) -> None:
     server = smtp_server(stall=0.05)  # slow enough that every worker gets work
     relay = relays(config(server, connections=4))
-    results = list(relay.send([envelope(i) for i in range(40)]))
+    results = list(send(relay, [envelope(i) for i in range(40)]))
     assert len(results) == 40 and all(r.kind == "sent" for r in results)
     assert server.connections == 4
-    results = list(relay.send([envelope(i) for i in range(40, 80)]))
+    results = list(send(relay, [envelope(i) for i in range(40, 80)]))
     assert len(results) == 40 and all(r.kind == "sent" for r in results)
     assert server.connections == 4  # the pool carried over
     assert len(server.messages) == 80
@@ -104,7 +114,7 @@ def test_parallel_sessions(smtp_server: Start, relays: Relays) -> None:
 def test_close_quits_sessions(smtp_server: Start) -> None:
     server = smtp_server()
     relay = Relay(config(server, connections=2))
-    list(relay.send([envelope(i) for i in range(10)]))
+    list(send(relay, [envelope(i) for i in range(10)]))
     assert server.active >= 1
     relay.close()
     deadline = time.monotonic() + 5
@@ -116,7 +126,7 @@ def test_close_quits_sessions(smtp_server: Start) -> None:
 def test_results_are_yielded_as_they_come(smtp_server: Start, relays: Relays) -> None:
     server = smtp_server()
     relay = relays(config(server))
-    it = relay.send([envelope(i) for i in range(3)])
+    it = send(relay, [envelope(i) for i in range(3)])
     first = next(it)
     assert first.kind == "sent"
     assert len(server.messages) >= 1
@@ -192,7 +202,7 @@ def test_drop_mid_data_is_temporary(smtp_server: Start, relays: Relays) -> None:
     relay = relays(config(server))
     result = send_one(relay, envelope(1))
     assert (result.kind, result.code) == ("temporary", None)
-    assert "DATA" in result.reply and "closed" in result.reply
+    assert result.reply == "end of data: connection closed by relay" and result.lost_in_data
     server.drop_in_data = False
     assert send_one(relay, envelope(2)).kind == "sent"
     assert server.connections == 2
@@ -213,7 +223,7 @@ def test_stall_past_data_timeout_is_temporary(smtp_server: Start, relays: Relays
 def test_421_closes_and_next_message_reconnects(smtp_server: Start, relays: Relays) -> None:
     server = smtp_server(rcpt_replies={"busy@example.com": "421 4.3.2 shutting down"})
     relay = relays(config(server))
-    results = list(relay.send([envelope(1, "busy@example.com", "next@example.com"), envelope(2)]))
+    results = list(send(relay, [envelope(1, "busy@example.com", "next@example.com"), envelope(2)]))
     assert [(r.id, r.kind, r.code) for r in results] == [
         ("m1", "temporary", 421),
         ("m2", "sent", 250),
@@ -233,7 +243,7 @@ def test_stale_session_is_reopened_without_costing_the_message(
     relay = relays(config(server))
     assert send_one(relay, envelope(1)).kind == "sent"
     server.drop_connections()  # the relay cut the idle session
-    results = list(relay.send([envelope(2)]))
+    results = list(send(relay, [envelope(2)]))
     assert [(r.id, r.kind) for r in results] == [("m2", "sent")]
     assert server.connections == 2
     assert len(server.messages) == 2
@@ -252,7 +262,7 @@ def test_unreachable_relay_defers_the_whole_batch(smtp_server: Start, relays: Re
     server = smtp_server()
     cfg = config(server, connections=2)
     server.stop()  # nothing listens there any more
-    results = list(relays(cfg).send([envelope(i) for i in range(5)]))
+    results = list(send(relays(cfg), [envelope(i) for i in range(5)]))
     assert len(results) == 5
     assert all(r.kind == "temporary" and r.code is None for r in results)
     assert all("connection failed" in r.reply for r in results)
@@ -313,7 +323,7 @@ def test_starttls_verified(smtp_server: Start, relays: Relays, tls_ca: TlsCa) ->
 def test_implicit_tls_verified(smtp_server: Start, relays: Relays, tls_ca: TlsCa) -> None:
     server = smtp_server(tls="ssl")
     relay = relays(config(server, tls="ssl", ca_file=tls_ca.ca_file))
-    results = list(relay.send([envelope(i) for i in range(3)]))
+    results = list(send(relay, [envelope(i) for i in range(3)]))
     assert [r.kind for r in results] == ["sent"] * 3
     assert server.connections == 1
 
@@ -347,7 +357,7 @@ def test_stop_event_honoured(smtp_server: Start, relays: Relays) -> None:
     relay = relays(config(server))
     stop = threading.Event()
     results = []
-    for result in relay.send([envelope(i) for i in range(20)], stop):
+    for result in send(relay, [envelope(i) for i in range(20)], stop):
         results.append(result)
         stop.set()
     # The worker finishes the message it holds (at most one more), takes no other.
@@ -360,7 +370,7 @@ def test_stop_set_before_send_attempts_nothing(smtp_server: Start, relays: Relay
     server = smtp_server()
     stop = threading.Event()
     stop.set()
-    assert list(relays(config(server)).send([envelope(1)], stop)) == []
+    assert list(send(relays(config(server)), [envelope(1)], stop)) == []
     assert server.connections == 0
 
 
@@ -396,7 +406,7 @@ def test_rate_limit_shared_by_sessions(smtp_server: Start, relays: Relays) -> No
     server = smtp_server()
     relay = relays(config(server, connections=3, rate=20.0))
     started = time.monotonic()
-    results = list(relay.send([envelope(i) for i in range(30)]))
+    results = list(send(relay, [envelope(i) for i in range(30)]))
     # A burst of 20, then 10 more at 20/s: at least 0.5 s whatever the sessions.
     assert time.monotonic() - started >= 0.4
     assert len(results) == 30 and all(r.kind == "sent" for r in results)
