@@ -11,7 +11,9 @@ change them while the server runs (answer 451, then 250):
 - `mail_reply`, `rcpt_replies[address]`, `data_reply`: a full reply line such
   as "550 5.1.1 no such user"; None (or absent) accepts. A 421 reply closes
   the connection after it is sent, as RFC 5321 §3.8 has servers do.
-- `drop_in_data`: close the connection once the body is in, with no reply.
+- `drop_in_data`: close the connection once the body is in, with no reply
+  (True: every message; an address: the messages to that recipient).
+- `smtputf8`: offer SMTPUTF8 (RFC 6531; default True).
 - `stall`: seconds to sleep before answering the end of DATA.
 - `auth`: (user, password) that MAIL FROM requires to have logged in
   (AUTH PLAIN/LOGIN offered, in clear too: `auth_require_tls=False`).
@@ -139,7 +141,8 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         owner = self.owner
-        if owner.drop_in_data:
+        drop = owner.drop_in_data
+        if drop is True or (isinstance(drop, str) and drop in envelope.rcpt_tos):
             assert server.transport is not None
             server.transport.close()
             await asyncio.Event().wait()  # cancelled by connection_lost: no reply ever
@@ -199,7 +202,8 @@ class SmtpServer:
         mail_reply: str | None = None,
         rcpt_replies: dict[str, str] | None = None,
         data_reply: str | None = None,
-        drop_in_data: bool = False,
+        drop_in_data: bool | str = False,
+        smtputf8: bool = True,
         stall: float = 0.0,
         auth: tuple[str, str] | None = None,
         idle_timeout: float = 300.0,
@@ -215,6 +219,7 @@ class SmtpServer:
         self.rcpt_replies = dict(rcpt_replies or {})
         self.data_reply = data_reply
         self.drop_in_data = drop_in_data
+        self.smtputf8 = smtputf8
         self.stall = stall
         self.auth = auth
         self.idle_timeout = idle_timeout
@@ -327,7 +332,7 @@ class SmtpServer:
     def _session_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "hostname": "mx.test",
-            "enable_SMTPUTF8": True,
+            "enable_SMTPUTF8": self.smtputf8,
             "timeout": self.idle_timeout,
             # Offer AUTH in clear for the plain tests; MAIL FROM enforces it
             # (auth_required=True would make aiosmtpd warn, an error under pytest).
