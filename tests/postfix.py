@@ -132,6 +132,7 @@ def _uid(user: str) -> int:
 # Services a Postfix instance needs to take mail in and hand it on; chroot off
 # (no /var/spool/postfix copy of /etc to build), unprivileged where Debian runs them so.
 MASTER_CF = """\
+pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 rewrite   unix  -       -       n       -       -       trivial-rewrite

@@ -232,8 +232,13 @@ class Relay:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for session in idle:
-            session.close()
+        # In parallel: each QUIT waits a round trip for its 221, and a relay
+        # 80 ms away with 20 sessions would otherwise hold a --once exit 1.6 s.
+        closers = [threading.Thread(target=s.close, name="mailmand-smtp-quit", daemon=True) for s in idle]
+        for thread in closers:
+            thread.start()
+        for thread in closers:
+            thread.join(self._cfg.timeout + 1)
 
     # -- workers
 
