@@ -162,6 +162,86 @@ class Satellite:
         self.pf.stop()
 
 
+# -- threads or asyncio ---------------------------------------------------------------------
+
+
+async def _asyncio_send(port: int, conns: int, envs: list[Any]) -> int:
+    """The same sans-I/O client (mailmand.smtp.protocol) driven by asyncio streams:
+    what an asyncio relay pool would cost, without TLS/AUTH (not needed here)."""
+    from mailmand.smtp.protocol import Client, Done, Extensions, ReplyParser
+
+    work = list(reversed(envs))
+    sent = 0
+
+    async def session() -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def reply() -> Any:
+            parser = ReplyParser()
+            while (r := parser.feed(await reader.readline())) is None:
+                pass
+            return r
+
+        await reply()
+        writer.write(b"EHLO bench.local\r\n")
+        await reply()
+        client = Client(Extensions(pipelining=True, eightbitmime=True))
+        while True:
+            if client.ready_for_next and work:
+                client.add(work.pop())
+                continue
+            if not client.waiting:
+                break
+            writer.write(client.outgoing())
+            for event in client.receive(await reply()):
+                sent += isinstance(event, Done) and event.outcome.kind == "sent"
+        writer.write(b"QUIT\r\n")
+        await reply()
+        writer.close()
+
+    await asyncio.gather(*(session() for _ in range(conns)))
+    return sent
+
+
+def threads_or_asyncio(base: Path, quick: bool) -> dict[str, Any]:
+    """msg/s and CPU per message of the thread pool (mailmand.smtp.Relay) and of
+    an asyncio driver of the same protocol, at 4, 20 and 100 connections, 25 ms away."""
+    import resource
+
+    from mailmand.config import SmtpConfig
+    from mailmand.smtp import Envelope, Relay
+
+    n = 1000 if quick else 4000
+    envs = [Envelope(r.id, r.mail_from, tuple(r.rcpt_to), r.raw) for r in records(n)]
+
+    def cpu() -> float:
+        u = resource.getrusage(resource.RUSAGE_SELF)
+        return u.ru_utime + u.ru_stime
+
+    def threads(port: int, conns: int) -> int:
+        relay = Relay(SmtpConfig(host="127.0.0.1", port=port, connections=conns, helo="bench.local"))
+        try:
+            return sum(r.kind == "sent" for group in relay.send_grouped(envs) for r in group)
+        finally:
+            relay.close()
+
+    rows = []
+    with sink("smtp-sink") as sink_port, delay_proxy(sink_port, 25) as proxy:
+        for conns in (4, 20, 100):
+            for name, fn in (("threads", lambda c=conns: threads(proxy, c)),
+                             ("asyncio", lambda c=conns: asyncio.run(_asyncio_send(proxy, c, envs)))):
+                c0, t0 = cpu(), time.perf_counter()
+                sent = fn()
+                wall, used = time.perf_counter() - t0, cpu() - c0
+                if sent != n:
+                    raise RuntimeError(f"{name}: sent {sent} of {n}")
+                rows.append({"driver": name, "connections": conns, "msg_s": n / wall, "cpu_us_per_msg": used / n * 1e6})
+                print(f"  {name} {conns} conns: {n / wall:.0f} msg/s, {used / n * 1e6:.0f} µs CPU/msg",
+                      file=sys.stderr, flush=True)
+    return {"messages": n, "rtt_ms": 25, "rows": rows}
+
+
 # -- the scenario -------------------------------------------------------------------------
 
 
@@ -229,3 +309,8 @@ if __name__ == "__main__" and sys.argv[1:2] == ["proxy"]:
         asyncio.run(_proxy(listen, upstream, delay))
     except KeyboardInterrupt:
         pass
+
+if __name__ == "__main__" and sys.argv[1:2] == ["compare"]:
+    import json
+
+    print(json.dumps(threads_or_asyncio(Path("/var/tmp"), "--quick" in sys.argv), indent=1))
