@@ -73,10 +73,11 @@ def report(results: dict[str, Any]) -> str:
             parts += [f"\n## wan: skipped ({w['skipped']})"]
         else:
             parts += ["\n## wan (smtp-sink behind a delay proxy; msg/s, median of rounds)",
-                      "| RTT | connections | mailmand --once | Postfix satellite | bare smtplib "
-                      "| mailmand / Postfix | mailmand / smtplib |", "|---|---|---|---|---|---|---|"]
+                      "| RTT | connections | mailmand --once | mailmand dispatch alone | Postfix satellite "
+                      "| bare smtplib | --once / Postfix | --once / smtplib |", "|---|---|---|---|---|---|---|---|"]
             for r in w["rows"]:
                 parts.append(f"| {r['rtt_ms']} ms | {r['connections']} | {r['mailmand']['median']:.0f} "
+                             f"| {r['dispatch']['median']:.0f} "
                              f"| {r['postfix']['median']:.0f} | {r['smtplib']['median']:.0f} "
                              f"| **{r['mailmand_vs_postfix']:.2f}** | **{r['mailmand_vs_smtplib']:.2f}** |")
     return "\n".join(parts)

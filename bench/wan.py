@@ -101,6 +101,32 @@ def delay_proxy(upstream: int, rtt_ms: float) -> Iterator[int]:
 # -- the senders ------------------------------------------------------------------------
 
 
+def dispatch_only(base: Path, port: int, conns: int, n: int) -> float:
+    """mailmand's dispatch alone (`Daemon.once()` on a store already holding `n`
+    due messages): what pipelining does, apart from process start and ingest."""
+    import shutil
+
+    from mailmand.daemon import Daemon
+
+    from .common import config, workdir
+    from .dispatch import make_store
+
+    with workdir(base) as root:
+        cfg = config(root, port, conns, batch=100)
+        make_store(root / "template.db", n)
+        shutil.copy(root / "template.db", cfg.server.database.path)
+        daemon = Daemon(cfg)
+        try:
+            t0 = time.perf_counter()
+            result = daemon.once()
+            dt = time.perf_counter() - t0
+        finally:
+            daemon.close()
+        if result.dispatched.sent != n:
+            raise RuntimeError(f"dispatch sent {result.dispatched.sent} of {n}")
+        return n / dt
+
+
 def smtplib_loop(port: int, conns: int, n: int) -> float:
     return _bare([r.raw for r in records(n)], port, conns)
 
@@ -260,10 +286,12 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
                     if quick and rtt != 25 and conns != 20:
                         continue
                     sat = Satellite(proxy, conns)
-                    series = {"mailmand": Series(), "smtplib": Series(), "postfix": Series()}
+                    series = {"mailmand": Series(), "dispatch": Series(), "smtplib": Series(),
+                              "postfix": Series()}
                     try:
                         for _ in range(rounds):
                             series["mailmand"].values.append(once_command(base, proxy, conns, n))
+                            series["dispatch"].values.append(dispatch_only(base, proxy, conns, n))
                             series["smtplib"].values.append(smtplib_loop(proxy, conns, n))
                             series["postfix"].values.append(sat.run(n))
                     finally:
@@ -272,7 +300,8 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
                            **{k: s.summary() for k, s in series.items()}}
                     row["mailmand_vs_postfix"] = series["mailmand"].median / series["postfix"].median
                     row["mailmand_vs_smtplib"] = series["mailmand"].median / series["smtplib"].median
-                    print(f"  rtt {rtt} ms, {conns} conns: mailmand {series['mailmand'].median:.0f}, "
+                    print(f"  rtt {rtt} ms, {conns} conns: mailmand {series['mailmand'].median:.0f} "
+                          f"(dispatch alone {series['dispatch'].median:.0f}), "
                           f"smtplib {series['smtplib'].median:.0f}, postfix {series['postfix'].median:.0f} msg/s",
                           file=sys.stderr, flush=True)
                     rows.append(row)
@@ -290,9 +319,10 @@ def plot(results: dict[str, Any], out: Path) -> None:
         rows = sorted((r for r in results["rows"] if r["connections"] == conns), key=lambda r: r["rtt_ms"])
         if not rows:
             continue
-        for who, marker in (("mailmand", "o"), ("postfix", "s"), ("smtplib", "^")):
+        for who, marker, name in (("mailmand", "o", "mailmand --once"), ("dispatch", "D", "mailmand dispatch"),
+                                  ("postfix", "s", "Postfix"), ("smtplib", "^", "smtplib")):
             ax.plot([r["rtt_ms"] for r in rows], [r[who]["median"] for r in rows], marker + style,
-                    label=f"{who}, {conns} connections")
+                    label=f"{name}, {conns} connections")
     ax.set_xlabel("round-trip time to the relay (ms)")
     ax.set_ylabel("messages per second")
     ax.set_yscale("log")

@@ -34,6 +34,7 @@ from mailmand.config import SmtpConfig
 
 from .protocol import (
     MAX_REPLY_LINE,
+    REPLY_CLOSING,
     Client,
     Done,
     Envelope,
@@ -260,7 +261,7 @@ class Session:
                 if out:
                     self._write(smtp, out, client)
                 reply = self._read(smtp, client)
-                answered += 1
+                answered += reply.code != REPLY_CLOSING  # a 421 proves nothing about the next session
                 settle(client.receive(reply))
         except (OSError, smtplib.SMTPException, ProtocolError) as exc:
             step = client.next_step
