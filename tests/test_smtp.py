@@ -14,6 +14,7 @@ import pytest
 from mailmand.config import AuthConfig, SmtpConfig
 from mailmand.hostname import mail_domain
 from mailmand.smtp import Envelope, Relay, SendResult, TokenBucket, classify, session
+from mailmand.smtp import relays as relays_module
 from tests.smtpd import SmtpServer, TlsCa
 
 Start = Callable[..., SmtpServer]
@@ -272,6 +273,15 @@ def test_421_closes_and_next_message_reconnects(smtp_server: Start, relays: Rela
     assert server.connections == 2
 
 
+def test_421_at_mail_on_a_fresh_session_is_not_retried(smtp_server: Start, relays: Relays) -> None:
+    # A reused session answering 421 at MAIL had gone stale: its message is tried
+    # on a new one (next test). A fresh one means the relay is closing: defer, once.
+    server = smtp_server(mail_reply="421 4.3.2 shutting down")
+    result = send_one(relays(config(server)), envelope(1, "a@example.com", "b@example.com"))
+    assert (result.kind, result.code, result.reply) == ("temporary", 421, "MAIL FROM: 421 4.3.2 shutting down")
+    assert server.connections == 1
+
+
 @pytest.mark.parametrize("probe", [True, False], ids=["noop-when-idle", "retry-at-mail-from"])
 def test_stale_session_is_reopened_without_costing_the_message(
     smtp_server: Start, relays: Relays, monkeypatch: pytest.MonkeyPatch, probe: bool
@@ -306,11 +316,15 @@ def test_unreachable_relay_defers_the_whole_batch(smtp_server: Start, relays: Re
     assert all("connection failed" in r.reply for r in results)
 
 
-def test_helo_defaults_to_the_mail_domain(smtp_server: Start, relays: Relays) -> None:
+def test_helo_defaults_to_the_mail_domain(smtp_server: Start, relays: Relays,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     server = smtp_server()
     assert send_one(relays(config(server, helo=None)), envelope(1)).kind == "sent"
     assert send_one(relays(config(server, helo="mx-7.example.net")), envelope(2)).kind == "sent"
-    assert server.helos == [mail_domain(), "mx-7.example.net"]
+    # Whatever this host is called: helo None asks hostname.mail_domain() (never localhost).
+    monkeypatch.setattr(relays_module, "mail_domain", lambda: "satellite-3.example.org")
+    assert send_one(relays(config(server, helo=None)), envelope(3)).kind == "sent"
+    assert server.helos == [mail_domain(), "mx-7.example.net", "satellite-3.example.org"]
     assert mail_domain() != "localhost"
 
 
