@@ -235,6 +235,7 @@ class SmtpServer:
         self._connections = 0
         self._live: set[_Smtp] = set()
         self._controller: _Controller | None = None
+        self._last_port = 0
         self._start(0)
 
     def __repr__(self) -> str:
@@ -317,7 +318,13 @@ class SmtpServer:
     def stop(self) -> None:
         controller, self._controller = self._controller, None
         if controller is not None:
+            self._last_port = int(controller.port)
             controller.stop()
+
+    def restart(self) -> None:
+        """Listen again on the port it had before `stop()` (a relay coming back)."""
+        if self._controller is None:
+            self._start(self._last_port)
 
     # -- plumbing
 

@@ -409,6 +409,23 @@ def test_smtputf8_address_to_a_relay_without_it_fails_and_sends_nothing(smtp_ser
     assert good.kind == "sent" and len(server.messages) == 1 and server.connections == 1
 
 
+def test_an_outage_is_logged_once_then_its_end(smtp_server: Start, relays: Relays,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailmand.smtp")
+    server = smtp_server()
+    relay = relays(config(server, connections=2))
+    server.stop()
+    for i in range(4):
+        assert {r.kind for r in send(relay, [envelope(10 * i + k) for k in range(3)])} == {"temporary"}
+    down = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(down) == 1 and "unavailable: connection failed" in down[0].getMessage()
+    server.restart()
+    assert send_one(relay, envelope(99)).kind == "sent"
+    [back] = [r.getMessage() for r in caplog.records if "cleared" in r.getMessage()]
+    assert back.startswith(f"relay {server.host}:{server.port} unavailable: cleared after")
+    assert "(8 failure(s))" in back  # 4 sends, each with 2 sessions that could not open
+
+
 # -- AUTH
 
 
