@@ -317,7 +317,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.4))
     for conns, style in ((20, "-"), (4, "--")):
         rows = sorted((r for r in results["rows"] if r["connections"] == conns), key=lambda r: r["rtt_ms"])
         if not rows:
@@ -329,9 +329,9 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("round-trip time to the relay (ms)")
     ax.set_ylabel("messages per second")
     ax.set_yscale("log")
-    ax.set_title("Delivery through a relay a round trip away (smtp-sink behind a delay proxy)")
+    ax.set_title("A relay a round trip away (smtp-sink behind a delay proxy)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
