@@ -131,6 +131,24 @@ def test_parallel_sessions(smtp_server: Start, relays: Relays) -> None:
     assert len(server.messages) == 80
 
 
+def test_workers_start_as_work_is_found(smtp_server: Start, relays: Relays) -> None:
+    server = smtp_server()
+    relay = relays(config(server, connections=100))
+    askers: set[str] = set()
+
+    def feed(envs: list[Envelope]) -> Iterator[Envelope]:
+        for env in envs:
+            askers.add(threading.current_thread().name)
+            yield env
+        askers.add(threading.current_thread().name)
+
+    assert list(send(relay, feed([]))) == []
+    assert askers == {"mailmand-smtp-0"} and server.connections == 0  # an idle tick: one thread
+    askers.clear()
+    assert len(list(send(relay, feed([envelope(i) for i in range(3)])))) == 3
+    assert 1 <= len(askers) <= 4  # one more worker for each that found work, not 100
+
+
 def test_close_quits_sessions(smtp_server: Start) -> None:
     server = smtp_server()
     relay = Relay(config(server, connections=2))

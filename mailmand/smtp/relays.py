@@ -115,13 +115,18 @@ class TokenBucket:
 
 
 class _Batch:
-    """One call to `send_grouped`: the shared source of work, the results, and who is still working.
+    """One call to `send_grouped`: the shared source of work, the results, and the workers.
 
     The source is a sequence, or any iterable read lazily (the dispatcher's
     feed, which claims the next batch from the store only when a session is
-    free for it, so sessions never idle at batch boundaries)."""
+    free for it, so sessions never idle at batch boundaries).
 
-    def __init__(self, envelopes: Iterable[Envelope], stop: threading.Event | None, workers: int):
+    Workers start one at a time, each new one when the one before found
+    work: an idle tick with `connections: 100` starts one thread, not 100,
+    and a busy one reaches 100 within a few messages."""
+
+    def __init__(self, envelopes: Iterable[Envelope], stop: threading.Event | None, limit: int,
+                 target: Callable[[_Batch], None]):
         self._source: Iterator[Envelope] = iter(envelopes)
         self.finite = isinstance(envelopes, Sequence)
         self.results: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()  # None: a worker is done
@@ -129,11 +134,30 @@ class _Batch:
         self.abandoned = threading.Event()  # the caller closed the generator early
         self.given_up = False  # no session could be opened: take nothing more from a feed
         self.broken = False  # the source raised: take nothing more
-        self._active = workers
+        self.threads: list[threading.Thread] = []  # only ever appended to
+        self._limit = limit
+        self._target = target
+        self._active = 0
         self._lock = threading.Lock()
 
     def stopped(self) -> bool:
         return self.abandoned.is_set() or (self.stop is not None and self.stop.is_set())
+
+    def spawn(self) -> None:
+        """Start one more worker, unless there are enough or the batch is over."""
+        with self._lock:
+            if len(self.threads) >= self._limit or self.stopped() or self.given_up:
+                return
+            thread = threading.Thread(target=self._target, args=(self,), daemon=True,
+                                      name=f"mailmand-smtp-{len(self.threads)}")
+            self.threads.append(thread)  # before its None can be counted: the caller waits for it
+            self._active += 1
+        thread.start()
+
+    @property
+    def started(self) -> int:
+        with self._lock:
+            return len(self.threads)
 
     def take(self) -> Envelope | None:
         with self._lock:  # one reader at a time: a feed is a generator
@@ -196,26 +220,21 @@ class Relay:
         if isinstance(envelopes, Sequence):
             if not envelopes:
                 return
-            workers = min(self._cfg.connections, len(envelopes))
+            limit = min(self._cfg.connections, len(envelopes))
         else:
-            workers = self._cfg.connections  # an idle worker exits without connecting
-        batch = _Batch(envelopes, stop, workers)
-        threads = [threading.Thread(target=self._work, args=(batch,), name=f"mailmand-smtp-{i}", daemon=True)
-                   for i in range(workers)]
-        for thread in threads:
-            thread.start()
+            limit = self._cfg.connections
+        batch = _Batch(envelopes, stop, limit, self._work)
+        batch.spawn()
         try:
-            running = workers
-            while running:
+            finished = 0
+            while finished < batch.started:
                 group: list[SendResult] = []
                 result = batch.results.get()
                 while True:
                     if result is None:
-                        running -= 1
+                        finished += 1  # a worker spawns the next before it can finish
                     else:
                         group.append(result)
-                    if not running:
-                        break
                     try:
                         result = batch.results.get_nowait()
                     except queue.Empty:
@@ -223,9 +242,11 @@ class Relay:
                 if group:
                     yield group
         finally:
-            batch.abandoned.set()
-            for thread in threads:
-                thread.join()
+            batch.abandoned.set()  # no worker is started after this
+            joined = 0
+            while joined < batch.started:
+                batch.threads[joined].join()
+                joined += 1
 
     def close(self) -> None:
         """QUIT every pooled session; sessions in use are closed when their worker is done."""
@@ -275,6 +296,7 @@ class Relay:
 
         while (env := again.popleft() if again else take(True)) is not None:
             if session is None:
+                batch.spawn()  # there was work: another session may find some too
                 session = self._checkout()
             try:
                 unanswered = session.run(env, Exchange(take, done))
