@@ -107,6 +107,15 @@ def test_non_ascii_address_without_smtputf8_fails_at_once_writing_nothing() -> N
     assert client.outgoing() == b"" and not client.waiting and client.ready_for_next
 
 
+@pytest.mark.parametrize("address", ["a@x.test>\r\nRCPT TO:<evil@x.test", "a\n@x.test", "a@x.test\r"])
+def test_an_address_that_would_split_the_command_is_refused_writing_nothing(address: str) -> None:
+    for e in (Envelope("m1", address, ("b@x.test",), b"x\r\n"), Envelope("m1", "a@x.test", (address,), b"x\r\n")):
+        client = Client(PIPE)
+        outcome = client.add(e)
+        assert outcome is not None and outcome.kind is Kind.PERMANENT and "line break" in outcome.reply
+        assert client.outgoing() == b""
+
+
 def test_smtputf8_and_8bitmime_go_on_mail_from() -> None:
     client = Client(Extensions(pipelining=True, eightbitmime=True, smtputf8=True))
     client.add(Envelope("m1", "from@x.test", ("usér@x.test",), "é\r\n".encode()))

@@ -164,6 +164,10 @@ def encode_body(raw: bytes) -> bytes:
 def mail_options(env: Envelope, ext: Extensions) -> tuple[tuple[str, ...], str | None]:
     """MAIL FROM parameters the message needs, or why this relay cannot take it."""
     options: list[str] = []
+    # Addresses were validated when the message was composed and again at
+    # ingest; a line break here would still split the command: refuse, never send.
+    if any(c in a for a in (env.mail_from, *env.rcpt_to) for c in "\r\n"):
+        return (), "an address holds a line break"
     if not env.raw.isascii() and ext.eightbitmime:
         options.append("BODY=8BITMIME")  # RFC 6152
     if not (env.mail_from.isascii() and all(a.isascii() for a in env.rcpt_to)):
@@ -177,10 +181,6 @@ def _command(verb: str, address: str, options: tuple[str, ...] = ()) -> bytes:
     line = f"{verb}:<{address}>"
     if options:
         line += " " + " ".join(options)
-    # Addresses were validated when the message was composed and again at
-    # ingest; a CR or LF here would still split the command: refuse, never send.
-    if "\r" in line or "\n" in line:
-        raise ValueError(f"line break in an SMTP command: {line!r}")
     return line.encode("utf-8") + b"\r\n"  # UTF-8 only reaches the wire with SMTPUTF8
 
 
