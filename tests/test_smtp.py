@@ -7,11 +7,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 
 import pytest
 
-from mailmand.config import AuthConfig, SmtpConfig
+from mailmand.config import AuthConfig, SmtpConfig, replace
 from mailmand.hostname import mail_domain
 from mailmand.smtp import Envelope, Relay, SendResult, TokenBucket, classify, session
 from mailmand.smtp import relays as relays_module
