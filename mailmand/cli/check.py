@@ -91,14 +91,10 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
     import ssl
 
     from ..hostname import mail_domain
+    from ..smtp.relays import _tls_context  # the daemon's own: same CA file, same verification
 
     out: list[str] = []
-    context = None
-    if cfg.tls != "none":
-        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        if not cfg.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    context = _tls_context(cfg)
     step = "connect"
     smtp: smtplib.SMTP
     smtp = (smtplib.SMTP_SSL(context=context, timeout=cfg.timeout) if cfg.tls == "ssl"
@@ -135,6 +131,8 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
                 smtp.login(cfg.auth.username or "", cfg.auth.password or "")
             except smtplib.SMTPAuthenticationError as exc:
                 error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+                if cfg.auth.password:  # in case the relay echoes what it was sent
+                    error = error.replace(cfg.auth.password, "***")
                 return False, [*out, f"login: refused: {exc.smtp_code} {error}"]
             out.append(f"login: OK as {cfg.auth.username}")
         out.append("a message could be sent")
