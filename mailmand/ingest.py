@@ -4,7 +4,6 @@ item, and the store's insert-by-id makes that a no-op."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .errors import InvalidMessage
+from .errors import InvalidMessage, RecordRejected
 from .message import Record
 from .queues import Item, Queue
 from .stores import Store
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 BATCH = 500  # items per store transaction
 # What the store raises for a record it cannot hold (a value out of range),
 # as opposed to a store that cannot take anything now (locked, disk full).
-RECORD_ERRORS = (OverflowError, ValueError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
+RECORD_ERRORS = (RecordRejected,)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     # an unreachable relay, TLS or AUTH trouble (no reply code at all) is
     # bounded by max-time instead, so an outage does not fail the queue.
     counted = result.code is not None or any(r.code is not None for r in result.recipients)
-    attempts = msg.attempts + (1 if counted else 0)
+    attempts = msg.fails + (1 if counted else 0)  # max-fails counts only what the relay answered
     code = result.code if result.kind != "sent" else (refused[0].code if refused else result.code)
     if counted and attempts >= cfg.max_fails:
         return Outcome(Status.FAILED, reason=f"max-fails ({cfg.max_fails}) reached: {reason}",
