@@ -117,3 +117,23 @@ def database_config(request, tmp_path: Path) -> DatabaseConfig:
     if request.param == "postgres":
         return DatabaseConfig(engine="postgres", dsn=request.getfixturevalue("postgres_dsn"))
     return DatabaseConfig(engine=request.param, path=tmp_path / "store" / "mailmand.db")
+
+
+def write_store_config(path: Path, spool: Path, port: int, database: str, server: str = "",
+                       smtp: str = "", interval: str = "1s") -> Path:
+    """A daemon's YAML with a given `database:` block (indented under server), for store tests."""
+    path.write_text(
+        "email:\n"
+        f"  queue:\n    default:\n      engine: spool\n      path: {spool}\n"
+        "  server:\n"
+        f"    database:\n{database}"
+        f"    interval: {interval}\n"
+        "    backoff: {min: 1s, max: 2s}\n"
+        f"{server}"
+        f"    smtp:\n      host: 127.0.0.1\n      port: {port}\n      tls: none\n      timeout: 5s\n{smtp}"
+    )
+    return path
+
+
+def postgres_block(dsn: str) -> str:
+    return f"      engine: postgres\n      dsn: \"{dsn}\"\n"

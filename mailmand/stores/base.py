@@ -324,9 +324,9 @@ class Store:
         recipients (not one transaction: for a stopped store)."""
         raise NotImplementedError
 
-    def import_messages(self, messages: Sequence[Exported]) -> int:
+    def import_messages(self, messages: Sequence[Exported]) -> list[str]:
         """Insert exported messages with their states and times kept; an id
-        already present is left alone (with its attempts). Returns how many were new."""
+        already present is left alone (with its attempts). Returns the ids that were new."""
         raise NotImplementedError
 
     def close(self) -> None:

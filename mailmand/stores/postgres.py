@@ -23,7 +23,6 @@ from ..config import DatabaseConfig
 from ..errors import RecordRejected, StoreError, StoreUnavailable
 from ..logs import Repeats
 from . import dsn as dsnmod
-from . import rollup
 from .base import Claimed, Status
 from .pgschema import MIGRATIONS
 from .sql import Db, SQLStore
@@ -39,7 +38,7 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 CHANNEL = "mailmand_due"
 MIGRATION_LOCK = 0x6D61696C6D616E64  # pg_advisory_xact_lock key: "mailmand"
 CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout
-POOL_WAIT = 10.0  # seconds a caller waits for a pooled connection before StoreUnavailable
+POOL_WAIT = 5.0  # seconds a caller waits for a pooled connection before StoreUnavailable
 # Ingest, the dispatch feed and its commits, heartbeat and housekeeping, a reader (status, metrics).
 DAEMON_POOL = 6
 RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
@@ -128,11 +127,11 @@ class PostgresStore(SQLStore):
     def _due_now(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))
 
-    def _write_rollup(self, db: Db, r: rollup.Rollup) -> None:
+    def _write_rollup_rows(self, db: Db, table: str, rows: Sequence[Sequence[Any]]) -> None:
         # Appended, never updated in place: daemons finishing together do not
         # queue on one hot row. Housekeeping folds them; `stats` sums anyway.
-        db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?)", r.stat_rows())
-        db.executemany("INSERT INTO reasons_hourly VALUES (?, ?, ?)", r.reason_rows())
+        if rows:
+            db.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
 
     # -- ingest and dispatch ------------------------------------------------------
 
@@ -180,9 +179,6 @@ class PostgresStore(SQLStore):
             db.execute("WITH d AS (DELETE FROM reasons_hourly RETURNING hour, reason, n)"
                        " INSERT INTO reasons_hourly SELECT hour, reason, sum(n) FROM d GROUP BY hour, reason")
             db.execute("DELETE FROM daemons WHERE heartbeat_at < ?", (now - 86400,))
-
-    def store_id(self) -> str:
-        return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
 
     def close(self) -> None:
         self._pool.close()

@@ -89,10 +89,17 @@ class SQLStore(Store):
         """Messages became due now (inserted, handed back, re-queued): wake the other daemons."""
 
     def _write_rollup(self, db: Db, r: rollup.Rollup) -> None:
-        db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?) ON CONFLICT (hour, kind, bucket)"
-                       " DO UPDATE SET n = stats_hourly.n + excluded.n", r.stat_rows())
-        db.executemany("INSERT INTO reasons_hourly VALUES (?, ?, ?) ON CONFLICT (hour, reason)"
-                       " DO UPDATE SET n = reasons_hourly.n + excluded.n", r.reason_rows())
+        self._write_rollup_rows(db, "stats_hourly", r.stat_rows())
+        self._write_rollup_rows(db, "reasons_hourly", r.reason_rows())
+
+    def _write_rollup_rows(self, db: Db, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Add counts to an hourly roll-up (stats_hourly or reasons_hourly), summing per key."""
+        if table == "stats_hourly":
+            db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?) ON CONFLICT (hour, kind, bucket)"
+                           " DO UPDATE SET n = stats_hourly.n + excluded.n", rows)
+        else:
+            db.executemany("INSERT INTO reasons_hourly VALUES (?, ?, ?) ON CONFLICT (hour, reason)"
+                           " DO UPDATE SET n = reasons_hourly.n + excluded.n", rows)
 
     # -- ingest ----------------------------------------------------------------
 
@@ -361,6 +368,10 @@ class SQLStore(Store):
 
     # -- migrate -----------------------------------------------------------------
 
+    def store_id(self) -> str:
+        """A random id made with the schema: which store a copy came from."""
+        return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
+
     def export(self, batch: int = 500) -> Iterator[list[Exported]]:
         after = ""
         while True:
@@ -382,9 +393,9 @@ class SQLStore(Store):
             yield list(out.values())
             after = ids[-1]
 
-    def import_messages(self, messages: Sequence[Exported]) -> int:
+    def import_messages(self, messages: Sequence[Exported]) -> list[str]:
         if not messages:
-            return 0
+            return []
         cols = ", ".join(MESSAGE_COLUMNS)
         with self.tx() as db:
             new: set[str] = set()
@@ -407,4 +418,33 @@ class SQLStore(Store):
                            [(m.row["id"], *(x[c] for c in RECIPIENT_COLUMNS)) for m in mine for x in m.recipients])
             if any(m.row["status"] in WAITING for m in mine):
                 self._due_now(db)
-        return len(new)
+        return [m.row["id"] for m in mine]
+
+
+ROLLUP_TABLES = {"stats_hourly": "hour, kind, bucket, n", "reasons_hourly": "hour, reason, n",
+                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data"}
+
+
+def export_extras(store: SQLStore) -> dict[str, list[Any]]:
+    """The roll-ups and quarantine of a store, as `migrate` copies them (once per source store)."""
+    return {table: store._read(f"SELECT {cols} FROM {table}") for table, cols in ROLLUP_TABLES.items()}
+
+
+def import_extras(store: SQLStore, source_id: str, extras: dict[str, list[Any]], now: float) -> bool:
+    """Add another store's roll-ups and quarantine, unless this store already has them
+    (keyed by the source's store id). Returns False when they were there already."""
+    with store.tx() as db:
+        got = db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key",
+                         (f"imported:{source_id}", repr(now))).fetchall()
+        if not got:
+            return False
+        for table, cols in ROLLUP_TABLES.items():
+            rows = extras.get(table, [])
+            if table == "quarantine":
+                db.executemany(f"INSERT INTO quarantine ({cols}) VALUES (?, ?, ?)", rows)
+            elif table == "depth_hourly":
+                db.executemany(f"INSERT INTO depth_hourly ({cols}) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE"
+                               f" SET depth = {store.GREATEST}(depth_hourly.depth, excluded.depth)", rows)
+            else:
+                store._write_rollup_rows(db, table, rows)
+    return True

@@ -253,9 +253,6 @@ class SQLiteStore(SQLStore):
         got = dict(self._read("SELECT status, n FROM status_counts"))
         return {s: int(got.get(s.value, 0)) for s in Status}
 
-    def store_id(self) -> str:
-        return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
