@@ -13,7 +13,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .errors import InvalidMessage, RecordRejected
+from .errors import InvalidMessage, RecordRejected, StoreUnavailable
+from .logs import Repeats
 from .message import Record
 from .queues import Item, Queue
 from .stores import Store
@@ -125,6 +126,7 @@ class IngestLoop:
         self.poll = poll
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self._store_down = Repeats(log, "ingest: store")
         self._observer = None
         if spool_dir is not None:
             self._observer = Observer()
@@ -152,6 +154,11 @@ class IngestLoop:
     def _drain(self) -> bool:
         try:
             result = self.ingester.drain()
+            self._store_down.cleared()
+        except StoreUnavailable as exc:  # full or away: said once, then summarised; never a spin
+            self._store_down.failed("ingest paused, items stay in the queue: %s", exc)
+            self.stopping.wait(self.poll)
+            return True
         except Exception:  # the loop must survive a bad moment (disk full, locked store)
             log.exception("ingest failed; retrying in %.1fs", self.poll)
             return True
