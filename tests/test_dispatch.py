@@ -436,3 +436,114 @@ def test_two_daemons_on_one_store_are_refused(make_config, smtp_server, tmp_path
 def dataclasses_replace_queue(cfg, path):
     import dataclasses
     return dataclasses.replace(cfg, queue=dataclasses.replace(cfg.queue, path=path))
+
+
+def test_stopping_mid_run_is_not_read_as_an_unreachable_relay(smtp_server, make_config):
+    import threading
+    server = smtp_server(stall=0.05)
+    d = daemon_for(make_config, server, batch=20, smtp_kw={"connections": 1})
+    enqueue(d.cfg, 20)
+    d.ingester.drain()
+    got = []
+    run = threading.Thread(target=lambda: got.append(d.dispatcher.run_once()))
+    run.start()
+    assert wait_until(lambda: len(server.messages) >= 3, timeout=20)
+    d.dispatcher.stop.set()
+    run.join(timeout=30)
+    [result] = got
+    assert result.released > 0 and not result.unreachable  # stopping hands back; the relay was fine
+    assert d.store.counts()[Status.SENDING] == 0
+    d.close()
+
+
+def test_the_daemon_purges_by_its_own_retention(smtp_server, write_config, capsys):
+    server = smtp_server()
+    conf = write_config(server.port, extra_server="    retention: 1s\n")
+    from mailmand.config import load
+    ids = enqueue(load(conf), 3)
+    assert main(["--once", "-c", str(conf)]) == 0
+    time.sleep(1.2)  # older than the retention now
+    daemon = DaemonProcess(conf).ready()
+    try:
+        daemon.wait_for("purged 3 finished message(s) older than retention")
+    finally:
+        assert daemon.stop() == 0
+    from mailmand.errors import NotFound
+    from mailmand.stores import open_store
+    store = open_store(load(conf).server.database)
+    for mid in ids:
+        with pytest.raises(NotFound):
+            store.get(mid)
+    store.close()
+
+
+def test_sigint_stops_gracefully(smtp_server, write_config):
+    import signal
+    server = smtp_server(stall=0.05)
+    conf = write_config(server.port, extra_server="    batch: 100\n", smtp_extra="      connections: 1\n")
+    from mailmand.config import load
+    cfg = load(conf)
+    enqueue(cfg, 60)
+    daemon = DaemonProcess(conf).ready()
+    assert wait_until(lambda: len(server.messages) >= 3, timeout=20)
+    daemon.signal(signal.SIGINT)  # Ctrl-C in a terminal
+    assert daemon.wait() == 0
+    assert "stopping: finishing messages in flight" in daemon.log and daemon.log.rstrip().endswith("stopped")
+    assert "Traceback" not in daemon.log and "KeyboardInterrupt" not in daemon.log
+    from mailmand.stores import open_store
+    store = open_store(cfg.server.database)
+    counts = store.counts()
+    store.close()
+    assert counts[Status.SENDING] == 0 and counts[Status.SENT] == len(server.messages) < 60
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_store_files_are_private_whatever_the_umask(make_config, tmp_path, umask):
+    import os
+    import stat
+    cfg = make_config()
+    db = tmp_path / "var" / "lib" / "mailmand.db"
+    import dataclasses
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(
+        cfg.server, database=dataclasses.replace(cfg.server.database, path=db)))
+    old = os.umask(umask)
+    try:
+        d = Daemon(cfg)
+        d.store.counts()
+        enqueue(d.cfg, 2)
+        d.ingester.drain()  # a write: the -wal and -shm files exist now
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()}
+        modes["dir"] = stat.S_IMODE(db.parent.stat().st_mode)
+        d.close()
+    finally:
+        os.umask(old)
+    assert modes == {"dir": 0o750, "mailmand.db": 0o640, "mailmand.db-wal": 0o640, "mailmand.db-shm": 0o640,
+                     "mailmand.db.lock": 0o640}
+
+
+def test_an_existing_world_readable_store_is_warned_about(make_config, caplog):
+    d = Daemon(make_config())
+    d.store.counts()
+    d.close()
+    db = d.cfg.server.database.path
+    db.chmod(0o644)
+    d = Daemon(make_config())
+    with caplog.at_level("WARNING"):
+        d.store.counts()
+    d.close()
+    assert f"{db} is readable by every local user (mode 644)" in caplog.text
+
+
+def test_a_refused_start_leaves_no_lock_behind(write_config, tmp_path):
+    import sqlite3
+    conf = write_config(9)
+    db = tmp_path / "mailmand.db"
+    made = sqlite3.connect(db)  # a store from a newer mailmand
+    made.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    made.execute("INSERT INTO schema_version VALUES (99)")
+    made.commit()
+    made.close()
+    from tests.conftest import run_cli
+    out = run_cli("run", "-c", str(conf), timeout=30)
+    assert out.returncode == 1 and b"schema version 99" in out.stderr and b"upgrade mailmand" in out.stderr
+    assert not (tmp_path / "mailmand.db.lock").exists()
