@@ -149,13 +149,17 @@ class Dispatcher:
               live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
         """Claim up to `batch` due messages at a time, expire those past
         max-time, and hand out the rest. Runs in the sessions' threads, one at a time."""
+        swept: float | None = None
         while not self.stop.is_set() and self._pending is None and not self._unsaved:
             t = time.time() if now is None else now
             try:
                 if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):
                     self.renew(t)
                 # Leases that ran out (a crashed peer, or ours left by a failed write); never what we hold.
-                self.store.sweep_expired(t, spare=self.held())
+                # At the start of each run, then as often as leases are renewed.
+                if swept is None or time.monotonic() - swept >= min(HEARTBEAT, cfg.lease / 3):
+                    self.store.sweep_expired(t, spare=self.held())
+                    swept = time.monotonic()
                 batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
             except StoreUnavailable as exc:  # what is in flight finishes; claims wait for the store
                 self._store_down.failed("claims paused: %s", exc)

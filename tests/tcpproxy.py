@@ -3,8 +3,10 @@ away and comes back, without touching the real server."""
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
+from pathlib import Path
 
 
 class TcpProxy:
@@ -78,6 +80,16 @@ def _close(sock: socket.socket) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range: a client retrying a closed port in that
+    range can be given the port itself as its own, and connect to itself (TCP
+    simultaneous open), and then the proxy could not listen there again."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")

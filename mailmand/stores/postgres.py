@@ -52,11 +52,26 @@ def _pg(sql: str) -> str:
 
 
 class _Cursor:
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
-        self._cur = cur
+    """A cursor in pipeline mode, with `?` parameters."""
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self._cur.execute(_pg(sql), args)
+    def __init__(self, cur: psycopg.Cursor[Any], pipe: psycopg.Pipeline) -> None:
+        self._cur = cur
+        self._pipe = pipe
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Cursor:
+        self._cur.execute(_pg(sql), args)
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        self._pipe.sync()  # in pipeline mode the count is known once the replies are in
+        return self._cur.rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -110,8 +125,10 @@ class PostgresStore(SQLStore):
     def tx(self) -> Iterator[Db]:
         """One transaction on a pooled connection: committed on exit, rolled back on error."""
         try:
-            with self._pool.connection() as conn, conn.cursor() as cur:
-                yield _Cursor(cur)
+            # Pipeline mode: statements go out without waiting for each reply (a
+            # finish is several), the connection syncs where a result is read.
+            with self._pool.connection() as conn, conn.pipeline() as pipe, conn.cursor() as cur:
+                yield _Cursor(cur, pipe)
         except RECORD_ERRORS:
             raise
         except UNAVAILABLE as exc:
