@@ -174,3 +174,16 @@ def test_postgres_away_at_start_and_lost_while_running(postgres_dsn, smtp_server
         proxy.down()
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
+
+
+def test_without_the_driver_the_daemon_says_what_to_install(tmp_path):
+    conf = write_store_config(tmp_path / "m.yaml", tmp_path / "spool", 9,
+                              postgres_block("postgresql://mailmand@db.example.com/mailmand"))
+    script = ("import sys; sys.modules['psycopg'] = None  # as if the extra were not installed\n"
+              "from mailmand.cli import main; sys.exit(main(['run', '-c', sys.argv[1]]))")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", script, str(conf)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78, out.stderr
+    assert "pip install 'mailmand[postgres]'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "spool").exists()  # refused before anything was made
