@@ -187,3 +187,30 @@ def test_without_the_driver_the_daemon_says_what_to_install(tmp_path):
     assert out.returncode == 78, out.stderr
     assert "pip install 'mailmand[postgres]'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "spool").exists()  # refused before anything was made
+
+
+def test_a_restart_on_the_same_host_and_spool_takes_back_its_dead_predecessors_leases(postgres_dsn, smtp_server,
+                                                                                      tmp_path):
+    server = smtp_server(stall=0.01)
+    conf = write_store_config(tmp_path / "m.yaml", tmp_path / "spool", server.port, postgres_block(postgres_dsn),
+                              server="    batch: 50\n", smtp="      connections: 2\n")  # lease: 5 minutes
+    client = Client(load(conf, producer=True))
+    wanted = {f"m{i}" for i in range(400)}
+    for s in sorted(wanted):
+        client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=s, text="x"))
+    client.close()
+    first = DaemonProcess(conf).ready()
+    assert wait_until(lambda: len(server.messages) >= 60, timeout=60)
+    first.kill()
+    store = open_store(load(conf).server.database)
+    held = store.counts()[Status.SENDING]
+    store.close()
+    assert held > 0, "the kill must land with leases held"
+    second = DaemonProcess(conf).ready()
+    try:
+        # Taken back at once: waiting out the 5-minute lease would fail this wait.
+        assert wait_until(lambda: set(subjects(server)) == wanted, timeout=60)
+    finally:
+        assert second.stop() == 0
+    assert f"and {held} claimed message(s) from a previous run" in second.log
+    assert sum(n - 1 for n in subjects(server).values()) <= held

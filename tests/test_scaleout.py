@@ -11,7 +11,6 @@ from email import message_from_bytes
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.conftest import ROOT, postgres_block, write_store_config
 from tests.daemonproc import DaemonProcess, wait_until
@@ -107,13 +106,3 @@ def test_a_daemon_killed_mid_run_loses_nothing(postgres_dsn, smtp_server, tmp_pa
     assert duplicates <= held, f"{duplicates} duplicates, but the dead daemon held only {held}"
     assert query(postgres_dsn, "SELECT count(*) FROM messages WHERE status <> 'sent'") == [(0,)]
 
-
-@pytest.mark.slow
-def test_three_daemons_soak(postgres_dsn, smtp_server, tmp_path):
-    """The first test, five times over: 30,000 messages."""
-    global PER_DAEMON
-    saved, PER_DAEMON = PER_DAEMON, 10_000
-    try:
-        test_three_daemons_one_store_each_message_once(postgres_dsn, smtp_server, tmp_path)
-    finally:
-        PER_DAEMON = saved
