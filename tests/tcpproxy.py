@@ -22,9 +22,13 @@ class TcpProxy:
 
     def up(self) -> TcpProxy:
         sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(64)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
         self._listener = sock
         threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
         return self
@@ -34,6 +38,12 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, set()
         if listener is not None:
+            # close() alone leaves a thread blocked in accept() holding the port open;
+            # shutdown() wakes it (EINVAL), so the port is free for up() again.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         for c in conns:
             _close(c)

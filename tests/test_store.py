@@ -261,3 +261,30 @@ def test_read_only_opening_never_creates_a_store(database_config):
         open_store(database_config)
     if database_config.engine != "postgres":
         assert not database_config.path.parent.exists()
+
+
+def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from mailmand.stores.sqlite import V1, SQLiteStore
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for stmt in V1:  # the schema as the first release made it, with no version table
+        db.execute(stmt)
+    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
+               " due_at, attempts, updated_at) VALUES ('m1', 'deferred', 'a@x.org', '[\"b@x.org\"]', 's', 10,"
+               " 1, 1, 100, 2, 1)")  # then, `attempts` counted only what max-fails counts
+    db.executemany("INSERT INTO attempts VALUES ('m1', ?, 'r', ?, 'x', 0.1, 'temporary')",
+                   [(2.0, 451), (3.0, None), (4.0, 451)])
+    db.execute("INSERT INTO bodies VALUES ('m1', x'00')")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        info = store.get("m1")
+        assert (info.attempts, info.fails) == (3, 2)  # every attempt on record; the fails kept
+        [c] = store.claim(100.0, 10, "me", 60)
+        assert c.token == 1 and c.fails == 2
+        assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
+    finally:
+        store.close()
