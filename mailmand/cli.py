@@ -399,10 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn = getattr(args, "fn", cmd_run)
     if fn is cmd_run:
         args.once = getattr(args, "once", False)
+    # Only the daemon (and check-config, which vouches for it) needs the relay's secrets, and
+    # only they report the file's warnings (ignored keys): producers run too often to repeat them.
+    daemon_side = fn in (cmd_run, cmd_check_config, cmd_migrate)
+    warnings: list[str] = []
     try:
-        # Only the daemon (and check-config, which vouches for it) needs the relay's secrets.
-        daemon_side = fn in (cmd_run, cmd_check_config, cmd_migrate)
-        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side)
+        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
         if not daemon_side and fn not in (cmd_send, cmd_sendmail) and cfg.server.database.engine == "postgres":
             cfg = configmod.load(getattr(args, "config", None))  # a store command on a shared store needs the dsn
     except MailmandError as exc:
@@ -410,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
     setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
+    for warning in warnings if daemon_side else ():
+        logging.getLogger("mailmand.config").warning("%s", warning)
     try:
         return fn(cfg, args)
     except MailmandError as exc:

@@ -3,7 +3,6 @@ hot reload, systemd notify."""
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import os
@@ -309,13 +308,13 @@ class Daemon:
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
         # Keys that need a restart keep their running values: nothing is half-applied.
-        server = dataclasses.replace(new.server, database=self.cfg.server.database)
+        server = configmod.replace(new.server, database=self.cfg.server.database)
         try:
             self.dispatcher.configure(server)
         except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays
             log.error("configuration reload refused, keeping the running one: %s", exc)
             return False
-        self.cfg = dataclasses.replace(self.cfg, server=server)
+        self.cfg = configmod.replace(self.cfg, server=server)
         sched.reschedule(server.interval, server.retention)
         logging.getLogger("mailmand").setLevel(server.log_level.upper())
         log.info("configuration reloaded from %s", self.cfg.source)
