@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None
         self._ingester: Ingester | None = None
         self._watch: stores.base.Watch | None = None
+        self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
 
@@ -161,8 +163,11 @@ class Daemon:
         return self._ingester
 
     def _open(self) -> None:
-        if self._store is not None:
-            return
+        with self._open_lock:  # `run()` and a thread asking for `store` may come together
+            if self._store is None:
+                self._open_store()
+
+    def _open_store(self) -> None:
         db = self.cfg.server.database
         lock_path = self.engine.lock(db)
         if lock_path is not None and self.store_lock is None:

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from ..message import Record
 
 log = logging.getLogger(__name__)
-# The pool logs every failed reconnection at WARNING: during an outage that is
-# a flood. The store reports outages itself, once (mailmand.logs.Repeats).
-logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+# The pool logs every failed reconnection, and psycopg every pipeline it could not
+# close on a lost connection, at WARNING: during an outage that is a flood. The
+# store reports outages itself, once (mailmand.logs.Repeats).
+logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 CHANNEL = "mailmand_due"
 MIGRATION_LOCK = 0x6D61696C6D616E64  # pg_advisory_xact_lock key: "mailmand"

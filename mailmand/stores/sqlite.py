@@ -160,7 +160,10 @@ class SQLiteStore(SQLStore):
             folder.mkdir(parents=True, mode=DIR_MODE)
             os.chmod(folder, DIR_MODE)
         if not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            except FileExistsError:
+                pass  # made meanwhile by another opener: as good
             os.chmod(self.path, FILE_MODE)
             return
         for p in (folder, self.path):
