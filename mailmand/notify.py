@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 
 from .config import NotifyConfig
 from .errors import StoreError
 from .message import Record, new_id
-from .stores.base import Claimed, Finished, Status, Store
+from .stores.base import Finished, MessageInfo, RecipientOutcome, Status, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,8 @@ def _head(raw: bytes) -> bytes:
     return raw[: min(end, HEAD_LIMIT)].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
 
 
-def compose(msg: Claimed, failed: Sequence[tuple[str, int | None, str]], *, expired: bool, relay: str,
-            domain: str, to: str, now: float) -> bytes:
+def compose(msg: MessageInfo, raw: bytes, failed: Sequence[tuple[str, int | None, str]], *, expired: bool,
+            relay: str, domain: str, to: str, now: float) -> bytes:
     """The notice's bytes: a human part, the machine part (message/delivery-status)
     and the original's headers (text/rfc822-headers)."""
     boundary = f"mailmand-{uuid.uuid4().hex}"
@@ -75,60 +74,71 @@ def compose(msg: Claimed, failed: Sequence[tuple[str, int | None, str]], *, expi
     parts = [
         b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n' + human.encode(),
         b"Content-Type: message/delivery-status\r\n\r\n" + report.encode("utf-8"),
-        b"Content-Type: text/rfc822-headers\r\n\r\n" + _head(msg.raw),
+        b"Content-Type: text/rfc822-headers\r\n\r\n" + _head(raw),
     ]
     body = b"".join(f"--{boundary}\r\n".encode() + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
     return head.encode("utf-8") + body
 
 
-def _failed(msg: Claimed, one: Finished) -> list[tuple[str, int | None, str]]:
+# What a notice needs of the message an outcome is about: its record, its bytes
+# and each recipient's outcome so far (those already delivered are not reported).
+Lookup = Callable[[str], tuple[MessageInfo, bytes, Sequence[RecipientOutcome]]]
+
+
+def _failed(info: MessageInfo, row: Finished, known: Sequence[RecipientOutcome]) -> list[tuple[str, int | None, str]]:
     """(address, code, reply) of each recipient the message did not reach."""
-    _, _, attempt, outcome, recipients = one
-    if outcome.status is Status.SENT:  # delivered, but some recipients were refused for good
-        return [(r.address, r.code, r.reply) for r in recipients if r.status == "failed"]
-    undelivered = [(r.address, r.code, r.reply) for r in recipients if r.status != "sent"]
-    return undelivered or [(addr, outcome.code, outcome.reason or attempt.reply) for addr in msg.rcpt_to]
+    if row.outcome.status is Status.SENT:  # delivered, but some recipients were refused for good
+        return [(r.address, r.code, r.reply) for r in row.recipients if r.status == "failed"]
+    undelivered = [(r.address, r.code, r.reply) for r in row.recipients if r.status != "sent"]
+    if undelivered:
+        return undelivered
+    delivered = {r.address for r in known if r.status == "sent"}
+    reason = row.outcome.reason or row.attempt.reply
+    return [(addr, row.outcome.code, reason) for addr in info.rcpt_to if addr not in delivered]
 
 
-def notices(cfg: NotifyConfig, rows: Sequence[Finished], claimed: Mapping[str, Claimed], domain: str,
+def notices(cfg: NotifyConfig, rows: Sequence[Finished], lookup: Lookup, domain: str,
             now: float | None = None) -> list[Record]:
-    """The notices owed for these committed outcomes (none when notify is off)."""
+    """The notices owed for these recorded outcomes (none when notify is off)."""
     if not (cfg.bounce or cfg.copy_to):
         return []
-    t = time.time() if now is None else now
     out = []
-    for one in rows:
-        message_id, _, attempt, outcome, _ = one
-        msg = claimed.get(message_id)
-        if msg is None or outcome.status not in FINAL or not msg.mail_from:
-            continue  # not final, or from the null sender: a notice itself, or a bounce
-        failed = _failed(msg, one)
+    for row in rows:
+        if row.outcome.status not in FINAL:
+            continue
+        if row.outcome.status is Status.SENT and not any(r.status == "failed" for r in row.recipients):
+            continue  # delivered to everyone: nothing to look up
+        info, raw, known = lookup(row.id)
+        if not info.mail_from:
+            continue  # from the null sender: a notice itself, or a bounce
+        failed = _failed(info, row, known)
         if not failed:
             continue
-        rcpt = ([msg.mail_from] if cfg.bounce else []) + ([cfg.copy_to] if cfg.copy_to else [])
         # Dated when the outcome was: a dispatcher run with an injected clock (tests, --once) agrees.
-        at = attempt.at if now is None else t
-        raw = compose(msg, failed, expired=outcome.status is Status.EXPIRED, relay=attempt.relay,
-                      domain=domain, to=msg.mail_from if cfg.bounce else cfg.copy_to or "", now=at)
-        out.append(Record(id=new_id(), mail_from="", rcpt_to=tuple(dict.fromkeys(rcpt)), raw=raw, created_at=at))
+        at = row.attempt.at if now is None else now
+        rcpt = ([info.mail_from] if cfg.bounce else []) + ([cfg.copy_to] if cfg.copy_to else [])
+        notice = compose(info, raw, failed, expired=row.outcome.status is Status.EXPIRED, relay=row.attempt.relay,
+                         domain=domain, to=info.mail_from if cfg.bounce else cfg.copy_to or "", now=at)
+        out.append(Record(id=new_id(), mail_from="", rcpt_to=tuple(dict.fromkeys(rcpt)), raw=notice,
+                          created_at=at))
     return out
 
 
-def send_notices(store: Store, cfg: NotifyConfig, rows: Sequence[Finished], claimed: Iterable[Claimed],
-                 held: Sequence[bool] | None = None) -> int:
-    """The dispatcher's hook, after `finish_many(rows)` returned `held`: queue
+def send_notices(store: Store, cfg: NotifyConfig, rows: Sequence[Finished], held: Sequence[bool]) -> int:
+    """The dispatcher's hook, after `store.finish(rows)` returned `held`: queue
     the notices owed for the outcomes it recorded (a lost lease's outcome is
     the new owner's to report). Never raises: a notice that cannot be stored
     is logged, and delivery goes on."""
     if not (cfg.bounce or cfg.copy_to):
         return 0
-    if held is not None:
-        rows = [r for r, ok in zip(rows, held, strict=True) if ok]
     from .hostname import mail_domain
 
+    def lookup(message_id: str) -> tuple[MessageInfo, bytes, Sequence[RecipientOutcome]]:
+        return store.get(message_id), store.raw(message_id), store.recipients(message_id)
+
     try:
-        records = notices(cfg, rows, {m.id: m for m in claimed}, mail_domain())
+        records = notices(cfg, [r for r, ok in zip(rows, held, strict=True) if ok], lookup, mail_domain())
         return store.insert(records) if records else 0
     except (StoreError, OSError, ValueError) as exc:
-        log.error("could not queue %d failure notice(s): %s", len(rows), exc)
+        log.error("could not queue failure notice(s): %s", exc)
         return 0

@@ -132,6 +132,10 @@ def _main(argv: Sequence[str], config: str | None) -> int:
     from . import config as configmod
 
     cfg = configmod.load(opts.C or config, producer=True)
+    if opts.mode in ("list", "flush"):
+        from .cli.common import load_for_store
+
+        cfg = load_for_store(opts.C or config, cfg)
     if opts.mode == "list":
         return mailq(cfg)
     if opts.mode == "flush":
@@ -249,8 +253,9 @@ def mailq_main(argv: Sequence[str]) -> int:
             return os.EX_USAGE
     try:
         from . import config as configmod
+        from .cli.common import load_for_store
 
-        return mailq(configmod.load(config, producer=True))
+        return mailq(load_for_store(config, configmod.load(config, producer=True)))
     except MailmandError as exc:
         print(f"mailq: {exc}", file=sys.stderr)
         return _sysexit(exc) if isinstance(exc, ConfigError) else 1

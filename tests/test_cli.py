@@ -126,7 +126,9 @@ def test_cancel_retry_purge(queue_world, capsys):
     assert main(["retry", "-c", str(conf)]) == 2  # neither ids nor a selector
     assert main(["--once", "-c", str(conf)]) == 0
     store = open_store(load(conf).server.database)
-    assert store.get(ids["failed"]).status is Status.SENT and store.get(ids["failed"]).attempts == 1
+    retried = store.get(ids["failed"])
+    # One count everywhere: the failed try and the one after `retry`, as `show` lists them.
+    assert retried.status is Status.SENT and retried.attempts == len(store.attempts(ids["failed"])) == 2
     assert store.get(ids["scheduled"]).status is Status.CANCELLED
     store.close()
 
@@ -349,8 +351,11 @@ def test_odd_input_gives_one_line_not_a_traceback(write_config, tmp_path):
         out = run_cli(*args)
         assert out.returncode == 1, (args, out.stderr)
         assert b"Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    out = run_cli("status", "-c", str(conf), env={"MAILMAND_LOG_LEVEL": "loud"})
+    out = run_cli("check-config", "-c", str(conf), env={"MAILMAND_LOG_LEVEL": "loud"})
     assert out.returncode == 0 and b"Traceback" not in out.stderr
+    out = run_cli("status", "-c", str(conf))  # before the daemon ever ran: said, not created
+    assert out.returncode == 0 and b"(the daemon creates it)" in out.stdout and b"Traceback" not in out.stderr
+    assert not (tmp_path / "mailmand.db").exists()
 
 
 # -- queue control (issue 13) -------------------------------------------------------------
@@ -421,7 +426,7 @@ def test_retrying_expired_mail(smtp_server, write_config, capsys):
     assert store.get(msg_id).status is Status.EXPIRED
     server.rcpt_replies = {}
     assert main(["retry", "-c", str(conf), msg_id]) == 0
-    assert store.get(msg_id).status is Status.QUEUED and store.get(msg_id).attempts == 0
+    assert store.get(msg_id).status is Status.QUEUED and store.get(msg_id).fails == 0  # a fresh max-fails budget
     assert main(["--once", "-c", str(conf)]) == 0
     assert store.get(msg_id).status is Status.SENT
     store.close()
@@ -438,7 +443,11 @@ def test_flush_wakes_a_running_daemon_and_leaves_scheduled_mail(smtp_server, wri
     try:
         assert main(["status", "-c", str(conf)]) == 0
         text = capsys.readouterr().out
-        assert f"daemon     running, pid {daemon.proc.pid}, since " in text
+        import socket
+
+        from mailmand import __version__
+        assert f"daemon     running on {socket.gethostname()}, pid {daemon.proc.pid}, mailmand {__version__}, since " \
+            in text
         status = cli_json(capsys, "status", "-c", str(conf))
         assert [d["pid"] for d in status["daemons"]] == [daemon.proc.pid]
 
@@ -503,7 +512,7 @@ def test_list_into_head_has_no_broken_pipe(write_config, tmp_path):
     from mailmand.message import Record
 
     conf = write_config(9)
-    store = open_store(load(conf).server.database)
+    store = open_store(load(conf).server.database, create=True)
     store.insert([Record(id=f"m{i:05d}", mail_from="a@example.com", rcpt_to=("b@example.com",),
                          raw=b"Subject: s\r\n\r\nx\r\n", created_at=1_700_000_000 + i) for i in range(3000)])
     store.close()

@@ -10,7 +10,7 @@ from mailmand.cli import main
 from mailmand.config import NotifyConfig, load
 from mailmand.notify import notices
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Attempt, Claimed, Outcome, RecipientOutcome
+from mailmand.stores.base import Attempt, Finished, MessageInfo, Outcome, RecipientOutcome
 from tests.conftest import run_cli
 
 NOTIFY = "    notify:\n      bounce: true\n      copy-to: postmaster@example.com\n"
@@ -90,18 +90,20 @@ def test_expired_mail_gets_a_notice_and_notify_is_off_by_default(smtp_server, wr
     assert load(off).server.notify == NotifyConfig(bounce=False, copy_to=None)  # documented default: off
 
 
-def _claimed(mail_from: str, rcpt: tuple[str, ...]) -> Claimed:
-    return Claimed(id="m1", mail_from=mail_from, rcpt_to=rcpt, raw=b"Subject: s\r\n\r\nx\r\n",
-                   attempts=0, send_after=1.0, priority=0)
+def _info(mail_from: str) -> MessageInfo:
+    return MessageInfo(id="m1", status=Status.FAILED, mail_from=mail_from, rcpt_to=("a@example.com", "b@example.com"),
+                       subject="s", priority=0, size=10, created_at=1.0, send_after=1.0, due_at=1.0, attempts=1,
+                       last_code=550, last_error="550 5.1.1 no", updated_at=2.0, finished_at=2.0,
+                       idempotency_key=None)
 
 
 def test_which_outcomes_owe_a_notice():
     cfg = NotifyConfig(bounce=True)
     attempt = Attempt(2.0, "relay:25", 550, "550 5.1.1 no", 0.1, "permanent")
 
-    def owed(mail_from: str, outcome: Outcome, recipients=()) -> list:
-        return notices(cfg, [("m1", "me", attempt, outcome, recipients)],
-                       {"m1": _claimed(mail_from, ("a@example.com", "b@example.com"))}, "host.example", now=3.0)
+    def owed(mail_from: str, outcome: Outcome, recipients=(), known=(), notify=cfg) -> list:
+        return notices(notify, [Finished("m1", "me", 1, attempt, outcome, recipients)],
+                       lambda _id: (_info(mail_from), b"Subject: s\r\n\r\nx\r\n", known), "host.example", now=3.0)
 
     failed = Outcome(Status.FAILED, reason="550 5.1.1 no", code=550)
     [n] = owed("app@example.com", failed)
@@ -114,6 +116,8 @@ def test_which_outcomes_owe_a_notice():
     [n] = owed("app@example.com", Outcome(Status.SENT), partly)
     assert b"rfc822; b@example.com" in n.raw and b"rfc822; a@example.com" not in n.raw
     assert owed("app@example.com", Outcome(Status.SENT), partly[:1]) == []
-    only_copy = notices(NotifyConfig(copy_to="ops@example.com"), [("m1", "me", attempt, failed, ())],
-                        {"m1": _claimed("app@example.com", ("a@example.com",))}, "host.example")
-    assert [n.rcpt_to for n in only_copy] == [("ops@example.com",)]
+    # Expired after a partial delivery: only the recipients not reached, with the expiry status.
+    [n] = owed("app@example.com", Outcome(Status.EXPIRED, reason="expired"), known=partly[:1])
+    assert b"rfc822; b@example.com" in n.raw and b"rfc822; a@example.com" not in n.raw and b"Status: 4.4.7" in n.raw
+    [n] = owed("app@example.com", failed, notify=NotifyConfig(copy_to="ops@example.com"))
+    assert n.rcpt_to == ("ops@example.com",)

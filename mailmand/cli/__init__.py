@@ -43,8 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "purge": ("queue", "cmd_purge"),
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
+    "migrate": ("daemon", "cmd_migrate"),
 }
-DAEMON_SIDE = frozenset({"run", "check-config"})
+DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
+# Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
+STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "flush", "purge"})
 
 
 def _version() -> str:
@@ -140,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--priority", type=int, default=0)
     add("check-config", "validate the configuration as `run` would: exit 0, or 78").add_argument(
         "--connect", action="store_true",
-        help="also connect to the relay (TLS, AUTH): exit 0 if a message could be sent, else 1")
+        help="also open the store, and connect to the relay (TLS, AUTH): exit 0 if a message could be sent, else 1")
+    add("migrate", "copy an SQLite store into the configured store (stop the daemon first)").add_argument(
+        "--from", dest="source", metavar="PATH", required=True, help="the SQLite database file")
     add("demo", "show the whole pipeline on a loopback SMTP server")
     add("sendmail", "sendmail-compatible: reads a message on stdin; "
         "-t (recipients from headers), -i, -f SENDER, -F NAME, RECIPIENT... (see mailmand sendmail -h)")
@@ -208,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings: list[str] = []
     try:
         cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
+        if args.command in STORE_COMMANDS:
+            from .common import load_for_store
+
+            cfg = load_for_store(getattr(args, "config", None), cfg)
     except MailmandError as exc:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code

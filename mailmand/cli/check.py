@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..config import Config, SmtpConfig
+from ..stores import describe
 
 # RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4: the port says what TLS the relay expects.
 TLS_FOR_PORT = {465: "ssl", 587: "starttls"}
@@ -49,27 +50,33 @@ def directory_warnings(cfg: Config) -> list[str]:
     return warnings
 
 
-def engines_usable(cfg: Config) -> None:
-    """Refuse the engines `run` would refuse, with its message, opening nothing."""
+def check_engines(cfg: Config) -> None:
+    """Refuse the engines `run` refuses, with its messages, opening nothing."""
     from ..errors import ConfigError
+    from ..stores import engine
 
-    if cfg.queue.engine != "spool":
+    engine(cfg.server.database)  # a missing driver or a dsn that does not parse, as Daemon() says it
+    if cfg.queue.engine != "spool":  # as open_queue says it
         raise ConfigError(f"unknown queue engine {cfg.queue.engine!r} (this build knows: spool)",
                           "email.queue.default.engine")
-    if cfg.server.database.engine not in ("sqlite3", "sqlite"):
-        raise ConfigError(f"unknown database engine {cfg.server.database.engine!r} (this build knows: sqlite3)",
-                          "email.server.database.engine")
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
-    engines_usable(cfg)  # raises what `run` raises, with the same message
+    check_engines(cfg)  # what `run` refuses, refused with the same message (78)
     where = cfg.source or "embedded defaults"
     print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, spool {cfg.queue.path}, "
-          f"store {cfg.server.database.path}")
+          f"store {describe(cfg.server.database)}")
     for warning in directory_warnings(cfg):
         print(warning, file=sys.stderr)
     if not args.connect:
         return 0
+    from ..errors import NoStore
+    from ..stores import check_connect
+
+    try:
+        print(check_connect(cfg.server.database))
+    except NoStore as exc:  # the daemon makes it at its first start
+        print(f"store: {exc}")
     ok, lines = connect(cfg.server.smtp)
     for line in lines:
         print(line)

@@ -5,41 +5,26 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import Config, parse_duration
-from ..errors import MailmandError, UsageError
+from ..errors import UsageError
 from ..stores import open_store
-from ..stores.base import Store
+from ..stores.base import DaemonInfo, Store
 
 # The daemon's single-instance lock in the spool (daemon.LOCK_FILE; not
 # imported from there, which would load the scheduler into every command).
 SPOOL_LOCK = "mailmand.lock"
 
 
-class NoStore(MailmandError):
-    """A read-only command on a host where the daemon never ran."""
-
-
-def missing_store(cfg: Config) -> Path | None:
-    """The store's file when it does not exist yet (SQLite), else None."""
-    db = cfg.server.database
-    if db.engine in ("sqlite3", "sqlite") and not db.path.exists():
-        return db.path
-    return None
-
-
 @contextmanager
 def store(cfg: Config) -> Iterator[Store]:
-    """The store, for a command. Never creates it: read-only commands must
-    leave nothing behind for a daemon of another user to trip over."""
-    path = missing_store(cfg)
-    if path is not None:
-        raise NoStore(f"no store yet at {path} (the daemon creates it)")
+    """The store, for a command. Never creates it (NoStore: "no store yet at
+    PATH (the daemon creates it)"): read-only commands must leave nothing
+    behind for a daemon of another user to trip over."""
     s = open_store(cfg.server.database)
     try:
         yield s
@@ -47,23 +32,24 @@ def store(cfg: Config) -> Iterator[Store]:
         s.close()
 
 
-@dataclass(frozen=True)
-class DaemonInfo:
-    pid: int | None
-    since: float | None
-    version: str | None = None
-    host: str | None = None
+def load_for_store(path: str | None, cfg: Config) -> Config:
+    """A producer's configuration lacks the daemon's secrets; a command that
+    reads a shared store (PostgreSQL) needs its dsn: load again with them."""
+    if cfg.server.database.engine == "postgres":
+        from .. import config as configmod
+
+        return configmod.load(path)
+    return cfg
 
 
-def local_daemon(cfg: Config) -> DaemonInfo | None:
-    """The daemon holding this spool's lock, or None. Reads the lock file
-    without creating it; a held flock means a live daemon (the kernel drops
-    it when the process dies, so a stale file says nothing)."""
+def local_pid(cfg: Config) -> int | None:
+    """The pid of the daemon holding this spool's lock, or None. Reads the lock
+    file without creating it; a held flock means a live daemon (the kernel
+    drops it when the process dies, so a stale file says nothing)."""
     if cfg.queue.engine != "spool":
         return None
-    path = cfg.queue.path / SPOOL_LOCK
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(cfg.queue.path / SPOOL_LOCK, os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -71,12 +57,23 @@ def local_daemon(cfg: Config) -> DaemonInfo | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             text = os.read(fd, 64).decode(errors="replace").strip()
-            return DaemonInfo(int(text) if text.isdigit() else None, os.fstat(fd).st_mtime)
+            return int(text) if text.isdigit() else None
         except OSError:
             return None
         return None  # we got the lock: nobody holds it
     finally:
         os.close(fd)  # drops our shared lock, if we took it
+
+
+def daemons(cfg: Config, s: Store, now: float) -> list[DaemonInfo]:
+    """The live daemons the store knows (every one on a shared store), with
+    version and start time; the spool lock vouches that a local one is alive."""
+    live = s.daemons(now)
+    pid = local_pid(cfg)
+    if pid is not None and not any(d.pid == pid for d in live):
+        live.append(DaemonInfo(id="", host=socket.gethostname(), pid=pid, version="", started_at=0.0,
+                               heartbeat_at=0.0, spool=str(cfg.queue.path)))
+    return live
 
 
 def duration(flag: str, value: str) -> float:

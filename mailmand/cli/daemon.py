@@ -25,3 +25,10 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     return run_demo()
+
+
+def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    from ..stores.migrate import run
+
+    print(run(args.source, cfg.server.database))
+    return 0

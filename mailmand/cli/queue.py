@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..config import Config
-from ..errors import InvalidState, NotFound, UsageError
+from ..errors import InvalidState, NoStore, NotFound, UsageError
 from ..queues import open_queue
 from ..stores.base import MessageInfo, Status, Store
 from . import format as fmt
-from .common import duration, local_daemon, missing_store, now, store
+from .common import duration, local_pid, now, store
 
 EVERY = sys.maxsize  # "no limit" for a listing
 
@@ -55,17 +55,15 @@ def _show_missing(cfg: Config, message_id: str) -> None:
 
 
 def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
-    if missing_store(cfg) is not None:  # no daemon ever ran: the message may still wait in the spool
-        _show_missing(cfg, args.id)
-    with store(cfg) as s:
-        try:
+    try:
+        with store(cfg) as s:
             info = s.get(args.id)
             raw = s.raw(args.id) if args.raw else b""
-        except NotFound:
-            _show_missing(cfg, args.id)
-            raise
-        attempts = s.attempts(args.id)
-        recipients = s.recipients(args.id)
+            attempts = s.attempts(args.id)
+            recipients = s.recipients(args.id)
+    except (NotFound, NoStore):
+        _show_missing(cfg, args.id)  # not stored (or no store yet): it may still wait in the spool
+        raise
     if args.raw:  # the stored message as it goes out, like `postcat -q`
         sys.stdout.flush()
         sys.stdout.buffer.write(raw)
@@ -161,13 +159,16 @@ def flush(cfg: Config, ids: Sequence[str] | None) -> tuple[int, str]:
     """Deferred mail (all, or `ids`) due now; then wake the daemon. (flushed, what the wake did)."""
     t = now()
     with store(cfg) as s:
+        shared = not s.single_instance  # a shared store wakes its daemons itself (PostgreSQL: NOTIFY)
         n = s.flush(list(ids) if ids else None, t)
         for message_id in ids or ():
             info = s.get(message_id)  # NotFound: exit 1 with "no message with id"
             if info.status is not Status.DEFERRED:
                 print(f"mailmand: {message_id} is {info.status.value}, not deferred: left as it is",
                       file=sys.stderr)
-    return n, wake(cfg) if n else "nothing to wake the daemon for"
+    if not n:
+        return n, "nothing to wake the daemon for"
+    return n, "the store told every daemon" if shared else wake(cfg)
 
 
 def cmd_flush(cfg: Config, args: argparse.Namespace) -> int:
@@ -179,19 +180,18 @@ def cmd_flush(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def wake(cfg: Config) -> str:
-    """Tell the daemon on this spool to dispatch now (SIGUSR1), and say how it went.
-    PostgreSQL stores wake every daemon themselves (NOTIFY, sent by `flush`)."""
-    daemon = local_daemon(cfg)
-    if daemon is None or daemon.pid is None:
+    """Tell the daemon on this spool to dispatch now (SIGUSR1), and say how it went."""
+    pid = local_pid(cfg)
+    if pid is None:
         return "no daemon is running on this spool: they go out when it starts"
     try:
-        os.kill(daemon.pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR1)
     except PermissionError:
-        return (f"could not wake the daemon (pid {daemon.pid}: not this user's): "
+        return (f"could not wake the daemon (pid {pid}: not this user's): "
                 f"they go out within {cfg.server.interval:g}s")
     except ProcessLookupError:
         return "the daemon just stopped: they go out when it starts"
-    return f"woke the daemon (pid {daemon.pid})"
+    return f"woke the daemon (pid {pid})"
 
 
 def cmd_purge(cfg: Config, args: argparse.Namespace) -> int:

@@ -6,20 +6,11 @@ import argparse
 from typing import Any
 
 from ..config import Config
+from ..errors import NoStore
 from ..queues import open_queue
+from ..stores import describe
 from . import format as fmt
-from .common import DaemonInfo, duration, local_daemon, missing_store, now, store
-
-
-def _daemons(cfg: Config, s: Any) -> list[DaemonInfo]:
-    """Every live daemon the store knows (PostgreSQL: all of them), else the one on this spool's lock."""
-    listed = getattr(s, "daemons", None)
-    if listed is not None:
-        found = [DaemonInfo(pid=d.pid, since=d.started_at, version=d.version, host=d.host) for d in listed()]
-        if found:
-            return found
-    local = local_daemon(cfg)
-    return [local] if local else []
+from .common import daemons, duration, local_pid, now, store
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
@@ -30,23 +21,24 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         queue.close()
     data: dict[str, Any] = {"daemons": [], "store": None, "spool": spool}
-    missing = missing_store(cfg)
-    if missing is None:
+    missing = None
+    try:
         with store(cfg) as s:
             counts = s.counts()
             oldest = s.oldest_due(t)
             next_due = s.next_due()
             data.update({
-                "daemons": [d.__dict__ for d in _daemons(cfg, s)],
-                "store": "ok",
+                "daemons": [d.to_json() for d in daemons(cfg, s, t)],
+                "store": describe(cfg.server.database),
                 "counts": {st.value: n for st, n in counts.items()},
                 "quarantine": s.quarantine_count(),
                 "oldest_due_age": None if oldest is None else round(t - oldest, 3),
                 "next_scheduled": next_due if next_due is not None and next_due > t else None,
             })
-    else:
-        local = local_daemon(cfg)
-        data["daemons"] = [local.__dict__] if local else []
+    except NoStore as exc:  # the daemon never ran here: say so, and still what waits in the spool
+        missing = str(exc)
+        pid = local_pid(cfg)
+        data["daemons"] = [{"pid": pid}] if pid else []
     if args.json:
         fmt.print_json(data)
         return 0
@@ -55,9 +47,10 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     for d in data["daemons"]:
         where = f" on {d['host']}" if d.get("host") else ""
         version = f", mailmand {d['version']}" if d.get("version") else ""
-        print(f"{'daemon':<10} running{where}, pid {d['pid'] or '?'}{version}, since {fmt.when(d['since'])}")
+        since = f", since {fmt.when(d['started_at'])}" if d.get("started_at") else ""
+        print(f"{'daemon':<10} running{where}, pid {d['pid']}{version}{since}")
     if missing is not None:
-        print(f"{'store':<10} no store yet at {missing} (the daemon creates it)")
+        print(f"{'store':<10} {missing}")
     else:
         for st, n in data["counts"].items():
             print(f"{st:<10} {n}")
