@@ -272,9 +272,54 @@ def pg_big_store(base: Path, n: int) -> dict[str, Any]:
     return out
 
 
+def daemons_far_relay(base: Path, quick: bool, rtt_ms: float = 25.0) -> dict[str, Any]:
+    """1, 2 and 3 daemons sharing one PostgreSQL store, sending to smtp-sink behind a
+    delay proxy (`rtt_ms` away): throughput should grow with the daemons."""
+    from mailmand.config import DatabaseConfig
+    from mailmand.stores.postgres import PostgresStore
+
+    from .common import records
+    from .wan import delay_proxy
+
+    n = 800 if quick else 4000
+    out: dict[str, Any] = {"messages": n, "rtt_ms": rtt_ms, "connections_per_daemon": 4, "runs": []}
+    with sink("smtp-sink") as port, delay_proxy(port, rtt_ms) as relay:
+        for k in (1, 2, 3):
+            with workdir(base) as root, pg_database() as dsn:
+                store = PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn), create=True)
+                batch = records(n)
+                for i in range(0, n, 500):
+                    store.insert(batch[i:i + 500])
+                confs = []
+                for d in range(k):
+                    (root / f"d{d}").mkdir()
+                    confs.append(write_pg_yaml(pg_config(root / f"d{d}", dsn, relay, 4, batch=50),
+                                               root / f"d{d}.yaml"))
+                t0 = time.perf_counter()
+                procs = [subprocess.Popen([sys.executable, "-m", "mailmand", "run", "-c", str(c)],
+                                          stderr=subprocess.DEVNULL) for c in confs]
+                try:
+                    while store.counts()[Status.SENT] < n and time.perf_counter() - t0 < 600:
+                        time.sleep(0.1)
+                    took = time.perf_counter() - t0
+                finally:
+                    for p in procs:
+                        p.terminate()
+                    for p in procs:
+                        p.wait(30)
+                sent = store.counts()[Status.SENT]
+                store.close()
+            if sent != n:
+                raise RuntimeError(f"{k} daemon(s) sent {sent} of {n}")
+            out["runs"].append({"daemons": k, "seconds": took, "msg_s": n / took})
+    return out
+
+
 def run(base: Path, quick: bool) -> dict[str, Any]:
     out = {"store": big_store(base, 100_000 if quick else 1_000_000),
            "run": rss_run(base, 10_000 if quick else 100_000)}
     if have_postgres():
         out["postgres"] = pg_big_store(base, 100_000 if quick else 1_000_000)
+        if have_smtp_sink():
+            out["daemons"] = daemons_far_relay(base, quick)
     return out

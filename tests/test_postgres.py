@@ -65,6 +65,8 @@ def test_migrate_copies_everything_once_and_every_command_reads_the_same(sqlite_
                                                                             mid)
     shown = cli_json(capsys, "show", "-c", str(pg_conf), ids["deferred"])
     assert shown["status"] == "deferred" and shown["recipients"][0]["status"] == "deferred"
+    host, pid, _ = shown["attempts"][0]["daemon"].split(":")  # which daemon made the attempt
+    assert host and pid.isdigit()
     assert cli_json(capsys, "list", "-c", str(pg_conf)) == cli_json(capsys, "list", "-c", str(sqlite_conf))
     drop = ("since", "until")
     pg_stats, lite_stats = (cli_json(capsys, "stats", "-c", str(c)) for c in (pg_conf, sqlite_conf))

@@ -42,6 +42,10 @@ MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subj
                    "last_error", "updated_at", "finished_at")
 ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
 RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
+ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
+               ("duration", "float8"), ("outcome", "text"), ("daemon", "text"))
+RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
+                 ("reply", "text"), ("updated_at", "float8"))
 DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
 # A lease handed back: queued if never tried, else deferred (due as it was).
 HAND_BACK = ("UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
@@ -149,26 +153,21 @@ class SQLStore(Store):
                 f" ORDER BY id{self.LOCK_ROWS}", [f.id for f in todo]).fetchall()}
             live = ("sending", "queued", "deferred")  # handed back by a sweep but not claimed since: still ours
             held = {f.id: f.id in leased and leased[f.id][0] == f.token and leased[f.id][1] in live for f in todo}
-            db.executemany("INSERT INTO attempts (message_id, at, relay, code, reply, duration, outcome, daemon)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner)
-                            for f in todo for a in (f.attempt,)])
+            self._insert_rows(db, "attempts", ATTEMPT_ROW, [
+                (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner) for f in todo
+                for a in (f.attempt,)])
             # The attempt is history whoever holds the message now; every count follows the attempt rows.
             db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
                            [(f.id,) for f in todo if not held[f.id] and f.id in leased])
             mine = [f for f in todo if held[f.id]]
-            db.executemany(
-                "INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, address)"
-                " DO UPDATE SET status = excluded.status, code = excluded.code, reply = excluded.reply,"
-                " updated_at = excluded.updated_at",
-                [(f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in mine for x in f.recipients])
-            db.executemany(
-                "UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
-                " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
-                " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
-                [(f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
-                  f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
-                  f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id) for f in mine])
+            self._insert_rows(db, "recipients", RECIPIENT_ROW, [
+                (f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in mine for x in f.recipients],
+                " ON CONFLICT (message_id, address) DO UPDATE SET status = excluded.status, code = excluded.code,"
+                " reply = excluded.reply, updated_at = excluded.updated_at")
+            self._update_finished(db, [
+                (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
+                 f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
+                 f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id) for f in mine])
             final = [(f.attempt.at, f.id) for f in mine if f.outcome.status in FINAL]
             if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
                 db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
@@ -179,6 +178,19 @@ class SQLStore(Store):
                 r.add(f, leased[f.id][2])
             self._write_rollup(db, r)
         return [held[f.id] for f in outcomes]
+
+    def _insert_rows(self, db: Db, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
+                     conflict: str = "") -> None:
+        """INSERT rows of (column, SQL type) `columns` into `table`, with an optional ON CONFLICT clause."""
+        names = ", ".join(c for c, _ in columns)
+        db.executemany(f"INSERT INTO {table} ({names}) VALUES ({_marks(len(columns))}){conflict}", rows)
+
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Each message's new state: (status, counted, code, reason, due_at, pending, at, finished_at, id)."""
+        db.executemany(
+            "UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
+            " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+            " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?", rows)
 
     def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
         if not ids:
