@@ -52,7 +52,7 @@ class _Names:
 
     def header(self, msg: EmailMessage, name: str, alias: bool) -> list[Address]:
         found = []
-        for h in msg.get_all(name, []):
+        for h in _headers(msg, name):
             for a in getattr(h, "addresses", ()):
                 if not a.username:  # "undisclosed-recipients:;": a group with no one in it
                     continue
@@ -61,8 +61,13 @@ class _Names:
 
     def arg(self, value: str, field: str, alias: bool) -> list[Address]:
         """A command-line address: `root`, `ann@example.com`, `Ann <ann@example.com>`, or a list."""
-        parsed = SMTP_POLICY.header_factory("To", _no_crlf(field, value))
-        addresses = [a for a in parsed.addresses if a.username]  # type: ignore[attr-defined]
+        try:
+            parsed = SMTP_POLICY.header_factory("To", _no_crlf(field, value))
+            addresses = [a for a in parsed.addresses if a.username]  # type: ignore[attr-defined]
+        except (IndexError, ValueError, AttributeError) as exc:  # the stdlib parser on input such as "<"
+            if isinstance(exc, InvalidMessage):
+                raise
+            raise InvalidAddress(field, value, "not a valid email address") from None
         if not addresses:
             raise InvalidAddress(field, value, "not a valid email address")
         if all(a.domain for a in addresses):  # validated as the API validates it
@@ -147,7 +152,7 @@ def parse_message(cls: type[Email], raw: bytes, *, sender: str | None, recipient
     del msg["Bcc"]
     # Bare names in the headers get the same addresses as the envelope.
     for name, alias in (("From", False), ("To", True), ("Cc", True), ("Reply-To", False), ("Sender", False)):
-        values = [str(v) for v in msg.get_all(name, [])]
+        values = [str(v) for v in _headers(msg, name)]
         if values and any(_bare(v) or not v.isascii() for v in values):
             resolved = names.header(msg, name, alias)
             del msg[name]
@@ -171,9 +176,22 @@ def parse_message(cls: type[Email], raw: bytes, *, sender: str | None, recipient
     return e
 
 
+def _headers(msg: EmailMessage, name: str) -> list[object]:
+    """msg.get_all(name), but a header the stdlib's parser chokes on is refused with a sentence."""
+    try:
+        return list(msg.get_all(name, []))
+    except (IndexError, ValueError, AttributeError) as exc:
+        if isinstance(exc, InvalidMessage):
+            raise
+        raise InvalidMessage(f"header {name}", None, "does not parse as a list of addresses") from None
+
+
 def _bare(value: str) -> bool:
-    h = SMTP_POLICY.header_factory("To", value)
-    return any(a.username and not a.domain for a in getattr(h, "addresses", ()))
+    try:
+        h = SMTP_POLICY.header_factory("To", value)
+        return any(a.username and not a.domain for a in getattr(h, "addresses", ()))
+    except (IndexError, ValueError, AttributeError):
+        return False  # refused, if at all, where the addresses are read
 
 
 def _unique(addresses: list[Address]) -> list[Address]:

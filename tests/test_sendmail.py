@@ -12,7 +12,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mailmand import sendmail as shim
@@ -214,6 +214,8 @@ OPTIONS = ["-t", "-i", "-oi", "-f", "-F", "-r", "-C", "-bp", "-q", "-h", "-B", "
 @given(argv=st.lists(st.one_of(st.sampled_from(OPTIONS), st.text(max_size=12)), max_size=6),
        data=st.one_of(st.binary(max_size=300),
                       st.builds(lambda h, b: h + b"\n\n" + b, st.binary(max_size=120), st.binary(max_size=60))))
+@example(argv=["<"], data=b"")  # found by this test: the stdlib's address parser raised IndexError
+@example(argv=["-t"], data=b"To: <\n\nx\n")
 def test_fuzzed_input_stays_inside_sysexits(argv, data, write_config, monkeypatch, capsys):
     conf = write_config(9)
     argv = [a for a in argv if a not in ("-C", "-bp", "-q") and not a.startswith("-C")]  # no other config
