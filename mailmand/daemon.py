@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import logging
 import os
@@ -18,8 +19,8 @@ from . import config as configmod
 from .config import Config
 from .errors import AlreadyRunning, ConfigError
 from .ingest import Ingester, IngestLoop, IngestResult
-from .queues import Queue, open_queue
-from .scheduler import Dispatcher, DispatchScheduler, RunResult
+from .queues import Queue, lock_path, open_queue
+from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
 from .stores import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,14 @@ class InstanceLock:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running on {self.what}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a full disk: the flock is what counts, the pid is a courtesy
+            if exc.errno != errno.ENOSPC:
+                os.close(fd)
+                raise
+            log.warning("%s: no space to record the pid; the lock holds all the same", self.path)
         self._fd = fd
 
     def release(self) -> None:
@@ -90,30 +97,38 @@ class Daemon:
         self.cfg = cfg
         # One daemon per spool, and per store: the take-over below assumes nobody else sends from either.
         db = cfg.server.database.path
-        self.lock = InstanceLock(cfg.queue.path / LOCK_FILE, f"the spool {cfg.queue.path}")
-        self.lock.acquire()
+        queue_lock = lock_path(cfg.queue, LOCK_FILE)  # None: a queue many daemons share (Redis)
+        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}") if queue_lock else None
+        if self.lock:
+            self.lock.acquire()
         self.store_lock = InstanceLock(db.with_name(f"{db.name}.lock"), f"the store {db}")
         try:
             self.store_lock.acquire()
         except BaseException:
-            self.lock.release()
+            if self.lock:
+                self.lock.release()
             raise
+        self.owner = owner_id()  # this daemon's id: its leases in the store, its consumer name on a shared queue
         try:
-            self.queue: Queue = open_queue(cfg.queue, daemon=True)
+            # exclusive: the store lock makes this the only daemon on the queue too.
+            self.queue: Queue = open_queue(cfg.queue, daemon=True, consumer=self.owner, lease=cfg.server.lease,
+                                           exclusive=True)
+            self.queue.check()
             self.store: Store = open_store(cfg.server.database)
         except BaseException:
             self.store_lock.release()
-            self.lock.release()
+            if self.lock:
+                self.lock.release()
             raise
         # We hold the lock, so nobody else is sending: take back at once
         # everything a dead predecessor held, without waiting for leases.
         resumed = self.queue.resume()
         released = self.store.release(None)
         if resumed or released:
-            log.info("took back %d spool item(s) and %d claimed message(s) from a previous run",
+            log.info("took back %d queue item(s) and %d claimed message(s) from a previous run",
                      resumed, released)
-        self.dispatcher = Dispatcher(self.store, cfg.server)
-        self.ingester = Ingester(self.queue, self.store)
+        self.dispatcher = Dispatcher(self.store, cfg.server, owner=self.owner)
+        self.ingester = Ingester(self.queue, self.store, max_recipients=cfg.server.max_recipients)
         self._stop = False
         self._reload = False
 
@@ -135,14 +150,14 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention)
         self.ingester.on_stored = sched.wake_at
-        loop = IngestLoop(self.ingester, self.cfg.queue.path if self.cfg.queue.engine == "spool" else None)
+        loop = IngestLoop(self.ingester)
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)
             watcher.start()
         loop.start()
         sched.start()
-        log.info("mailmand running: spool %s, store %s, relay %s", self.cfg.queue.path,
+        log.info("mailmand running: queue %s, store %s, relay %s", self.queue,
                  self.cfg.server.database.path, self.cfg.server.smtp.relay)
         notify("READY=1")
         watchdog_every = _watchdog_interval()
@@ -203,7 +218,8 @@ class Daemon:
         self.queue.close()
         self.store.close()
         self.store_lock.release()
-        self.lock.release()
+        if self.lock:
+            self.lock.release()
 
 
 def _watchdog_interval() -> float:

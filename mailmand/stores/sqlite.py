@@ -188,7 +188,8 @@ class SQLiteStore(Store):
                     "INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"
                     " idempotency_key, created_at, send_after, due_at, updated_at)"
                     " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    (r.id, r.mail_from, json.dumps(list(r.rcpt_to)), _subject(r.raw), r.priority,
+                    (r.id, r.mail_from, json.dumps(list(r.rcpt_to)),
+                     _subject(r.raw) if r.subject is None else r.subject, r.priority,
                      len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at),
                 )
                 if cur.rowcount:
