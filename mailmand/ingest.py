@@ -115,7 +115,7 @@ class IngestLoop:
     It is logged in full once, then summarised (`Repeats`)."""
 
     RETRY_MIN = 0.5
-    RETRY_MAX = 30.0
+    RETRY_MAX = 10.0
     # inotify reports a WAL write a moment before the commit is visible to
     # readers: after a wake-up that found nothing, look again shortly.
     AFTER_WAKE = (0.002, 0.003, 0.005, 0.01, 0.02, 0.04)

@@ -96,10 +96,12 @@ class RedisQueue(Queue):
         self._errors = r.exceptions
         self._buffer: deque[Item] = deque()  # read from Redis (pending on us), not yet taken
         self._unacked: list[bytes] = []  # committed in the store, but the ack did not reach Redis
-        self._cursor = ">"  # "0" re-reads our own pending entries first (after a restart)
+        # Where to go on reading entries pending on us (after a restart or a
+        # take-over), or None to read new ones. Every re-delivery comes through
+        # this one read, which is what counts deliveries (XREADGROUP from an id).
+        self._pel_from: str | None = None
         self._group_ready = False
         self._claim_after = 0.0  # monotonic time of the next XAUTOCLAIM pass
-        self._claim_from = "0-0"
 
     def __repr__(self) -> str:
         return f"redis {self.url} key {self.key}"
@@ -190,36 +192,43 @@ class RedisQueue(Queue):
                         "loses every message not yet ingested; see the README's durability table", self.url)
 
     def resume(self) -> int:
-        """Our own pending entries are read again first; the only daemon on
-        the stream (`exclusive`) also takes over every other consumer's."""
-        self._cursor = "0"
+        """Entries pending on us are read again first; the only daemon on the
+        stream (`exclusive`) first takes over every other consumer's."""
+        self._pel_from = "0"
         self._buffer.clear()
         try:
             self._call("XGROUP CREATE", self._ensure_group)
-            mine = self._call("XPENDING", self._r.xpending_range, self.key, GROUP, "-", "+", 100_000,
-                              self.consumer)
-            n = len(mine)
             if self.exclusive:
-                n += self._claim(0, 100_000, forced=True)
-        except QueueUnavailable as exc:
-            log.warning("%s; taking back pending entries once it is reachable", exc)
-            return 0
-        return n
+                self._claim(0)
+            mine = self._call("XPENDING", self._r.xpending_range, self.key, GROUP, "-", "+", 1_000_000,
+                              self.consumer)
+        except QueueUnavailable:
+            return 0  # read at the first take once Redis is back (ingest says it is down)
+        return len(mine)
 
-    def _claim(self, min_idle: float, count: int, forced: bool = False) -> int:
-        """XAUTOCLAIM entries idle longer than `min_idle` seconds into our buffer."""
+    def _claim(self, min_idle: float) -> int:
+        """Move entries idle longer than `min_idle` seconds, on any consumer,
+        to us (JUSTID: not counted as a delivery; the read that follows is)."""
         start, claimed = "0-0", 0
         while True:
             reply = self._call("XAUTOCLAIM", self._r.xautoclaim, self.key, GROUP, self.consumer,
-                               int(min_idle * 1000), start, count)
-            start, entries = reply[0], reply[1]
-            start = start.decode() if isinstance(start, bytes) else start
-            items = self._items([(eid, fields) for eid, fields in entries if fields is not None],
-                                redelivered=True)
-            self._buffer.extend(items)
-            claimed += len(items)
-            if start == "0-0" or not forced or not entries:
-                return claimed
+                               int(min_idle * 1000), start, 1000, justid=True)
+            ids = list(reply)  # with JUSTID, redis-py returns the claimed ids alone (no cursor)
+            claimed += len(ids)
+            if len(ids) < 1000:
+                break
+            ms, _, seq = _s(ids[-1]).partition("-")
+            start = f"{ms}-{int(seq) + 1}"  # the start is inclusive: go on after the last one
+        if claimed:
+            self._pel_from = "0"
+        return claimed
+
+    def _forget_idle_consumers(self) -> None:
+        """Consumers of daemons that are gone, with nothing pending: out of `status`."""
+        for c in self._call("XINFO CONSUMERS", self._r.xinfo_consumers, self.key, GROUP):
+            name = _s(c.get("name"))
+            if name != self.consumer and int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > self.lease * 1000:
+                self._call("XGROUP DELCONSUMER", self._r.xgroup_delconsumer, self.key, GROUP, name)
 
     def _read(self, count: int, block: float | None) -> list[Item]:
         self._call("XGROUP CREATE", self._ensure_group)
@@ -227,17 +236,22 @@ class RedisQueue(Queue):
         if self.daemon and time.monotonic() >= self._claim_after:
             # Take over what a dead daemon left pending, at most every lease/4.
             self._claim_after = time.monotonic() + max(1.0, self.lease / 4)
-            if self._claim(self.lease, count):
-                return []  # they are in the buffer
-        if self._cursor == "0":
-            reply = self._call("XREADGROUP", self._r.xreadgroup, GROUP, self.consumer, {self.key: "0"}, count)
+            if self._claim(self.lease):
+                log.info("took over stream entries left pending longer than the lease (%.0fs) by another daemon",
+                         self.lease)
+            self._forget_idle_consumers()
+        if self._pel_from is not None:
+            reply = self._call("XREADGROUP", self._r.xreadgroup, GROUP, self.consumer, {self.key: self._pel_from},
+                               count)
             entries = reply[0][1] if reply else []
             if entries:
+                self._pel_from = _s(entries[-1][0])
+                held = {item.token for item in self._buffer} | set(self._unacked)
                 gone = [eid for eid, fields in entries if not fields]  # deleted while pending on us
                 if gone:
                     self._call("XACK", self._r.xack, self.key, GROUP, *gone)
-                return self._items([(eid, f) for eid, f in entries if f], redelivered=True)
-            self._cursor = ">"
+                return self._items([(e, f) for e, f in entries if f and e not in held], redelivered=True)
+            self._pel_from = None
         ms = None if block is None else max(1, int(block * 1000))
         reply = self._call("XREADGROUP", self._r.xreadgroup, GROUP, self.consumer, {self.key: ">"}, count, ms)
         return self._items(reply[0][1] if reply else [], redelivered=False)
@@ -246,7 +260,7 @@ class RedisQueue(Queue):
         times: dict[bytes, int] = {}
         if redelivered and entries:
             rows = self._call("XPENDING", self._r.xpending_range, self.key, GROUP, entries[0][0],
-                              entries[-1][0], len(entries), self.consumer)
+                              entries[-1][0], 2 * len(entries) + len(self._buffer), self.consumer)
             times = {row["message_id"]: row["times_delivered"] for row in rows}
         items = []
         for eid, fields in entries:
