@@ -23,7 +23,9 @@ from .enqueue import MAX_SIZE, _bare
 def fill_spool(spool: Path, n: int) -> None:
     """Put `n` records in the spool fast: the rows persist-queue's put writes
     (status 0 = inited), in one transaction instead of n."""
-    SpoolQueue(spool, daemon=True).close()  # the directory, file and table, as mailmand makes them
+    producer = SpoolQueue(spool)  # the directory, file and table, as a producer makes them
+    producer._q  # noqa: B018
+    producer.close()
     e = email()
     now = time.time()
     rows = ((pq_json.dumps(e.to_record(MAX_SIZE).to_json()), now) for _ in range(n))

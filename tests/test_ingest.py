@@ -221,6 +221,7 @@ def test_the_spool_backlog_count_matches_persist_queue(make_config):
     for _ in range(3):
         client.enqueue(Email(sender="a@example.com", to="b@example.com", text="x"))
     daemon_side = open_queue(cfg.queue, daemon=True)
-    taken = daemon_side.take(1)  # in flight: not waiting any more
-    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2
+    taken = daemon_side.take(1)  # in flight: still in the spool until the store has it
+    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 3
     daemon_side.ack(taken)
+    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2

@@ -10,7 +10,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from mailmand.queues.redis import GROUP, MAX_DELIVERIES, masked
 from mailmand.stores import open_store
 from tests.conftest import run_cli
 from tests.daemonproc import DaemonProcess, wait_until
-from tests.redisutil import free_port, redis_key, redis_server, redis_url, require_redis  # noqa: F401
+from tests.redisutil import free_port, redis_url, require_redis
 
 
 def redis_config(tmp_path: Path, url: str, key: str, relay_port: int = 9, **server: object) -> Config:

@@ -23,7 +23,7 @@ class QueueInfo:
 
     engine: str
     where: str  # the spool's path, or the Redis URL (password masked) and key
-    waiting: int  # not yet taken by a daemon
+    waiting: int  # not yet ingested: in the queue, taken by a daemon or not
     length: int | None = None  # Redis: entries in the stream (waiting + pending)
     pending: int | None = None  # Redis: delivered to a daemon, not yet acked
     consumers: list[dict[str, Any]] = field(default_factory=list)  # Redis: name, pending, idle_s
@@ -39,7 +39,7 @@ class Found:
     id: str
     where: str
     entry: str  # the engine's handle: a spool row or a stream entry id
-    taken: bool  # a daemon has taken it and not yet committed it
+    taken: bool  # a daemon has taken it and not yet committed it (as far as the engine can tell)
 
 
 class Queue:
@@ -82,7 +82,7 @@ class Queue:
         """Make a `wait()` in another thread return soon (the daemon is stopping)."""
 
     def pending(self) -> int:
-        """Items waiting (not yet taken)."""
+        """Items not yet ingested: in the queue and not yet acked (taken or not)."""
         raise NotImplementedError
 
     def info(self) -> QueueInfo:

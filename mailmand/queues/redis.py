@@ -323,7 +323,7 @@ class RedisQueue(Queue):
         self._buffer.extendleft(reversed(items))
 
     def pending(self) -> int:
-        return self.info().waiting
+        return int(self._call("XLEN", self._r.xlen, self.key))
 
     def info(self) -> QueueInfo:
         length = int(self._call("XLEN", self._r.xlen, self.key))
@@ -335,7 +335,8 @@ class RedisQueue(Queue):
                 for c in self._call("XINFO CONSUMERS", self._r.xinfo_consumers, self.key, GROUP):
                     consumers.append({"name": _s(c.get("name")), "pending": int(c.get("pending", 0)),
                                       "idle_s": round(int(c.get("idle", 0)) / 1000, 1)})
-        return QueueInfo(engine="redis", where=f"{self.url} key {self.key}", waiting=max(0, length - pending),
+        # Acked entries are deleted: the stream's length is what is not yet ingested.
+        return QueueInfo(engine="redis", where=f"{self.url} key {self.key}", waiting=length,
                          length=length, pending=pending, consumers=consumers)
 
     def _exists(self) -> bool:

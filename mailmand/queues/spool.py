@@ -4,12 +4,17 @@ This module is the only one that imports persist-queue. Records are JSON
 (persist-queue's JSON serializer); pickle is never used, so whoever can write
 the spool cannot run code in the daemon.
 
-Producers put through persist-queue. The daemon takes, acks and releases a
-whole batch in one statement on persist-queue's own table and connection:
-persist-queue's `get` takes one row per transaction and scans from the first
-row past every row already taken, so a batch of n cost O(n²) (5 s of a 7 s
-`--once` of 5,000 messages). The table layout and status values it relies on
-are pinned against persist-queue's own by tests/test_queue.py.
+Producers put through persist-queue. The daemon (one per spool: a lock file
+says so) reads persist-queue's table itself, a batch per statement, past the
+last row it read, and deletes rows once the store has committed them. It
+never marks a row as taken: persist-queue's `get` commits a mark per row
+(rewriting the row's page) and scans from the first row past every row
+already taken, so a batch of n cost O(n²) writes and reads (5 s of a 7 s
+`--once` of 5,000 messages), and on a full disk it could not take at all.
+What the daemon holds lives in its memory; a daemon that dies leaves those
+rows in place, and the next one reads them again (the store ignores a second
+insert of an id). The table and status values it relies on are pinned
+against persist-queue's own by tests/test_queue.py.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     import persistqueue
 
 from ..errors import QueueError, QueueUnavailable, SpoolPermissionError
+from ..logs import Repeats
 from .base import Found, Item, Queue, QueueInfo
 
 log = logging.getLogger(__name__)
@@ -40,7 +46,6 @@ RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
 # status` need not import persist-queue (tests check them against persist-queue).
 TABLE = "ack_queue_default"
-READY = 1  # AckStatus.ready: waiting (as is 0, inited)
 UNACK = 2  # AckStatus.unack: taken, not yet acked
 
 
@@ -129,21 +134,21 @@ class SpoolQueue(Queue):
         self.path = Path(path)
         self.daemon = daemon
         self.min_free = min_free
-        self._opened: persistqueue.SQLiteAckQueue | None = None
+        self._opened: persistqueue.SQLiteAckQueue | None = None  # producers: persist-queue
+        self._db: sqlite3.Connection | None = None  # the daemon: its own connection
         self._woken = threading.Event()
         self._observer: Any = None
-        self._resume_due = False  # a resume that could not write (disk full) is done at the next take
+        # The daemon's hold: the last row read, rows released back to it (read
+        # again before the rest), and acks not yet written (the disk was full).
+        self._seen = 0
+        self._again: list[Item] = []
+        self._acks: list[int] = []
+        self.full = Repeats(log, "spool disk full")
         if readonly:
             return  # `status`, `show`: create nothing
         _prepare_dir(self.path)
         if daemon:
-            try:
-                self._q  # noqa: B018 (open now: the daemon should fail at start, not at its first take)
-            except QueueError as exc:
-                if not _disk_full(exc.__cause__ or exc):
-                    raise
-                # A full disk must not stop the daemon: it drains once it can write.
-                log.warning("%s; ingest will retry", exc)
+            self._conn()  # the daemon should fail at start (permissions), not at its first take
 
     def __repr__(self) -> str:
         return f"spool {self.path}"
@@ -158,17 +163,30 @@ class SpoolQueue(Queue):
     def _open(self) -> persistqueue.SQLiteAckQueue:
         import persistqueue
 
-        q = persistqueue.SQLiteAckQueue(
+        return persistqueue.SQLiteAckQueue(
             str(self.path), auto_resume=False, multithreading=True,
             timeout=BUSY_TIMEOUT, serializer=_JsonSerializer,
         )
-        if self.daemon:
-            # Ack marks need not be durable: an item whose ack is lost is
-            # ingested again, and ingest is idempotent. Producers keep FULL.
-            for conn in (q._putter, q._getter):  # with multithreading, two connections
-                if conn is not None:
-                    conn.execute("PRAGMA synchronous=NORMAL")
-        return q
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            def connect() -> sqlite3.Connection:
+                db = sqlite3.connect(self.path / DB_FILE, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                     check_same_thread=False)
+                try:
+                    db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # readable at all?
+                    # Deletes need not be durable: a row whose delete is lost is
+                    # ingested again, and ingest is idempotent. Producers keep FULL.
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")  # as persist-queue sets it
+                except BaseException:
+                    db.close()
+                    raise
+                return db
+
+            self._db = self._retry(connect, "open")
+        return self._db
 
     def _retry(self, fn: Any, what: str, *args: Any) -> Any:
         deadline = time.monotonic() + RETRY_FOR
@@ -188,16 +206,18 @@ class SpoolQueue(Queue):
                     raise QueueUnavailable(f"spool {what} failed at {self.path}: {exc}") from exc
                 raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
 
-    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        """One statement in one transaction on persist-queue's own connection and lock."""
-        q = self._q
-
+    def _daemon_sql(self, what: str, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """One statement (one transaction) on the daemon's connection; [] when
+        no producer has made the table yet."""
         def run() -> list[Any]:
-            db: sqlite3.Connection = q._putter  # type: ignore[assignment]  # set by its __init__
-            with q.tran_lock, db:
-                return db.execute(sql, args).fetchall()
+            try:
+                return self._conn().execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
 
-        return list(self._retry(run, "write"))
+        return list(self._retry(run, what))
 
     # -- producers -------------------------------------------------------------
 
@@ -209,56 +229,104 @@ class SpoolQueue(Queue):
 
     def _check_free(self) -> None:
         """Postfix's queue_minfree: refuse new mail while the spool's disk is
-        nearly full, so the daemon always has room to take and ack."""
+        nearly full, so the daemon always has room to delete what it ingested.
+
+        The WAL counts as spent: a checkpoint copies it into the database
+        file, which may grow by up to its size. Pages the daemon freed inside
+        the database count as free: new rows reuse them. Near the floor, a
+        producer checkpoints (and truncates the WAL) before it decides."""
         if not self.min_free:
             return
+        free = self._free()
+        if free is None or free >= self.min_free:
+            return
+        conn: Any = self._q._putter
         try:
-            st = os.statvfs(self.path)
-        except OSError:
-            return  # the put itself will say what is wrong
-        free = st.f_bavail * st.f_frsize
-        if free < self.min_free:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            reusable = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute(
+                "PRAGMA page_size").fetchone()[0]
+            free = (self._free() or 0) + reusable
+        except sqlite3.Error:
+            pass  # busy or full: decide on what was measured
+        if free is not None and free < self.min_free:
             raise QueueUnavailable(f"the spool's disk is nearly full: {size(free)} free at {self.path}, "
                                    f"below the floor of {size(self.min_free)} (email.queue.default.min-free); "
                                    "free some space and try again")
 
+    def _free(self) -> int | None:
+        """Bytes free on the spool's disk, less the spool's WAL."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None  # the put itself will say what is wrong
+        try:
+            wal = (self.path / f"{DB_FILE}-wal").stat().st_size
+        except OSError:
+            wal = 0
+        return st.f_bavail * st.f_frsize - wal
+
     # -- the daemon --------------------------------------------------------------
 
     def take(self, limit: int) -> list[Item]:
-        if self._resume_due:
-            self.resume()
-        # One statement: mark a batch taken (status unack, as persist-queue's
-        # get does) and read it; the oldest first.
-        rows = self._write(
-            f"UPDATE {TABLE} SET status = {UNACK} WHERE _id IN"
-            f" (SELECT _id FROM {TABLE} WHERE status < {UNACK} ORDER BY _id LIMIT ?)"
-            " RETURNING _id, data", (limit,))
-        rows.sort()
-        return [_item(rowid, data) for rowid, data in rows]
+        items, self._again = self._again[:limit], self._again[limit:]
+        if len(items) < limit:
+            self._flush_acks()
+            # Rows a dead predecessor had marked taken (persist-queue's get, in
+            # older versions) are ours too: status <= UNACK. Acked rows persist-
+            # queue kept (status 5) are not.
+            rows = self._daemon_sql("take", f"SELECT _id, data FROM {TABLE} WHERE _id > ? AND status <= {UNACK}"
+                                    " ORDER BY _id LIMIT ?", (self._seen, limit - len(items)))
+            if rows:
+                self._seen = rows[-1][0]
+            items += [_item(rowid, data) for rowid, data in rows]
+        return items
 
     def ack(self, items: list[Item]) -> None:
-        # Deleted at once: persist-queue's ack keeps the row (marked acked),
-        # and its get scans past kept rows, so the drain would slow as history grows.
-        if items:
-            self._write(f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))",
-                        (json.dumps([item.token for item in items]),))
+        self._acks.extend(item.token for item in items)
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        """Delete acked rows (persist-queue would keep them, and scan past them).
+        On a full disk, in small steps with a checkpoint between (a delete
+        writes each row's page to the WAL; the checkpoint gives that space
+        back); what still does not fit waits for the next ingest. The store has
+        those rows already: a restart meanwhile ingests them again, as no-ops."""
+        ids, step = self._acks, len(self._acks)
+        while ids:
+            chunk = ids[:step]
+            try:
+                self._daemon_sql("ack", f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))",
+                                 (json.dumps(chunk),))
+            except QueueUnavailable as exc:
+                if step > 1:
+                    step = max(1, step // 8)
+                    self._checkpoint()
+                    continue
+                self._acks = ids
+                self.full.failed("%s; %d ingested item(s) stay in the spool until there is space to delete them",
+                                 exc, len(ids))
+                return
+            ids = ids[len(chunk):]
+            if step < len(self._acks):
+                self._checkpoint()
+        self._acks = []
+        self.full.cleared()
+
+    def _checkpoint(self) -> None:
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # busy or full: the next delete tells
 
     def release(self, items: list[Item]) -> None:
-        if items:
-            self._write(f"UPDATE {TABLE} SET status = {READY} WHERE _id IN (SELECT value FROM json_each(?))",
-                        (json.dumps([item.token for item in items]),))
+        self._again = items + self._again  # offered first at the next take
 
     def resume(self) -> int:
-        try:
-            n = int(self._retry(lambda: self._q.unack_count(), "resume"))
-            if n:
-                self._retry(self._q.resume_unack_tasks, "resume")
-        except QueueUnavailable as exc:
-            log.warning("%s; taking back in-flight items once the spool can be written", exc)
-            self._resume_due = True
-            return 0
-        self._resume_due = False
-        return n
+        """Read the spool from its first row again. Returns the rows a dead
+        predecessor had marked taken (older versions marked them)."""
+        self._seen, self._again = 0, []
+        rows = self._daemon_sql("resume", f"SELECT count(*) FROM {TABLE} WHERE status = {UNACK}")
+        return int(rows[0][0]) if rows else 0
 
     def wait(self, timeout: float) -> bool:
         if self._observer is None:
@@ -275,9 +343,8 @@ class SpoolQueue(Queue):
         self._woken.set()
 
     def pending(self) -> int:
-        if self._opened is not None:
-            return int(self._retry(self._opened._count, "count"))
-        rows = self._read(f"SELECT count(*) FROM {TABLE} WHERE status < ?", (UNACK,))
+        """Rows in the spool not yet ingested (what the daemon holds in memory included)."""
+        rows = self._read(f"SELECT count(*) FROM {TABLE} WHERE status <= ?", (UNACK,))
         return int(rows[0][0]) if rows else 0
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -308,6 +375,9 @@ class SpoolQueue(Queue):
         return None
 
     def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
