@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 DB_FILE = "data.db"  # persist-queue's default file name
 BUSY_TIMEOUT = 30.0  # seconds sqlite waits on a lock before raising
 RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
+FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a full disk, growing
 # persist-queue's table for the queue named "default", and its AckStatus.unack:
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
 # status` need not import persist-queue (tests check them against persist-queue).
@@ -143,12 +144,19 @@ class SpoolQueue(Queue):
         self._seen = 0
         self._again: list[Item] = []
         self._acks: list[int] = []
+        self._flush_at = 0.0  # monotonic time of the next try to delete them
+        self._flush_delay = FLUSH_RETRY[0]
         self.full = Repeats(log, "spool disk full")
         if readonly:
             return  # `status`, `show`: create nothing
         _prepare_dir(self.path)
         if daemon:
-            self._conn()  # the daemon should fail at start (permissions), not at its first take
+            try:
+                self._conn()  # the daemon should fail at start (permissions), not at its first take
+            except QueueUnavailable as exc:
+                # A disk with no room even for SQLite's shared-memory index (32 KiB):
+                # start all the same, deliver what the store holds, read once there is room.
+                log.warning("%s; the spool is read once there is room", exc)
 
     def __repr__(self) -> str:
         return f"spool {self.path}"
@@ -291,6 +299,8 @@ class SpoolQueue(Queue):
         writes each row's page to the WAL; the checkpoint gives that space
         back); what still does not fit waits for the next ingest. The store has
         those rows already: a restart meanwhile ingests them again, as no-ops."""
+        if not self._acks or time.monotonic() < self._flush_at:
+            return  # after a failure, wait before the next try: a failed write wakes the watcher, do not spin
         ids, step = self._acks, len(self._acks)
         while ids:
             chunk = ids[:step]
@@ -303,6 +313,8 @@ class SpoolQueue(Queue):
                     self._checkpoint()
                     continue
                 self._acks = ids
+                self._flush_at = time.monotonic() + self._flush_delay
+                self._flush_delay = min(self._flush_delay * 2, FLUSH_RETRY[1])
                 self.full.failed("%s; %d ingested item(s) stay in the spool until there is space to delete them",
                                  exc, len(ids))
                 return
@@ -310,6 +322,7 @@ class SpoolQueue(Queue):
             if step < len(self._acks):
                 self._checkpoint()
         self._acks = []
+        self._flush_delay = FLUSH_RETRY[0]
         self.full.cleared()
 
     def _checkpoint(self) -> None:
@@ -325,7 +338,10 @@ class SpoolQueue(Queue):
         """Read the spool from its first row again. Returns the rows a dead
         predecessor had marked taken (older versions marked them)."""
         self._seen, self._again = 0, []
-        rows = self._daemon_sql("resume", f"SELECT count(*) FROM {TABLE} WHERE status = {UNACK}")
+        try:
+            rows = self._daemon_sql("resume", f"SELECT count(*) FROM {TABLE} WHERE status = {UNACK}")
+        except QueueUnavailable:
+            return 0  # the disk is full; the count is only for the log
         return int(rows[0][0]) if rows else 0
 
     def wait(self, timeout: float) -> bool:
