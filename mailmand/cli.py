@@ -120,10 +120,11 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         return EX_OK
     for status, n in data["counts"].items():
         print(f"{status:<10} {n}")
-    print(f"{'spool':<10} {data['spool']} waiting to be ingested")
-    if qinfo.length is not None:  # a shared queue: what each daemon holds
-        print(f"{'queue':<10} {qinfo.where}: length {qinfo.length}, pending {qinfo.pending}, "
-              f"consumers {len(qinfo.consumers)}")
+    if qinfo.length is None:
+        print(f"{'spool':<10} {data['spool']} waiting to be ingested")
+    else:  # a shared queue: what each daemon holds
+        print(f"{'queue':<10} {qinfo.where}: length {qinfo.length} (not yet ingested), "
+              f"pending {qinfo.pending}, consumers {len(qinfo.consumers)}")
         for c in qinfo.consumers:
             print(f"  {c['name']:<40} {c['pending']} pending, idle {_age(c['idle_s'])}")
     print(f"{'quarantine':<10} {data['quarantine']}")

@@ -83,7 +83,7 @@ def test_redis_and_sqlite_one_daemon_delivers_and_status_shows_the_stream(smtp_s
         assert (queue["length"], queue["pending"]) == (0, 0)  # acked and deleted after the commit
         assert len(queue["consumers"]) == 1  # this daemon, one consumer of the group
         text = run_cli("status", "-c", str(conf)).stdout.decode()
-        assert "length 0, pending 0, consumers 1" in text
+        assert "length 0 (not yet ingested), pending 0, consumers 1" in text
         shown = run_cli("show", ids[0], "-c", str(conf))
         assert b"status:    sent" in shown.stdout
     finally:
