@@ -11,12 +11,13 @@ from typing import Any
 import persistqueue.serializers.json as pq_json
 from persistqueue.exceptions import Empty
 
+from mailmand.client import Client
 from mailmand.ingest import Ingester
 from mailmand.queues.spool import DB_FILE, TABLE, SpoolQueue
 from mailmand.stores.base import Status
 from mailmand.stores.sqlite import SQLiteStore
 
-from .common import config, email, workdir
+from .common import config, email, have_smtp_sink, sink, workdir
 from .enqueue import MAX_SIZE, _bare
 
 
@@ -102,10 +103,58 @@ def bare_drain(base: Path, n: int) -> float:
         return n / dt
 
 
+def once_phases(base: Path, n: int, profile: bool = False) -> dict[str, Any]:
+    """`--once` of `n` waiting messages to a local sink at 4 connections, in
+    process, split into its phases (ingest, dispatch); with `profile`, the
+    top of a cProfile of both (cumulative), to show where the time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    from mailmand.daemon import Daemon
+
+    with workdir(base) as root, sink("smtp-sink" if have_smtp_sink() else "aiosmtpd") as port:
+        cfg = config(root, port=port, connections=4)
+        client = Client(cfg)
+        for i in range(n):
+            client.enqueue(email(i))  # through the client: records as apps write them
+        client.close()
+        daemon = Daemon(cfg)
+        prof = cProfile.Profile() if profile else None
+        try:
+            if prof:
+                prof.enable()
+            t0 = time.perf_counter()
+            got = daemon.ingester.drain()
+            t1 = time.perf_counter()
+            res = daemon.dispatcher.run_once()
+            t2 = time.perf_counter()
+            if prof:
+                prof.disable()
+        finally:
+            daemon.close()
+    out: dict[str, Any] = {"messages": n, "ingested": got.ingested, "sent": res.sent,
+                           "ingest_s": t1 - t0, "dispatch_s": t2 - t1, "ingest_share": (t1 - t0) / (t2 - t0)}
+    if prof:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(20)
+        out["profile"] = text.getvalue()
+    return out
+
+
 def run(base: Path, quick: bool) -> dict[str, Any]:
     sizes = [10_000] if quick else [10_000, 100_000]
     out: dict[str, Any] = {"runs": []}
     for n in sizes:
         out["runs"].append(drain_curve(base, n, max(1000, n // 20)))
     out["bare_queue_drain_msg_s"] = bare_drain(base, 10_000)
+    out["once_5000"] = once_phases(base, 1000 if quick else 5000)
     return out
+
+
+if __name__ == "__main__":  # python -m bench.ingest [N]: the --once phases and their profile
+    import sys
+
+    result = once_phases(Path("/var/tmp"), int(sys.argv[1]) if len(sys.argv) > 1 else 5000, profile=True)
+    print(result.pop("profile"))
+    print(result)
