@@ -22,7 +22,7 @@ from mailmand.message import Record
 from mailmand.queues import open_queue
 from mailmand.queues.redis import GROUP, MAX_DELIVERIES, masked
 from mailmand.stores import open_store
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.daemonproc import DaemonProcess, wait_until
 from tests.redisutil import free_port, redis_url, require_redis
 
@@ -256,3 +256,31 @@ def test_the_daemon_rides_out_a_redis_outage(smtp_server, tmp_path: Path, redis_
     assert "cannot reach the Redis queue" in failing[0] and "Traceback" not in daemon.log
     assert any("ingest failing: cleared" in line for line in daemon.lines), daemon.log
     assert len(later) == len(new) == 3
+
+
+def test_the_go_originals_example_runs_with_only_its_host_changed(tmp_path: Path, redis_server, smtp_server):
+    server = redis_server()  # a Redis of this test's own (the port changes with it)
+    text = (ROOT / "config" / "go-original.yaml").read_text()
+    conf = tmp_path / "go.yaml"
+    conf.write_text(text.replace("host:   dockerhost", "host:   127.0.0.1").replace(
+        "port:   6379", f"port:   {server.port}"))
+    conf.chmod(0o600)  # it holds a literal password
+    out = run_cli("-c", str(conf), "send", "--from", "a@example.com", "--to", "b@example.com", "--subject", "go",
+                  "--text", "hi")
+    assert out.returncode == 0, out.stderr
+    import redis
+
+    assert redis.Redis.from_url(server.url).xlen("myqueue") == 1  # the Go original's queue name
+    # A daemon on it (its store and relay moved here: smtp.gmail.com is not reachable from tests).
+    relay = smtp_server()
+    daemon_conf = tmp_path / "daemon.yaml"
+    daemon_conf.write_text(conf.read_text().replace("/Users/mak/Downloads/sql.db", str(tmp_path / "sql.db"))
+                           .replace("host: smtp.gmail.com\n            port: 567",
+                                    f"host: 127.0.0.1\n            port: {relay.port}\n            tls: none")
+                           .replace("                username: abc@def.com\n                password: ghi\n", ""))
+    daemon_conf.chmod(0o600)
+    daemon = DaemonProcess(daemon_conf).ready()
+    try:
+        assert wait_until(lambda: len(relay.messages) == 1, timeout=30), daemon.log
+    finally:
+        assert daemon.stop() == 0
