@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,17 +136,19 @@ def test_a_spool_filled_before_the_daemon_ran_drains_at_once(tmpfs: Path, tmp_pa
 
 def test_a_disk_that_fills_under_the_daemon_recovers_without_restart(tmpfs: Path, tmp_path: Path, smtp_server):
     relay = smtp_server()
-    relay.stall = 0.2  # slow delivery, so the spool is full of mail the daemon holds when the disk fills
+    relay.stall = 0.2  # slow delivery: the fault lasts while the daemon works
     conf = write_yaml(tmp_path, tmpfs / "spool", relay.port)
     cfg = load(conf, producer=True)
     daemon = DaemonProcess(conf).ready()
     try:
         room = fill(tmpfs, leave=600 * 1024, name="other")  # another program's files
+        daemon.signal(signal.SIGSTOP)  # so that the spool holds mail the daemon has not read when the disk fills
         client = Client(cfg)
         queued = [f"m{i}" for i in range(100) if _try_enqueue(client, i)]
         client.close()
         assert len(queued) > 20
         filler = fill(tmpfs)  # ...and then the rest: not one byte left
+        daemon.signal(signal.SIGCONT)
         before = cpu_seconds(daemon.proc.pid)
         fault_lines = len(daemon.lines)
         # Still up, reading and delivering; new mail is refused; the daemon waits, not spins.
