@@ -284,3 +284,20 @@ def test_the_go_originals_example_runs_with_only_its_host_changed(tmp_path: Path
         assert wait_until(lambda: len(relay.messages) == 1, timeout=30), daemon.log
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_daemon_that_stops_hands_back_what_it_read_at_once(tmp_path: Path, redis_key: str):
+    cfg = redis_config(tmp_path, redis_url(), redis_key)
+    client = Client(cfg)
+    ids = {client.enqueue(email(i)) for i in range(5)}
+    stopping = open_queue(cfg.queue, daemon=True, consumer="stopping", lease=300, exclusive=False)
+    stopping.resume()
+    assert stopping.wait(1.0)  # read into its buffer, then a graceful stop before storing them
+    stopping.close()
+    other = open_queue(cfg.queue, daemon=True, consumer="other", lease=300, exclusive=False)
+    other.resume()
+    store = open_store(cfg.server.database)
+    # Not after the 5-minute lease: at the other daemon's next claim pass.
+    assert Ingester(other, store).drain().ingested == 5
+    assert {m.id for m in store.list_messages()} == ids
+    other.close()
