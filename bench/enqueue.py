@@ -3,7 +3,6 @@ persist-queue `SQLiteAckQueue.put` of the same JSON record, same durability."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -18,7 +17,7 @@ import persistqueue
 import persistqueue.serializers.json as pq_json
 
 from mailmand.client import Client
-from mailmand.config import Config, QueueConfig
+from mailmand.config import Config, QueueConfig, replace
 from mailmand.message import Record
 
 from .common import Series, ab, config, email, row, workdir
@@ -133,7 +132,7 @@ REDIS_URL = os.environ.get("MAILMAND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 
 def _redis_config(root: Path, key: str) -> Config:
     cfg = config(root)
-    return dataclasses.replace(cfg, queue=QueueConfig(engine="redis", url=REDIS_URL, name=key))
+    return replace(cfg, queue=QueueConfig(engine="redis", url=REDIS_URL, name=key))
 
 
 def _bare_xadd(key: str) -> Callable[[Record], object]:

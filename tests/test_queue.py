@@ -11,12 +11,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mailmand.config import QueueConfig
+from mailmand.config import QueueConfig, replace
 from mailmand.queues import Queue, open_queue
 from mailmand.queues import spool as spoolmod
 from tests.redisutil import redis_url, require_redis

@@ -301,3 +301,22 @@ def test_a_daemon_that_stops_hands_back_what_it_read_at_once(tmp_path: Path, red
     assert Ingester(other, store).drain().ingested == 5
     assert {m.id for m in store.list_messages()} == ids
     other.close()
+
+
+def test_the_password_from_password_file_with_host_or_url(tmp_path: Path, redis_server):
+    server = redis_server("--requirepass", "s3cret")
+    secret = tmp_path / "redis.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    for where in (f"host: 127.0.0.1\n      port: {server.port}\n", f"url: redis://127.0.0.1:{server.port}/0\n"):
+        conf = tmp_path / "c.yaml"
+        conf.write_text(f"email:\n  queue:\n    default:\n      engine: redis\n      {where}"
+                        f"      name: k\n      password-file: {secret}\n"
+                        "  server:\n    smtp:\n      host: 127.0.0.1\n")
+        out = run_cli("-c", str(conf), "send", "--from", "a@example.com", "--to", "b@example.com", "--text", "x")
+        assert out.returncode == 0, out.stderr
+        status = run_cli("-c", str(conf), "status")
+        assert b"s3cret" not in status.stdout + status.stderr
+    import redis
+
+    assert redis.Redis.from_url(server.url, password="s3cret").xlen("k") == 2

@@ -58,8 +58,7 @@ def url_of(cfg: QueueConfig) -> str:
     """The configured URL, or one built from the Go original's host/port/db keys."""
     if cfg.url:
         return cfg.url
-    password = getattr(cfg, "password", None)
-    auth = f":{quote(password, safe='')}@" if password else ""
+    auth = f":{quote(cfg.password, safe='')}@" if cfg.password else ""
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     return f"redis://{auth}{host}:{cfg.port}/{cfg.db}"
 
@@ -86,8 +85,8 @@ class RedisQueue(Queue):
         kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT,
                                   "socket_timeout": COMMAND_TIMEOUT + MAX_BLOCK,
                                   "health_check_interval": 30}
-        if not cfg.url and getattr(cfg, "password", None):
-            kwargs["password"] = cfg.password
+        if cfg.url and cfg.password and urlsplit(cfg.url).password is None:
+            kwargs["password"] = cfg.password  # `password` (or `password-file`) with a url that has none
         try:
             # Any: redis-py 8 types replies as unions of every RESP shape; ours are RESP2 bytes.
             self._r: Any = r.Redis.from_url(url_of(cfg), **kwargs)
