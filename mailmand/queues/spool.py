@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 DB_FILE = "data.db"  # persist-queue's default file name
 BUSY_TIMEOUT = 30.0  # seconds sqlite waits on a lock before raising
 RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
+# Above the floor by this much, a put does not look at the WAL's size: SQLite
+# checkpoints it at 1,000 pages (4 MiB), so it stays far below this.
+WAL_SLACK = 64 * 1024 * 1024
 FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a full disk, growing
 # persist-queue's table for the queue named "default", and its AckStatus.unack:
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
@@ -135,6 +138,7 @@ class SpoolQueue(Queue):
         self.path = Path(path)
         self.daemon = daemon
         self.min_free = min_free
+        self._dir, self._wal = str(self.path), str(self.path / f"{DB_FILE}-wal")  # for a put's free-space check
         self._opened: persistqueue.SQLiteAckQueue | None = None  # producers: persist-queue
         self._db: sqlite3.Connection | None = None  # the daemon: its own connection
         self._woken = threading.Event()
@@ -262,16 +266,19 @@ class SpoolQueue(Queue):
                                    "free some space and try again")
 
     def _free(self) -> int | None:
-        """Bytes free on the spool's disk, less the spool's WAL."""
+        """Bytes free on the spool's disk, less the spool's WAL (which is
+        looked at only near the floor: one statvfs per put otherwise)."""
         try:
-            st = os.statvfs(self.path)
+            st = os.statvfs(self._dir)
         except OSError:
             return None  # the put itself will say what is wrong
+        free = st.f_bavail * st.f_frsize
+        if free >= self.min_free + WAL_SLACK:
+            return free
         try:
-            wal = (self.path / f"{DB_FILE}-wal").stat().st_size
+            return free - os.stat(self._wal).st_size
         except OSError:
-            wal = 0
-        return st.f_bavail * st.f_frsize - wal
+            return free
 
     # -- the daemon --------------------------------------------------------------
 
