@@ -147,7 +147,7 @@ def test_the_daemon_warns_once_when_redis_keeps_nothing_on_disk(redis_server, ca
         q.close()
     warnings = [r.getMessage() for r in caplog.records if "keeps nothing on disk" in r.getMessage()]
     assert warnings == [f"Redis at {volatile.url} keeps nothing on disk (appendonly no, save \"\"): a Redis "
-                        "restart loses every message not yet ingested; see the README's durability table"]
+                        "restart loses every message not yet ingested (durability: docs/redis.md)"]
 
 
 def test_an_entry_delivered_more_than_5_times_is_quarantined_and_acked(tmp_path: Path, redis_key: str):

@@ -134,7 +134,7 @@ class RedisQueue(Queue):
                                "choose another name, or delete that key", f"{KEY}.name")
         if "DB index is out of range" in text or "invalid DB index" in text:
             return ConfigError(f"Redis at {self.url} has no such database ({text})", f"{KEY}.db")
-        if "NOAUTH" in text or "WRONGPASS" in text or "AUTH" in text:
+        if "NOAUTH" in text or "WRONGPASS" in text:
             return ConfigError(f"Redis at {self.url} refused the credentials ({text})", f"{KEY}.password")
         return QueueError(f"Redis {what} failed on {self.url} key {self.key!r}: {text}")
 
@@ -188,7 +188,7 @@ class RedisQueue(Queue):
             return
         if str(conf.get("appendonly", "")).lower() == "no" and not str(conf.get("save", "")).strip():
             log.warning("Redis at %s keeps nothing on disk (appendonly no, save \"\"): a Redis restart "
-                        "loses every message not yet ingested; see the README's durability table", self.url)
+                        "loses every message not yet ingested (durability: docs/redis.md)", self.url)
 
     def resume(self) -> int:
         """Entries pending on us are read again first; the only daemon on the
