@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__
 from . import config as configmod
 from .config import Config
-from .errors import MailmandError, NotFound, UsageError
+from .errors import MailmandError, StoreError, UsageError
 from .queues import open_queue
 from .stores import Status, open_store
 from .stores.base import MessageInfo, Store
@@ -151,16 +151,16 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
-    with _store(cfg) as store:
-        try:
+    try:
+        with _store(cfg) as store:
             info = store.get(args.id)
-        except NotFound:
-            shown = _show_queued(cfg, args)  # not stored yet: perhaps still in the queue
-            if shown is None:
-                raise
-            return shown
-        attempts = store.attempts(args.id)
-        recipients = store.recipients(args.id)
+            attempts = store.attempts(args.id)
+            recipients = store.recipients(args.id)
+    except StoreError:  # not stored (or no store yet): perhaps still in the queue
+        shown = _show_queued(cfg, args)
+        if shown is None:
+            raise
+        return shown
     data = {**info.to_json(),
             "attempts": [a.__dict__ for a in attempts],
             "recipients": [r.__dict__ for r in recipients]}
