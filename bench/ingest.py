@@ -196,7 +196,10 @@ def _sent(dsn: str) -> int:
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'").fetchone()
+        try:
+            row = conn.execute("SELECT count(*) FROM messages WHERE status = 'sent'").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0  # the first daemon has not made the schema yet
         return int(row[0]) if row else 0
 
 
