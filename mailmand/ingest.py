@@ -4,13 +4,12 @@ item, and the store's insert-by-id makes that a no-op."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import InvalidMessage, MailmandError, RecordRejected
+from .errors import InvalidMessage, MailmandError, RecordRejected, StoreUnavailable
 from .logs import Repeats
 from .message import MAX_RECIPIENTS, Record
 from .queues import Item, Queue
@@ -21,8 +20,7 @@ log = logging.getLogger(__name__)
 BATCH = 500  # items per store transaction
 # What the store raises for a record it cannot hold (a value out of range),
 # as opposed to a store that cannot take anything now (locked, disk full).
-RECORD_ERRORS = (RecordRejected, OverflowError, ValueError, sqlite3.IntegrityError, sqlite3.InterfaceError,
-                 sqlite3.DataError)
+RECORD_ERRORS = (RecordRejected,)
 
 
 @dataclass
@@ -142,8 +140,12 @@ class IngestLoop:
                         break
                 woken = self.queue.wait(self.poll)
             except Exception as exc:  # the loop must survive a bad moment
-                self.failing.failed("ingest failed, retrying in %.1fs: %s", delay, exc,
-                                    exc_info=not isinstance(exc, MailmandError))
+                if isinstance(exc, StoreUnavailable):  # full or away: the items stay in the queue
+                    self.failing.failed("ingest failed, retrying in %.1fs: ingest paused, items stay in the "
+                                        "queue: %s", delay, exc)
+                else:
+                    self.failing.failed("ingest failed, retrying in %.1fs: %s", delay, exc,
+                                        exc_info=not isinstance(exc, MailmandError))
                 self.stopping.wait(delay)
                 delay = min(delay * 2, self.RETRY_MAX)
                 woken = False

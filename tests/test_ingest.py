@@ -56,7 +56,7 @@ def test_concurrent_producers_while_ingesting(make_config):
     procs = [ctx.Process(target=_produce, args=(cfg, 500, f"p{i}")) for i in range(4)]
     for p in procs:
         p.start()
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     ingester = Ingester(queue, store)
     total = 0
     while any(p.is_alive() for p in procs):
@@ -131,7 +131,7 @@ def test_sigkill_of_producers_during_enqueue_loses_nothing(write_config, tmp_pat
         child.stdout.close()
     out = run_cli("--once", "-c", str(conf))  # the daemon's own drain
     assert out.returncode == 0, out.stderr
-    store = open_store(cfg.server.database)
+    store = open_store(cfg.server.database, create=True)
     assert set(acknowledged) <= {m.id for m in store.list_messages(limit=100_000)}  # 0 lost
     assert store.quarantine_count() == 0  # no torn record
     assert open_queue(cfg.queue, readonly=True).pending() == 0
@@ -156,7 +156,7 @@ def test_the_client_reopens_the_spool_after_a_fork(make_config):
     os.waitpid(pid, 0)
     assert shared == "False", "the child must open its own handle, not use the parent's SQLite connection"
     client.enqueue(Email(sender="a@example.com", to="b@example.com", text="parent again"))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     assert Ingester(queue, store).drain().ingested == 3
     assert {parent_id, child_id} <= {m.id for m in store.list_messages()}
 
@@ -165,7 +165,7 @@ def test_ingest_gives_items_back_when_the_store_fails(make_config):
     cfg = make_config()
     client = Client(cfg)
     ids = {client.enqueue(Email(sender="a@example.com", to="b@example.com", text=str(i))) for i in range(5)}
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     with sqlite3.connect(cfg.server.database.path) as db:
         db.execute("ALTER TABLE bodies RENAME TO bodies_away")  # the store cannot take anything now
     with pytest.raises(Exception, match="bodies"):
@@ -195,7 +195,7 @@ def test_records_the_client_would_refuse_are_quarantined_at_ingest(make_config):
     }
     for record in planted.values():
         client._q().put(record)
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store, max_recipients=1000).drain()
     assert (result.ingested, result.quarantined) == (1, len(planted))
     assert [m.id for m in store.list_messages()] == [good]
@@ -235,7 +235,7 @@ def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config):
                    (b"\x80\x04\x95pickle",))
     client = Client(cfg)
     last = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="2"))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.quarantined) == (2, 3)
     assert {m.id for m in store.list_messages()} == {first, last}
@@ -254,7 +254,7 @@ def test_same_idempotency_key_yields_one_message(make_config):
     e2 = Email(sender="a@example.com", to="b@example.com", text="again", idempotency_key="order-42")
     first, second = client.enqueue(e1), client.enqueue(e2)
     assert first == second
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.duplicates) == (1, 1)
     assert len(ids_in_store(cfg)) == 1
@@ -273,7 +273,7 @@ def test_scheduling_sets_the_due_time(make_config):
     at = client.send_at(e, datetime.now() + timedelta(hours=2))  # naive: local time
     past = client.send_at(e, datetime(2001, 1, 1))  # the past means now, not an error
     delta = client.send_later(e, timedelta(seconds=90))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     Ingester(queue, store).drain()
     assert store.get(later).due_at == pytest.approx(before + 300, abs=5)
     assert store.get(at).due_at == pytest.approx(before + 7200, abs=5)
@@ -316,7 +316,7 @@ def test_a_record_the_store_cannot_hold_is_quarantined_not_blocking(make_config)
     record["priority"] = 2**63  # what a buggy or hostile producer could write
     client._q().put(record)
     last = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="3"))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.quarantined) == (2, 1)
     assert {m.id for m in store.list_messages()} == {good, last}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailmand import Client, Email
-from mailmand.config import Config, DatabaseConfig, QueueConfig, ServerConfig, SmtpConfig
+from mailmand.config import Config, DatabaseConfig, QueueConfig, ServerConfig, SmtpConfig, load
 from mailmand.errors import ConfigError, QueueError, QueueUnavailable
 from mailmand.ingest import Ingester
 from mailmand.message import Record
@@ -99,6 +99,7 @@ def test_show_says_when_a_message_is_still_in_redis(tmp_path: Path, redis_key: s
     assert out.returncode == 0, out.stderr
     assert b"in the queue (waiting to be ingested)" in out.stdout and redis_key.encode() in out.stdout
     assert run_cli("show", "nosuchid", "-c", str(conf)).returncode == 1
+    open_store(load(conf).server.database, create=True).close()  # as the daemon would have made it
     status = json.loads(run_cli("status", "--json", "-c", str(conf)).stdout)
     assert status["queue"]["length"] == 1 and status["spool"] == 1
 
@@ -162,7 +163,7 @@ def test_an_entry_delivered_more_than_5_times_is_quarantined_and_acked(tmp_path:
         r.xreadgroup(GROUP, "crashing", {redis_key: "0"})  # type: ignore[attr-defined]
     good = client.enqueue(email(2))
     queue = open_queue(cfg.queue, daemon=True, consumer="next", exclusive=True)
-    store = open_store(cfg.server.database)
+    store = open_store(cfg.server.database, create=True)
     queue.resume()
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.quarantined) == (1, 1)
@@ -181,7 +182,7 @@ def test_a_dead_daemons_pending_entries_are_taken_over_after_the_lease(tmp_path:
     dead = open_queue(cfg.queue, daemon=True, consumer="dead", lease=0.5)
     dead.resume()
     assert len(dead.take(100)) == 10  # read, then killed before its commit
-    store = open_store(cfg.server.database)
+    store = open_store(cfg.server.database, create=True)
     live = open_queue(cfg.queue, daemon=True, consumer="live", lease=0.5, exclusive=False)
     live.resume()  # not exclusive: another daemon's entries are left to the lease
     ingester = Ingester(live, store)
@@ -204,7 +205,7 @@ def test_one_idempotency_key_from_two_app_servers_is_one_message(tmp_path: Path,
                           text=True, check=True, timeout=60).stdout.strip() for n in (1, 2)}
     assert len(ids) == 1  # the same key gives the same id everywhere
     # Two daemons ingest concurrently from one group: still one message.
-    store = open_store(cfg.server.database)
+    store = open_store(cfg.server.database, create=True)
     a = open_queue(cfg.queue, daemon=True, consumer="a", exclusive=False)
     b = open_queue(cfg.queue, daemon=True, consumer="b", exclusive=False)
     results = [Ingester(q, store).drain() for q in (a, b)]
@@ -296,7 +297,7 @@ def test_a_daemon_that_stops_hands_back_what_it_read_at_once(tmp_path: Path, red
     stopping.close()
     other = open_queue(cfg.queue, daemon=True, consumer="other", lease=300, exclusive=False)
     other.resume()
-    store = open_store(cfg.server.database)
+    store = open_store(cfg.server.database, create=True)
     # Not after the 5-minute lease: at the other daemon's next claim pass.
     assert Ingester(other, store).drain().ingested == 5
     assert {m.id for m in store.list_messages()} == ids
