@@ -108,7 +108,7 @@ def run_proof(tmp_path: Path, postgres_dsn: str, redis_key: str, smtp_server, to
                           query(postgres_dsn, holding, victim_id)[0][0] > 0, timeout=300), len(received(relay))
         victim.kill()
         [(held,)] = query(postgres_dsn, holding, victim_id)
-        assert len(received(relay)) < total, "the kill must land mid-run"
+        assert held > 0, "the kill must land mid-run, with the victim holding leases"
         # The survivors go on; the victim comes back later, as a new daemon.
         assert wait_until(lambda: len(received(relay)) >= total * 3 // 5, timeout=300), len(received(relay))
         restarted = DaemonProcess(confs[0]).ready()
@@ -139,6 +139,7 @@ def test_three_daemons_share_a_redis_stream_and_a_killed_one_loses_nothing(tmp_p
 
 @pytest.mark.slow
 def test_the_proof_at_20000_messages(tmp_path, pg_database, redis_key, smtp_server):
-    """Run once for the README: 20,000 messages, 0 lost, 4 duplicates (the killed daemon held 50),
-    sent per daemon 8,209 / 8,136 / 1,425 (killed) / 2,230 (restarted), 200 s."""
+    """Run for the README: 20,000 messages, 0 lost, 4 duplicates (the killed daemon held 50 and 9
+    in two runs); sent per daemon about 8,200 / 8,100 by the two that ran throughout, 1,420 by
+    the killed one, 2,230-2,310 by its restart; 200-330 s on the shared 2-core machine."""
     run_proof(tmp_path, pg_database, redis_key, smtp_server, total=20_000)
