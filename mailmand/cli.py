@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__
 from . import config as configmod
 from .config import Config
-from .errors import MailmandError, UsageError
+from .errors import MailmandError, StoreError, UsageError
 from .queues import open_queue
 from .stores import Status, open_store
 from .stores.base import MessageInfo, Store
@@ -97,15 +97,17 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     store = open_store(cfg.server.database)
-    queue = open_queue(cfg.queue)
+    queue = open_queue(cfg.queue, readonly=True)
     now = time.time()
     try:
         counts = store.counts()
         oldest = store.oldest_due(now)
         next_due = store.next_due()
+        qinfo = queue.info()
         data: dict[str, Any] = {
             "counts": {s.value: n for s, n in counts.items()},
-            "spool": queue.pending(),
+            "spool": qinfo.waiting,
+            "queue": qinfo.to_json(),
             "quarantine": store.quarantine_count(),
             "oldest_due_age": None if oldest is None else round(now - oldest, 3),
             "next_scheduled": next_due if next_due is not None and next_due > now else None,
@@ -118,7 +120,13 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         return EX_OK
     for status, n in data["counts"].items():
         print(f"{status:<10} {n}")
-    print(f"{'spool':<10} {data['spool']} waiting to be ingested")
+    if qinfo.length is None:
+        print(f"{'spool':<10} {data['spool']} waiting to be ingested")
+    else:  # a shared queue: what each daemon holds
+        print(f"{'queue':<10} {qinfo.where}: length {qinfo.length} (not yet ingested), "
+              f"pending {qinfo.pending}, consumers {len(qinfo.consumers)}")
+        for c in qinfo.consumers:
+            print(f"  {c['name']:<40} {c['pending']} pending, idle {_age(c['idle_s'])}")
     print(f"{'quarantine':<10} {data['quarantine']}")
     print(f"oldest due message: {_age(data['oldest_due_age'])} old")
     print(f"next scheduled send: {_when(data['next_scheduled'])}")
@@ -143,10 +151,16 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
-    with _store(cfg) as store:
-        info = store.get(args.id)
-        attempts = store.attempts(args.id)
-        recipients = store.recipients(args.id)
+    try:
+        with _store(cfg) as store:
+            info = store.get(args.id)
+            attempts = store.attempts(args.id)
+            recipients = store.recipients(args.id)
+    except StoreError:  # not stored (or no store yet): perhaps still in the queue
+        shown = _show_queued(cfg, args)
+        if shown is None:
+            raise
+        return shown
     data = {**info.to_json(),
             "attempts": [a.__dict__ for a in attempts],
             "recipients": [r.__dict__ for r in recipients]}
@@ -166,6 +180,25 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
         print("recipients:")
         for r in recipients:
             print(f"  {r.address:<30} {r.status:<9} {r.reply}")
+    return EX_OK
+
+
+def _show_queued(cfg: Config, args: argparse.Namespace) -> int | None:
+    """A message not yet ingested: still in the queue (e.g. a Redis stream), or None."""
+    queue = open_queue(cfg.queue, readonly=True)
+    try:
+        found = queue.find(args.id)
+    finally:
+        queue.close()
+    if found is None:
+        return None
+    state = "taken by a daemon, not yet stored" if found.taken else "waiting to be ingested"
+    if args.json:
+        _print_json({"id": found.id, "status": "in-queue", "queue": found.where, "entry": found.entry,
+                     "taken": found.taken})
+    else:
+        print(f"id:        {found.id}\nstatus:    in the queue ({state})\nqueue:     {found.where}, "
+              f"entry {found.entry}")
     return EX_OK
 
 

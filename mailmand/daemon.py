@@ -3,6 +3,7 @@ hot reload, systemd notify."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -21,7 +22,7 @@ from .config import Config
 from .errors import AlreadyRunning, ConfigError, StoreUnavailable
 from .ingest import Ingester, IngestLoop, IngestResult
 from .logs import Repeats
-from .queues import Queue, open_queue
+from .queues import Queue, lock_path, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
 from .stores import DaemonInfo, Store, open_store
 
@@ -75,8 +76,14 @@ class InstanceLock:
             os.close(fd)
             raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running on {self.what}") from None
         os.fchmod(fd, LOCK_MODE)  # an older, world-readable lock file too
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a full disk: the flock is what counts, the pid is a courtesy
+            if exc.errno != errno.ENOSPC:
+                os.close(fd)
+                raise
+            log.warning("%s: no space to record the pid; the lock holds all the same", self.path)
         self._fd = fd
 
     def release(self) -> None:
@@ -124,14 +131,21 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = stores.engine(cfg.server.database)  # refused here, before any file is made
-        self.id = owner_id()
+        self.id = owner_id()  # this daemon's id: its leases in the store, its consumer name on a shared queue
         self.started_at = time.time()
-        self.lock = InstanceLock(cfg.queue.path / LOCK_FILE, f"the spool {cfg.queue.path}")
-        self.lock.acquire()
+        queue_lock = lock_path(cfg.queue, LOCK_FILE)  # None: a queue many daemons share (Redis)
+        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}") if queue_lock else None
+        if self.lock:
+            self.lock.acquire()
         try:
-            self.queue: Queue = open_queue(cfg.queue, daemon=True)
+            # exclusive: a single-instance store (its lock file) makes this the only daemon on the queue
+            # too, so at start it takes back everything left taken without waiting for the lease.
+            self.queue: Queue = open_queue(cfg.queue, daemon=True, consumer=self.id, lease=cfg.server.lease,
+                                           exclusive=self.engine.lock(cfg.server.database) is not None)
+            self.queue.check()
         except BaseException:
-            self.lock.discard()
+            if self.lock:
+                self.lock.discard()
             raise
         self.store_lock: InstanceLock | None = None
         self._store: Store | None = None
@@ -186,7 +200,7 @@ class Daemon:
         self._store = store
         self._take_over(store)
         self._dispatcher = Dispatcher(store, self.cfg.server, owner=self.id)
-        self._ingester = Ingester(self.queue, store)
+        self._ingester = Ingester(self.queue, store, max_recipients=self.cfg.server.max_recipients)
 
     def _take_over(self, store: Store) -> None:
         """Take back at once what a dead predecessor held. With a single-instance
@@ -209,7 +223,7 @@ class Daemon:
         store.register(me)
         resumed = self.queue.resume()
         if resumed or released:
-            log.info("took back %d spool item(s) and %d claimed message(s) from a previous run",
+            log.info("took back %d queue item(s) and %d claimed message(s) from a previous run",
                      resumed, released)
 
     def _wait_for_store(self) -> bool:
@@ -259,14 +273,14 @@ class Daemon:
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
-        loop = IngestLoop(self.ingester, self.cfg.queue.path if self.cfg.queue.engine == "spool" else None)
+        loop = IngestLoop(self.ingester)
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)
             watcher.start()
         loop.start()
         sched.start()
-        log.info("mailmand running: daemon %s, spool %s, store %s, relay %s", self.id, self.cfg.queue.path,
+        log.info("mailmand running: daemon %s, queue %s, store %s, relay %s", self.id, self.queue,
                  self.store.name, self.cfg.server.smtp.relay)
         notify("READY=1")
         watchdog_every = _watchdog_interval()
@@ -339,7 +353,8 @@ class Daemon:
             self._store.close()
         if self.store_lock is not None:
             self.store_lock.release()
-        self.lock.release()
+        if self.lock:
+            self.lock.release()
 
 
 def _watchdog_interval() -> float:
