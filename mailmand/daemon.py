@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import config as configmod
 from .config import Config
@@ -21,6 +22,10 @@ from .ingest import Ingester, IngestLoop, IngestResult
 from .queues import Queue, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult
 from .stores import Store, open_store
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
+    from .submission import SubmissionServer
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,7 @@ class Daemon:
         self.ingester = Ingester(self.queue, self.store)
         self._stop = False
         self._reload = False
+        self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
 
     def once(self, now: float | None = None) -> OnceResult:
         ingested = self.ingester.drain()
@@ -133,6 +139,7 @@ class Daemon:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        self._start_services()
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention)
         self.ingester.on_stored = sched.wake_at
         loop = IngestLoop(self.ingester, self.cfg.queue.path if self.cfg.queue.engine == "spool" else None)
@@ -163,11 +170,35 @@ class Daemon:
             log.info("stopping: finishing messages in flight")
             if watcher is not None:
                 watcher.stop()
+            self._stop_services()
             sched.shutdown()  # sets the stop flag; the batch in flight finishes, the rest is released
             loop.stop()
             self.close()
         log.info("stopped")
         return 0
+
+    def _start_services(self) -> None:
+        """The integration surface, each only when configured: metrics first (it
+        installs the observer that dispatch reports to), then the submission listener."""
+        server = self.cfg.server
+        try:
+            if server.metrics is not None:
+                from .metrics import MetricsServer
+
+                self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
+                                                   lambda: self.dispatcher.cfg.interval).start())
+            if server.submission is not None:
+                from .submission import SubmissionServer
+
+                self.services.append(SubmissionServer(self.cfg).start())
+        except BaseException:
+            self._stop_services()
+            self.close()
+            raise
+
+    def _stop_services(self) -> None:
+        while self.services:  # the listener first: no new mail while the rest stops
+            self.services.pop().stop()
 
     def stop(self) -> None:
         """Ask `run()` to stop, as SIGTERM does (safe from any thread)."""
@@ -194,6 +225,8 @@ class Daemon:
             return False
         self.cfg = Config(queue=self.cfg.queue, server=server, source=self.cfg.source)
         sched.reschedule(server.interval, server.retention)
+        for service in self.services:
+            service.configure(self.cfg)
         logging.getLogger("mailmand").setLevel(server.log_level.upper())
         log.info("configuration reloaded from %s", self.cfg.source)
         return True

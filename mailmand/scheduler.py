@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import policy
+from . import observe, policy
 from .config import ServerConfig
 from .smtp import Envelope, Relay, SendResult
 from .stores.base import Attempt, Claimed, Finished, Outcome, Status, Store
@@ -119,6 +119,7 @@ class Dispatcher:
         max-time, and hand out the rest. Runs in the sessions' threads, one at a time."""
         while not self.stop.is_set() and self._pending is None:
             t = time.time() if now is None else now
+            observe.observer.dispatching()
             # Leases that ran out (a crashed peer); ours are alive, however long they take.
             self.store.release(None, now=t, spare=self.owner)
             batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
@@ -136,6 +137,8 @@ class Dispatcher:
             if expired:
                 self.store.finish_many(expired)
                 result.expired += len(expired)
+                for _ in expired:
+                    observe.observer.outcome(Status.EXPIRED, None, t)
             for msg in batch:
                 if msg.id in live:
                     yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
@@ -153,6 +156,7 @@ class Dispatcher:
         self.store.finish_many(rows)
         for (msg, _), (_, _, _, outcome, _) in zip(done, rows, strict=True):
             result.count(outcome.status)
+            observe.observer.outcome(outcome.status, sent, msg.send_after)
             _log_outcome(msg, outcome)
 
     def close(self) -> None:

@@ -46,6 +46,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mailmand import observe
 from mailmand.config import SmtpConfig
 from mailmand.errors import ConfigError
 
@@ -279,6 +280,7 @@ class _Session:
             raise _SessionError(_describe(exc, cfg.timeout)) from None
         log.info("connected to %s (tls=%s)", cfg.relay, cfg.tls)
         self._smtp = smtp
+        observe.observer.session_opened()
         return smtp
 
     def _connect(self) -> smtplib.SMTP:
@@ -330,6 +332,7 @@ class _Session:
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
+        observe.observer.session_closed()
         try:
             if quit:
                 smtp.quit()
