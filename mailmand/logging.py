@@ -76,6 +76,7 @@ class MailHandler(_logging.Handler):
         self.min_interval = min_interval
         self._config = config
         self._client = client
+        self._owns_client = client is None  # a client given by the caller stays open
         self._held: dict[str, _Held] = {}
         self._state_lock = threading.Lock()
         self._local = threading.local()  # re-entry guard: mailmand's own log calls while queueing
@@ -154,4 +155,7 @@ class MailHandler(_logging.Handler):
         try:
             self.flush()
         finally:
+            if self._owns_client and self._client is not None:
+                self._client.close()
+                self._client = None
             super().close()
