@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,submission]"""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import dispatch, enqueue, ingest, latency, scale
+from . import dispatch, enqueue, ingest, latency, scale, submission
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
-             "latency": latency.run, "scale": scale.run}
+             "latency": latency.run, "scale": scale.run, "submission": submission.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -54,6 +54,8 @@ def report(results: dict[str, Any]) -> str:
         if "p50_smtp_ms" in lat:
             parts.append(f"p50 split: record created → SMTP attempt begins "
                          f"{lat['p50_created_to_attempt_ms']:.1f} ms, SMTP exchange {lat['p50_smtp_ms']:.1f} ms")
+    if "submission" in results:
+        parts += ["\n## submission (SMTP listener of a running daemon)", _table(results["submission"]["rows"])]
     if "scale" in results:
         s, r = results["scale"]["store"], results["scale"]["run"]
         parts += [f"\n## scale ({s['messages']:,} messages)", "| operation | median ms (min–max) |", "|---|---|"]

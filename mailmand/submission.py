@@ -31,6 +31,7 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -162,10 +163,16 @@ class SubmissionServer:
     # -- configuration
 
     def configure(self, cfg: Config) -> None:
-        """A reload: AUTH, TLS and the limits apply to the next connection; `listen` needs a restart."""
-        sub = cfg.server.submission or self.sub
-        context = tls_context(sub)
-        self.cfg, self.sub, self.auth, self.tls = cfg, sub, sub.auth, context
+        """A reload: AUTH, TLS and the limits apply to the next connection; `listen` needs a
+        restart (the configuration's reload diff says so). A certificate that cannot be loaded
+        keeps the running listener settings whole, rather than half of them."""
+        sub = cfg.server.submission or self.sub  # turned off: a restart closes it
+        try:
+            context = tls_context(sub)
+        except ConfigError as exc:
+            log.error("submission: reload not applied, keeping the running listener settings: %s", exc)
+            return
+        self.cfg, self.sub, self.auth, self.tls = cfg, replace(sub, listen=self.sub.listen), sub.auth, context
 
     def _smtp(self, loopback: bool) -> SMTP:
         return _Smtp(

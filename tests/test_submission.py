@@ -317,3 +317,35 @@ def test_a_full_spool_disk_gets_451_and_recovers_without_restart(make_config, tm
         assert pending(cfg) == 2
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_reload_changes_auth_for_the_next_connection(smtp_server, write_config):
+    relay = smtp_server()
+    port = free_port()
+
+    def conf_with(password: str) -> Path:
+        conf = write_config(relay.port, extra_server=server_yaml(port) +
+                            f"      auth: {{username: app, password: {password}}}\n")
+        conf.chmod(0o600)  # a literal password in a file others can read is refused
+        return conf
+
+    def login(password: str) -> int:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            s.ehlo()
+            try:
+                return s.login("app", password)[0]
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code
+
+    conf = conf_with("pw-Alpha-1")
+    daemon = DaemonProcess(conf).ready()
+    try:
+        daemon.wait_for(f"submission listening on 127.0.0.1:{port}")
+        assert login("pw-Alpha-1") == 235
+        conf_with("pw-Bravo-2")
+        daemon.wait_for("configuration reloaded", timeout=10)
+        assert login("pw-Bravo-2") == 235
+        assert login("pw-Alpha-1") == 535
+        assert "pw-Alpha-1" not in daemon.log and "pw-Bravo-2" not in daemon.log
+    finally:
+        assert daemon.stop() == 0
