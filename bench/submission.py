@@ -6,7 +6,9 @@ both sides. Target: the listener at least 0.5 x direct enqueue."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import smtplib
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +44,11 @@ class _Daemon:
                     raise RuntimeError("the daemon's listener never answered") from None
                 time.sleep(0.05)
 
+    def cpu(self) -> float:
+        """Seconds of CPU the daemon used so far (/proc: utime + stime)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -69,6 +76,11 @@ def _enqueue_child(root: Path, n: int, start: Any, out: Any) -> None:
     client.close()
 
 
+# The daemon's CPU per message in each round: the difference between the two kinds
+# is what the listener costs, a figure that a loaded machine disturbs less than a rate.
+DAEMON_CPU: dict[str, list[float]] = {"smtp": [], "enqueue": []}
+
+
 def _round(kind: str, base: Path, relay: int, n: int) -> float:
     ctx = multiprocessing.get_context("fork")
     share = n // CLIENTS
@@ -86,13 +98,37 @@ def _round(kind: str, base: Path, relay: int, n: int) -> float:
             for c in children:
                 c.start()
             time.sleep(0.5)  # every child is connected or has its queue open
+            cpu0 = daemon.cpu()
             start.set()
             got = [out.get(timeout=600) for _ in children]
             for c in children:
                 c.join()
+            _drained(daemon.cfg, n + CLIENTS * (kind == "enqueue"))  # ingested and sent: the same work on both sides
+            DAEMON_CPU[kind].append((daemon.cpu() - cpu0) / n * 1e6)
         finally:
             daemon.stop()
     return sum(k for _, _, k in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
+
+
+def _drained(cfg: Any, total: int, timeout: float = 300) -> None:
+    """Wait until the store holds `total` messages and none is waiting or in flight."""
+    from mailmand.stores import Status, open_store
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            store = open_store(cfg.server.database)
+        except Exception:
+            time.sleep(0.2)
+            continue
+        try:
+            counts = store.counts()
+        finally:
+            store.close()
+        if counts[Status.SENT] + counts[Status.FAILED] >= total:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the daemon did not deliver everything in time")
 
 
 def run(base: Path, quick: bool) -> dict[str, Any]:
@@ -101,9 +137,12 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
     with sink(kind) as relay:
         a, b = ab(rounds, lambda: _round("smtp", base, relay, n), lambda: _round("enqueue", base, relay, n))
     size = len(email().build().as_bytes())
+    cpu = {k: statistics.median(v) for k, v in DAEMON_CPU.items()}
     return {"rows": [row(f"submission {CLIENTS} SMTP clients / {CLIENTS} processes Client.enqueue "
                          f"({size} B, target >= 0.5)", a, b)],
-            "messages": n, "size_bytes": size, "relay": kind}
+            "messages": n, "size_bytes": size, "relay": kind,
+            "daemon_cpu_us_per_message": {k: round(v) for k, v in cpu.items()},
+            "listener_cpu_us_per_message": round(cpu["smtp"] - cpu["enqueue"])}
 
 
 __all__ = ["run"]

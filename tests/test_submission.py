@@ -4,6 +4,7 @@ each error reply a client must understand."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import smtplib
@@ -349,3 +350,22 @@ def test_a_reload_changes_auth_for_the_next_connection(smtp_server, write_config
         assert "pw-Alpha-1" not in daemon.log and "pw-Bravo-2" not in daemon.log
     finally:
         assert daemon.stop() == 0
+
+
+def test_an_8bit_body_and_its_headers_are_queued_intact(listener):
+    srv, cfg = listener()
+    body = "Grüße, naïve café — ✓\r\n".encode()
+    raw = (b"From: app@example.com\r\nTo: ann@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
+           b"Message-ID: <fixed@example.com>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body)
+    code, text = submit(srv.addresses[0][1], raw, rcpt=("ann@example.com",))
+    assert code == 250, text
+    q = SpoolQueue(cfg.queue.path, daemon=True)
+    try:
+        [item] = q.take(1)
+    finally:
+        q.close()
+    queued = base64.b64decode(item.data["raw"])
+    assert queued.endswith(b"\r\n\r\n" + body)
+    assert b"Message-ID: <fixed@example.com>\r\n" in queued, "what the client gave is kept"
+    assert item.data["mail_from"] == "app@example.com" and item.data["rcpt_to"] == ["ann@example.com"]
