@@ -240,6 +240,7 @@ class SubmissionServer:
         ready.wait()
         if failure:
             self._thread.join()
+            self._thread = self._loop = None
             self._close_client()
             raise failure[0]
         for (host, port), listen in zip(self.addresses, self.sub.listen, strict=True):
