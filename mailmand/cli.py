@@ -382,14 +382,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn = getattr(args, "fn", cmd_run)
     if fn is cmd_run:
         args.once = getattr(args, "once", False)
+    # Only the daemon (and check-config, which vouches for it) needs the relay's secrets, and
+    # only they report the file's warnings (ignored keys): producers run too often to repeat them.
+    daemon_side = fn in (cmd_run, cmd_check_config)
+    warnings: list[str] = []
     try:
-        # Only the daemon (and check-config, which vouches for it) needs the relay's secrets.
-        cfg = configmod.load(getattr(args, "config", None), producer=fn not in (cmd_run, cmd_check_config))
+        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
     except MailmandError as exc:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
     setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
+    for warning in warnings if daemon_side else ():
+        logging.getLogger("mailmand.config").warning("%s", warning)
     try:
         return fn(cfg, args)
     except MailmandError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import os
@@ -217,7 +216,7 @@ class Daemon:
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
         # Keys that need a restart keep their running values: nothing is half-applied.
-        server = dataclasses.replace(new.server, database=self.cfg.server.database)
+        server = configmod.replace(new.server, database=self.cfg.server.database)
         try:
             self.dispatcher.configure(server)
         except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays

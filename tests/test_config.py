@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
+from watchdog.events import (
+    DirModifiedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+)
 
 from mailmand.config import (
     SYSTEM_CONFIG,
-    Config,
     ConfigWatcher,
     find_config_path,
     load,
@@ -26,6 +34,7 @@ from mailmand.config import (
     restart_required,
 )
 from mailmand.errors import ConfigError
+from tests.daemonproc import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY = "email:\n  server:\n    smtp:\n      host: relay.test\n"
@@ -42,6 +51,16 @@ def smtp(tmp_path: Path, lines: str, mode: int = 0o600) -> Path:
     """A file whose email.server.smtp holds `lines` (already at smtp's indentation)."""
     body = "email:\n  server:\n    smtp:\n" + textwrap.indent(textwrap.dedent(lines), " " * 6)
     return write(tmp_path, body, mode)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private home directory: `~` and the default data directory point into it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    return home
 
 
 def error(path: Path) -> str:
@@ -154,12 +173,25 @@ def test_bad_size(text: object, reason: str) -> None:
 # --- parsing --------------------------------------------------------------------
 
 
-def test_minimal_file_takes_the_defaults(tmp_path: Path) -> None:
+def test_minimal_file_takes_the_documented_defaults(tmp_path: Path, home: Path) -> None:
     config = load(write(tmp_path, RELAY))
-    assert config.server.smtp.host == "relay.test"
-    assert config.server.smtp.port == 25
-    assert config.server == type(config.server)(smtp=config.server.smtp)
-    assert config.queue == Config().queue
+    data = home / ".local" / "share" / "mailmand"
+    q = config.queue
+    assert (q.engine, q.path, q.url, q.host, q.port, q.db, q.name) == (
+        "spool", data / "spool", None, "127.0.0.1", 6379, 0, "mailmand")
+    assert (q.password, q.min_free) == (None, 100 * 2**20)  # 4 x max-message-size
+    s = config.server
+    assert (s.max_fails, s.max_time, s.batch, s.interval, s.lease) == (3, 3600, 50, 5, 300)
+    assert (s.backoff.min, s.backoff.max, s.retention) == (30, 900, 30 * 86400)
+    assert (s.max_message_size, s.max_recipients, s.log_level) == (25 * 2**20, 1000, "INFO")
+    db = s.database
+    assert (db.engine, db.path, db.dsn, db.pool_size) == ("sqlite3", data / "mailmand.db", None, None)
+    smtp = s.smtp
+    assert (smtp.host, smtp.port, smtp.tls, smtp.verify, smtp.ca_file) == ("relay.test", 25, "none", True, None)
+    assert (smtp.connections, smtp.rate, smtp.timeout, smtp.data_timeout) == (4, None, 30, 120)
+    assert (smtp.helo, smtp.auth, smtp.pipelining) == (None, None, "auto")
+    assert (s.submission, s.metrics, s.notify.bounce, s.notify.copy_to) == (None, None, False, None)
+    assert (config.sendmail.domain, config.sendmail.aliases) == (None, {})
     assert config.source == tmp_path / "mailmand.yaml"
 
 
@@ -441,11 +473,10 @@ def test_ca_file_must_exist(tmp_path: Path) -> None:
     )
 
 
-def test_top_level_keys_besides_email_are_ignored(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    load(write(tmp_path, RELAY + "database:\n  host: app-db\n"))
-    assert "database is ignored: mailmand reads only the email: section" in caplog.text
+def test_top_level_keys_besides_email_are_ignored(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    load(write(tmp_path, RELAY + "database:\n  host: app-db\n"), warnings=warnings)
+    assert warnings == ["database is ignored: mailmand reads only the email: section"]
 
 
 def test_parse_without_a_file() -> None:
@@ -625,12 +656,12 @@ def test_yaml_error_does_not_quote_the_line(tmp_path: Path) -> None:
 # --- the shipped files ----------------------------------------------------------------------
 
 
-def test_go_original_example_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_go_original_example_loads(tmp_path: Path) -> None:
     path = tmp_path / "go-original.yaml"
     shutil.copy(REPO / "config" / "go-original.yaml", path)
     path.chmod(0o600)  # it holds a literal password
-    with caplog.at_level(logging.WARNING, logger="mailmand.config"):
-        config = load(path)
+    warnings: list[str] = []
+    config = load(path, warnings=warnings)
     assert config.queue.engine == "spool"
     assert config.queue.path == tmp_path / "spool"
     assert (config.queue.host, config.queue.port, config.queue.db, config.queue.name) == (
@@ -647,7 +678,6 @@ def test_go_original_example_loads(tmp_path: Path, caplog: pytest.LogCaptureFixt
         "abc@def.com",
         "ghi",
     )
-    warnings = [r.getMessage() for r in caplog.records]
     assert any(w.startswith("email.buffer is ignored: ") for w in warnings)
     assert any(w.startswith("email.server.smtp.auth.identity is ignored: ") for w in warnings)
     assert any(w.startswith("email.server.smtp.auth.host is ignored: ") for w in warnings)
@@ -714,7 +744,9 @@ def test_named_file_must_exist(
 @pytest.mark.skipif(SYSTEM_CONFIG.exists(), reason="this machine has /etc/mailmand/mailmand.yaml")
 def test_no_file_gives_the_embedded_defaults(tmp_path: Path, elsewhere: Path) -> None:
     config = load()
-    assert config == Config()
+    # the same as a file that names only the relay (whose defaults are pinned above and
+    # against the documentation below), with the relay on localhost and no source
+    assert config == parse({"email": {"server": {"smtp": {"host": "localhost"}}}})
     assert config.source is None
     assert config.server.smtp.relay == "localhost:25"
     assert config.queue.path == tmp_path / "data" / "mailmand" / "spool"
@@ -794,15 +826,37 @@ def test_watcher_sees_delete_then_create(watched: tuple[Path, Calls]) -> None:
     assert load(path).server.batch == 7
 
 
-def test_watcher_debounces_and_ignores_other_files(watched: tuple[Path, Calls]) -> None:
-    path, calls = watched
-    (path.parent / "other.yaml").write_text("x")
-    assert not calls.event.wait(0.4)
-    for batch in range(1, 6):
-        path.write_text(RELAY + f"    batch: {batch}\n")
-    assert calls.wait()
-    assert not calls.event.wait(0.4)
-    assert calls.count == 1
+def test_watcher_debounces(tmp_path: Path) -> None:
+    """Writes closer together than `delay` make one call, after the last of them."""
+    path = write(tmp_path, RELAY)
+    seen: list[int] = []
+    with ConfigWatcher(path, lambda: seen.append(load(path).server.batch), delay=1.0):
+        for batch in range(1, 6):
+            path.write_text(RELAY + f"    batch: {batch}\n")
+            time.sleep(0.05)  # spaced, so that a call without the quiet period would see 1
+        assert wait_until(lambda: 5 in seen)
+    # Only a pause of more than `delay` between two writes (a stalled machine) could
+    # let a call in early; a watcher that does not wait calls while the file says 1.
+    assert 1 not in seen
+
+
+@pytest.mark.parametrize(
+    ("event", "ours"),
+    [
+        (lambda p: FileModifiedEvent(str(p)), True),
+        (lambda p: FileCreatedEvent(str(p)), True),
+        (lambda p: FileClosedEvent(str(p)), True),
+        (lambda p: FileMovedEvent(str(p.with_name(".mailmand.yaml.swp")), str(p)), True),  # an atomic save
+        (lambda p: FileMovedEvent(str(p), str(p.with_name("old.yaml"))), False),  # moved away
+        (lambda p: FileDeletedEvent(str(p)), False),  # the recreate that follows counts
+        (lambda p: FileModifiedEvent(str(p.with_name("other.yaml"))), False),
+        (lambda p: DirModifiedEvent(str(p)), False),  # a directory by that name is not the file
+    ],
+    ids=["modified", "created", "closed", "moved-here", "moved-away", "deleted", "other-file", "directory"],
+)
+def test_watcher_acts_on_its_own_file_only(tmp_path: Path, event: Any, ours: bool) -> None:
+    path = write(tmp_path, RELAY)
+    assert ConfigWatcher(path, lambda: None).concerns(event(path)) is ours
 
 
 def test_watcher_survives_a_failing_callback(

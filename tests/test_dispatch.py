@@ -12,7 +12,7 @@ import pytest
 
 from mailmand import Client, Email
 from mailmand.cli import main
-from mailmand.config import AuthConfig, BackoffConfig, SmtpConfig
+from mailmand.config import AuthConfig, BackoffConfig, SmtpConfig, replace
 from mailmand.daemon import Daemon
 from mailmand.errors import AlreadyRunning
 from mailmand.stores import Status
@@ -354,7 +354,6 @@ def test_an_unreachable_relay_burns_no_attempt_on_mail_it_never_tried(make_confi
 
 
 def test_a_reload_under_steady_load_applies_between_batches(smtp_server, make_config):
-    import dataclasses
     import threading
     first, second = smtp_server(stall=0.005), smtp_server()
     d = daemon_for(make_config, first, batch=10, smtp_kw={"connections": 1})
@@ -363,7 +362,7 @@ def test_a_reload_under_steady_load_applies_between_batches(smtp_server, make_co
     run = threading.Thread(target=d.dispatcher.run_once)
     run.start()
     assert wait_until(lambda: len(first.messages) >= 20, timeout=20)
-    d.dispatcher.configure(dataclasses.replace(d.cfg.server, smtp=smtp_for(second, connections=1)))
+    d.dispatcher.configure(replace(d.cfg.server, smtp=smtp_for(second, connections=1)))
     run.join(timeout=60)
     assert not run.is_alive()
     # The batch in flight finished on the old relay; the rest went to the new one, nothing twice.
@@ -429,5 +428,4 @@ def test_two_daemons_on_one_store_are_refused(make_config, smtp_server, tmp_path
 
 
 def dataclasses_replace_queue(cfg, path):
-    import dataclasses
-    return dataclasses.replace(cfg, queue=dataclasses.replace(cfg.queue, path=path))
+    return replace(cfg, queue=replace(cfg.queue, path=path))

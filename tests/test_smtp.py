@@ -7,12 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import pytest
 
 from mailmand import smtp
-from mailmand.config import AuthConfig, SmtpConfig
+from mailmand.config import AuthConfig, SmtpConfig, replace
 from mailmand.smtp import Envelope, Relay, SendResult, TokenBucket, classify
 from tests.smtpd import SmtpServer, TlsCa
 

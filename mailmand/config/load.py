@@ -1,0 +1,415 @@
+"""Reading the file: YAML, `${ENV}`, secrets, the schema's errors in one line, the reload diff.
+
+A parse runs in four steps:
+1. YAML to plain data (PyYAML's C loader where built, a duplicate key refused);
+2. `prepare`: `${ENV}` filled in, null and empty values dropped ("not given"),
+   the Go original's ignored keys noted, literal passwords noted;
+3. msgspec converts the data into `schema.EmailSection`: types, ranges, unknown
+   keys, key paths; `explain.py` turns its errors into `key.path: expected ..., got ...`;
+4. `finish`: the rules that span keys (AUTH needs both halves, the port follows
+   `tls`, a world-readable file must not hold a literal password, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+from msgspec.structs import replace
+
+from mailmand.errors import ConfigError
+
+from .explain import explain, make_canonical
+from .schema import (
+    Address,
+    Aliases,
+    AuthConfig,
+    Config,
+    Domain,
+    Duration,
+    DurationOrZero,
+    EmailSection,
+    File,
+    Listen,
+    Rate,
+    Size,
+)
+from .values import (
+    SECRET_KEYS,
+    parse_address,
+    parse_aliases,
+    parse_domain,
+    parse_duration,
+    parse_listen,
+    parse_rate,
+    parse_size,
+    printable,
+    show,
+)
+
+if TYPE_CHECKING:
+    import yaml
+
+log = logging.getLogger(__name__)
+
+SYSTEM_CONFIG = Path("/etc/mailmand/mailmand.yaml")
+
+# Keys of the Go original that do nothing in mailmand: accepted, reported as ignored.
+IGNORED = {
+    "email.buffer": "it sized the Go original's in-process channel; mailmand has none",
+    "email.server.smtp.auth.host": "the relay's name is checked by TLS (verify, ca-file)",
+    "email.server.smtp.auth.identity": "smtplib sends no separate authorization identity",
+}
+# RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4
+PORT_FOR_TLS = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+# --- ${ENV} interpolation ----------------------------------------------------
+
+# `$${` is a literal `${`; inside the braces: NAME, NAME:-default (unset or
+# empty), NAME-default (unset), as in the shell.
+_REF = re.compile(r"\$\$(?=\{)|\$\{([^}]*)\}")
+_REF_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)(.*))?", re.DOTALL)
+
+
+def _is_secret(key: str) -> bool:
+    return key.rpartition(".")[2] in SECRET_KEYS
+
+
+def interpolate(text: str, key: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "$"
+        ref = _REF_BODY.fullmatch(m.group(1))
+        if not ref:
+            shown = "${...}" if _is_secret(key) else f"${{{m.group(1)}}}"
+            raise ConfigError(f"bad variable reference {shown}: expected ${{NAME}} or ${{NAME:-default}}", key)
+        name, op, default = ref.groups()
+        value = os.environ.get(name)
+        if op is not None and (value is None or (op == ":-" and value == "")):
+            return str(default)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)", key
+            )
+        return value
+
+    return _REF.sub(sub, text)
+
+
+def _is_literal(text: str) -> bool:
+    """True if the text holds anything but ${VAR} references with no default."""
+    return bool(re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-)?\}", "", text))
+
+
+# --- one parse -------------------------------------------------------------------
+
+
+class Parse:
+    """One parse: knows the file (for relative paths and its permissions) and
+    collects the warnings (`warnings` given: appended there; else logged at DEBUG)."""
+
+    def __init__(self, source: Path | None, producer: bool, warnings: list[str] | None) -> None:
+        self.source = source
+        self.base = source.parent if source else Path.cwd()
+        self.producer = producer  # the daemon's secrets were dropped: do not require them
+        self.warnings = warnings
+        self.literal: set[str] = set()  # key paths of passwords written in the file itself
+
+    def warn(self, message: str) -> None:
+        if self.warnings is None:
+            log.debug("%s", message)
+        else:
+            self.warnings.append(message)
+
+    # step 2
+    def prepare(self, value: Any, key: str) -> Any:
+        """`${ENV}` filled in, null and empty values dropped: a copy of `value`."""
+        if isinstance(value, str):
+            if key.rpartition(".")[2] == "password" and _is_literal(value):
+                self.literal.add(key)
+            return interpolate(value, key)
+        if isinstance(value, list):
+            return [self.prepare(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for name, raw in value.items():
+            sub = f"{key}.{printable(str(name))}"
+            if sub in IGNORED:
+                self.warn(f"{sub} is ignored: {IGNORED[sub]}")
+                if not sub.endswith(".identity"):  # a field of AuthConfig; the others are not
+                    continue
+            given = self.prepare(raw, sub)
+            if given is not None and given != "":
+                out[name] = given
+        return out
+
+    # step 3
+    def read(self, t: type, value: Any) -> Any:
+        """msgspec's dec_hook: the schema's own value types, from the file's text."""
+        if t is Duration or t is DurationOrZero:
+            seconds = parse_duration(value)
+            if seconds == 0 and t is Duration:
+                raise ValueError(f"expected a duration above zero, got {show(value)}")
+            return t(seconds)
+        if t is Path or t is File:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {show(value)}")  # noqa: TRY004
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else self.base / path
+            if t is File:
+                if not path.is_file():
+                    raise ValueError(f"no such file: {path}")
+                return File(path)
+            return path
+        readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
+                   Domain: parse_domain, Aliases: parse_aliases}
+        if t in readers:
+            return t(readers[t](value))
+        raise NotImplementedError(t)  # msgspec reports a type it cannot decode
+
+    def decode(self, data: dict[str, Any]) -> EmailSection:
+        wrapped: list[list[str | int]] = []
+        for _ in range(1000):  # each round makes one lenient value canonical
+            try:
+                return msgspec.convert(data, EmailSection, dec_hook=self.read)
+            except msgspec.ValidationError as exc:
+                if not make_canonical(exc, data, wrapped):
+                    raise explain(exc, data, wrapped) from None
+        raise ConfigError("too many values to read", "email")
+
+    # step 4
+    def finish(self, email: EmailSection, data: dict[str, Any]) -> Config:
+        queue = self.secret_of(email.queue.default, "email.queue.default")
+        server = email.server
+        given = data.get("server", {})
+        smtp_given = given.get("smtp", {})
+        if "host" not in smtp_given:
+            raise ConfigError("required: the relay to deliver through", "email.server.smtp.host")
+        smtp = server.smtp
+        if "port" not in smtp_given:
+            smtp = replace(smtp, port=PORT_FOR_TLS[smtp.tls])
+        smtp = replace(smtp, auth=self.auth(smtp.auth, "email.server.smtp.auth"))
+        if smtp.ca_file is not None and not self.producer:  # the daemon connects to the relay; producers never
+            self.check_ca_file(smtp.ca_file)
+        if server.database.engine == "postgres" and not server.database.dsn and not self.producer:
+            raise ConfigError("required when engine is postgres", "email.server.database.dsn")
+        submission = server.submission
+        if submission is not None:  # the section alone does not open a port
+            submission = None if "listen" not in given.get("submission", {}) else replace(
+                submission, auth=self.auth(submission.auth, "email.server.submission.auth"))
+        metrics = server.metrics if "listen" in given.get("metrics", {}) else None
+        server = replace(server, smtp=smtp, submission=submission, metrics=metrics)
+        if "min-free" not in data.get("queue", {}).get("default", {}):
+            queue = replace(queue, min_free=4 * server.max_message_size)
+        return Config(queue=queue, server=server, sendmail=email.sendmail, source=self.source)
+
+    def secret_of(self, section: Any, key: str) -> Any:
+        """`password` or `password-file`, not both; the file read into `password`."""
+        if section.password_file is not None and section.password is not None:
+            raise ConfigError("give password or password-file, not both", key)
+        if section.password_file is not None:
+            return replace(section, password=self.read_secret(section.password_file, f"{key}.password-file"))
+        if f"{key}.password" in self.literal and section.password is not None:
+            self.check_private(f"{key}.password")
+        return section
+
+    def auth(self, auth: AuthConfig | None, key: str) -> AuthConfig | None:
+        """Both halves or none: no username and no password is no AUTH."""
+        if auth is None:
+            return None
+        auth = self.secret_of(auth, key)
+        if auth.username is None:
+            if auth.password is not None:
+                raise ConfigError("required when a password is given", f"{key}.username")
+            return None
+        if auth.password is None:
+            raise ConfigError("required with a username: give password or password-file", f"{key}.password")
+        return auth
+
+    def check_ca_file(self, path: Path) -> None:
+        import ssl  # here: producers never import it
+
+        try:  # load it now, so that a bad bundle is refused here and not when the daemon connects
+            ssl.create_default_context(cafile=str(path))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"not a usable CA bundle (PEM): {path}: {exc}", "email.server.smtp.ca-file") from None
+
+    def check_private(self, key: str) -> None:
+        """Refuse a literal password in a file every user can read."""
+        try:
+            shared = self.source is not None and self.source.stat().st_mode & 0o004
+        except OSError:  # parse() given a source that is not (or no longer) a file
+            shared = False
+        if shared:
+            raise ConfigError(
+                f"{self.source} is readable by every user and holds a literal password: "
+                f"run `chmod o-r {self.source}`, or use password-file or ${{ENV_VAR}} instead",
+                key,
+            )
+
+    def read_secret(self, path: Path, key: str) -> str:
+        try:
+            secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror or e}", key) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not UTF-8 text", key) from None
+        if not secret:
+            raise ConfigError(f"{path} is empty", key)
+        if path.stat().st_mode & 0o004:
+            self.warn(f"{key}: {path} is readable by every user; run `chmod o-r {path}`")
+        return secret
+
+
+def parse(data: object, source: Path | None = None, *, producer: bool = False,
+          warnings: list[str] | None = None) -> Config:
+    """Validate YAML-loaded data rooted at `email:`; relative paths resolve next to `source`.
+
+    Warnings (ignored keys, a world-readable password file) go to `warnings`
+    when given, for the caller to report once; else they are logged at DEBUG."""
+    if data is None:
+        raise ConfigError("missing: the file is empty; it must start with the root key email:", "email")
+    if not isinstance(data, dict):
+        raise ConfigError(f"missing: expected a mapping with the root key email:, got {show(data)}", "email")
+    if "email" not in data:
+        raise ConfigError("missing: the file must start with the root key email:", "email")
+    p = Parse(source, producer, warnings)
+    for key in data:
+        if key != "email":
+            # the Go original shared one file with the rest of the application
+            p.warn(f"{key} is ignored: mailmand reads only the email: section")
+    given = p.prepare(data["email"], "email")
+    if given is None or given == "":
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"expected a mapping, got {show(given)}", "email")
+    return p.finish(p.decode(given), given)
+
+
+# --- the file --------------------------------------------------------------------
+
+
+def find_config_path(explicit: str | Path | None = None) -> Path | None:
+    """`-c PATH`, else $MAILMAND_CONFIG, else ./mailmand.yaml, else /etc/mailmand/, else None."""
+    for given, origin in ((explicit, "-c"), (os.environ.get("MAILMAND_CONFIG"), "$MAILMAND_CONFIG")):
+        if given:  # named explicitly: it must exist
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"configuration file {path} (from {origin}) does not exist")
+            return path.absolute()
+    for path in (Path("mailmand.yaml"), SYSTEM_CONFIG):
+        if path.is_file():
+            return path.absolute()
+    return None
+
+
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """PyYAML's C loader where it is built (about 10x faster), the Python one
+    elsewhere; either refuses a key given twice (PyYAML keeps the last silently)."""
+    import yaml  # here: `import mailmand.config` stays cheap for a caller that never reads a file
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node)
+
+    loader = cast("type[yaml.SafeLoader]", type("MailmandLoader", (base,), {}))
+    loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return loader
+
+
+def _unquoted_reference(text: str, line: int, column: int) -> str | None:
+    """The `${NAME}` that broke a flow mapping (`{password: ${X}}`), if that is what happened."""
+    lines = text.splitlines()
+    here = lines[line] if line < len(lines) else ""
+    if column < 1 or here[column - 1 : column + 1] != "${":
+        return None
+    m = re.match(r"\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}", here[column - 1 :])
+    return f"${{{m.group(1)}}}" if m else "${...}"
+
+
+def read_yaml(text: str, found: Path) -> object:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())  # a SafeLoader: plain data only
+    except yaml.MarkedYAMLError as e:
+        # problem/context only: str(e) quotes the source line, which may hold a password
+        mark = e.problem_mark or e.context_mark
+        ref = _unquoted_reference(text, mark.line, mark.column) if mark else None
+        if mark and ref:  # YAML stopped at the `{` after the `$`: point at the `$`
+            where = f"line {mark.line + 1}, column {mark.column}"
+            reason = f"{ref} inside {{ }} or [ ] must be quoted: write \"{ref}\""
+        else:
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+            reason = "; ".join(filter(None, (e.context, e.problem)))
+        raise ConfigError(f"{found}: YAML syntax error at {where}: {reason}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{found}: YAML syntax error: {type(e).__name__}") from None
+
+
+def _drop_daemon_secrets(data: object) -> None:
+    """Producers need the queue, not the relay's credentials: an application
+    user who cannot read the SMTP secret must still be able to enqueue."""
+    email = data.get("email") if isinstance(data, dict) else None
+    server = email.get("server") if isinstance(email, dict) else None
+    if not isinstance(server, dict):
+        return
+    for section, secret in (("smtp", "auth"), ("database", "dsn"), ("submission", "auth")):
+        if isinstance(server.get(section), dict):
+            server[section].pop(secret, None)
+
+
+def load(path: str | Path | None = None, *, producer: bool = False,
+         warnings: list[str] | None = None) -> Config:
+    """Find, read and parse the configuration; with no file, the embedded
+    defaults. `producer=True` (clients, `send`, `sendmail`) skips the daemon's
+    secrets: the AUTH passwords and the database DSN. `warnings`: see `parse`."""
+    found = find_config_path(path)
+    if found is None:
+        return Config()
+    try:
+        text = found.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {found}: {getattr(e, 'strerror', None) or e}") from None
+    data = read_yaml(text, found)
+    if producer:
+        _drop_daemon_secrets(data)
+    return parse(data, found, producer=producer, warnings=warnings)
+
+
+# --- reloading ----------------------------------------------------------------
+
+
+def restart_required(old: Config, new: Config) -> list[str]:
+    """Key paths that changed but cannot apply to a running daemon (queue, database, listeners)."""
+    changed = []
+    for key, x, y in (
+        ("email.server.submission.listen", old.server.submission, new.server.submission),
+        ("email.server.metrics.listen", old.server.metrics, new.server.metrics),
+    ):
+        # listeners bind at start; auth and TLS of the listener apply on reload
+        if (x and x.listen) != (y and y.listen):
+            changed.append(key)
+    for prefix, a, b in (
+        ("email.queue.default", old.queue, new.queue),
+        ("email.server.database", old.server.database, new.server.database),
+    ):
+        for f in msgspec.structs.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                changed.append(f"{prefix}.{f.encode_name}")
+    return changed

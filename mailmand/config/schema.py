@@ -1,0 +1,239 @@
+"""The configuration schema, declared once: typed frozen structures and their defaults.
+
+Each class is one section of the file; its fields are the section's keys
+(`max_fails` is read from `max-fails`), in the order error messages list
+them. msgspec walks a YAML document into these classes: it checks types,
+refuses unknown keys and reports the key path (`load.py` turns its errors
+into mailmand's one-line messages). The defaults live here and only here.
+
+Values written as text in the file (durations, rates, sizes, paths, listen
+addresses) have a type of their own below, read by `load.py`'s `dec_hook`.
+To mypy and to the code that reads the configuration they are plain
+`float`, `int`, `str` and `Path`; at run time they are subclasses of those,
+so that msgspec hands their values to the hook.
+"""
+
+import os
+from pathlib import Path, PosixPath
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+MiB = 1024 * 1024
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[int, Meta(ge=0)]
+TlsMode = Literal["starttls", "ssl", "none"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[str, ...] = LogLevel.__args__  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    Duration = float  # seconds, above zero
+    DurationOrZero = float  # seconds, zero allowed
+    Rate = float  # messages per second
+    Size = int  # bytes
+    File = Path  # a path that must name an existing file
+    Listen = str  # host:port
+    Address = str  # local@domain
+    Domain = str  # a mail domain, never localhost
+    Aliases = dict[str, tuple[str, ...]]
+else:
+
+    class Duration(float):
+        """Seconds, from `90s`, `5m`, `1h30m`, `2d` or a number; above zero."""
+
+    class DurationOrZero(float):
+        """Seconds, as Duration, where zero is allowed."""
+
+    class Rate(float):
+        """Messages per second, from `10/s`, `500/h` or a number."""
+
+    class Size(int):
+        """Bytes, from `25MiB`, `10MB` or a number."""
+
+    class File(PosixPath):
+        """A path (relative to the configuration file) that must name an existing file."""
+
+    class Listen(str):
+        """`host:port`, `[v6]:port`, or a bare port on loopback."""
+
+    class Address(str):
+        """An email address such as `ops@example.com`."""
+
+    class Domain(str):
+        """A mail domain such as `example.com`, never `localhost`."""
+
+    class Aliases(dict):
+        """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to its addresses."""
+
+
+def data_dir() -> Path:
+    """The user's data directory, where the embedded defaults keep spool and store."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "mailmand"
+
+
+class Section(msgspec.Struct, frozen=True, rename="kebab", forbid_unknown_fields=True):
+    """A section of the file: immutable, hyphenated keys, unknown keys refused.
+
+    `secret_fields` are left out of `repr` (and `load.py` never shows their
+    values in an error)."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__struct_fields__
+            if name not in self.secret_fields
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+class QueueConfig(Section, frozen=True):
+    """`email.queue.default`: where producers put messages."""
+
+    secret_fields = frozenset({"url", "password"})
+
+    engine: Literal["spool", "redis"] = "spool"
+    path: Path = field(default_factory=lambda: data_dir() / "spool")
+    # redis engine (the Go original's keys, or a url)
+    url: str | None = None  # may hold a password
+    host: str = "127.0.0.1"
+    port: Port = 6379
+    db: NonNegative = 0
+    name: str = "mailmand"  # the stream's key
+    password: str | None = None  # `password` or `password-file`
+    password_file: Path | None = None
+    # Producers refuse to enqueue while the spool's disk has less free (Postfix's
+    # queue_minfree), so the daemon always has room to drain. Parsed default:
+    # 4 × max-message-size.
+    min_free: Size = 4 * 25 * MiB
+
+
+class Queues(Section, frozen=True):
+    """`email.queue`: the Go original's named queues; mailmand has `default`."""
+
+    default: QueueConfig = field(default_factory=QueueConfig)
+
+
+class BackoffConfig(Section, frozen=True):
+    min: DurationOrZero = 30.0  # seconds
+    max: Duration = 900.0
+
+    def __post_init__(self) -> None:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min:g}s) is more than max ({self.max:g}s)")
+
+
+class AuthConfig(Section, frozen=True):
+    secret_fields = frozenset({"password"})
+
+    username: str | None = None
+    password: str | None = None  # never in a repr
+    password_file: Path | None = None  # read into `password` by the loader
+    identity: str | None = None  # Go original; accepted, unused by smtplib
+
+
+class SmtpConfig(Section, frozen=True):
+    """`email.server.smtp`: the relay and how to talk to it."""
+
+    host: str = "localhost"
+    port: Port = 25  # parsed default: 465 with ssl, 587 with starttls, 25 with none
+    tls: TlsMode = "none"
+    verify: bool = True
+    ca_file: File | None = None
+    connections: Positive = 4
+    rate: Rate | None = None  # messages per second; None = no ceiling
+    timeout: Duration = 30.0  # connect and each command
+    data_timeout: Duration = 120.0  # the DATA phase, which carries the body
+    helo: str | None = None  # name sent in EHLO; None = hostname.mail_domain()
+    auth: AuthConfig | None = None
+    pipelining: Literal["auto", "off"] = "auto"  # auto: RFC 2920 when the relay offers it
+
+    @property
+    def relay(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class DatabaseConfig(Section, frozen=True):
+    secret_fields = frozenset({"dsn"})
+
+    engine: Literal["sqlite3", "postgres"] = "sqlite3"
+    path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
+    dsn: str | None = None  # postgres; may hold a password
+    pool_size: Positive | None = None  # postgres connections; None = enough for every part of the daemon
+
+
+class TlsFilesConfig(Section, frozen=True):
+    """A certificate and its key, for a listener's STARTTLS."""
+
+    cert_file: File
+    key_file: File
+
+
+class SubmissionConfig(Section, frozen=True):
+    """`email.server.submission`: the SMTP listener apps submit to (off when absent)."""
+
+    listen: Annotated[tuple[Listen, ...], Meta(min_length=1)] = ("127.0.0.1:2525",)
+    auth: AuthConfig | None = None  # when set, AUTH PLAIN/LOGIN is required
+    tls: TlsFilesConfig | None = None  # when set, STARTTLS is offered
+
+
+class MetricsConfig(Section, frozen=True):
+    """`email.server.metrics`: Prometheus /metrics and /healthz (off when absent)."""
+
+    listen: Listen = "127.0.0.1:9464"
+
+
+class NotifyConfig(Section, frozen=True):
+    """`email.server.notify`: failure notices (RFC 3464), off by default."""
+
+    bounce: bool = False  # a DSN to the envelope sender when a message fails or expires
+    copy_to: Address | None = None  # an operator address that gets a copy of each notice
+
+
+class SendmailConfig(Section, frozen=True):
+    """`email.sendmail`: how the sendmail shim qualifies bare names."""
+
+    domain: Domain | None = None  # for bare local parts; None = hostname.mail_domain()
+    aliases: Aliases = field(default_factory=dict)  # msmtp-style; `default` catches all
+
+
+class ServerConfig(Section, frozen=True):
+    """`email.server`: the daemon's dispatch settings."""
+
+    max_fails: Positive = 3  # attempts before a message fails
+    max_time: Duration = 3600.0  # seconds past its send time before it expires
+    batch: Positive = 50  # messages claimed per dispatch run
+    interval: Duration = 5.0  # dispatch tick when idle
+    lease: Duration = 300.0  # how long a claim is held before a sweep takes it back
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    retention: Duration = 30 * 86400.0  # finished mail older than this is purged
+    max_message_size: Size = 25 * MiB
+    max_recipients: Positive = 1000  # per message; the client, ingest and the listener all check it
+    log_level: LogLevel = "INFO"
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    submission: SubmissionConfig | None = None
+    metrics: MetricsConfig | None = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+
+
+class EmailSection(Section, frozen=True):
+    """`email:`, the file's root key, as the file gives it."""
+
+    queue: Queues = field(default_factory=Queues)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+
+
+class Config(msgspec.Struct, frozen=True):
+    """The whole configuration: what `load()` returns and every part reads."""
+
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sendmail: SendmailConfig = field(default_factory=SendmailConfig)
+    source: Path | None = None  # the file it came from; None = embedded defaults

@@ -1,0 +1,174 @@
+"""Values written as text: durations, rates, sizes, listen addresses, mail
+addresses and domains; and how an error message shows a value it refuses.
+
+Each parser takes what YAML gave (a string or a number) and returns the
+value, or raises ValueError with the one-line reason: `expected ..., got ...`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+SECRET_KEYS = frozenset({"password", "dsn", "url"})  # keys whose text is never shown
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+_DURATION_HINT = "a duration such as 90s, 5m, 1h30m or 2d"
+
+
+# Control characters as escapes, so that an error stays on one line.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def printable(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def show(value: object) -> str:
+    """A value as an error message shows it: strings quoted, containers by kind."""
+    if isinstance(value, str):
+        return f'"{printable(value)}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return type(value).__name__
+
+
+def kind(value: object) -> str:
+    """A value's type only, for secrets whose text must not be shown."""
+    if isinstance(value, (dict, list)):
+        return show(value)
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `90s`, `5m`, `1h30m`, `2d`, `1w`, `250ms`, or a plain number of seconds."""
+    seconds: float
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")  # noqa: TRY004
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        else:
+            body = text[1:] if text[:1] in "+-" else text
+            parts = list(_DURATION_PART.finditer(body))
+            if not body or "".join(p.group(0) for p in parts) != body:
+                raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")
+            seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+            if text.startswith("-"):
+                seconds = -seconds
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")
+    if seconds < 0:
+        raise ValueError(f"expected a duration that is not negative, got {show(value)}")
+    return seconds
+
+
+_RATE_HINT = "a rate such as 10/s, 30/m, 500/h or 1000/d"
+
+
+def parse_rate(value: object) -> float:
+    """Messages per second from `10/s`, `30/m`, `500/h`, `1000/d`, `100/5m`, or a plain number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {_RATE_HINT}, got {show(value)}")  # noqa: TRY004
+    count_text, _, per_text = str(value).replace(" ", "").partition("/")
+    if not _NUMBER.fullmatch(count_text):
+        raise ValueError(f"expected {_RATE_HINT}, got {show(value)}")
+    try:  # `/s` means one second; `/5m` five minutes
+        per = parse_duration(("1" + per_text if per_text[:1].isalpha() else per_text) if per_text else 1)
+    except ValueError:
+        raise ValueError(f"expected {_RATE_HINT}, got {show(value)}") from None
+    count = float(count_text)
+    if count <= 0 or per <= 0:
+        raise ValueError(f"expected a rate above zero (omit the key for no limit), got {show(value)}")
+    return count / per
+
+
+_SIZE_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgt", start=1):
+    # KB, MB are decimal; KiB, MiB binary; a bare K, M binary as in nginx and systemd
+    _SIZE_UNITS |= {f"{_p}b": 1000**_i, f"{_p}ib": 1024**_i, f"{_p}i": 1024**_i, _p: 1024**_i}
+_SIZE = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer, `25MiB`, `10MB`, `512KiB`, `1G`."""
+    hint = f"a size such as 25MiB, 10MB or 512KiB, got {show(value)}"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected {hint}")  # noqa: TRY004
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected {hint}")
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size < 0:
+        raise ValueError(f"expected a size that is not negative, got {show(value)}")
+    return round(size)
+
+
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
+
+
+def parse_listen(value: object) -> str:
+    """`host:port`, `[v6]:port`, or a bare port (then on loopback)."""
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    m = _LISTEN.fullmatch(text)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:2525 or [::1]:2525), got {show(value)}")
+    return text
+
+
+def parse_address(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):
+        raise ValueError(f"expected an address such as ops@example.com, got {show(value)}")
+    return text
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+
+
+def parse_domain(value: object) -> str:
+    text = value.strip().rstrip(".").lower() if isinstance(value, str) else ""
+    if not re.fullmatch(rf"{_LABEL}(\.{_LABEL})*", text) or text == "localhost":
+        raise ValueError(f"expected a domain such as example.com (not localhost), got {show(value)}")
+    return text
+
+
+class Invalid(ValueError):
+    """A value refused at `key` below the key being read (`.root`, `[2]`)."""
+
+    def __init__(self, reason: str, key: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
+
+
+def parse_aliases(value: object) -> dict[str, tuple[str, ...]]:
+    """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to one or more addresses."""
+    if not isinstance(value, dict):
+        raise Invalid(f"expected a mapping such as {{root: ops@example.com}}, got {show(value)}")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, target in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+            raise Invalid("expected a local name (letters, digits, . _ + -)", f".{name}")
+        targets = target if isinstance(target, list) else [target]
+        if not targets:
+            raise Invalid("expected at least one address", f".{name}")
+        try:
+            out[name.lower()] = tuple(parse_address(t) for t in targets)
+        except ValueError as e:
+            raise Invalid(str(e), f".{name}") from None
+    return out
