@@ -31,14 +31,13 @@ import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from . import hostname
 from .client import Client
-from .config import AuthConfig, Config, SubmissionConfig
+from .config import AuthConfig, Config, SubmissionConfig, replace
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
 from .logs import Repeats
 from .message import Email, parse_address

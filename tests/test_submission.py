@@ -12,13 +12,12 @@ import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
 from email import message_from_bytes
 from pathlib import Path
 
 import pytest
 
-from mailmand.config import AuthConfig, Config, SubmissionConfig, TlsFilesConfig, load
+from mailmand.config import AuthConfig, Config, SubmissionConfig, TlsFilesConfig, load, replace
 from mailmand.queues.spool import SpoolQueue
 from mailmand.stores import Status, open_store
 from mailmand.submission import SubmissionServer
