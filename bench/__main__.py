@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,submission]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,submission]"""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import dispatch, enqueue, ingest, latency, scale, submission
+from . import dispatch, enqueue, ingest, latency, scale, submission, wan
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
-             "latency": latency.run, "scale": scale.run, "submission": submission.run}
+             "latency": latency.run, "scale": scale.run, "wan": wan.run, "submission": submission.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -74,6 +74,19 @@ def report(results: dict[str, Any]) -> str:
                      f"max {r['rss_first_quarter_max_mib']:.1f} in the first quarter, "
                      f"{r['rss_last_quarter_max_mib']:.1f} in the last, {r['rss_after_mib']:.1f} after; "
                      f"end to end {r['end_to_end_msg_s']:.0f} msg/s")
+    if "wan" in results:
+        w = results["wan"]
+        if "skipped" in w:
+            parts += [f"\n## wan: skipped ({w['skipped']})"]
+        else:
+            parts += ["\n## wan (smtp-sink behind a delay proxy; msg/s, median of rounds)",
+                      "| RTT | connections | mailmand --once | mailmand dispatch alone | Postfix satellite "
+                      "| bare smtplib | --once / Postfix | --once / smtplib |", "|---|---|---|---|---|---|---|---|"]
+            for r in w["rows"]:
+                parts.append(f"| {r['rtt_ms']} ms | {r['connections']} | {r['mailmand']['median']:.0f} "
+                             f"| {r['dispatch']['median']:.0f} "
+                             f"| {r['postfix']['median']:.0f} | {r['smtplib']['median']:.0f} "
+                             f"| **{r['mailmand_vs_postfix']:.2f}** | **{r['mailmand_vs_smtplib']:.2f}** |")
     return "\n".join(parts)
 
 
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="scratch directory on a real disk (default /var/tmp; not a tmpfs)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
+    p.add_argument("--wan-plot", type=Path, default=ROOT / "docs" / "wan.png")
     args = p.parse_args(argv)
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "env": environment()}
@@ -96,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    if "dispatch" in results:
-        try:
+    try:
+        if "dispatch" in results:
             from .plot import plot
 
             plot(results["dispatch"], args.plot)
-        except ImportError:
-            print("matplotlib not installed (pip install mailmand[bench]): no plot", file=sys.stderr)
+        if "wan" in results and "rows" in results["wan"]:
+            wan.plot(results["wan"], args.wan_plot)
+    except ImportError:
+        print("matplotlib not installed (pip install mailmand[bench]): no plot", file=sys.stderr)
     return 0
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -17,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailmand.client import Client
 from mailmand.config import Config, DatabaseConfig, QueueConfig, ServerConfig, SmtpConfig
-from mailmand.message import Email
+from mailmand.message import Email, Record, new_id
 
 SENDER = "bench@example.com"
 RCPT = "sink@example.com"
@@ -28,6 +31,37 @@ BODY = ("The quick brown fox jumps over the lazy dog. " * 40)[:1800]  # ~2 KB on
 def email(i: int = 0) -> Email:
     """The benchmark message: one sender, one recipient, ~2 KB of text."""
     return Email(sender=SENDER, to=RCPT, subject=f"bench message {i}", text=BODY)
+
+
+def records(n: int) -> list[Record]:
+    """`n` queued records of the benchmark message (composed once, new ids)."""
+    base = email().to_record(ServerConfig().max_message_size)
+    return [dataclasses.replace(base, id=new_id()) for _ in range(n)]
+
+
+def once_command(base: Path, port: int, conns: int, n: int) -> float:
+    """Fill a fresh spool with `n` messages, then time `mailmand --once` as a
+    command, whole: process start, ingest, dispatch, exit. Checks the store
+    holds `n` sent messages afterwards."""
+    with workdir(base) as root:
+        cfg = config(root, port, conns, batch=100)
+        client = Client(cfg)
+        for record in records(n):
+            client.put(record)
+        client.close()
+        conf = write_yaml(cfg, root / "mailmand.yaml")
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "mailmand", "--once", "-c", str(conf)],
+                              capture_output=True, text=True, timeout=600)
+        dt = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"mailmand --once exited {done.returncode}: {done.stderr[-2000:]}")
+        db = sqlite3.connect(cfg.server.database.path)
+        sent = db.execute("SELECT count(*) FROM messages WHERE status = 'sent'").fetchone()[0]
+        db.close()
+        if sent != n:
+            raise RuntimeError(f"mailmand sent {sent} of {n}: {done.stdout} {done.stderr[-2000:]}")
+        return n / dt
 
 
 # -- timing ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ def plot(dispatch: dict[str, Any], out: Path) -> Path:
     sinks = sorted({r["sink"] for r in dispatch["rows"]})
     fig, axes = plt.subplots(1, len(sinks), figsize=(5.5 * len(sinks), 4), squeeze=False)
     for ax, sink in zip(axes[0], sinks, strict=True):
-        rows = [r for r in dispatch["rows"] if r["sink"] == sink]
+        rows = [r for r in dispatch["rows"] if r["sink"] == sink and not r.get("end_to_end")]
         shipped = rows
         conns = [r["connections"] for r in shipped]
         ax.plot(conns, [r["baseline"]["median"] for r in shipped], "o-", label="bare smtplib loop")

@@ -93,8 +93,8 @@ class Metrics(observe.Observer):
         if result is None:
             return
         self.replies.labels(reply_class(result.code)).inc()
-        # Reached: the relay answered something, even a refusal.
-        self.relay_up.set(1 if result.code is not None else 0)
+        # Reached: the relay answered something (even a refusal) or hung up after the envelope.
+        self.relay_up.set(1 if result.answered else 0)
         if status is Status.SENT:
             self.delivery.observe(max(0.0, result.started + result.duration - send_time))
 

@@ -1,4 +1,13 @@
-"""Retry, backoff and expiry decisions: pure functions of a result and the settings."""
+"""Retry, backoff and expiry decisions: pure functions of a result and the settings.
+
+Two counts, two jobs:
+- every attempt, answered or not, makes the next wait longer (an outage is
+  not hammered at `backoff.min` forever);
+- only attempts the relay answered about this message count toward
+  `max-fails` (an outage must not fail the queue; `max-time` bounds it),
+  and so does a connection the relay closed after accepting the envelope
+  (a message that makes the relay hang up at DATA must not be tried forever).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +15,22 @@ import random
 from collections.abc import Callable
 
 from .config import BackoffConfig, ServerConfig
-from .smtp import RecipientResult, SendResult
+from .smtp import Kind, RecipientResult, SendResult
 from .stores.base import Claimed, Outcome, RecipientOutcome, Status
 
-RECIPIENT_STATUS = {"sent": "sent", "temporary": "deferred", "permanent": "failed"}
+RECIPIENT_STATUS = {Kind.SENT: "sent", Kind.TEMPORARY: "deferred", Kind.PERMANENT: "failed"}
+JITTER = 0.25  # ± this share of the wait: spread enough to part a crowd, small enough to keep doubling
 
 
 def backoff(attempt: int, cfg: BackoffConfig, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after failed attempt number `attempt` (1-based):
-    exponential from `min`, capped at `max`, with jitter so that a relay's
-    outage does not bring every deferred message back in the same second."""
-    ceiling = min(cfg.max, cfg.min * 2.0 ** max(0, attempt - 1))
-    return max(cfg.min, ceiling * (0.5 + rand() / 2.0))
+    """Seconds to wait after attempt number `attempt` (1-based; every attempt,
+    answered or not): `min` doubled for each attempt before it, ±25% jitter
+    from the first retry on (so an outage does not bring every deferred
+    message back in the same second), always within [min, max]. With the
+    jitter at ±25% each wait is still longer than the one before, until `max`."""
+    base = min(cfg.max, cfg.min * 2.0 ** min(64, max(0, attempt - 1)))
+    low, high = max(cfg.min, base * (1.0 - JITTER)), min(cfg.max, base * (1.0 + JITTER))
+    return low + (high - low) * rand()
 
 
 def deadline(send_after: float, cfg: ServerConfig) -> float:
@@ -39,38 +52,50 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     recipients = [RecipientOutcome(r.address, RECIPIENT_STATUS[r.kind], r.code, r.reply)
                   for r in result.recipients]
     temporary = result.retry_recipients
-    refused = [r for r in result.recipients if r.kind != "sent"]
+    refused = [r for r in result.recipients if r.kind is not Kind.SENT]
     reason = _reason(result, refused)
 
-    if result.kind == "sent" and not temporary:
+    if result.kind is Kind.SENT and not temporary:
         # Delivered to every recipient the relay accepted; permanent refusals are recorded per recipient.
         return Outcome(Status.SENT, reason=reason, code=result.code), recipients
-    if result.kind == "permanent" and not temporary:
+    if result.kind is Kind.PERMANENT and not temporary:
         return Outcome(Status.FAILED, reason=reason, code=result.code), recipients
 
-    # Only what the relay said about this message counts toward max-fails;
-    # an unreachable relay, TLS or AUTH trouble (no reply code at all) is
-    # bounded by max-time instead, so an outage does not fail the queue.
-    counted = result.code is not None or any(r.code is not None for r in result.recipients)
-    attempts = msg.attempts + (1 if counted else 0)
-    code = result.code if result.kind != "sent" else (refused[0].code if refused else result.code)
-    if counted and attempts >= cfg.max_fails:
+    # Only what the relay said about this message counts toward max-fails
+    # (and a hang-up after it accepted the envelope); an unreachable relay,
+    # TLS or AUTH trouble (no reply code at all) is bounded by max-time
+    # instead, so an outage does not fail the queue.
+    counted = result.answered
+    fails = _fails(msg) + (1 if counted else 0)
+    code = result.code if result.kind is not Kind.SENT else (refused[0].code if refused else result.code)
+    if counted and fails >= cfg.max_fails:
+        if result.lost_in_data:
+            reason = f"relay closed the connection during DATA, {fails} times"
         return Outcome(Status.FAILED, reason=f"max-fails ({cfg.max_fails}) reached: {reason}",
                        code=code), recipients
     if is_expired(now, msg.send_after, cfg):
         return Outcome(Status.EXPIRED, reason=f"max-time passed: {reason}", code=code,
                        counted=counted), recipients
-    due = min(now + backoff(attempts, cfg.backoff, rand), deadline(msg.send_after, cfg))
+    # Every attempt before this one, answered or not, and this one: the wait keeps growing in an outage.
+    due = min(now + backoff(msg.attempts + 1, cfg.backoff, rand), deadline(msg.send_after, cfg))
     # Only the temporarily refused recipients are tried again; with no
     # per-recipient replies (the connection failed) all of them are.
     return Outcome(Status.DEFERRED, reason=reason, code=code, due_at=due,
                    pending=temporary or None, counted=counted), recipients
 
 
+def _fails(msg: Claimed) -> int:
+    """Attempts before this one that counted toward max-fails. A store that
+    keeps both counts gives them as `fails` (answered) and `attempts` (every
+    one); one that keeps only the answered ones gives them as `attempts`."""
+    fails = getattr(msg, "fails", None)
+    return msg.attempts if fails is None else int(fails)
+
+
 def _reason(result: SendResult, refused: list[RecipientResult]) -> str | None:
-    if result.kind == "sent" and not refused:
+    if result.kind is Kind.SENT and not refused:
         return None
-    if result.kind == "sent":
+    if result.kind is Kind.SENT:
         detail = "; ".join(f"{r.address}: {r.reply}" for r in refused)
         return f"delivered to {len(result.recipients) - len(refused)} of {len(result.recipients)}; {detail}"
     return result.reply  # the relay's reply, code included, or what went wrong

@@ -154,7 +154,7 @@ class Dispatcher:
                               sent.reply, sent.duration, sent.kind)
             rows.append((msg.id, self.owner, attempt, outcome, recipients))
         self.store.finish_many(rows)
-        for (msg, _), (_, _, _, outcome, _) in zip(done, rows, strict=True):
+        for (msg, sent), (_, _, _, outcome, _) in zip(done, rows, strict=True):
             result.count(outcome.status)
             observe.observer.outcome(outcome.status, sent, msg.send_after)
             _log_outcome(msg, outcome)
@@ -168,6 +168,10 @@ def _log_outcome(msg: Claimed, outcome: Outcome) -> None:
     # logs a summary); what needs a look, a deferral or a failure, is WARNING.
     if outcome.status is Status.SENT:
         log.debug("sent %s to %d recipient(s)", msg.id, len(msg.rcpt_to))
+    elif outcome.status is Status.DEFERRED and not outcome.counted:
+        # The relay was not reached: the relay pool logs that once per outage (logs.Repeats).
+        log.debug("deferred %s until %s: %s", msg.id,
+                  datetime.fromtimestamp(outcome.due_at or 0).isoformat(timespec="seconds"), outcome.reason)
     elif outcome.status is Status.DEFERRED:
         log.warning("deferred %s until %s: %s", msg.id,
                     datetime.fromtimestamp(outcome.due_at or 0).isoformat(timespec="seconds"),

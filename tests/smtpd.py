@@ -11,12 +11,22 @@ change them while the server runs (answer 451, then 250):
 - `mail_reply`, `rcpt_replies[address]`, `data_reply`: a full reply line such
   as "550 5.1.1 no such user"; None (or absent) accepts. A 421 reply closes
   the connection after it is sent, as RFC 5321 §3.8 has servers do.
-- `drop_in_data`: close the connection once the body is in, with no reply.
+- `drop_in_data`: close the connection once the body is in, with no reply
+  (True: every message; an address: the messages to that recipient).
+- `smtputf8`: offer SMTPUTF8 (RFC 6531; default True).
 - `stall`: seconds to sleep before answering the end of DATA.
 - `auth`: (user, password) that MAIL FROM requires to have logged in
   (AUTH PLAIN/LOGIN offered, in clear too: `auth_require_tls=False`).
 - `tls`: "starttls" (offered and required), "ssl" (implicit TLS) or None.
 - `idle_timeout`: seconds after which the server drops an idle client.
+- `pipelining`: advertise PIPELINING (RFC 2920) in the EHLO reply (default
+  True; aiosmtpd reads pipelined commands in order either way).
+- `gate`: a threading.Event; while it is not set, the end of DATA is not
+  answered (`held` counts the messages waiting at it).
+
+What the server saw: `messages`, `helos` (EHLO/HELO names), `chunks` (each
+read from a client, as received: a client that does not pipeline sends one
+command per chunk), `connections`, `active`.
 
 `auth`, `tls` (starttls/None) and `idle_timeout` apply to connections accepted
 after the change; switching to or from "ssl" restarts the listener on the
@@ -81,12 +91,32 @@ class _Smtp(SMTP):
         self._owner._closed(self)
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        self._owner._chunk(data)
+        super().data_received(data)
+
 
 class _Handler:
     """aiosmtpd handler hooks that read the owner's script as each command arrives."""
 
     def __init__(self, owner: SmtpServer) -> None:
         self.owner = owner
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # the new-style hook takes this over from aiosmtpd
+        self.owner._helo(hostname)
+        if self.owner.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        session.host_name = hostname
+        self.owner._helo(hostname)
+        return f"250 {server.hostname}"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -111,12 +141,21 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         owner = self.owner
-        if owner.drop_in_data:
+        drop = owner.drop_in_data
+        if drop is True or (isinstance(drop, str) and drop in envelope.rcpt_tos):
             assert server.transport is not None
             server.transport.close()
             await asyncio.Event().wait()  # cancelled by connection_lost: no reply ever
         if owner.stall:
             await asyncio.sleep(owner.stall)
+        gate = owner.gate
+        if gate is not None and not gate.is_set():
+            owner._hold(+1)
+            try:
+                while not gate.is_set():
+                    await asyncio.sleep(0.005)
+            finally:
+                owner._hold(-1)
         if owner.data_reply:
             return _answer(server, owner.data_reply)
         data = envelope.original_content or b""
@@ -163,10 +202,13 @@ class SmtpServer:
         mail_reply: str | None = None,
         rcpt_replies: dict[str, str] | None = None,
         data_reply: str | None = None,
-        drop_in_data: bool = False,
+        drop_in_data: bool | str = False,
+        smtputf8: bool = True,
         stall: float = 0.0,
         auth: tuple[str, str] | None = None,
         idle_timeout: float = 300.0,
+        pipelining: bool = True,
+        gate: threading.Event | None = None,
     ) -> None:
         if tls not in (None, "starttls", "ssl"):
             raise ValueError(f"tls must be starttls, ssl or None, got {tls!r}")
@@ -177,16 +219,23 @@ class SmtpServer:
         self.rcpt_replies = dict(rcpt_replies or {})
         self.data_reply = data_reply
         self.drop_in_data = drop_in_data
+        self.smtputf8 = smtputf8
         self.stall = stall
         self.auth = auth
         self.idle_timeout = idle_timeout
+        self.pipelining = pipelining
+        self.gate = gate
         self._tls = tls
         self._handler = _Handler(self)
         self._lock = threading.Lock()
         self._messages: list[Received] = []
+        self._helos: list[str] = []
+        self._chunks: list[bytes] = []
+        self._held = 0
         self._connections = 0
         self._live: set[_Smtp] = set()
         self._controller: _Controller | None = None
+        self._last_port = 0
         self._start(0)
 
     def __repr__(self) -> str:
@@ -207,6 +256,22 @@ class SmtpServer:
     def messages(self) -> list[Received]:
         with self._lock:
             return list(self._messages)
+
+    @property
+    def helos(self) -> list[str]:
+        with self._lock:
+            return list(self._helos)
+
+    @property
+    def chunks(self) -> list[bytes]:
+        with self._lock:
+            return list(self._chunks)
+
+    @property
+    def held(self) -> int:
+        """Messages waiting at the end of DATA for `gate`."""
+        with self._lock:
+            return self._held
 
     @property
     def connections(self) -> int:
@@ -253,7 +318,13 @@ class SmtpServer:
     def stop(self) -> None:
         controller, self._controller = self._controller, None
         if controller is not None:
+            self._last_port = int(controller.port)
             controller.stop()
+
+    def restart(self) -> None:
+        """Listen again on the port it had before `stop()` (a relay coming back)."""
+        if self._controller is None:
+            self._start(self._last_port)
 
     # -- plumbing
 
@@ -268,7 +339,7 @@ class SmtpServer:
     def _session_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "hostname": "mx.test",
-            "enable_SMTPUTF8": True,
+            "enable_SMTPUTF8": self.smtputf8,
             "timeout": self.idle_timeout,
             # Offer AUTH in clear for the plain tests; MAIL FROM enforces it
             # (auth_required=True would make aiosmtpd warn, an error under pytest).
@@ -293,6 +364,18 @@ class SmtpServer:
     def _record(self, message: Received) -> None:
         with self._lock:
             self._messages.append(message)
+
+    def _helo(self, name: str) -> None:
+        with self._lock:
+            self._helos.append(name)
+
+    def _chunk(self, data: bytes) -> None:
+        with self._lock:
+            self._chunks.append(data)
+
+    def _hold(self, delta: int) -> None:
+        with self._lock:
+            self._held += delta
 
     def _opened(self, protocol: _Smtp) -> None:
         with self._lock:

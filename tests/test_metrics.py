@@ -210,3 +210,41 @@ def test_grafana_dashboard_uses_only_exported_metrics(state):
     assert used - exported == set(), f"the dashboard names metrics the daemon does not export: {used - exported}"
     families = {re.sub(r"_(total|bucket|count|sum)$", "", m) for m in exported}
     assert {re.sub(r"_(total|bucket|count|sum)$", "", m) for m in used} == families, "every family on the dashboard"
+
+
+def test_each_outcome_is_counted_with_its_own_reply_in_one_dispatch_run(smtp_server, make_config):
+    """In process: the dispatcher reports through the observer hook, one call per message,
+    each with the attempt that decided it (several results may commit together)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mailmand import observe
+    from mailmand.config import SmtpConfig
+    from mailmand.daemon import Daemon
+    from mailmand.metrics import Metrics
+
+    relay = smtp_server(rcpt_replies={"gone@example.com": "550 5.1.1 no such user",
+                                      "later@example.com": "451 4.2.0 try later"})
+    cfg = make_config(smtp=SmtpConfig(host=relay.host, port=relay.port, timeout=5.0, connections=1))
+    client = Client(cfg)
+    for to in ("a@example.com", "gone@example.com", "b@example.com", "later@example.com", "c@example.com"):
+        client.enqueue(Email(sender="app@example.com", to=to, text="x"))
+    client.close()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    previous = observe.install(metrics)
+    daemon = Daemon(cfg)
+    try:
+        daemon.once()
+    finally:
+        daemon.close()
+        observe.install(previous)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+    assert value(samples, "mailmand_messages_total", status="sent") == 3
+    assert value(samples, "mailmand_messages_total", status="failed") == 1
+    assert value(samples, "mailmand_messages_total", status="deferred") == 1
+    assert value(samples, "mailmand_smtp_replies_total", **{"class": "2xx"}) == 3
+    assert value(samples, "mailmand_smtp_replies_total", **{"class": "5xx"}) == 1
+    assert value(samples, "mailmand_smtp_replies_total", **{"class": "4xx"}) == 1
+    assert value(samples, "mailmand_delivery_seconds_count") == 3
+    assert value(samples, "mailmand_smtp_connections") == 0, "Daemon.close() closed the session it opened"

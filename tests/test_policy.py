@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mailmand import policy
 from mailmand.config import BackoffConfig, ServerConfig
-from mailmand.smtp import RecipientResult, SendResult
+from mailmand.smtp import Kind, RecipientResult, SendResult
 from mailmand.stores.base import Claimed, Status
 
 CFG = ServerConfig(max_fails=3, max_time=3600, backoff=BackoffConfig(min=30, max=900))
@@ -17,28 +19,82 @@ def claimed(attempts: int = 0, rcpt: tuple[str, ...] = ("a@x.org",), send_after:
     return Claimed("id1", "s@x.org", rcpt, b"raw", attempts, send_after, 0)
 
 
-def result(kind: str, code: int | None, reply: str, *rcpts: tuple[str, str, int | None, str]) -> SendResult:
-    recipients = tuple(RecipientResult(a, c, r, k) for a, k, c, r in rcpts)  # type: ignore[arg-type]
-    return SendResult("id1", kind, code, reply, recipients, NOW, 0.01, "relay:25")  # type: ignore[arg-type]
+def result(kind: str, code: int | None, reply: str, *rcpts: tuple[str, str, int | None, str],
+           lost_in_data: bool = False) -> SendResult:
+    recipients = tuple(RecipientResult(a, c, r, Kind(k)) for a, k, c, r in rcpts)
+    return SendResult("id1", Kind(kind), code, reply, recipients, NOW, 0.01, "relay:25", lost_in_data)
 
 
 SENT = result("sent", 250, "250 ok", ("a@x.org", "sent", 250, "250 ok"))
 TEMP = result("temporary", 451, "451 4.3.0 later", ("a@x.org", "temporary", 451, "451 4.3.0 later"))
 PERM = result("permanent", 550, "550 5.1.1 unknown", ("a@x.org", "permanent", 550, "550 5.1.1 unknown"))
 DROPPED = result("temporary", None, "connection lost during DATA")
+UNREACHABLE = result("temporary", None, "connection failed: Connection refused",
+                     ("a@x.org", "temporary", None, "connection failed: Connection refused"))
+HUNG_UP = result("temporary", None, "end of data: connection closed by relay",
+                 ("a@x.org", "temporary", None, "end of data: connection closed by relay"), lost_in_data=True)
 
 
 @pytest.mark.parametrize("rand", [0.0, 0.5, 1.0])
 def test_backoff_grows_exponentially_within_bounds(rand):
     delays = [policy.backoff(n, CFG.backoff, lambda: rand) for n in range(1, 12)]
     assert all(30 <= d <= 900 for d in delays)
-    assert delays == sorted(delays)
-    assert delays[-1] == pytest.approx(900 * (0.5 + rand / 2))  # capped at max
+    assert delays[:5] == sorted(delays[:5]) and len(set(delays[:5])) == 5  # strictly longer each time
+    assert delays[1] / delays[0] >= 1.5 and delays[3] / delays[2] >= 1.5
+    assert delays[-1] == pytest.approx(900 * (0.75 + rand / 4))  # capped at max, still spread below it
 
 
-def test_backoff_jitter_spreads_retries():
-    spread = {round(policy.backoff(3, CFG.backoff, lambda r=r: r / 10), 3) for r in range(11)}
-    assert len(spread) == 11 and min(spread) >= 30
+@pytest.mark.parametrize("attempt", [1, 3, 20])
+def test_backoff_jitter_spreads_retries_from_the_first(attempt):
+    spread = {round(policy.backoff(attempt, CFG.backoff, lambda r=r: r / 10), 3) for r in range(11)}
+    assert len(spread) == 11 and min(spread) >= 30 and max(spread) <= 900
+
+
+def test_backoff_never_shrinks_whatever_the_jitter():
+    for n in range(1, 10):
+        assert policy.backoff(n + 1, CFG.backoff, lambda: 0.0) > policy.backoff(n, CFG.backoff, lambda: 1.0) \
+            or policy.backoff(n + 1, CFG.backoff, lambda: 0.0) >= 675
+
+
+def test_unreachable_relay_backs_off_exponentially_but_never_fails_the_message():
+    # Every attempt against a relay that is down: the wait doubles with each
+    # one (answered or not), max-fails is never reached, max-time still ends it.
+    waits = []
+    for tries in range(6):
+        msg = Claimed("id1", "s@x.org", ("a@x.org",), b"raw", tries, NOW - 60, 0)
+        outcome, rcpts = policy.decide(UNREACHABLE, msg, CFG, NOW, rand=lambda: 0.5)
+        assert outcome.status is Status.DEFERRED and not outcome.counted
+        assert rcpts[0].status == "deferred"
+        waits.append(outcome.due_at - NOW)
+    assert waits == [33.75, 60, 120, 240, 480, 787.5]  # rand 0.5: the middle of each jittered range
+    late = Claimed("id1", "s@x.org", ("a@x.org",), b"raw", 40, NOW - 3600, 0)
+    assert policy.decide(UNREACHABLE, late, CFG, NOW)[0].status is Status.EXPIRED
+
+
+def test_answered_attempts_still_count_with_unanswered_ones_in_between():
+    # A store that keeps both counts: 7 attempts so far, only 2 of them answered.
+    @dataclasses.dataclass(frozen=True)
+    class Counted(Claimed):
+        fails: int = 0
+
+    msg = Counted("id1", "s@x.org", ("a@x.org",), b"raw", 7, NOW, 0, fails=1)
+    outcome, _ = policy.decide(TEMP, msg, CFG, NOW, rand=lambda: 0.5)
+    assert outcome.status is Status.DEFERRED and outcome.counted
+    assert outcome.due_at - NOW == 787.5  # the wait follows all 8 attempts (at max, mid-jitter)
+    msg = Counted("id1", "s@x.org", ("a@x.org",), b"raw", 7, NOW, 0, fails=2)
+    assert policy.decide(TEMP, msg, CFG, NOW)[0].status is Status.FAILED
+    assert policy.decide(UNREACHABLE, msg, CFG, NOW)[0].status is Status.DEFERRED
+
+
+def test_hang_up_at_data_counts_and_fails_with_the_reason():
+    outcome, _ = policy.decide(HUNG_UP, claimed(attempts=0), CFG, NOW)
+    assert outcome.status is Status.DEFERRED and outcome.counted
+    outcome, _ = policy.decide(HUNG_UP, claimed(attempts=2), CFG, NOW)
+    assert outcome.status is Status.FAILED
+    assert outcome.reason == "max-fails (3) reached: relay closed the connection during DATA, 3 times"
+    # A connection refused, or lost before MAIL, does not count.
+    assert not policy.decide(DROPPED, claimed(attempts=2), CFG, NOW)[0].counted
+    assert policy.decide(DROPPED, claimed(attempts=2), CFG, NOW)[0].status is Status.DEFERRED
 
 
 def test_delivered():
@@ -51,6 +107,8 @@ def test_temporary_defers_with_backoff_and_reason():
     outcome, rcpts = policy.decide(TEMP, claimed(attempts=0), CFG, NOW, rand=lambda: 0.0)
     assert outcome.status is Status.DEFERRED and outcome.reason == "451 4.3.0 later" and outcome.code == 451
     assert outcome.due_at == NOW + 30 and rcpts[0].status == "deferred"
+    jittered = policy.decide(TEMP, claimed(attempts=0), CFG, NOW, rand=lambda: 1.0)[0]
+    assert jittered.due_at == NOW + 37.5  # the first retry is spread too
     assert policy.decide(DROPPED, claimed(), CFG, NOW)[0].reason == "connection lost during DATA"
 
 

@@ -1,0 +1,14 @@
+"""SMTP delivery to the relay: sans-I/O protocol, sessions, and the pool.
+
+- `protocol.py`: the client transaction as a state machine (commands out as
+  bytes, replies in), pipelining (RFC 2920), and every classification rule;
+- `session.py`: one connection: sockets, TLS, AUTH, timeouts;
+- `relays.py`: the pool of `connections` sessions, the rate limit, the feed.
+"""
+
+from .protocol import Envelope, Extensions, Kind, Outcome, RecipientResult, Reply, classify
+from .relays import TLS_MODES, Relay, SendResult, TokenBucket
+from .session import IDLE_PROBE, Session, SessionError
+
+__all__ = ["Envelope", "Extensions", "IDLE_PROBE", "Kind", "Outcome", "RecipientResult", "Relay", "Reply",
+           "SendResult", "Session", "SessionError", "TLS_MODES", "TokenBucket", "classify"]

@@ -1,0 +1,492 @@
+"""The SMTP client transaction as a state machine, without I/O ("sans-I/O").
+
+`Client` is fed the relay's replies one at a time and asked for the bytes to
+write; the socket code around it (`session.py`) only moves bytes. Every rule
+about what a reply means — per-recipient outcomes, what to do when no
+recipient was accepted, a 421 in the middle of a group, a connection lost
+before or after the end of data — is decided here, and so is tested without
+a server (tests/test_pipelining.py).
+
+With ESMTP PIPELINING (RFC 2920) offered and allowed, MAIL, every RCPT and
+DATA of a message go out in one write, and after a 354 the body and its end
+of data go out together with the next message's MAIL/RCPT/DATA: a reused
+session then pays about one round trip per message. Replies are matched to
+commands strictly in the order the commands were written (RFC 2920 §3.1).
+Without PIPELINING one command is written and its reply read before the
+next: the same decisions, taken earlier.
+
+At most one message is in its envelope phase (MAIL..DATA sent, replies
+awaited) and at most one in its body phase (end of data sent, reply
+awaited): the relay never holds more than two of our messages, and a
+refusal of the first cannot affect anything beyond the second.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+
+# RFC 5321 §4.2: "Reply codes" — the classes this module reads.
+REPLY_CLOSING = 421  # §3.8: the server is closing the channel
+REPLY_START_INPUT = 354  # the answer to DATA that asks for the body
+# RFC 4954 §6 / RFC 3207 §4: "authenticate (or STARTTLS) first". It says the
+# session lacks something, not that the message is bad: temporary, not 5xx-fatal.
+REPLY_SESSION_REQUIRED = 530
+MAX_REPLY_LINE = 8192  # well past RFC 5321 §4.5.3.1.5's 512 octets: be lenient in what we read
+MAX_REPLY_LINES = 1000  # a multi-line reply longer than this is a broken peer
+
+
+class Kind(StrEnum):
+    """The outcome of an attempt, for a message or a recipient (what the retry policy reads)."""
+
+    SENT = "sent"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+class Step(Enum):
+    """A command whose reply is awaited; the value names it in a failure reason."""
+
+    MAIL = "MAIL FROM"
+    RCPT = "RCPT TO"
+    DATA = "DATA"
+    END = "end of data"
+    RSET = "RSET"
+
+
+def classify(code: int | None) -> Kind:
+    """2xx sent, 5xx permanent; 4xx, no reply or a nonsense code temporary."""
+    if code is not None and 200 <= code < 300:
+        return Kind.SENT
+    if code is not None and 500 <= code < 600:
+        return Kind.PERMANENT
+    return Kind.TEMPORARY
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the dispatcher hands over; `raw` is the final RFC 5322 bytes, sent as is."""
+
+    id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str  # the whole reply on one line, code included: "550 5.1.1 no such user"
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    address: str
+    code: int | None  # None: no reply (timeout, dropped connection, session failure)
+    reply: str
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The decision about one message after one attempt. `code`/`reply` decided `kind`."""
+
+    kind: Kind
+    code: int | None
+    reply: str
+    recipients: tuple[RecipientResult, ...]
+    # The connection was lost after the relay had accepted the envelope (at or
+    # after DATA): the message itself may be what makes the relay hang up, so
+    # the attempt counts toward max-fails though no reply code came.
+    lost_in_data: bool = False
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """What the relay's EHLO offered, as far as this client cares."""
+
+    pipelining: bool = False
+    eightbitmime: bool = False
+    smtputf8: bool = False
+
+
+class ProtocolError(Exception):
+    """The relay sent something that is not an SMTP reply."""
+
+
+# -- replies in ---------------------------------------------------------------
+
+
+class ReplyParser:
+    """Reply lines in, whole replies out (RFC 5321 §4.2: "250-..." continues, "250 ..." ends)."""
+
+    def __init__(self) -> None:
+        self._code: int | None = None
+        self._texts: list[str] = []
+
+    def feed(self, line: bytes) -> Reply | None:
+        """One line, with or without its CRLF; the Reply once its last line is in."""
+        if len(line) < 3 or not line[:3].isdigit():
+            raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
+        code = int(line[:3])
+        if self._code is not None and code != self._code:
+            raise ProtocolError(f"reply code changed within a multi-line reply: {line[:80]!r}")
+        self._code = code
+        self._texts.append(line[4:].decode("utf-8", "replace").strip())
+        if len(self._texts) > MAX_REPLY_LINES:
+            raise ProtocolError("multi-line reply too long")
+        if line[3:4] == b"-":
+            return None
+        text = " ".join(" ".join(self._texts).split())
+        self._code, self._texts = None, []
+        return Reply(code, f"{code} {text}".strip())
+
+
+# -- commands out ---------------------------------------------------------------
+
+_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")  # any line ending: the wire wants CRLF (RFC 5321 §2.3.8)
+_DOT = re.compile(rb"^\.", re.MULTILINE)  # a leading dot is doubled (RFC 5321 §4.5.2)
+END_OF_DATA = b".\r\n"
+RSET = b"RSET\r\n"
+DATA = b"DATA\r\n"
+
+
+def encode_body(raw: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, dots stuffed, end of data appended."""
+    body = _DOT.sub(b"..", _EOL.sub(b"\r\n", raw))
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + END_OF_DATA
+
+
+def mail_options(env: Envelope, ext: Extensions) -> tuple[tuple[str, ...], str | None]:
+    """MAIL FROM parameters the message needs, or why this relay cannot take it."""
+    options: list[str] = []
+    # Addresses were validated when the message was composed and again at
+    # ingest; a line break here would still split the command: refuse, never send.
+    if any(c in a for a in (env.mail_from, *env.rcpt_to) for c in "\r\n"):
+        return (), "an address holds a line break"
+    if not env.raw.isascii() and ext.eightbitmime:
+        options.append("BODY=8BITMIME")  # RFC 6152
+    if not (env.mail_from.isascii() and all(a.isascii() for a in env.rcpt_to)):
+        if not ext.smtputf8:
+            return (), "relay does not support SMTPUTF8, needed for a non-ASCII address"
+        options.append("SMTPUTF8")  # RFC 6531
+    return tuple(options), None
+
+
+def _command(verb: str, address: str, options: tuple[str, ...] = ()) -> bytes:
+    line = f"{verb}:<{address}>"
+    if options:
+        line += " " + " ".join(options)
+    return line.encode("utf-8") + b"\r\n"  # UTF-8 only reaches the wire with SMTPUTF8
+
+
+# -- decisions (pure) -------------------------------------------------------------
+
+
+def everyone(env: Envelope, code: int | None, reply: str, kind: Kind | None = None) -> Outcome:
+    """Every recipient shares one fate (MAIL refused, the session failed)."""
+    kind = kind or classify(code)
+    return Outcome(kind, code, reply, tuple(RecipientResult(a, code, reply, kind) for a in env.rcpt_to))
+
+
+def mail_refused(env: Envelope, mail: Reply) -> Outcome:
+    # 530 at MAIL: the session is not authenticated; nothing is wrong with the message.
+    kind = Kind.TEMPORARY if mail.code == REPLY_SESSION_REQUIRED else None
+    return everyone(env, mail.code, mail.text, kind)
+
+
+def none_accepted(env: Envelope, rcpts: list[Reply]) -> Outcome:
+    """No recipient took the message: a temporary refusal outranks a permanent one,
+    since the message still has somewhere to go later."""
+    results = tuple(RecipientResult(a, r.code, r.text, classify(r.code))
+                    for a, r in zip(env.rcpt_to, rcpts, strict=True))
+    decider = next((r for r in results if r.kind is Kind.TEMPORARY), results[0])
+    return Outcome(decider.kind, decider.code, decider.reply, results)
+
+
+def with_final(env: Envelope, rcpts: list[Reply | None], code: int | None, reply: str,
+               kind: Kind | None = None, *, untried: str | None = None,
+               lost_in_data: bool = False) -> Outcome:
+    """Every accepted recipient shares the fate of the message body (DATA's or
+    end of data's reply); a refused one keeps its own reply; one never asked
+    (a 421 cut the group short) is temporary with `untried` as its reason."""
+    kind = kind or classify(code)
+    results = []
+    for address, r in zip(env.rcpt_to, rcpts, strict=True):
+        if r is None:
+            results.append(RecipientResult(address, None, untried or reply, Kind.TEMPORARY))
+        elif classify(r.code) is Kind.SENT:
+            results.append(RecipientResult(address, code, reply, kind))
+        else:
+            results.append(RecipientResult(address, r.code, r.text, classify(r.code)))
+    return Outcome(kind, code, reply, tuple(results), lost_in_data)
+
+
+class Plan(Enum):
+    """What a complete envelope exchange (MAIL, RCPT…, DATA) leads to."""
+
+    BODY = "send the body"  # DATA answered 354 for an accepted envelope
+    EMPTY = "end the data with nothing"  # 354, but nothing to deliver: RFC 2920 §3.1
+    RSET = "reset"  # refused before the body: RSET readies the session for the next message
+
+
+def decide_envelope(env: Envelope, mail: Reply, rcpts: list[Reply], data: Reply | None) -> tuple[Plan, Outcome | None]:
+    """After the envelope's replies: what to send next, and the outcome when it is
+    already known (every case but BODY, whose outcome the end of data decides).
+
+    `data` is None when DATA was not sent (one command at a time, and the
+    envelope was refused before it). The body goes out only when MAIL was
+    accepted, at least one RCPT was, and DATA was answered 354; a 354 in any
+    other case is closed with an empty end of data (RFC 2920 §3.1: "if the DATA
+    command was accepted the client SMTP should send a single dot")."""
+    go_ahead = data is not None and data.code == REPLY_START_INPUT
+    if classify(mail.code) is not Kind.SENT:
+        outcome = mail_refused(env, mail)
+    elif not any(classify(r.code) is Kind.SENT for r in rcpts):
+        outcome = none_accepted(env, rcpts)
+    elif go_ahead:
+        return Plan.BODY, None
+    else:
+        assert data is not None
+        # DATA refused (or answered nonsense): accepted recipients share its reply.
+        kind = None if classify(data.code) is not Kind.SENT else Kind.TEMPORARY
+        outcome = with_final(env, list(rcpts), data.code, data.text, kind)
+    return (Plan.EMPTY if go_ahead else Plan.RSET), outcome
+
+
+# -- the client ------------------------------------------------------------------
+
+
+class Stage(Enum):
+    ENVELOPE = "envelope"  # MAIL/RCPT/DATA written, replies coming
+    BODY = "body"  # the body and its end of data written, the final reply coming
+    CLOSING = "closing"  # decided; an RSET or empty end of data still to be answered
+
+
+@dataclass(eq=False)
+class Transaction:
+    env: Envelope
+    options: tuple[str, ...]
+    stage: Stage = Stage.ENVELOPE
+    mail: Reply | None = None
+    rcpts: list[Reply] = field(default_factory=list)
+    data: Reply | None = None
+    rcpt_sent: int = 0
+    data_sent: bool = False
+
+
+@dataclass(frozen=True)
+class Done:
+    """A message's outcome, in the order the relay gave it."""
+
+    env: Envelope
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """A message the relay never answered (the connection was lost, or 421, before
+    its MAIL reply): nothing of it was accepted, so it may be tried on a new session."""
+
+    env: Envelope
+    reason: str
+    code: int | None = None
+    retry: bool = False  # set by the session: safe to try once more on a new connection
+
+
+Event = Done | Unanswered
+
+
+class Client:
+    """One SMTP session's transactions, fed replies, giving bytes to write.
+
+    Typical use, per connection (see session.py):
+
+        client = Client(ext, pipelining=True)
+        client.add(env)                        # or an Outcome at once: cannot go here
+        while client.waiting:
+            sock.sendall(client.outgoing())
+            for event in client.receive(read_reply()):
+                ...                             # Done / Unanswered
+            if client.ready_for_next: client.add(next_env)  # rides with the body
+
+    After a lost connection, `lost(reason)` settles every message in flight.
+    """
+
+    def __init__(self, ext: Extensions, pipelining: bool = True) -> None:
+        self.ext = ext
+        self.pipelining = pipelining and ext.pipelining
+        self.closed = False  # the relay closed (421) or a reset failed: no more on this session
+        self._out: list[bytes] = []
+        self._body_queued = False
+        self.body_pending = False  # the bytes last handed out carry a message body
+        self._expect: deque[tuple[Transaction, Step]] = deque()
+        self._txs: list[Transaction] = []  # in flight, oldest first
+
+    # -- what the I/O layer asks
+
+    @property
+    def waiting(self) -> bool:
+        """Replies are awaited."""
+        return bool(self._expect)
+
+    @property
+    def next_step(self) -> Step | None:
+        """The command whose reply comes next (its timeout: the end of data waits longer)."""
+        return self._expect[0][1] if self._expect else None
+
+    @property
+    def ready_for_next(self) -> bool:
+        """A new message may join now: not closed, and no message in its envelope phase.
+        Without pipelining, only once every reply is in."""
+        if self.closed:
+            return False
+        if not self.pipelining:
+            return not self._expect
+        return not any(tx.stage is Stage.ENVELOPE for tx in self._txs)
+
+    def outgoing(self) -> bytes:
+        out, self._out = b"".join(self._out), []
+        self.body_pending, self._body_queued = self._body_queued, False
+        return out
+
+    # -- what the I/O layer tells
+
+    def add(self, env: Envelope) -> Outcome | None:
+        """Start a transaction for `env`; an Outcome at once when this relay cannot take it."""
+        if not self.ready_for_next:
+            raise RuntimeError("a message was added while the session could not take one")
+        options, problem = mail_options(env, self.ext)
+        if problem:
+            return everyone(env, None, problem, Kind.PERMANENT)
+        tx = Transaction(env, options)
+        self._txs.append(tx)
+        self._send(tx, Step.MAIL, _command("MAIL FROM", env.mail_from, options))
+        if self.pipelining:
+            for address in env.rcpt_to:
+                self._send_rcpt(tx, address)
+            self._send(tx, Step.DATA, DATA)
+            tx.data_sent = True
+        return None
+
+    def receive(self, reply: Reply) -> list[Event]:
+        """The next reply, matched to the oldest command still unanswered."""
+        if not self._expect:
+            raise ProtocolError(f"a reply nobody asked for: {reply.text}")
+        tx, step = self._expect.popleft()
+        if reply.code == REPLY_CLOSING:
+            return self._closing(tx, step, reply)
+        events: list[Event] = []
+        if step is Step.MAIL:
+            tx.mail = reply
+        elif step is Step.RCPT:
+            tx.rcpts.append(reply)
+        elif step is Step.DATA:
+            tx.data = reply
+        elif step is Step.END:
+            if tx.stage is Stage.BODY:
+                events.append(Done(tx.env, with_final(tx.env, list(tx.rcpts), reply.code, reply.text)))
+            self._txs.remove(tx)
+            return events
+        elif step is Step.RSET:
+            if reply.code != 250:
+                self.closed = True  # the session's state is unknown: use a new one
+            self._txs.remove(tx)
+            return events
+        if tx.stage is Stage.ENVELOPE and not any(t is tx for t, _ in self._expect):
+            events.extend(self._advance(tx))
+        return events
+
+    def lost(self, reason: str, *, closed_by_relay: bool) -> list[Event]:
+        """The connection is gone (`reason` names why): settle every message in flight.
+
+        A message whose body went out has an unknown fate: temporary, and if
+        the relay closed the connection it counts as an attempt (it may be the
+        message that makes the relay hang up). One whose envelope the relay
+        had accepted when the connection went, at DATA, the same. One never
+        answered is returned Unanswered, to be tried on a new session."""
+        self.closed = True
+        events: list[Event] = []
+        for tx in self._txs:
+            step = next((s for t, s in self._expect if t is tx), None)
+            if tx.stage is Stage.CLOSING or step is None:
+                continue  # decided already
+            text = f"{step.value}: {reason}"
+            if tx.mail is None:
+                events.append(Unanswered(tx.env, text))
+                continue
+            envelope_accepted = (classify(tx.mail.code) is Kind.SENT
+                                 and any(classify(r.code) is Kind.SENT for r in tx.rcpts))
+            in_data = step in (Step.DATA, Step.END) and envelope_accepted
+            rcpts: list[Reply | None] = list(tx.rcpts) + [None] * (len(tx.env.rcpt_to) - len(tx.rcpts))
+            events.append(Done(tx.env, with_final(tx.env, rcpts, None, text, Kind.TEMPORARY,
+                                                  lost_in_data=in_data and closed_by_relay)))
+        self._txs.clear()
+        self._expect.clear()
+        self._out.clear()
+        return events
+
+    # -- inside
+
+    def _send(self, tx: Transaction, step: Step, line: bytes) -> None:
+        self._out.append(line)
+        self._expect.append((tx, step))
+
+    def _send_rcpt(self, tx: Transaction, address: str) -> None:
+        self._send(tx, Step.RCPT, _command("RCPT TO", address))
+        tx.rcpt_sent += 1
+
+    def _advance(self, tx: Transaction) -> list[Event]:
+        """Every command written for `tx` is answered: the next command, or the decision."""
+        assert tx.mail is not None
+        if not self.pipelining and tx.data is None:
+            # One at a time: stop at the first refusal that ends the transaction.
+            if classify(tx.mail.code) is Kind.SENT:
+                if tx.rcpt_sent < len(tx.env.rcpt_to):
+                    self._send_rcpt(tx, tx.env.rcpt_to[tx.rcpt_sent])
+                    return []
+                if not tx.data_sent and any(classify(r.code) is Kind.SENT for r in tx.rcpts):
+                    self._send(tx, Step.DATA, DATA)
+                    tx.data_sent = True
+                    return []
+        plan, outcome = decide_envelope(tx.env, tx.mail, tx.rcpts, tx.data)
+        if plan is Plan.BODY:
+            tx.stage = Stage.BODY
+            self._send(tx, Step.END, encode_body(tx.env.raw))
+            self._body_queued = True
+            return []
+        tx.stage = Stage.CLOSING
+        self._send(tx, Step.END if plan is Plan.EMPTY else Step.RSET,
+                   END_OF_DATA if plan is Plan.EMPTY else RSET)
+        assert outcome is not None
+        return [Done(tx.env, outcome)]
+
+    def _closing(self, tx: Transaction, step: Step, reply: Reply) -> list[Event]:
+        """421: the relay is closing the session (RFC 5321 §3.8). Whatever it had
+        not answered yet is settled now; nothing more is read or written."""
+        events: list[Event] = []
+        untried = f"not tried: relay closed the session ({reply.text})"
+        for t in self._txs:
+            if t.stage is Stage.CLOSING:
+                continue
+            if t is tx and step is Step.END:
+                # The body went out; the relay refused it while closing.
+                events.append(Done(t.env, with_final(t.env, list(t.rcpts), reply.code, reply.text)))
+            elif t.mail is None:
+                # MAIL answered 421, or never answered: nothing of it was accepted.
+                events.append(Unanswered(t.env, f"{Step.MAIL.value}: {reply.text}", reply.code))
+            else:
+                rcpts: list[Reply | None] = list(t.rcpts) + [None] * (len(t.env.rcpt_to) - len(t.rcpts))
+                if t is tx and step is Step.RCPT:
+                    rcpts[len(t.rcpts)] = reply
+                events.append(Done(t.env, with_final(t.env, rcpts, reply.code, reply.text,
+                                                     Kind.TEMPORARY, untried=untried)))
+        self.closed = True
+        self._txs.clear()
+        self._expect.clear()
+        self._out.clear()
+        return events
