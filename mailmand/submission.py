@@ -148,6 +148,7 @@ class SubmissionServer:
         self.sub = sub
         self.auth: AuthConfig | None = sub.auth
         self.tls = tls_context(sub)
+        self._owns_client = client is None
         self.client = client or Client(cfg)
         self.executor = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="mailmand-submission-put")
         self.addresses: list[tuple[str, int]] = []  # bound, with real ports
@@ -172,6 +173,8 @@ class SubmissionServer:
             log.error("submission: reload not applied, keeping the running listener settings: %s", exc)
             return
         self.cfg, self.sub, self.auth, self.tls = cfg, replace(sub, listen=self.sub.listen), sub.auth, context
+        if self._owns_client:  # its limits (max-message-size, max-recipients); the queue itself needs a restart
+            self.client.config = replace(cfg, queue=self.client.config.queue)
 
     def _smtp(self, loopback: bool) -> SMTP:
         return _Smtp(
@@ -311,7 +314,8 @@ class SubmissionServer:
 
     def _close_client(self) -> None:
         self.executor.shutdown(wait=True)
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
 
 class _Smtp(SMTP):

@@ -319,12 +319,12 @@ def test_a_full_spool_disk_gets_451_and_recovers_without_restart(make_config, tm
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_reload_changes_auth_for_the_next_connection(smtp_server, write_config):
+def test_a_reload_changes_auth_and_limits_for_the_next_connection(smtp_server, write_config):
     relay = smtp_server()
     port = free_port()
 
-    def conf_with(password: str) -> Path:
-        conf = write_config(relay.port, extra_server=server_yaml(port) +
+    def conf_with(password: str, size: str = "16KiB") -> Path:
+        conf = write_config(relay.port, extra_server=f"    max-message-size: {size}\n" + server_yaml(port) +
                             f"      auth: {{username: app, password: {password}}}\n")
         conf.chmod(0o600)  # a literal password in a file others can read is refused
         return conf
@@ -342,10 +342,21 @@ def test_a_reload_changes_auth_for_the_next_connection(smtp_server, write_config
     try:
         daemon.wait_for(f"submission listening on 127.0.0.1:{port}")
         assert login("pw-Alpha-1") == 235
-        conf_with("pw-Bravo-2")
+        big = MESSAGE + (b"x" * 70 + b"\r\n") * 400  # about 29 KB
+
+        def send_big(password: str) -> int:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.login("app", password)
+                s.mail("app@example.com")
+                s.rcpt("ann@example.com")
+                return s.data(big)[0]
+
+        assert send_big("pw-Alpha-1") == 552
+        conf_with("pw-Bravo-2", size="1MiB")
         daemon.wait_for("configuration reloaded", timeout=10)
         assert login("pw-Bravo-2") == 235
         assert login("pw-Alpha-1") == 535
+        assert send_big("pw-Bravo-2") == 250, "the new max-message-size, at the listener and in its client"
         assert "pw-Alpha-1" not in daemon.log and "pw-Bravo-2" not in daemon.log
     finally:
         assert daemon.stop() == 0
