@@ -379,3 +379,33 @@ def test_an_8bit_body_and_its_headers_are_queued_intact(listener):
     assert queued.endswith(b"\r\n\r\n" + body)
     assert b"Message-ID: <fixed@example.com>\r\n" in queued, "what the client gave is kept"
     assert item.data["mail_from"] == "app@example.com" and item.data["rcpt_to"] == ["ann@example.com"]
+
+
+def test_a_list_of_addresses_listens_on_each(make_config):
+    cfg = make_config(submission=SubmissionConfig(listen=("127.0.0.1:0", "127.0.0.2:0")))
+    srv = SubmissionServer(cfg).start()
+    try:
+        assert [host for host, _ in srv.addresses] == ["127.0.0.1", "127.0.0.2"]
+        for host, port in srv.addresses:
+            with smtplib.SMTP(host, port, timeout=10) as s:
+                s.ehlo()
+                assert s.mail("app@example.com")[0] == 250
+                assert s.rcpt("ann@example.com")[0] == 250
+                assert s.data(MESSAGE)[0] == 250
+    finally:
+        srv.stop()
+    assert pending(cfg) == 2
+
+
+def test_an_open_listener_off_loopback_is_logged_as_a_warning(listener, caplog):
+    with caplog.at_level("WARNING", logger="mailmand.submission"):
+        listener(listen="0.0.0.0:0")
+    assert "is not on loopback and has no auth: anyone who can reach it can send mail" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mailmand.submission"):
+        listener(listen="0.0.0.0:0", auth=AuthConfig(username="app", password="s3cret"))
+    assert "has no tls: AUTH will be refused (538)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mailmand.submission"):
+        listener()
+    assert caplog.text == "", "loopback without auth is the quiet default"
