@@ -74,6 +74,16 @@ def report(results: dict[str, Any]) -> str:
                      f"max {r['rss_first_quarter_max_mib']:.1f} in the first quarter, "
                      f"{r['rss_last_quarter_max_mib']:.1f} in the last, {r['rss_after_mib']:.1f} after; "
                      f"end to end {r['end_to_end_msg_s']:.0f} msg/s")
+        if "postgres" in results["scale"]:
+            pg = results["scale"]["postgres"]
+            parts.append(f"PostgreSQL store of {pg['messages']:,}: claim 50 "
+                         f"{pg['claim_50']['median_ms']:.1f} ms (target < 20), status "
+                         f"{pg['status_inprocess']['median_ms']:.1f} ms, "
+                         f"stats {pg['stats_inprocess']['median_ms']:.1f} ms")
+        if "daemons" in results["scale"]:
+            dd = results["scale"]["daemons"]
+            parts.append(f"daemons on one PostgreSQL store, relay {dd['rtt_ms']:g} ms away, {dd['messages']} messages: "
+                         + ", ".join(f"{r['daemons']} → {r['msg_s']:.0f} msg/s" for r in dd["runs"]))
     if "wan" in results:
         w = results["wan"]
         if "skipped" in w:

@@ -228,3 +228,54 @@ def environment() -> dict[str, Any]:
         "mailmand_commit": commit,
         "smtp_sink": SMTP_SINK if have_smtp_sink() else None,
     }
+
+
+# -- PostgreSQL (the store of many daemons) ----------------------------------------
+
+POSTGRES_DSN = os.environ.get("MAILMAND_BENCH_POSTGRES_DSN",
+                              os.environ.get("MAILMAND_TEST_POSTGRES_DSN",
+                                             "postgresql://postgres@127.0.0.1:5432/postgres"))
+
+
+def have_postgres() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_DSN, connect_timeout=3).close()
+        return True
+    except Exception:  # no driver, or no server: the PostgreSQL rows are left out
+        return False
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh database for one measurement; yields its dsn and drops it after."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"mailmand_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(**{**conninfo_to_dict(POSTGRES_DSN), "dbname": name})
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_config(root: Path, dsn: str, port: int = 9, connections: int = 4, **server: Any) -> Config:
+    from mailmand.config import replace
+
+    cfg = config(root, port, connections, **server)
+    return replace(cfg, server=replace(cfg.server, database=DatabaseConfig(engine="postgres", dsn=dsn)))
+
+
+def write_pg_yaml(cfg: Config, path: Path) -> Path:
+    write_yaml(cfg, path)
+    text = path.read_text().replace(
+        f"      engine: sqlite3\n      path: {cfg.server.database.path}\n",
+        f"      engine: postgres\n      dsn: \"{cfg.server.database.dsn}\"\n")
+    path.write_text(text)
+    return path

@@ -20,9 +20,24 @@ from typing import Any
 from mailmand.cli import setup_logging
 from mailmand.daemon import Daemon
 from mailmand.message import new_id
+from mailmand.stores.base import Status
 from mailmand.stores.sqlite import SQLiteStore
 
-from .common import RCPT, SENDER, ab, config, email, have_smtp_sink, once_command, row, sink, workdir
+from .common import (
+    RCPT,
+    SENDER,
+    ab,
+    config,
+    email,
+    have_postgres,
+    have_smtp_sink,
+    once_command,
+    pg_config,
+    pg_database,
+    row,
+    sink,
+    workdir,
+)
 from .enqueue import MAX_SIZE
 
 
@@ -30,7 +45,7 @@ def make_store(path: Path, n: int) -> list[bytes]:
     """A store holding `n` due messages, as ingest leaves them; returns their bodies."""
     base = email().to_record(MAX_SIZE, send_after=time.time() - 1)
     records = [dataclasses.replace(base, id=new_id()) for _ in range(n)]
-    store = SQLiteStore(path)
+    store = SQLiteStore(path, create=True)
     for i in range(0, n, 500):
         store.insert(records[i:i + 500])
     store.close()
@@ -96,6 +111,53 @@ def _bare(bodies: list[bytes], port: int, connections: int) -> float:
     return len(bodies) / dt
 
 
+def _mailmand_pg(records: list[Any], base: Path, port: int, connections: int) -> float:
+    """As `_mailmand`, with the store in a fresh PostgreSQL database."""
+    from mailmand.config import DatabaseConfig
+    from mailmand.stores.postgres import PostgresStore
+
+    with workdir(base) as root, pg_database() as dsn:
+        store = PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn), create=True)
+        for i in range(0, len(records), 500):
+            store.insert(records[i:i + 500])
+        store.close()
+        daemon = Daemon(pg_config(root, dsn, port, connections))
+        try:
+            t0 = time.perf_counter()
+            result = daemon.once()
+            dt = time.perf_counter() - t0
+            counts = daemon.store.counts()
+        finally:
+            daemon.close()
+        if result.dispatched.sent != len(records) or counts[Status.SENT] != len(records):
+            raise RuntimeError(f"sent {result.dispatched.sent} of {len(records)}: {result.summary()}")
+        return len(records) / dt
+
+
+def store_engines(base: Path, quick: bool) -> dict[str, Any] | None:
+    """Dispatch to smtp-sink at 4 connections: the PostgreSQL store against the SQLite store
+    (target ≥ 0.8)."""
+    if not (have_postgres() and have_smtp_sink()):
+        return None
+    n, rounds = (1500, 3) if quick else (5000, 5)
+    with workdir(base) as root, sink("smtp-sink") as port:
+        template = root / "template.db"
+        make_store(template, n)
+        base_record = email().to_record(MAX_SIZE, send_after=time.time() - 1)
+        records = [dataclasses.replace(base_record, id=new_id()) for _ in range(n)]
+        log = root / "daemon.log"
+        saved, sys.stderr = sys.stderr, log.open("a")
+        try:
+            a, b = ab(rounds, lambda: _mailmand_pg(records, base, port, 4),
+                      lambda: _mailmand(template, base, port, 4, n, log))
+        finally:
+            sys.stderr.close()
+            sys.stderr = saved
+    r = row("dispatch smtp-sink, 4 connections: PostgreSQL store / SQLite store", a, b)
+    r.update(sink="smtp-sink", connections=4, messages=n)
+    return r
+
+
 def run(base: Path, quick: bool, sinks: tuple[str, ...] | None = None) -> dict[str, Any]:
     n, rounds = (1500, 3) if quick else (5000, 5)
     sinks = sinks or (("smtp-sink",) if have_smtp_sink() else ()) + ("aiosmtpd",)
@@ -120,6 +182,9 @@ def run(base: Path, quick: bool, sinks: tuple[str, ...] | None = None) -> dict[s
                     r.update(sink=kind, connections=4, end_to_end=True)
                     rows.append(r)
         log_lines = sum(1 for _ in log.open())
+    engines = store_engines(base, quick)
+    if engines is not None:
+        rows.append(engines)
     logging.getLogger().handlers[:] = []
     return {"messages": n, "rows": rows, "log_lines": log_lines,
             "logging": "mailmand.cli.setup_logging('INFO') as the daemon runs it "

@@ -47,7 +47,7 @@ def drain_curve(base: Path, n: int, step: int) -> dict[str, Any]:
         cfg = config(root)
         fill_spool(cfg.queue.path, n)
         queue = SpoolQueue(cfg.queue.path, daemon=True)
-        store = SQLiteStore(cfg.server.database.path)
+        store = SQLiteStore(cfg.server.database.path, create=True)
         ingester = Ingester(queue, store)
         curve = []
         t_all = time.perf_counter()

@@ -13,14 +13,28 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mailmand import cli
 from mailmand.stores.base import Status
-from mailmand.stores.sqlite import HOUR, SQLiteStore, _bucket
+from mailmand.stores.rollup import HOUR
+from mailmand.stores.rollup import bucket as _bucket
+from mailmand.stores.sqlite import SQLiteStore
 
-from .common import config, email, have_smtp_sink, sink, workdir, write_yaml
+from .common import (
+    config,
+    email,
+    have_postgres,
+    have_smtp_sink,
+    pg_config,
+    pg_database,
+    sink,
+    workdir,
+    write_pg_yaml,
+    write_yaml,
+)
 from .enqueue import MAX_SIZE
 from .ingest import fill_spool
 from .latency import daemon
@@ -32,18 +46,14 @@ MIX = [(Status.SENT, 0.90), (Status.FAILED, 0.03), (Status.EXPIRED, 0.01), (Stat
 REASON = {Status.FAILED: "550 5.1.1 no such user", Status.EXPIRED: "expired: max-time passed"}
 
 
-def generate(path: Path, n: int, now: float, chunk: int = 50_000) -> float:
-    """Bulk-load `n` messages through the real schema (triggers keep status_counts);
-    the hourly roll-ups are written as finish() would have. Returns seconds taken."""
-    t0 = time.perf_counter()
-    SQLiteStore(path).close()  # the schema, exactly as the daemon creates it
+def _chunks(n: int, now: float, stats: Counter, reasons: Counter,
+            chunk: int = 50_000) -> Iterator[tuple[list[tuple], list[tuple], list[tuple]]]:
+    """The bench store's rows, `chunk` messages at a time: (messages, bodies, attempts).
+    The hourly roll-ups are added to `stats` and `reasons` as finish() would have."""
     raw = email().to_record(MAX_SIZE).raw
     rng = random.Random(6)
     statuses = [s for s, _ in MIX]
     weights = [w for _, w in MIX]
-    stats, reasons = Counter(), Counter()
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
     for start in range(0, n, chunk):
         msgs, bodies, attempts = [], [], []
         for i in range(start, min(n, start + chunk)):
@@ -76,12 +86,28 @@ def generate(path: Path, n: int, now: float, chunk: int = 50_000) -> float:
                         stats[(hour, "latency", _bucket(at - created))] += 1
                     else:
                         reasons[(hour, REASON[status])] += 1
+        yield msgs, bodies, attempts
+
+
+MESSAGE_COLS = ("id, status, mail_from, rcpt_to, subject, priority, size, idempotency_key, created_at, send_after,"
+                " due_at, attempts, last_error, updated_at, finished_at")
+ATTEMPT_COLS = "message_id, at, relay, code, reply, duration, outcome"
+
+
+def generate(path: Path, n: int, now: float) -> float:
+    """Bulk-load `n` messages through the real schema (triggers keep status_counts).
+    Returns seconds taken."""
+    t0 = time.perf_counter()
+    SQLiteStore(path, create=True).close()  # the schema, exactly as the daemon creates it
+    stats: Counter = Counter()
+    reasons: Counter = Counter()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    for msgs, bodies, attempts in _chunks(n, now, stats, reasons):
         db.execute("BEGIN")
-        db.executemany("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"
-                       " idempotency_key, created_at, send_after, due_at, attempts, last_error, updated_at,"
-                       " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", msgs)
+        db.executemany(f"INSERT INTO messages ({MESSAGE_COLS}) VALUES ({','.join('?' * 15)})", msgs)
         db.executemany("INSERT INTO bodies VALUES (?, ?)", bodies)
-        db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
+        db.executemany(f"INSERT INTO attempts ({ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", attempts)
         db.execute("COMMIT")
     db.execute("BEGIN")
     db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?)", [(*k, v) for k, v in stats.items()])
@@ -89,6 +115,36 @@ def generate(path: Path, n: int, now: float, chunk: int = 50_000) -> float:
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
+    return time.perf_counter() - t0
+
+
+def pg_generate(dsn: str, n: int, now: float) -> float:
+    """The same store in PostgreSQL, loaded with COPY through the daemon's own schema."""
+    import psycopg
+
+    from mailmand.config import DatabaseConfig
+    from mailmand.stores.postgres import PostgresStore
+
+    t0 = time.perf_counter()
+    PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn), create=True).close()
+    stats: Counter = Counter()
+    reasons: Counter = Counter()
+    with psycopg.connect(dsn) as conn:
+        for msgs, bodies, attempts in _chunks(n, now, stats, reasons):
+            with conn.cursor() as cur:
+                for table, cols, rows in (("messages", MESSAGE_COLS, msgs), ("bodies", "id, raw", bodies),
+                                          ("attempts", ATTEMPT_COLS, attempts)):
+                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                        for r in rows:
+                            copy.write_row(r)
+            conn.commit()
+        conn.cursor().executemany("INSERT INTO stats_hourly VALUES (%s, %s, %s, %s)",
+                                  [(*k, v) for k, v in stats.items()])
+        conn.cursor().executemany("INSERT INTO reasons_hourly VALUES (%s, %s, %s)",
+                                  [(*k, v) for k, v in reasons.items()])
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - t0
 
 
@@ -142,7 +198,7 @@ def big_store(base: Path, n: int) -> dict[str, Any]:
         def claim() -> None:
             if len(store.claim(later, 50, "bench", 300.0)) != 50:
                 raise RuntimeError("claim took less than a batch")
-            store.release("bench")
+            store.take_over("bench")
 
         out = {"messages": n, "load_s": load_s, "bytes_per_message": size / n,
                "counts": {s.value: c for s, c in store.counts().items()},
@@ -186,6 +242,84 @@ def rss_run(base: Path, n: int) -> dict[str, Any]:
             "rss_last_quarter_max_mib": max(rss[-max(1, len(rss) // 4):]), "samples": samples}
 
 
+def pg_big_store(base: Path, n: int) -> dict[str, Any]:
+    """Claim, `status` and `stats` on a PostgreSQL store of `n` messages (target: claim < 20 ms)."""
+    from mailmand.config import DatabaseConfig
+    from mailmand.stores.postgres import PostgresStore
+
+    now = time.time()
+    with workdir(base) as root, pg_database() as dsn:
+        load_s = pg_generate(dsn, n, now)
+        conf = write_pg_yaml(pg_config(root, dsn), root / "mailmand.yaml")
+        store = PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn))
+        later = now + 31 * DAY
+
+        def claim() -> float:  # the claim alone; the hand-back after it is not timed
+            t0 = time.perf_counter()
+            if len(store.claim(later, 50, "bench", 300.0)) != 50:
+                raise RuntimeError("claim took less than a batch")
+            took = (time.perf_counter() - t0) * 1000
+            store.take_over("bench")
+            return took
+
+        got = [claim() for _ in range(21)]
+        claim_ms = {"median_ms": statistics.median(got), "min_ms": min(got), "max_ms": max(got)}
+        out = {"messages": n, "load_s": load_s, "claim_50": claim_ms,
+               "counts": {s.value: c for s, c in store.counts().items()}}
+        store.close()
+        out["status_inprocess"] = _ms(lambda: _cli(conf, "status"))
+        out["stats_inprocess"] = _ms(lambda: _cli(conf, "stats"))
+    return out
+
+
+def daemons_far_relay(base: Path, quick: bool, rtt_ms: float = 25.0) -> dict[str, Any]:
+    """1, 2 and 3 daemons sharing one PostgreSQL store, sending to smtp-sink behind a
+    delay proxy (`rtt_ms` away): throughput should grow with the daemons."""
+    from mailmand.config import DatabaseConfig
+    from mailmand.stores.postgres import PostgresStore
+
+    from .common import records
+    from .wan import delay_proxy
+
+    n = 800 if quick else 4000
+    out: dict[str, Any] = {"messages": n, "rtt_ms": rtt_ms, "connections_per_daemon": 4, "runs": []}
+    with sink("smtp-sink") as port, delay_proxy(port, rtt_ms) as relay:
+        for k in (1, 2, 3):
+            with workdir(base) as root, pg_database() as dsn:
+                store = PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn), create=True)
+                batch = records(n)
+                for i in range(0, n, 500):
+                    store.insert(batch[i:i + 500])
+                confs = []
+                for d in range(k):
+                    (root / f"d{d}").mkdir()
+                    confs.append(write_pg_yaml(pg_config(root / f"d{d}", dsn, relay, 4, batch=50),
+                                               root / f"d{d}.yaml"))
+                t0 = time.perf_counter()
+                procs = [subprocess.Popen([sys.executable, "-m", "mailmand", "run", "-c", str(c)],
+                                          stderr=subprocess.DEVNULL) for c in confs]
+                try:
+                    while store.counts()[Status.SENT] < n and time.perf_counter() - t0 < 600:
+                        time.sleep(0.1)
+                    took = time.perf_counter() - t0
+                finally:
+                    for p in procs:
+                        p.terminate()
+                    for p in procs:
+                        p.wait(30)
+                sent = store.counts()[Status.SENT]
+                store.close()
+            if sent != n:
+                raise RuntimeError(f"{k} daemon(s) sent {sent} of {n}")
+            out["runs"].append({"daemons": k, "seconds": took, "msg_s": n / took})
+    return out
+
+
 def run(base: Path, quick: bool) -> dict[str, Any]:
-    return {"store": big_store(base, 100_000 if quick else 1_000_000),
-            "run": rss_run(base, 10_000 if quick else 100_000)}
+    out = {"store": big_store(base, 100_000 if quick else 1_000_000),
+           "run": rss_run(base, 10_000 if quick else 100_000)}
+    if have_postgres():
+        out["postgres"] = pg_big_store(base, 100_000 if quick else 1_000_000)
+        if have_smtp_sink():
+            out["daemons"] = daemons_far_relay(base, quick)
+    return out

@@ -243,9 +243,23 @@ def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
+    from .stores import describe, engine
+
     where = cfg.source or "embedded defaults"
+    engine(cfg.server.database)  # a missing driver or a dsn that does not parse: 78, as `run` says it
     print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, spool {cfg.queue.path}, "
-          f"store {cfg.server.database.path}")
+          f"store {describe(cfg.server.database)}")
+    if args.connect:
+        from .stores import check_connect
+
+        print(check_connect(cfg.server.database))
+    return EX_OK
+
+
+def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    from .stores.migrate import run
+
+    print(run(args.source, cfg.server.database))
     return EX_OK
 
 
@@ -346,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--at", metavar="ISO8601")
     sp.add_argument("--in", dest="delay", metavar="DURATION")
     sp.add_argument("--priority", type=int, default=0)
-    add("check-config", cmd_check_config, "validate the configuration and exit 0, or 78")
+    add("check-config", cmd_check_config, "validate the configuration and exit 0, or 78").add_argument(
+        "--connect", action="store_true", help="also open the store (connect to the database)")
+    add("migrate", cmd_migrate, "copy an SQLite store into the configured store (stop the daemon first)"
+        ).add_argument("--from", dest="source", metavar="PATH", required=True, help="the SQLite database file")
     add("demo", cmd_demo, "show the whole pipeline on a loopback SMTP server")
     add("sendmail", cmd_sendmail, "sendmail-compatible: reads a message on stdin; "
         "-t (recipients from headers), -i, -f SENDER, -F NAME, RECIPIENT...").set_defaults(sendmail_args=[])
@@ -384,10 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.once = getattr(args, "once", False)
     # Only the daemon (and check-config, which vouches for it) needs the relay's secrets, and
     # only they report the file's warnings (ignored keys): producers run too often to repeat them.
-    daemon_side = fn in (cmd_run, cmd_check_config)
+    daemon_side = fn in (cmd_run, cmd_check_config, cmd_migrate)
     warnings: list[str] = []
     try:
         cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
+        if not daemon_side and fn not in (cmd_send, cmd_sendmail) and cfg.server.database.engine == "postgres":
+            cfg = configmod.load(getattr(args, "config", None))  # a store command on a shared store needs the dsn
     except MailmandError as exc:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code

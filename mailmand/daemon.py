@@ -1,4 +1,5 @@
-"""Process life: the single-instance lock, signals, hot reload, systemd notify."""
+"""Process life: the single-instance locks, identity and heartbeat, signals,
+hot reload, systemd notify."""
 
 from __future__ import annotations
 
@@ -8,19 +9,22 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from . import __version__, stores
 from . import config as configmod
 from .config import Config
-from .errors import AlreadyRunning, ConfigError
+from .errors import AlreadyRunning, ConfigError, StoreUnavailable
 from .ingest import Ingester, IngestLoop, IngestResult
+from .logs import Repeats
 from .queues import Queue, open_queue
-from .scheduler import Dispatcher, DispatchScheduler, RunResult
-from .stores import Store, open_store
+from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
+from .stores import DaemonInfo, Store, open_store
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "mailmand.lock"
+LOCK_MODE = 0o640  # a lock file holds a pid: not for every local user
+STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
 
 
 def notify(state: str) -> bool:
@@ -52,20 +58,28 @@ class InstanceLock:
     kernel drops it when the process dies, so a SIGKILLed daemon never leaves
     a stale lock."""
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str, dir_mode: int | None = None) -> None:
         self.path = path
         self.what = what
+        self.dir_mode = dir_mode  # the mode of a directory this lock creates (None: the umask's)
         self._fd: int | None = None
+        self._made: list[Path] = []  # what acquire() created, removed by discard()
 
     def acquire(self) -> None:
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        if self.dir_mode is not None and missing:
+            os.chmod(self.path.parent, self.dir_mode)
+        existed = self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+        self._made = ([] if existed else [self.path]) + missing
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running on {self.what}") from None
+        os.fchmod(fd, LOCK_MODE)  # an older, world-readable lock file too
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -74,6 +88,15 @@ class InstanceLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Release, and remove what acquire() created: a refused start leaves nothing behind."""
+        self.release()
+        for p in self._made:
+            try:
+                p.rmdir() if p.is_dir() else p.unlink()
+            except OSError:
+                pass  # not empty, or gone: leave it
 
 
 @dataclass
@@ -87,40 +110,137 @@ class OnceResult:
                 f"failed {d.failed}, expired {d.expired}")
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a predecessor with our pid (a container restarted) is not us
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Daemon:
-    """Opens spool and store under the lock; `once()` or `run()`."""
+    """Opens the spool under its lock at once, and the store on first use
+    (`once()`, or `run()`, which waits for a store it cannot reach yet)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        # One daemon per spool, and per store: the take-over below assumes nobody else sends from either.
-        db = cfg.server.database.path
+        self.engine = stores.engine(cfg.server.database)  # refused here, before any file is made
+        self.id = owner_id()
+        self.started_at = time.time()
         self.lock = InstanceLock(cfg.queue.path / LOCK_FILE, f"the spool {cfg.queue.path}")
         self.lock.acquire()
-        self.store_lock = InstanceLock(db.with_name(f"{db.name}.lock"), f"the store {db}")
-        try:
-            self.store_lock.acquire()
-        except BaseException:
-            self.lock.release()
-            raise
         try:
             self.queue: Queue = open_queue(cfg.queue, daemon=True)
-            self.store: Store = open_store(cfg.server.database)
         except BaseException:
-            self.store_lock.release()
-            self.lock.release()
+            self.lock.discard()
             raise
-        # We hold the lock, so nobody else is sending: take back at once
-        # everything a dead predecessor held, without waiting for leases.
-        resumed = self.queue.resume()
-        released = self.store.release(None)
-        if resumed or released:
-            log.info("took back %d spool item(s) and %d claimed message(s) from a previous run",
-                     resumed, released)
-        self.dispatcher = Dispatcher(self.store, cfg.server)
-        self.ingester = Ingester(self.queue, self.store)
+        self.store_lock: InstanceLock | None = None
+        self._store: Store | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._ingester: Ingester | None = None
+        self._watch: stores.base.Watch | None = None
+        self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
         self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
+
+    # -- the store, opened on first use ------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        self._open()
+        assert self._store is not None
+        return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        self._open()
+        assert self._dispatcher is not None
+        return self._dispatcher
+
+    @property
+    def ingester(self) -> Ingester:
+        self._open()
+        assert self._ingester is not None
+        return self._ingester
+
+    def _open(self) -> None:
+        with self._open_lock:  # `run()` and a thread asking for `store` may come together
+            if self._store is None:
+                self._open_store()
+
+    def _open_store(self) -> None:
+        db = self.cfg.server.database
+        lock_path = self.engine.lock(db)
+        if lock_path is not None and self.store_lock is None:
+            # One daemon per SQLite store: the take-over below relies on it.
+            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}", dir_mode=0o750)
+            self.store_lock.acquire()
+        try:
+            store = open_store(db, create=True)
+        except StoreUnavailable:
+            raise  # the lock stays: `run()` tries again
+        except BaseException:
+            if self.store_lock is not None:
+                self.store_lock.discard()
+                self.store_lock = None
+            raise
+        self._store = store
+        self._take_over(store)
+        self._dispatcher = Dispatcher(store, self.cfg.server, owner=self.id)
+        self._ingester = Ingester(self.queue, store)
+
+    def _take_over(self, store: Store) -> None:
+        """Take back at once what a dead predecessor held. With a single-instance
+        store, every lease (we hold its lock); with a shared one, only the leases of
+        daemons this one provably replaces: same host and spool (whose lock we now
+        hold), and a pid no longer running. Others' leases run out and are swept."""
+        me = DaemonInfo(self.id, socket.gethostname(), os.getpid(), __version__, self.started_at,
+                        time.time(), str(self.cfg.queue.path))
+        released = 0
+        if store.single_instance:
+            released = store.take_over(None)
+            dead = [d for d in store.daemons() if d.id != self.id]
+        else:
+            dead = [d for d in store.daemons() if d.host == me.host and d.spool == me.spool
+                    and d.id != self.id and not _pid_alive(d.pid)]
+            for d in dead:
+                released += store.take_over(d.id)
+        for d in dead:
+            store.unregister(d.id)
+        store.register(me)
+        resumed = self.queue.resume()
+        if resumed or released:
+            log.info("took back %d spool item(s) and %d claimed message(s) from a previous run",
+                     resumed, released)
+
+    def _wait_for_store(self) -> bool:
+        """Open the store, waiting with backoff while it cannot be reached (a
+        database not up yet): logged once per outage, not READY to systemd,
+        never an exit. False when asked to stop meanwhile."""
+        down = Repeats(log, f"store {stores.describe(self.cfg.server.database)}")
+        wait = 1.0
+        watchdog_every = _watchdog_interval()
+        while not self._stop:
+            try:
+                self._open()
+            except StoreUnavailable as exc:
+                down.failed("cannot reach the store, waiting for it (not ready): %s", exc)
+                notify(f"STATUS=waiting for the store: {exc}")
+                deadline = time.monotonic() + wait
+                while not self._stop and time.monotonic() < deadline:
+                    if watchdog_every:
+                        notify("WATCHDOG=1")
+                    time.sleep(0.1)
+                wait = min(wait * 2, STORE_WAIT_MAX)
+                continue
+            down.cleared()
+            return True
+        return False
 
     def once(self, now: float | None = None) -> OnceResult:
         ingested = self.ingester.drain()
@@ -138,9 +258,14 @@ class Daemon:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self._start_services()
-        sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention)
+        if not self._wait_for_store():
+            self.close()
+            log.info("stopped before the store could be reached")
+            return 0
+        self._start_services()  # once the store answers: metrics reads it, and both report its state
+        sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
+        self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
         loop = IngestLoop(self.ingester, self.cfg.queue.path if self.cfg.queue.engine == "spool" else None)
         watcher = None
         if self.cfg.source is not None:
@@ -148,8 +273,8 @@ class Daemon:
             watcher.start()
         loop.start()
         sched.start()
-        log.info("mailmand running: spool %s, store %s, relay %s", self.cfg.queue.path,
-                 self.cfg.server.database.path, self.cfg.server.smtp.relay)
+        log.info("mailmand running: daemon %s, spool %s, store %s, relay %s", self.id, self.cfg.queue.path,
+                 self.store.name, self.cfg.server.smtp.relay)
         notify("READY=1")
         watchdog_every = _watchdog_interval()
         last_ping = 0.0
@@ -199,6 +324,9 @@ class Daemon:
         while self.services:  # the listener first: no new mail while the rest stops
             self.services.pop().stop()
 
+    def _heartbeat(self, now: float) -> None:
+        self.store.heartbeat(self.id, now)
+
     def stop(self) -> None:
         """Ask `run()` to stop, as SIGTERM does (safe from any thread)."""
         self._stop = True
@@ -222,7 +350,7 @@ class Daemon:
         except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays
             log.error("configuration reload refused, keeping the running one: %s", exc)
             return False
-        self.cfg = Config(queue=self.cfg.queue, server=server, source=self.cfg.source)
+        self.cfg = configmod.replace(self.cfg, server=server)
         sched.reschedule(server.interval, server.retention)
         for service in self.services:
             service.configure(self.cfg)
@@ -231,10 +359,19 @@ class Daemon:
         return True
 
     def close(self) -> None:
-        self.dispatcher.close()
+        if self._watch is not None:
+            self._watch.close()
+        if self._dispatcher is not None:
+            self._dispatcher.close()
         self.queue.close()
-        self.store.close()
-        self.store_lock.release()
+        if self._store is not None:
+            try:
+                self._store.unregister(self.id)
+            except StoreUnavailable:
+                pass  # the row ages out; peers read it as not live
+            self._store.close()
+        if self.store_lock is not None:
+            self.store_lock.release()
         self.lock.release()
 
 

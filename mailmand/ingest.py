@@ -4,7 +4,6 @@ item, and the store's insert-by-id makes that a no-op."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +13,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .errors import InvalidMessage
+from .errors import InvalidMessage, RecordRejected, StoreUnavailable
+from .logs import Repeats
 from .message import Record
 from .queues import Item, Queue
 from .stores import Store
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 BATCH = 500  # items per store transaction
 # What the store raises for a record it cannot hold (a value out of range),
 # as opposed to a store that cannot take anything now (locked, disk full).
-RECORD_ERRORS = (OverflowError, ValueError, sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError)
+RECORD_ERRORS = (RecordRejected,)
 
 
 @dataclass
@@ -126,6 +126,7 @@ class IngestLoop:
         self.poll = poll
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self._store_down = Repeats(log, "ingest: store")
         self._observer = None
         if spool_dir is not None:
             self._observer = Observer()
@@ -153,6 +154,11 @@ class IngestLoop:
     def _drain(self) -> bool:
         try:
             result = self.ingester.drain()
+            self._store_down.cleared()
+        except StoreUnavailable as exc:  # full or away: said once, then summarised; never a spin
+            self._store_down.failed("ingest paused, items stay in the queue: %s", exc)
+            self.stopping.wait(self.poll)
+            return True
         except Exception:  # the loop must survive a bad moment (disk full, locked store)
             log.exception("ingest failed; retrying in %.1fs", self.poll)
             return True

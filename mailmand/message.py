@@ -424,3 +424,20 @@ def _mime(filename: str, mimetype: str | None) -> tuple[str, str]:
     if not maintype or not subtype or "\n" in mimetype or "\r" in mimetype:
         raise InvalidMessage("mimetype", mimetype, "expected type/subtype")
     return maintype, subtype
+
+
+def header_subject(raw: bytes) -> str:
+    """The decoded Subject of final message bytes ("" when none or unreadable), for
+    `list` and `show`; the stores call it at ingest."""
+    from email.parser import BytesHeaderParser
+
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    try:
+        # Split the head with compat32 (plain strings), then decode only the
+        # Subject with the modern policy: parsing every header into objects
+        # was half of ingest's time, for one value.
+        head_msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+        value = next((v for k, v in head_msg.raw_items() if k.lower() == "subject"), None)
+        return "" if value is None else str(policy.default.header_fetch_parse("Subject", value))
+    except Exception:  # a header the parser chokes on must not stop ingest
+        return ""

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,10 +21,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import observe, policy
 from .config import ServerConfig
+from .errors import StoreUnavailable
+from .logs import Repeats
 from .smtp import Envelope, Relay, SendResult
 from .stores.base import Attempt, Claimed, Finished, Outcome, Status, Store
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT = 5.0  # seconds between heartbeats (and lease renewals), at most
 
 
 @dataclass
@@ -33,8 +37,9 @@ class RunResult:
     deferred: int = 0
     failed: int = 0
     expired: int = 0
-    released: int = 0  # claimed but handed back unsent (stopping)
+    released: int = 0  # claimed but handed back unsent (stopping, or the relay could not be reached)
     batches: int = 0
+    unreachable: bool = False  # no session to the relay could be opened: the rest waits for the next tick
 
     def count(self, status: Status) -> None:
         if status is not Status.CANCELLED and status.value in self.__dataclass_fields__:
@@ -42,6 +47,7 @@ class RunResult:
 
 
 def owner_id() -> str:
+    """A daemon's id: host, pid and a random part (pids are reused; a restart is a new daemon)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -55,6 +61,12 @@ class Dispatcher:
         self._pending: tuple[ServerConfig, Relay] | None = None  # a reload, applied between batches
         self._run_lock = threading.Lock()  # one run at a time
         self._cfg_lock = threading.Lock()
+        self._live: dict[str, Claimed] = {}  # claimed, not yet answered by the relay
+        # Answered, but the store could not take the outcome: kept, and committed
+        # (fenced by each claim's token) as soon as it can.
+        self._unsaved: list[Finished] = []
+        self._renewed = 0.0
+        self._store_down = Repeats(log, f"store {store.name}")
 
     @property
     def cfg(self) -> ServerConfig:
@@ -82,11 +94,25 @@ class Dispatcher:
             self._cfg, self._relay = pending
             old.close()
 
+    def held(self) -> list[str]:
+        """Messages this dispatcher holds a lease on: in flight, or answered and not yet committed."""
+        return [*list(self._live), *(f.id for f in list(self._unsaved))]
+
+    def renew(self, now: float | None = None) -> int:
+        """Extend the leases of what is held, so that no sweep (ours or a peer's)
+        hands out a message still being worked on. Every HEARTBEAT at most."""
+        t = time.time() if now is None else now
+        self._renewed = time.monotonic()
+        held = self.held()
+        return self.store.renew(self.owner, held, t + self.cfg.lease) if held else 0
+
     def run_once(self, now: float | None = None) -> RunResult:
         """Send everything due at `now` (default: the real clock, read afresh
-        for every batch), a batch at a time, until nothing is due."""
+        for every batch), a batch at a time, until nothing is due. Raises
+        StoreUnavailable when the store cannot be reached (nothing is claimed then)."""
         result = RunResult()
         with self._run_lock:
+            self._flush()
             while True:
                 self._apply_pending()
                 self._run(self._cfg, self._relay, now, result)
@@ -100,7 +126,7 @@ class Dispatcher:
         return result
 
     def _run(self, cfg: ServerConfig, relay: Relay, now: float | None, result: RunResult) -> None:
-        live: dict[str, Claimed] = {}  # claimed and not yet committed
+        live = self._live
         feed = self._feed(cfg, now, result, live)
         try:
             # The sessions pull from the feed, which claims the next batch only
@@ -110,19 +136,35 @@ class Dispatcher:
                 self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
         finally:
             feed.close()
-            if live:  # stopping, or a failure: hand back what was never tried, at once
-                result.released += self.store.release(self.owner, list(live))
+            if live:  # stopping, a failure, or no relay: hand back what was never tried, at once
+                result.unreachable = not self.stop.is_set() and self._pending is None
+                ids = list(live)
+                live.clear()
+                try:
+                    result.released += self.store.release_own(self.owner, ids)
+                except StoreUnavailable as exc:  # their leases run out; a sweep hands them back
+                    self._store_down.failed("cannot hand back %d claimed message(s): %s", len(ids), exc)
 
     def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
               live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
         """Claim up to `batch` due messages at a time, expire those past
         max-time, and hand out the rest. Runs in the sessions' threads, one at a time."""
-        while not self.stop.is_set() and self._pending is None:
+        swept: float | None = None
+        while not self.stop.is_set() and self._pending is None and not self._unsaved:
             t = time.time() if now is None else now
             observe.observer.dispatching()
-            # Leases that ran out (a crashed peer); ours are alive, however long they take.
-            self.store.release(None, now=t, spare=self.owner)
-            batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
+            try:
+                if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):
+                    self.renew(t)
+                # Leases that ran out (a crashed peer, or ours left by a failed write); never what we hold.
+                # At the start of each run, then as often as leases are renewed.
+                if swept is None or time.monotonic() - swept >= min(HEARTBEAT, cfg.lease / 3):
+                    self.store.sweep_expired(t, spare=self.held())
+                    swept = time.monotonic()
+                batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
+            except StoreUnavailable as exc:  # what is in flight finishes; claims wait for the store
+                self._store_down.failed("claims paused: %s", exc)
+                return
             if not batch:
                 return
             result.batches += 1
@@ -131,11 +173,11 @@ class Dispatcher:
                 if policy.is_expired(t, msg.send_after, cfg):
                     outcome = policy.expired_outcome(cfg)
                     attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
-                    expired.append((msg.id, self.owner, attempt, outcome, ()))
+                    expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome))
                 else:
                     live[msg.id] = msg
             if expired:
-                self.store.finish_many(expired)
+                self._save(expired)
                 result.expired += len(expired)
                 for _ in expired:
                     observe.observer.outcome(Status.EXPIRED, None, t)
@@ -152,12 +194,36 @@ class Dispatcher:
             # `at` is when the relay answered, so latency runs to its 250.
             attempt = Attempt(sent.started + sent.duration if now is None else now, sent.relay, sent.code,
                               sent.reply, sent.duration, sent.kind)
-            rows.append((msg.id, self.owner, attempt, outcome, recipients))
-        self.store.finish_many(rows)
-        for (msg, sent), (_, _, _, outcome, _) in zip(done, rows, strict=True):
-            result.count(outcome.status)
-            observe.observer.outcome(outcome.status, sent, msg.send_after)
-            _log_outcome(msg, outcome)
+            rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients))
+        self._save(rows)
+        for (msg, sent), row in zip(done, rows, strict=True):
+            result.count(row.outcome.status)
+            observe.observer.outcome(row.outcome.status, sent, msg.send_after)
+            _log_outcome(msg, row.outcome)
+
+    def _save(self, rows: list[Finished]) -> None:
+        """Commit outcomes, with any kept from before; keep them all if the store cannot take them."""
+        todo = self._unsaved + rows
+        try:
+            held = self.store.finish(todo)
+        except StoreUnavailable as exc:
+            self._unsaved = todo
+            self._store_down.failed("cannot record %d outcome(s), kept to commit later (no more claims "
+                                    "until then): %s", len(todo), exc)
+            return
+        self._unsaved = []
+        if self._store_down.cleared():
+            log.info("recorded %d outcome(s) kept while the store could not be written", len(todo))
+        for row, ok in zip(todo, held, strict=True):
+            if not ok:  # our lease ran out and another claim took the message: its result stands
+                log.warning("outcome of %s (%s) not recorded: its lease was taken over by a newer claim",
+                            row.id, row.outcome.status.value)
+
+    def _flush(self) -> None:
+        if self._unsaved:
+            self._save([])
+            if self._unsaved:
+                raise StoreUnavailable(f"{len(self._unsaved)} outcome(s) still wait for the store")
 
     def close(self) -> None:
         self._relay.close()
@@ -182,28 +248,33 @@ def _log_outcome(msg: Claimed, outcome: Outcome) -> None:
 
 class DispatchScheduler:
     """The APScheduler side: the dispatch job every `interval`, at once when
-    poked (ingest stored something due), and at the next due time when that
-    comes before the next tick, so the queue never waits on the clock."""
+    poked (ingest stored something due, or another daemon said so), and at the
+    next due time when that comes before the next tick, so the queue never
+    waits on the clock. Also the heartbeat (with lease renewal) and housekeeping."""
 
     JOB = "dispatch"
 
-    def __init__(self, dispatcher: Dispatcher, retention: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, retention: float,
+                 heartbeat: Callable[[float], None] | None = None) -> None:
         self.dispatcher = dispatcher
         self.retention = retention
         self.last: RunResult | None = None
+        self._heartbeat = heartbeat
         self._again = threading.Event()
+        self._store_down = Repeats(log, "dispatch: store")
         self._sched = BackgroundScheduler(
-            # Two threads: a long dispatch run must not hold up housekeeping.
-            executors={"default": ThreadPoolExecutor(2)},
+            # Three threads: a long dispatch run must hold up neither housekeeping nor the heartbeat.
+            executors={"default": ThreadPoolExecutor(3)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
 
     def start(self) -> None:
         interval = self.dispatcher.cfg.interval
-        self._sched.add_job(self._dispatch, "interval", seconds=interval, id=self.JOB,
-                            next_run_time=datetime.now(UTC))
-        self._sched.add_job(self._housekeeping, "interval", minutes=5, id="housekeeping",
-                            next_run_time=datetime.now(UTC))
+        now = datetime.now(UTC)
+        self._sched.add_job(self._dispatch, "interval", seconds=interval, id=self.JOB, next_run_time=now)
+        self._sched.add_job(self._housekeeping, "interval", minutes=5, id="housekeeping", next_run_time=now)
+        self._sched.add_job(self._beat, "interval", seconds=min(HEARTBEAT, self.dispatcher.cfg.lease / 3),
+                            id="heartbeat", next_run_time=now)
         self._sched.start()
 
     def poke(self) -> None:
@@ -228,26 +299,48 @@ class DispatchScheduler:
             self._again.clear()
             try:
                 self.last = self.dispatcher.run_once()
-            except Exception:  # the job must survive a bad moment (store locked, relay bug)
+                self._store_down.cleared()
+            except StoreUnavailable as exc:  # claims wait for the store; the next tick tries again
+                self._store_down.failed("dispatch paused: %s", exc)
+                return
+            except Exception:  # the job must survive a bad moment (a relay bug)
                 log.exception("dispatch run failed")
             if not self._again.is_set() or self.dispatcher.stop.is_set() or self._gave_up():
                 break
         if self._gave_up():
             return  # the relay could not be reached: the next tick tries again, no sooner
-        due = self.dispatcher.store.next_due()
+        try:
+            due = self.dispatcher.store.next_due()
+        except StoreUnavailable:
+            return
         if due is not None and not self.dispatcher.stop.is_set():
             self._run_at(datetime.fromtimestamp(max(due, time.time()), UTC))
 
     def _gave_up(self) -> bool:
-        return self.last is not None and self.last.released > 0
+        return self.last is not None and self.last.unreachable
+
+    def _beat(self) -> None:
+        now = time.time()
+        try:
+            if self._heartbeat is not None:
+                self._heartbeat(now)
+            self.dispatcher.renew(now)
+        except StoreUnavailable:
+            pass  # the dispatch job reports the outage; leases run out as they must
+        except Exception:
+            log.exception("heartbeat failed")
 
     def _housekeeping(self) -> None:
         now = time.time()
+        store = self.dispatcher.store
         try:
-            self.dispatcher.store.record_depth(now)
-            purged = self.dispatcher.store.purge(now - self.retention)
+            store.record_depth(now)
+            store.housekeeping(now)
+            purged = store.purge(now - self.retention)
             if purged:
                 log.info("purged %d finished message(s) older than retention", purged)
+        except StoreUnavailable as exc:
+            log.warning("housekeeping skipped: %s", exc)
         except Exception:
             log.exception("housekeeping failed")
 

@@ -63,3 +63,77 @@ def run_cli(*args: str, input: bytes | None = None, env: dict[str, str] | None =
     """Run the real command line in a child process."""
     return subprocess.run(mailmand_cmd(*args), input=input, capture_output=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+# -- PostgreSQL: each test gets a database of its own ---------------------------------
+
+POSTGRES_DSN = os.environ.get("MAILMAND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def require_services() -> bool:
+    return os.environ.get("MAILMAND_TEST_REQUIRE_SERVICES") == "1"
+
+
+def _postgres_admin():
+    """A connection to the server's maintenance database, or a skip (a failure in CI)."""
+    try:
+        import psycopg
+
+        return psycopg.connect(POSTGRES_DSN, autocommit=True, connect_timeout=5)
+    except Exception as exc:  # ImportError (no driver) or the server is not there
+        reason = f"PostgreSQL not reachable at {POSTGRES_DSN} ({type(exc).__name__}: {exc})"
+        if require_services():
+            pytest.fail(f"{reason}; MAILMAND_TEST_REQUIRE_SERVICES=1")
+        pytest.skip(reason)
+
+
+def postgres_database_dsn(name: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**{**conninfo_to_dict(POSTGRES_DSN), "dbname": name})
+
+
+@pytest.fixture
+def postgres_dsn():
+    """The dsn of a fresh database, dropped after the test."""
+    import uuid
+
+    name = f"mailmand_test_{uuid.uuid4().hex[:12]}"
+    with _postgres_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_database_dsn(name)
+    finally:
+        with _postgres_admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+STORE_ENGINES = ["sqlite3", "postgres"]
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def database_config(request, tmp_path: Path) -> DatabaseConfig:
+    """The store configuration, once per engine: the one fixture the store suites share."""
+    if request.param == "postgres":
+        return DatabaseConfig(engine="postgres", dsn=request.getfixturevalue("postgres_dsn"))
+    return DatabaseConfig(engine=request.param, path=tmp_path / "store" / "mailmand.db")
+
+
+def write_store_config(path: Path, spool: Path, port: int, database: str, server: str = "",
+                       smtp: str = "", interval: str = "1s") -> Path:
+    """A daemon's YAML with a given `database:` block (indented under server), for store tests."""
+    path.write_text(
+        "email:\n"
+        f"  queue:\n    default:\n      engine: spool\n      path: {spool}\n"
+        "  server:\n"
+        f"    database:\n{database}"
+        f"    interval: {interval}\n"
+        "    backoff: {min: 1s, max: 2s}\n"
+        f"{server}"
+        f"    smtp:\n      host: 127.0.0.1\n      port: {port}\n      tls: none\n      timeout: 5s\n{smtp}"
+    )
+    return path
+
+
+def postgres_block(dsn: str) -> str:
+    return f"      engine: postgres\n      dsn: \"{dsn}\"\n"

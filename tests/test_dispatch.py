@@ -3,7 +3,6 @@ crash, latency and graceful stop. The clock is injected where time matters."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from email import message_from_bytes
@@ -48,7 +47,7 @@ def test_200_messages_once_each_over_few_connections(smtp_server, write_config, 
     assert capsys.readouterr().out.splitlines()[-1] == "ingested 200, sent 200, deferred 0, failed 0, expired 0"
     counts = message_ids(server)
     assert len(server.messages) == 200 and set(counts.values()) == {1}
-    assert server.connections <= math.ceil(200 / 50)
+    assert server.connections == 1  # as configured: one session, reused across the four batches
 
 
 def test_once_summary_line(smtp_server, write_config, capsys):
@@ -239,28 +238,29 @@ def test_second_daemon_on_the_same_spool_is_refused(make_config, smtp_server, wr
     assert first.stop() == 0
 
 
-def test_real_daemon_latency_and_scheduling(smtp_server, write_config):
+def test_real_daemon_wakes_for_new_and_scheduled_mail_not_on_the_clock(smtp_server, write_config):
     server = smtp_server()
-    conf = write_config(server.port, interval="5s")
+    # An hour between ticks: what arrives during this test came through the wake-ups
+    # (watchdog wakes ingest, ingest pokes dispatch, a due time sets a timer), not polling.
+    conf = write_config(server.port, interval="1h")
     from mailmand.config import load
     cfg = load(conf)
     daemon = DaemonProcess(conf).ready()
     try:
         client = Client(cfg)
-        for n in range(1, 4):  # an idle daemon: watchdog wakes ingest, ingest pokes dispatch
-            t0 = time.time()
+        for n in range(1, 4):
             client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=f"now{n}", text="x"))
-            assert wait_until(lambda n=n: len(server.messages) == n, timeout=5)
-            assert time.time() - t0 < 1.0, "an idle daemon must deliver a new message in under 1 s"
-        t0 = time.time()
-        client.send_later(Email(sender="a@example.com", to="b@example.com", subject="later", text="x"), "2s")
-        time.sleep(1.5)
-        assert len(server.messages) == 3, "sent before its time"
-        assert wait_until(lambda: len(server.messages) == 4, timeout=5)
-        assert 2.0 <= time.time() - t0 < 3.5
+            assert wait_until(lambda n=n: len(server.messages) == n, timeout=20)
+        later = client.send_later(Email(sender="a@example.com", to="b@example.com", subject="later", text="x"), "2s")
+        assert wait_until(lambda: len(server.messages) == 4, timeout=20)
         client.close()
     finally:
         assert daemon.stop() == 0
+    from mailmand.stores import open_store
+    store = open_store(cfg.server.database)
+    info, [tried] = store.get(later), store.attempts(later)
+    store.close()
+    assert tried.at >= info.send_after, "sent before its time"
 
 
 def test_deferred_mail_goes_out_when_due_on_a_running_daemon(smtp_server, write_config):
@@ -308,8 +308,11 @@ def test_sigkill_mid_run_then_restart_delivers_everything(smtp_server, write_con
     counts = message_ids(server)
     duplicates = sum(n - 1 for n in counts.values())
     assert duplicates <= 50, f"{duplicates} duplicates: more than one batch was in flight"
-    if held:  # taken back at once, not after the lease ran out
-        assert f"and {held} claimed message(s) from a previous run" in restarted.log
+    # The lazy feed claims the next batch while the last of the current one is in flight:
+    # a kill mid-run always leaves leases behind, and the restart takes them back at once
+    # (the lease is 5 minutes: waiting it out would fail the wait above).
+    assert held > 0
+    assert f"and {held} claimed message(s) from a previous run" in restarted.log
 
 
 def test_sigterm_during_a_batch_loses_nothing(smtp_server, write_config):
@@ -396,9 +399,9 @@ def test_an_outage_is_bounded_by_max_time_not_max_fails(make_config):
     for _ in range(5):  # five refused connections: not the message's fault
         d.once(now=now)
         info = d.store.get(mid)
-        assert info.status is Status.DEFERRED and info.attempts == 0
+        assert info.status is Status.DEFERRED and info.fails == 0
         now = info.due_at
-    assert len(d.store.attempts(mid)) == 5  # every try is still on record
+    assert len(d.store.attempts(mid)) == d.store.get(mid).attempts == 5  # every try on record, one count
     d.once(now=now + 600)
     assert d.store.get(mid).status is Status.EXPIRED
     d.close()
@@ -421,11 +424,122 @@ def test_retry_sends_only_to_recipients_not_yet_delivered(smtp_server, make_conf
 def test_two_daemons_on_one_store_are_refused(make_config, smtp_server, tmp_path):
     server = smtp_server()
     first = daemon_for(make_config, server)
-    other_spool = dataclasses_replace_queue(first.cfg, tmp_path / "other-spool")
+    assert first.store.counts()[Status.QUEUED] == 0  # the store is opened (and locked) on first use
+    second = Daemon(dataclasses_replace_queue(first.cfg, tmp_path / "other-spool"))
     with pytest.raises(AlreadyRunning, match="the store"):
-        Daemon(other_spool)
+        second.once()
+    second.close()
     first.close()
 
 
 def dataclasses_replace_queue(cfg, path):
     return replace(cfg, queue=replace(cfg.queue, path=path))
+
+
+def test_stopping_mid_run_is_not_read_as_an_unreachable_relay(smtp_server, make_config):
+    import threading
+    server = smtp_server(stall=0.05)
+    d = daemon_for(make_config, server, batch=20, smtp_kw={"connections": 1})
+    enqueue(d.cfg, 20)
+    d.ingester.drain()
+    got = []
+    run = threading.Thread(target=lambda: got.append(d.dispatcher.run_once()))
+    run.start()
+    assert wait_until(lambda: len(server.messages) >= 3, timeout=20)
+    d.dispatcher.stop.set()
+    run.join(timeout=30)
+    [result] = got
+    assert result.released > 0 and not result.unreachable  # stopping hands back; the relay was fine
+    assert d.store.counts()[Status.SENDING] == 0
+    d.close()
+
+
+def test_the_daemon_purges_by_its_own_retention(smtp_server, write_config, capsys):
+    server = smtp_server()
+    conf = write_config(server.port, extra_server="    retention: 1s\n")
+    from mailmand.config import load
+    ids = enqueue(load(conf), 3)
+    assert main(["--once", "-c", str(conf)]) == 0
+    time.sleep(1.2)  # older than the retention now
+    daemon = DaemonProcess(conf).ready()
+    try:
+        daemon.wait_for("purged 3 finished message(s) older than retention")
+    finally:
+        assert daemon.stop() == 0
+    from mailmand.errors import NotFound
+    from mailmand.stores import open_store
+    store = open_store(load(conf).server.database)
+    for mid in ids:
+        with pytest.raises(NotFound):
+            store.get(mid)
+    store.close()
+
+
+def test_sigint_stops_gracefully(smtp_server, write_config):
+    import signal
+    server = smtp_server(stall=0.05)
+    conf = write_config(server.port, extra_server="    batch: 100\n", smtp_extra="      connections: 1\n")
+    from mailmand.config import load
+    cfg = load(conf)
+    enqueue(cfg, 60)
+    daemon = DaemonProcess(conf).ready()
+    assert wait_until(lambda: len(server.messages) >= 3, timeout=20)
+    daemon.signal(signal.SIGINT)  # Ctrl-C in a terminal
+    assert daemon.wait() == 0
+    assert "stopping: finishing messages in flight" in daemon.log and daemon.log.rstrip().endswith("stopped")
+    assert "Traceback" not in daemon.log and "KeyboardInterrupt" not in daemon.log
+    from mailmand.stores import open_store
+    store = open_store(cfg.server.database)
+    counts = store.counts()
+    store.close()
+    assert counts[Status.SENDING] == 0 and counts[Status.SENT] == len(server.messages) < 60
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_store_files_are_private_whatever_the_umask(make_config, tmp_path, umask):
+    import os
+    import stat
+    cfg = make_config()
+    db = tmp_path / "var" / "lib" / "mailmand.db"
+    cfg = replace(cfg, server=replace(cfg.server, database=replace(cfg.server.database, path=db)))
+    old = os.umask(umask)
+    try:
+        d = Daemon(cfg)
+        d.store.counts()
+        enqueue(d.cfg, 2)
+        d.ingester.drain()  # a write: the -wal and -shm files exist now
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()}
+        modes["dir"] = stat.S_IMODE(db.parent.stat().st_mode)
+        d.close()
+    finally:
+        os.umask(old)
+    assert modes == {"dir": 0o750, "mailmand.db": 0o640, "mailmand.db-wal": 0o640, "mailmand.db-shm": 0o640,
+                     "mailmand.db.lock": 0o640}
+
+
+def test_an_existing_world_readable_store_is_warned_about(make_config, caplog):
+    d = Daemon(make_config())
+    d.store.counts()
+    d.close()
+    db = d.cfg.server.database.path
+    db.chmod(0o644)
+    d = Daemon(make_config())
+    with caplog.at_level("WARNING"):
+        d.store.counts()
+    d.close()
+    assert f"{db} is readable by every local user (mode 644)" in caplog.text
+
+
+def test_a_refused_start_leaves_no_lock_behind(write_config, tmp_path):
+    import sqlite3
+    conf = write_config(9)
+    db = tmp_path / "mailmand.db"
+    made = sqlite3.connect(db)  # a store from a newer mailmand
+    made.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    made.execute("INSERT INTO schema_version VALUES (99)")
+    made.commit()
+    made.close()
+    from tests.conftest import run_cli
+    out = run_cli("run", "-c", str(conf), timeout=30)
+    assert out.returncode == 1 and b"schema version 99" in out.stderr and b"upgrade mailmand" in out.stderr
+    assert not (tmp_path / "mailmand.db.lock").exists()

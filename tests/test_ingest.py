@@ -41,7 +41,7 @@ def test_concurrent_producers_while_ingesting(make_config):
     procs = [ctx.Process(target=_produce, args=(cfg, 500, f"p{i}")) for i in range(4)]
     for p in procs:
         p.start()
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     ingester = Ingester(queue, store)
     total = 0
     while any(p.is_alive() for p in procs):
@@ -67,7 +67,7 @@ INGEST_CHILD = textwrap.dedent("""
     from mailmand.stores import open_store
     spool, db = sys.argv[1], sys.argv[2]
     cfg = Config(queue=QueueConfig(path=spool), server=ServerConfig(database=DatabaseConfig(path=db)))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     resumed = queue.resume()
     ing = Ingester(queue, store)
     print("ready", resumed, flush=True)
@@ -120,7 +120,7 @@ def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config):
                    (b"\x80\x04\x95pickle",))
     client = Client(cfg)
     last = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="2"))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.quarantined) == (2, 3)
     assert {m.id for m in store.list_messages()} == {first, last}
@@ -139,7 +139,7 @@ def test_same_idempotency_key_yields_one_message(make_config):
     e2 = Email(sender="a@example.com", to="b@example.com", text="again", idempotency_key="order-42")
     first, second = client.enqueue(e1), client.enqueue(e2)
     assert first == second
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.duplicates) == (1, 1)
     assert len(ids_in_store(cfg)) == 1
@@ -158,7 +158,7 @@ def test_scheduling_sets_the_due_time(make_config):
     at = client.send_at(e, datetime.now() + timedelta(hours=2))  # naive: local time
     past = client.send_at(e, datetime(2001, 1, 1))  # the past means now, not an error
     delta = client.send_later(e, timedelta(seconds=90))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     Ingester(queue, store).drain()
     assert store.get(later).due_at == pytest.approx(before + 300, abs=5)
     assert store.get(at).due_at == pytest.approx(before + 7200, abs=5)
@@ -201,7 +201,7 @@ def test_a_record_the_store_cannot_hold_is_quarantined_not_blocking(make_config)
     record["priority"] = 2**63  # what a buggy or hostile producer could write
     client._q().put(record)
     last = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="3"))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     result = Ingester(queue, store).drain()
     assert (result.ingested, result.quarantined) == (2, 1)
     assert {m.id for m in store.list_messages()} == {good, last}

@@ -23,7 +23,7 @@ def roundtrip(cfg, email: Email):
     client = Client(cfg)
     msg_id = client.enqueue(email)
     client.close()
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
     try:
         assert Ingester(queue, store).drain().ingested == 1
         raw = store.raw(msg_id)

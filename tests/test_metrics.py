@@ -127,7 +127,7 @@ def test_relay_down_shows_as_deferred_none_and_relay_up_0(write_config):
 def state(make_config):
     """A store and a queue with no daemon, and a metrics server on them."""
     cfg = make_config(interval=0.2)
-    store = open_store(cfg.server.database)
+    store = open_store(cfg.server.database, create=True)
     queue = open_queue(cfg.queue, daemon=True)
     srv = MetricsServer("127.0.0.1:0", store, queue, lambda: cfg.server.interval).start()
     host, port = srv.address
@@ -181,7 +181,7 @@ def test_a_metrics_address_in_use_stops_the_start(make_config):
         taken.listen()
         port = taken.getsockname()[1]
         cfg = make_config()
-        store = open_store(cfg.server.database)
+        store = open_store(cfg.server.database, create=True)
         queue = open_queue(cfg.queue)
         try:
             with pytest.raises(MailmandError, match=f"cannot listen on 127.0.0.1:{port}"):

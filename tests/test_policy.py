@@ -16,7 +16,7 @@ NOW = 1_000_000.0
 
 
 def claimed(attempts: int = 0, rcpt: tuple[str, ...] = ("a@x.org",), send_after: float = NOW) -> Claimed:
-    return Claimed("id1", "s@x.org", rcpt, b"raw", attempts, send_after, 0)
+    return Claimed("id1", "s@x.org", rcpt, b"raw", attempts, send_after, 0, fails=attempts)
 
 
 def result(kind: str, code: int | None, reply: str, *rcpts: tuple[str, str, int | None, str],

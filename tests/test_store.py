@@ -1,4 +1,5 @@
-"""The store contract. One suite for every engine (SQLite today), on real files."""
+"""The store contract: one suite, every engine (SQLite files under tmp_path, a
+PostgreSQL database of its own per test), through the `database_config` fixture."""
 
 from __future__ import annotations
 
@@ -6,18 +7,15 @@ import time
 
 import pytest
 
-from mailmand.config import DatabaseConfig
-from mailmand.errors import InvalidState, NotFound
+from mailmand.errors import InvalidState, NotFound, RecordRejected, StoreError
 from mailmand.message import Record
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Attempt, Outcome, RecipientOutcome
-
-ENGINES = ["sqlite3"]
+from mailmand.stores.base import Attempt, DaemonInfo, Finished, Outcome, RecipientOutcome
 
 
-@pytest.fixture(params=ENGINES)
-def store(request, tmp_path):
-    s = open_store(DatabaseConfig(engine=request.param, path=tmp_path / "store.db"))
+@pytest.fixture
+def store(database_config):
+    s = open_store(database_config, create=True)
     yield s
     s.close()
 
@@ -29,6 +27,12 @@ def rec(i: int, priority: int = 0, send_after: float = 0.0, created: float = 100
 
 def attempt(at: float, outcome: str = "sent", code: int | None = 250) -> Attempt:
     return Attempt(at, "relay:25", code, f"{code} reply", 0.01, outcome)
+
+
+def done(store, claimed, owner: str, at: float, outcome: Outcome, kind: str = "sent", code: int | None = 250,
+         recipients=()) -> bool:
+    [ok] = store.finish([Finished(claimed.id, owner, claimed.token, attempt(at, kind, code), outcome, recipients)])
+    return ok
 
 
 def test_insert_is_idempotent_and_keeps_the_body(store):
@@ -43,6 +47,14 @@ def test_insert_is_idempotent_and_keeps_the_body(store):
         store.get("nope")
 
 
+def test_a_record_the_store_cannot_hold_is_rejected_and_nothing_is_stored(store):
+    too_big = Record("big", "a@x.org", ("b@x.org",), b"Subject: x\r\n\r\nx", 2**63, 0.0, None, 1000.0)
+    with pytest.raises(RecordRejected):
+        store.insert([rec(1), too_big])
+    assert store.counts()[Status.QUEUED] == 0  # all or nothing: ingest then retries one at a time
+    assert store.insert([rec(1)]) == 1
+
+
 def test_claim_order_lease_and_due_time(store):
     store.insert([rec(1), rec(2, priority=5), rec(3), rec(4, send_after=5000.0)])
     got = store.claim(now=2000.0, limit=2, owner="me", lease=60)
@@ -52,9 +64,29 @@ def test_claim_order_lease_and_due_time(store):
     assert store.claim(now=2000.0, limit=10, owner="other", lease=60) == []  # id4 is not due
     assert store.counts()[Status.SENDING] == 3
     assert store.next_due() == 5000.0
-    assert store.release(None, now=2030.0) == 0  # leases still running
-    assert store.release(None, now=2061.0) == 3  # ran out: back to the queue
-    assert store.counts()[Status.QUEUED] == 4
+    assert store.sweep_expired(now=2030.0) == 0  # leases still running
+    assert store.sweep_expired(now=2061.0, spare=["id3"]) == 2  # ran out: back, but for the one spared
+    assert store.counts()[Status.QUEUED] == 3 and store.get("id3").status is Status.SENDING
+
+
+def test_release_own_renew_and_take_over(store):
+    store.insert([rec(i) for i in range(4)])
+    mine = store.claim(2000.0, 2, "me", 60)
+    theirs = store.claim(2000.0, 2, "dead", 60)
+    assert store.release_own("me", [theirs[0].id]) == 0  # never someone else's
+    assert store.renew("me", [mine[0].id], 5000.0) == 1
+    assert store.sweep_expired(now=2100.0) == 3  # all but the renewed one
+    assert store.get(mine[0].id).status is Status.SENDING
+    assert store.release_own("me", [mine[0].id]) == 1
+    again = store.claim(3000.0, 4, "dead", 60)
+    assert store.take_over("dead") == 4 and store.counts()[Status.QUEUED] == 4
+    if store.single_instance:
+        store.claim(3000.0, 1, "anyone", 60)
+        assert store.take_over(None) == 1
+    else:  # a shared store never hands out every lease at once
+        with pytest.raises(InvalidState, match="shared"):
+            store.take_over(None)
+    assert len(again) == 4
 
 
 def test_finish_records_attempt_recipients_and_status(store):
@@ -63,35 +95,77 @@ def test_finish_records_attempt_recipients_and_status(store):
     deferred = Outcome(Status.DEFERRED, "451 later", 451, due_at=2100.0, pending=("c@x.org",))
     recipients = [RecipientOutcome("b@x.org", "sent", 250, "250 ok"),
                   RecipientOutcome("c@x.org", "deferred", 451, "451 later")]
-    assert store.finish(c.id, "me", attempt(2001.0, "temporary", 451), deferred, recipients)
+    assert done(store, c, "me", 2001.0, deferred, "temporary", 451, recipients)
     info = store.get("id1")
-    assert (info.status, info.attempts, info.last_code, info.due_at) == (Status.DEFERRED, 1, 451, 2100.0)
+    assert (info.status, info.attempts, info.fails, info.last_code, info.due_at) == (
+        Status.DEFERRED, 1, 1, 451, 2100.0)
     [again] = store.claim(2100.0, 10, "me", 60)
-    assert again.rcpt_to == ("c@x.org",) and again.attempts == 1  # only the pending recipient
-    assert store.finish(c.id, "me", attempt(2101.0), Outcome(Status.SENT, code=250),
-                        [RecipientOutcome("c@x.org", "sent", 250, "250 ok")])
-    assert [a.outcome for a in store.attempts("id1")] == ["temporary", "sent"]
+    assert again.rcpt_to == ("c@x.org",) and again.attempts == 1 and again.fails == 1
+    assert again.token != c.token
+    assert done(store, again, "me", 2101.0, Outcome(Status.SENT, code=250),
+                recipients=[RecipientOutcome("c@x.org", "sent", 250, "250 ok")])
+    assert [(a.outcome, a.daemon) for a in store.attempts("id1")] == [("temporary", "me"), ("sent", "me")]
     assert {r.address: r.status for r in store.recipients("id1")} == {"b@x.org": "sent", "c@x.org": "sent"}
     assert store.get("id1").finished_at == 2101.0
 
 
-def test_finish_after_losing_the_lease_records_but_does_not_overrule(store):
+def test_an_unanswered_attempt_counts_as_an_attempt_not_a_fail(store):
     store.insert([rec(1)])
-    store.claim(2000.0, 10, "slow", 10)
-    store.release(None, now=2011.0)
-    store.claim(2011.0, 10, "fast", 60)
-    assert not store.finish("id1", "slow", attempt(2012.0), Outcome(Status.SENT))
-    assert store.get("id1").status is Status.SENDING and len(store.attempts("id1")) == 1
+    [c] = store.claim(2000.0, 10, "me", 60)
+    done(store, c, "me", 2001.0, Outcome(Status.DEFERRED, "connection refused", None, due_at=2100.0, counted=False),
+         "temporary", None)
+    info = store.get("id1")
+    # One count everywhere: `list` says what `show` lists.
+    assert (info.attempts, info.fails, len(store.attempts("id1"))) == (1, 0, 1)
+
+
+def test_fenced_finish_a_stale_owner_does_not_overrule_a_newer_claim(store):
+    store.insert([rec(1)])
+    [slow] = store.claim(2000.0, 10, "slow", 10)
+    store.sweep_expired(now=2011.0)
+    [fast] = store.claim(2011.0, 10, "fast", 60)
+    assert not done(store, slow, "slow", 2012.0, Outcome(Status.FAILED, "550 no", 550), "permanent", 550,
+                    [RecipientOutcome("b@x.org", "failed", 550, "550 no")])
+    info = store.get("id1")
+    assert info.status is Status.SENDING and info.last_code is None  # the newer claim's to decide
+    assert store.recipients("id1") == []
+    assert done(store, fast, "fast", 2013.0, Outcome(Status.SENT, code=250))
+    assert store.get("id1").status is Status.SENT
+    assert [a.daemon for a in store.attempts("id1")] == ["slow", "fast"]  # both went on the wire
+
+
+def test_an_outcome_kept_past_its_lease_applies_when_nobody_claimed_since(store):
+    store.insert([rec(1)])
+    [c] = store.claim(2000.0, 10, "me", 10)
+    assert store.sweep_expired(now=2020.0) == 1  # our commit failed for a while; the sweep took it back
+    assert done(store, c, "me", 2021.0, Outcome(Status.SENT, code=250))  # not re-claimed: still ours
+    assert store.get("id1").status is Status.SENT
+    assert store.claim(2022.0, 10, "other", 60) == []  # and so it is not sent twice
+
+
+def test_a_failed_message_leaves_no_recipient_deferred(store):
+    store.insert([rec(1)])
+    [c] = store.claim(2000.0, 10, "me", 60)
+    done(store, c, "me", 2001.0, Outcome(Status.DEFERRED, "451 busy", 451, due_at=2002.0, pending=("c@x.org",)),
+         "temporary", 451, [RecipientOutcome("b@x.org", "sent", 250, "250 ok"),
+                            RecipientOutcome("c@x.org", "deferred", 451, "451 busy")])
+    [c] = store.claim(2002.0, 10, "me", 60)
+    done(store, c, "me", 2003.0, Outcome(Status.FAILED, "max-fails (2) reached: 451 busy", 451),
+         "temporary", 451, [RecipientOutcome("c@x.org", "deferred", 451, "451 busy")])
+    assert store.get("id1").status is Status.FAILED
+    assert {r.address: r.status for r in store.recipients("id1")} == {"b@x.org": "sent", "c@x.org": "failed"}
 
 
 def test_counts_follow_every_transition(store):
     store.insert([rec(i) for i in range(6)])
     for c in store.claim(2000.0, 3, "me", 60):
-        store.finish(c.id, "me", attempt(2001.0), Outcome(Status.SENT))
+        done(store, c, "me", 2001.0, Outcome(Status.SENT))
     store.cancel("id4", 2002.0)
     expected = {s: 0 for s in Status} | {Status.SENT: 3, Status.QUEUED: 2, Status.CANCELLED: 1}
     assert store.counts() == expected
-    assert sum(1 for _ in store.list_messages(limit=100)) == 6
+    store.housekeeping(2003.0)  # folding counters changes no count
+    assert store.counts() == expected
+    assert [m.id for m in store.list_messages(limit=100)] == [f"id{i}" for i in range(5, -1, -1)]  # newest first
     assert [m.id for m in store.list_messages(Status.CANCELLED)] == ["id4"]
     assert store.purge(before=2001.5) == 3
     assert store.counts() == expected | {Status.SENT: 0}
@@ -102,14 +176,19 @@ def test_counts_follow_every_transition(store):
 def test_cancel_and_requeue_refuse_the_wrong_status(store):
     store.insert([rec(1), rec(2)])
     [c] = store.claim(2000.0, 1, "me", 60)
-    store.finish(c.id, "me", attempt(2001.0, "permanent", 550), Outcome(Status.FAILED, "550 no", 550))
+    done(store, c, "me", 2001.0, Outcome(Status.FAILED, "550 no", 550), "permanent", 550,
+         [RecipientOutcome("b@x.org", "failed", 550, "550 no"), RecipientOutcome("c@x.org", "sent", 250, "ok")])
     with pytest.raises(InvalidState, match="cannot cancel message id1: it is failed"):
         store.cancel("id1", 2002.0)
     with pytest.raises(InvalidState, match="cannot retry message id2: it is queued"):
         store.requeue("id2", 2002.0)
     assert store.requeue("id1", 3000.0) == 1
     info = store.get("id1")
-    assert (info.status, info.attempts, info.due_at) == (Status.QUEUED, 0, 3000.0)
+    # A fresh max-fails budget; the attempt on record stays on record.
+    assert (info.status, info.fails, info.attempts, info.due_at) == (Status.QUEUED, 0, 1, 3000.0)
+    again = {c.id: c for c in store.claim(3000.0, 10, "me", 60)}["id1"]
+    assert again.rcpt_to == ("b@x.org",)  # only the recipient not yet delivered to
+    assert {r.address: r.status for r in store.recipients("id1")} == {"b@x.org": "deferred", "c@x.org": "sent"}
 
 
 def test_quarantine(store):
@@ -125,10 +204,10 @@ def test_stats_from_the_hourly_roll_up(store):
     claimed = store.claim(now, 10, "me", 60)
     for n, c in enumerate(claimed):
         if n < 8:
-            store.finish(c.id, "me", Attempt(c.send_after + (n + 1) * 0.1, "r", 250, "250", 0.01, "sent"),
-                         Outcome(Status.SENT, code=250))
+            store.finish([Finished(c.id, "me", c.token, Attempt(c.send_after + (n + 1) * 0.1, "r", 250, "250",
+                                                                 0.01, "sent"), Outcome(Status.SENT, code=250))])
         else:
-            store.finish(c.id, "me", attempt(now, "permanent", 550), Outcome(Status.FAILED, "550 gone", 550))
+            done(store, c, "me", now, Outcome(Status.FAILED, "550 gone", 550), "permanent", 550)
     store.record_depth(now)
     s = store.stats(now - 3600, now)
     assert (s["sent"], s["failed"], s["expired"]) == (8, 2, 0)
@@ -137,4 +216,75 @@ def test_stats_from_the_hourly_roll_up(store):
     assert s["latency"]["p50"] == pytest.approx(0.4, rel=0.12)
     assert s["latency"]["p99"] == pytest.approx(0.8, rel=0.12)
     assert s["depth_hourly"][-1]["depth"] == 0
+    store.housekeeping(now)
+    assert store.stats(now - 3600, now) == s  # folded, the same figures
     assert store.stats(now + 7200, now + 7200)["sent"] == 0
+
+
+def test_daemons_live_and_gone(store):
+    a = DaemonInfo("h1:10:aa", "h1", 10, "0.1.0", 1000.0, 1000.0, "/spool/a")
+    b = DaemonInfo("h2:20:bb", "h2", 20, "0.1.0", 1001.0, 1001.0, "/spool/b")
+    store.register(a)
+    store.register(b)
+    store.heartbeat(b.id, 1100.0)
+    assert [d.id for d in store.daemons(now=1105.0)] == ["h2:20:bb"]  # a's heartbeat is 105 s old
+    assert [d.id for d in store.daemons()] == ["h1:10:aa", "h2:20:bb"]
+    assert store.daemons(now=1105.0)[0] == DaemonInfo("h2:20:bb", "h2", 20, "0.1.0", 1001.0, 1100.0, "/spool/b")
+    store.unregister(a.id)
+    assert [d.id for d in store.daemons()] == ["h2:20:bb"]
+
+
+def test_export_and_import_keep_everything_and_copy_nothing_twice(store, database_config, tmp_path):
+    from mailmand.config import DatabaseConfig
+
+    store.insert([rec(1), rec(2)])
+    [c] = store.claim(2000.0, 1, "me", 60)
+    done(store, c, "me", 2001.0, Outcome(Status.FAILED, "550 no", 550), "permanent", 550,
+         [RecipientOutcome("b@x.org", "failed", 550, "550 no")])
+    target = open_store(DatabaseConfig(path=tmp_path / "copy" / "copy.db"), create=True)
+    try:
+        for chunk in store.export(batch=1):
+            target.import_messages(chunk)
+        assert [target.import_messages(chunk) for chunk in store.export()] == [[]]
+        for mid in ("id1", "id2"):
+            assert target.get(mid) == store.get(mid)
+            assert target.attempts(mid) == store.attempts(mid)
+            assert target.recipients(mid) == store.recipients(mid)
+            assert target.raw(mid) == store.raw(mid)
+        assert target.counts() == store.counts()
+    finally:
+        target.close()
+
+
+def test_read_only_opening_never_creates_a_store(database_config):
+    with pytest.raises(StoreError, match=r"no store yet at .* \(the daemon creates it\)"):
+        open_store(database_config)
+    if database_config.engine != "postgres":
+        assert not database_config.path.parent.exists()
+
+
+def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    from mailmand.stores.sqlite import V1, SQLiteStore
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for stmt in V1:  # the schema as the first release made it, with no version table
+        db.execute(stmt)
+    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
+               " due_at, attempts, updated_at) VALUES ('m1', 'deferred', 'a@x.org', '[\"b@x.org\"]', 's', 10,"
+               " 1, 1, 100, 2, 1)")  # then, `attempts` counted only what max-fails counts
+    db.executemany("INSERT INTO attempts VALUES ('m1', ?, 'r', ?, 'x', 0.1, 'temporary')",
+                   [(2.0, 451), (3.0, None), (4.0, 451)])
+    db.execute("INSERT INTO bodies VALUES ('m1', x'00')")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        info = store.get("m1")
+        assert (info.attempts, info.fails) == (3, 2)  # every attempt on record; the fails kept
+        [c] = store.claim(100.0, 10, "me", 60)
+        assert c.token == 1 and c.fails == 2
+        assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
+    finally:
+        store.close()

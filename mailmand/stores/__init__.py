@@ -1,19 +1,102 @@
-"""Store engines, chosen from an explicit table (literal imports, so PyInstaller sees them)."""
+"""Store engines, chosen from one explicit table (literal imports, so
+PyInstaller sees them). Nothing above this package names an engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 from ..config import DatabaseConfig
 from ..errors import ConfigError
-from .base import Status, Store
+from .base import DaemonInfo, Status, Store
+
+KEY = "email.server.database"
 
 
-def open_store(cfg: DatabaseConfig) -> Store:
-    if cfg.engine in ("sqlite3", "sqlite"):
-        from .sqlite import SQLiteStore
+@dataclass(frozen=True)
+class Engine:
+    open: Callable[[DatabaseConfig, bool], Store]
+    check: Callable[[DatabaseConfig], None]  # refuse a configuration before anything is created
+    describe: Callable[[DatabaseConfig], str]  # for logs and check-config: never a password
+    lock: Callable[[DatabaseConfig], Path | None]  # the file lock a daemon holds; None: shared by design
 
-        return SQLiteStore(cfg.path)
-    raise ConfigError(f"unknown database engine {cfg.engine!r} (this build knows: sqlite3)",
-                      "email.server.database.engine")
+
+def _sqlite(cfg: DatabaseConfig, create: bool) -> Store:
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(cfg.path, create=create)
 
 
-__all__ = ["Status", "Store", "open_store"]
+def _postgres(cfg: DatabaseConfig, create: bool) -> Store:
+    _postgres_check(cfg)
+    from .postgres import PostgresStore
+
+    return PostgresStore(cfg, create=create)
+
+
+def _postgres_check(cfg: DatabaseConfig) -> None:
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:  # the optional driver is not installed
+        raise ConfigError(f"the postgres engine needs {exc.name}, which is not installed: "
+                          "pip install 'mailmand[postgres]'", f"{KEY}.engine") from None
+    from .dsn import check
+
+    check(cfg.dsn)
+
+
+def _postgres_describe(cfg: DatabaseConfig) -> str:
+    from .dsn import mask
+
+    return f"postgres {mask(cfg.dsn or '')}"
+
+
+SQLITE = Engine(_sqlite, lambda cfg: None, lambda cfg: str(cfg.path),
+                lambda cfg: cfg.path.with_name(f"{cfg.path.name}.lock"))
+ENGINES: dict[str, Engine] = {
+    "sqlite3": SQLITE,
+    "sqlite": SQLITE,
+    "postgres": Engine(_postgres, _postgres_check, _postgres_describe, lambda cfg: None),
+}
+
+
+def engine(cfg: DatabaseConfig) -> Engine:
+    """The configured engine, its driver present and its settings valid (ConfigError otherwise)."""
+    try:
+        found = ENGINES[cfg.engine]
+    except KeyError:
+        raise ConfigError(f"unknown database engine {cfg.engine!r} (this build knows: "
+                          f"{', '.join(sorted(ENGINES))})", f"{KEY}.engine") from None
+    found.check(cfg)
+    return found
+
+
+def open_store(cfg: DatabaseConfig, create: bool = False) -> Store:
+    """Open the configured store. Only the daemon (and `migrate`) create it
+    (`create=True`); any other command on a store that does not exist yet
+    raises StoreError "no store yet at PATH (the daemon creates it)"."""
+    return engine(cfg).open(cfg, create)
+
+
+def describe(cfg: DatabaseConfig) -> str:
+    """The store as logs and `check-config` show it: a path, or a dsn with its password masked."""
+    found = ENGINES.get(cfg.engine)
+    return found.describe(cfg) if found else cfg.engine
+
+
+def check_connect(cfg: DatabaseConfig) -> str:
+    """`check-config --connect`: open the store as a command would, and say
+    what it holds. Raises StoreUnavailable (unreachable) or StoreError (no store yet)."""
+    store = open_store(cfg)
+    try:
+        counts = store.counts()
+    finally:
+        store.close()
+    waiting = counts[Status.QUEUED] + counts[Status.DEFERRED] + counts[Status.SENDING]
+    return f"store {describe(cfg)}: reachable, {sum(counts.values())} message(s), {waiting} waiting"
+
+
+__all__ = ["ENGINES", "DaemonInfo", "Engine", "Status", "Store", "check_connect", "describe", "engine",
+           "open_store"]

@@ -1,0 +1,272 @@
+"""The PostgreSQL store: one database that any number of daemons share.
+
+What differs from SQLite: claims take rows with FOR UPDATE SKIP LOCKED (two
+daemons never wait on, or take, the same message); counters are appended as
+deltas and folded by housekeeping (no hot row every writer updates); the
+schema migrates under an advisory lock; NOTIFY wakes the other daemons when
+something becomes due, LISTENed on a dedicated connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..config import DatabaseConfig
+from ..errors import RecordRejected, StoreError, StoreUnavailable
+from ..logs import Repeats
+from . import dsn as dsnmod
+from .base import Claimed, Status
+from .pgschema import MIGRATIONS
+from .sql import Db, SQLStore
+
+if TYPE_CHECKING:
+    from ..message import Record
+
+log = logging.getLogger(__name__)
+# The pool logs every failed reconnection, and psycopg every pipeline it could not
+# close on a lost connection, at WARNING: during an outage that is a flood. The
+# store reports outages itself, once (mailmand.logs.Repeats).
+logging.getLogger("psycopg").setLevel(logging.ERROR)
+
+CHANNEL = "mailmand_due"
+MIGRATION_LOCK = 0x6D61696C6D616E64  # pg_advisory_xact_lock key: "mailmand"
+CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout
+POOL_WAIT = 5.0  # seconds a caller waits for a pooled connection before StoreUnavailable
+# Ingest, the dispatch feed and its commits, heartbeat and housekeeping, a reader (status, metrics).
+DAEMON_POOL = 6
+RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+@functools.lru_cache(maxsize=256)
+def _pg(sql: str) -> str:
+    """The shared SQL's `?` parameters in psycopg's spelling."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _Cursor:
+    """A cursor in pipeline mode, with `?` parameters."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], pipe: psycopg.Pipeline) -> None:
+        self._cur = cur
+        self._pipe = pipe
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Cursor:
+        self._cur.execute(_pg(sql), args)
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        self._pipe.sync()  # in pipeline mode the count is known once the replies are in
+        return self._cur.rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cur.executemany(_pg(sql), rows)
+
+
+class PostgresStore(SQLStore):
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    LOCK_ROWS = " FOR UPDATE"
+    GREATEST = "greatest"
+    JSON_AGG = "json_agg(address)::text"
+
+    def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
+        dsnmod.check(cfg.dsn)
+        self.dsn = str(cfg.dsn)
+        self.name = f"postgres {dsnmod.mask(self.dsn)}"
+        self._me = ""  # the registered daemon: NOTIFY payload, so it can ignore its own
+        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "mailmand"}
+        try:
+            with psycopg.connect(self.dsn, **kwargs) as conn:  # the real reason, if it cannot connect
+                self._migrate(conn, create)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot reach {self.name}: {_cause(exc)}") from exc
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.dsn, kwargs=kwargs, min_size=1, max_size=cfg.pool_size or (DAEMON_POOL if create else 2),
+            open=False, timeout=POOL_WAIT, check=ConnectionPool.check_connection, name="mailmand")
+        self._pool.open()
+
+    def _migrate(self, conn: psycopg.Connection[Any], create: bool) -> None:
+        """Bring the schema to the current version, one daemon at a time: the
+        advisory lock makes three daemons starting together take turns."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+            if not (exists and exists[0]):
+                if not create:
+                    raise StoreError(f"no store yet at {self.name} (the daemon creates it)")
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            have = (row[0] if row else None) or 0
+            if have > len(MIGRATIONS):
+                raise StoreError(f"{self.name} has schema version {have}; this mailmand knows up to "
+                                 f"{len(MIGRATIONS)}: upgrade mailmand")
+            for version in range(have + 1, len(MIGRATIONS) + 1):
+                for stmt in MIGRATIONS[version - 1]:
+                    conn.execute(stmt)
+                conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
+                log.info("%s: schema migrated to version %d", self.name, version)
+
+    @contextmanager
+    def tx(self) -> Iterator[Db]:
+        """One transaction on a pooled connection: committed on exit, rolled back on error."""
+        try:
+            # Pipeline mode: statements go out without waiting for each reply (a
+            # finish is several), the connection syncs where a result is read.
+            with self._pool.connection() as conn, conn.pipeline() as pipe, conn.cursor() as cur:
+                yield _Cursor(cur, pipe)
+        except RECORD_ERRORS:
+            raise
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"{self.name} cannot be written: {_cause(exc)}") from exc
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(_pg(sql), args).fetchall()
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"{self.name} cannot be read: {_cause(exc)}") from exc
+
+    def _due_now(self, db: Db) -> None:
+        db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))
+
+    def _write_rollup_rows(self, db: Db, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        # Appended, never updated in place: daemons finishing together do not
+        # queue on one hot row. Housekeeping folds them; `stats` sums anyway.
+        if rows:
+            db.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
+
+    # -- ingest and dispatch ------------------------------------------------------
+
+    def insert(self, records: Sequence[Record]) -> int:
+        try:
+            return super().insert(records)
+        except RECORD_ERRORS as exc:
+            raise RecordRejected(_cause(exc)) from exc
+
+    def claim(self, now: float, limit: int, owner: str, lease: float) -> list[Claimed]:
+        with self.tx() as db:
+            rows = db.execute(
+                "WITH c AS (SELECT id FROM messages WHERE status IN ('queued', 'deferred') AND due_at <= ?"
+                "   ORDER BY priority DESC, due_at LIMIT ? FOR UPDATE SKIP LOCKED)"
+                " UPDATE messages m SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?,"
+                " claims = m.claims + 1 FROM c WHERE m.id = c.id"
+                " RETURNING m.id, m.mail_from, coalesce(m.pending_rcpt, m.rcpt_to), m.attempts, m.fails,"
+                " m.send_after, m.priority, m.due_at, m.claims, (SELECT raw FROM bodies b WHERE b.id = m.id)",
+                (now, limit, owner, now + lease, now)).fetchall()
+            if len(rows) == limit:
+                self._due_now(db)  # more may be due: let the other daemons take their share
+        return self._claimed([r[:9] for r in rows], {r[0]: r[9] for r in rows})
+
+    def _insert_rows(self, db: Db, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
+                     conflict: str = "") -> None:
+        # One statement of arrays, not one per row: a finish of 50 is one INSERT.
+        if not rows:
+            return
+        names = ", ".join(c for c, _ in columns)
+        arrays = ", ".join(f"?::{t}[]" for _, t in columns)
+        db.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){conflict}",
+                   [list(c) for c in zip(*rows, strict=True)])
+
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
+        # One statement for the group (not one per message): the status-count
+        # trigger then runs once per commit.
+        if not rows:
+            return
+        cols = list(zip(*rows, strict=True))
+        db.execute(
+            "UPDATE messages m SET status = v.status, attempts = m.attempts + 1, fails = m.fails + v.counted,"
+            " last_code = v.code, last_error = v.reason, due_at = coalesce(v.due_at, m.due_at),"
+            " pending_rcpt = coalesce(v.pending, m.pending_rcpt), lease_owner = NULL, lease_until = NULL,"
+            " updated_at = v.at, finished_at = v.finished"
+            " FROM unnest(?::text[], ?::int[], ?::int[], ?::text[], ?::float8[], ?::text[], ?::float8[],"
+            " ?::float8[], ?::text[]) AS v(status, counted, code, reason, due_at, pending, at, finished, id)"
+            " WHERE m.id = v.id", [list(c) for c in cols])
+
+    def watch(self, on_due: Callable[[], None]) -> _Listener:
+        return _Listener(self.dsn, self.name, lambda: self._me, on_due)
+
+    # -- daemons, counts, upkeep ----------------------------------------------------
+
+    def register(self, daemon: Any) -> None:
+        self._me = daemon.id
+        super().register(daemon)
+
+    def counts(self) -> dict[Status, int]:
+        got = {s: int(n) for s, n in self._read("SELECT status, sum(n) FROM status_deltas GROUP BY status")}
+        return {s: got.get(s.value, 0) for s in Status}
+
+    def housekeeping(self, now: float) -> None:
+        """Fold appended counters into one row per key. Safe beside writers and
+        another daemon's fold: a row is summed by whoever deleted it."""
+        with self.tx() as db:
+            db.execute("WITH d AS (DELETE FROM status_deltas RETURNING status, n)"
+                       " INSERT INTO status_deltas SELECT status, sum(n) FROM d GROUP BY status")
+            db.execute("WITH d AS (DELETE FROM stats_hourly RETURNING hour, kind, bucket, n)"
+                       " INSERT INTO stats_hourly SELECT hour, kind, bucket, sum(n) FROM d GROUP BY hour, kind, bucket")
+            db.execute("WITH d AS (DELETE FROM reasons_hourly RETURNING hour, reason, n)"
+                       " INSERT INTO reasons_hourly SELECT hour, reason, sum(n) FROM d GROUP BY hour, reason")
+            db.execute("DELETE FROM daemons WHERE heartbeat_at < ?", (now - 86400,))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _Listener:
+    """LISTEN on a dedicated connection (a pooled one would be handed to
+    others mid-wait), calling `on_due` for each other daemon's NOTIFY. Lost
+    connections are re-made with backoff; polling at `interval` covers the gap."""
+
+    def __init__(self, dsn: str, name: str, me: Callable[[], str], on_due: Callable[[], None]) -> None:
+        self._dsn = dsn
+        self._me = me
+        self._on_due = on_due
+        self._stop = threading.Event()
+        self._down = Repeats(log, f"LISTEN on {name}")
+        self._thread = threading.Thread(target=self._run, name="mailmand-listen", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        wait = 1.0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                     application_name="mailmand-listen") as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    if self._down.cleared():
+                        self._on_due()  # what was stored while we could not hear it
+                    wait = 1.0
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if note.payload != self._me():
+                                self._on_due()
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return
+                self._down.failed("cannot LISTEN for due mail (polling meanwhile): %s", _cause(exc))
+                self._stop.wait(wait)
+                wait = min(wait * 2, 30.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

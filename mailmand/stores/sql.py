@@ -1,0 +1,462 @@
+"""What the SQL engines share: the statements both dialects accept, written
+once with `?` parameters, and the logic around them.
+
+An engine supplies `tx()` (one write transaction; a cursor-like `Db`),
+`_read()`, its schema and a few dialect strings below; SQLite and PostgreSQL
+then differ only in SQL text and connection setup (huey's `BaseSqlStorage`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import InvalidState, NotFound
+from ..message import header_subject
+from . import rollup
+from .base import (
+    DAEMON_TTL,
+    FINISHED,
+    WAITING,
+    Attempt,
+    Claimed,
+    DaemonInfo,
+    Exported,
+    Finished,
+    MessageInfo,
+    Quarantined,
+    RecipientOutcome,
+    Status,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from ..message import Record
+
+INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
+                "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails")
+MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
+                   "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
+                   "last_error", "updated_at", "finished_at")
+ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
+RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
+ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
+               ("duration", "float8"), ("outcome", "text"), ("daemon", "text"))
+RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
+                 ("reply", "text"), ("updated_at", "float8"))
+DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
+# A lease handed back: queued if never tried, else deferred (due as it was).
+HAND_BACK = ("UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
+             " lease_owner = NULL, lease_until = NULL")
+INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32,766 parameters)
+FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
+
+
+class Db(Protocol):
+    """What `tx()` yields: sqlite3's connection or a psycopg cursor, `?` parameters."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+
+def _info(row: Sequence[Any]) -> MessageInfo:
+    return MessageInfo(
+        id=row[0], status=Status(row[1]), mail_from=row[2], rcpt_to=tuple(json.loads(row[3])),
+        subject=row[4], priority=row[5], size=row[6], created_at=row[7], send_after=row[8],
+        due_at=row[9], attempts=row[10], last_code=row[11], last_error=row[12],
+        updated_at=row[13], finished_at=row[14], idempotency_key=row[15], fails=row[16],
+    )
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLStore(Store):
+    # Dialect: how each engine spells the few things the two do not share.
+    SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
+    LOCK_ROWS = ""  # appended to the fenced finish's read of its leases
+    GREATEST = "max"
+    JSON_AGG = "nullif(json_group_array(address), '[]')"  # a JSON list of addresses, NULL for none
+    WAITING_INDEX = ""  # an index hint for min(due_at)
+
+    def tx(self) -> AbstractContextManager[Db]:
+        raise NotImplementedError
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _due_now(self, db: Db) -> None:
+        """Messages became due now (inserted, handed back, re-queued): wake the other daemons."""
+
+    def _write_rollup(self, db: Db, r: rollup.Rollup) -> None:
+        self._write_rollup_rows(db, "stats_hourly", r.stat_rows())
+        self._write_rollup_rows(db, "reasons_hourly", r.reason_rows())
+
+    def _write_rollup_rows(self, db: Db, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Add counts to an hourly roll-up (stats_hourly or reasons_hourly), summing per key."""
+        if table == "stats_hourly":
+            db.executemany("INSERT INTO stats_hourly VALUES (?, ?, ?, ?) ON CONFLICT (hour, kind, bucket)"
+                           " DO UPDATE SET n = stats_hourly.n + excluded.n", rows)
+        else:
+            db.executemany("INSERT INTO reasons_hourly VALUES (?, ?, ?) ON CONFLICT (hour, reason)"
+                           " DO UPDATE SET n = reasons_hourly.n + excluded.n", rows)
+
+    # -- ingest ----------------------------------------------------------------
+
+    def insert(self, records: Sequence[Record]) -> int:
+        new = 0
+        due_now = False
+        with self.tx() as db:
+            for i in range(0, len(records), INSERT_CHUNK):
+                chunk = records[i:i + INSERT_CHUNK]
+                args: list[Any] = []
+                for r in chunk:
+                    due = max(r.send_after, r.created_at)
+                    args += (r.id, r.mail_from, json.dumps(list(r.rcpt_to)), header_subject(r.raw), r.priority,
+                             len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at)
+                rows = db.execute(
+                    "INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"
+                    " idempotency_key, created_at, send_after, due_at, updated_at) VALUES "
+                    + ",".join(["(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                    + " ON CONFLICT (id) DO NOTHING RETURNING id", args).fetchall()
+                stored = {row[0] for row in rows}
+                if stored:
+                    db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)",
+                                   [(r.id, r.raw) for r in chunk if r.id in stored])
+                    new += len(stored)
+                    due_now = due_now or any(r.send_after <= r.created_at for r in chunk if r.id in stored)
+            if due_now:
+                self._due_now(db)
+        return new
+
+    # -- dispatch --------------------------------------------------------------
+
+    def _claimed(self, rows: list[Any], raws: dict[str, bytes]) -> list[Claimed]:
+        """Rows of (id, mail_from, rcpt, attempts, fails, send_after, priority, due_at, token)."""
+        rows.sort(key=lambda r: (-r[6], r[7]))  # RETURNING order is unspecified
+        return [Claimed(id=r[0], mail_from=r[1], rcpt_to=tuple(json.loads(r[2])), raw=bytes(raws[r[0]]),
+                        attempts=r[3], send_after=r[5], priority=r[6], fails=r[4], token=r[8]) for r in rows]
+
+    def finish(self, outcomes: Sequence[Finished]) -> list[bool]:
+        if not outcomes:
+            return []
+        todo = sorted(outcomes, key=lambda f: f.id)  # rows locked in one order by every writer
+        r = rollup.Rollup()
+        with self.tx() as db:
+            # Which claims are still the latest (and each one's send time, for the latency roll-up).
+            leased = {mid: (token, status, sent) for mid, token, status, sent in db.execute(
+                f"SELECT id, claims, status, send_after FROM messages WHERE id IN ({_marks(len(todo))})"
+                f" ORDER BY id{self.LOCK_ROWS}", [f.id for f in todo]).fetchall()}
+            live = ("sending", "queued", "deferred")  # handed back by a sweep but not claimed since: still ours
+            held = {f.id: f.id in leased and leased[f.id][0] == f.token and leased[f.id][1] in live for f in todo}
+            self._insert_rows(db, "attempts", ATTEMPT_ROW, [
+                (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner) for f in todo
+                for a in (f.attempt,)])
+            # The attempt is history whoever holds the message now; every count follows the attempt rows.
+            db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
+                           [(f.id,) for f in todo if not held[f.id] and f.id in leased])
+            mine = [f for f in todo if held[f.id]]
+            self._insert_rows(db, "recipients", RECIPIENT_ROW, [
+                (f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in mine for x in f.recipients],
+                " ON CONFLICT (message_id, address) DO UPDATE SET status = excluded.status, code = excluded.code,"
+                " reply = excluded.reply, updated_at = excluded.updated_at")
+            self._update_finished(db, [
+                (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
+                 f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
+                 f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id) for f in mine])
+            final = [(f.attempt.at, f.id) for f in mine if f.outcome.status in FINAL]
+            if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
+                db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
+                               " WHERE message_id = ? AND status = 'deferred'", final)
+            for f in mine:
+                r.add(f, leased[f.id][2])
+            self._write_rollup(db, r)
+        return [held[f.id] for f in outcomes]
+
+    def _insert_rows(self, db: Db, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
+                     conflict: str = "") -> None:
+        """INSERT rows of (column, SQL type) `columns` into `table`, with an optional ON CONFLICT clause."""
+        names = ", ".join(c for c, _ in columns)
+        db.executemany(f"INSERT INTO {table} ({names}) VALUES ({_marks(len(columns))}){conflict}", rows)
+
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Each message's new state: (status, counted, code, reason, due_at, pending, at, finished_at, id)."""
+        db.executemany(
+            "UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
+            " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+            " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?", rows)
+
+    def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
+        if not ids:
+            return 0
+        with self.tx() as db:
+            return int(db.execute(f"UPDATE messages SET lease_until = ? WHERE status = 'sending'"
+                                  f" AND lease_owner = ? AND id IN ({_marks(len(ids))})",
+                                  [until, owner, *ids]).rowcount)
+
+    def _hand_back(self, where: str, args: Sequence[Any]) -> int:
+        with self.tx() as db:
+            n = int(db.execute(f"{HAND_BACK} WHERE id IN (SELECT id FROM messages WHERE status = 'sending'"
+                               f" AND {where}{self.SKIP_LOCKED})", args).rowcount)
+            if n:
+                self._due_now(db)
+        return n
+
+    def release_own(self, owner: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return self._hand_back(f"lease_owner = ? AND id IN ({_marks(len(ids))})", [owner, *ids])
+
+    def sweep_expired(self, now: float, spare: Sequence[str] = ()) -> int:
+        if spare:
+            return self._hand_back(f"lease_until < ? AND id NOT IN ({_marks(len(spare))})", [now, *spare])
+        return self._hand_back("lease_until < ?", [now])
+
+    def take_over(self, predecessor: str | None) -> int:
+        if predecessor is None:
+            if not self.single_instance:
+                raise InvalidState(f"{self.name} is shared: only a known dead daemon's leases can be taken")
+            return self._hand_back("1 = 1", [])
+        return self._hand_back("lease_owner = ?", [predecessor])
+
+    def next_due(self) -> float | None:
+        rows = self._read(f"SELECT min(due_at) FROM messages {self.WAITING_INDEX}"
+                          " WHERE status IN ('queued', 'deferred')")
+        return rows[0][0]
+
+    # -- daemons -----------------------------------------------------------------
+
+    def register(self, daemon: DaemonInfo) -> None:
+        with self.tx() as db:
+            db.execute(f"INSERT INTO daemons ({DAEMON_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                       " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                       [daemon.id, daemon.host, daemon.pid, daemon.version, daemon.started_at,
+                        daemon.heartbeat_at, daemon.spool])
+
+    def heartbeat(self, daemon_id: str, now: float) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE daemons SET heartbeat_at = ? WHERE id = ?", [now, daemon_id])
+
+    def unregister(self, daemon_id: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM daemons WHERE id = ?", [daemon_id])
+
+    def daemons(self, now: float | None = None) -> list[DaemonInfo]:
+        if now is None:
+            rows = self._read(f"SELECT {DAEMON_COLUMNS} FROM daemons ORDER BY started_at")
+        else:
+            rows = self._read(f"SELECT {DAEMON_COLUMNS} FROM daemons WHERE heartbeat_at >= ?"
+                              " ORDER BY started_at", [now - DAEMON_TTL])
+        return [DaemonInfo(*r) for r in rows]
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, message_id: str) -> MessageInfo:
+        rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        if not rows:
+            raise NotFound(f"no message with id {message_id!r}")
+        return _info(rows[0])
+
+    def raw(self, message_id: str) -> bytes:
+        rows = self._read("SELECT raw FROM bodies WHERE id = ?", (message_id,))
+        if not rows:
+            raise NotFound(f"no message with id {message_id!r}")
+        return bytes(rows[0][0])
+
+    def attempts(self, message_id: str) -> list[Attempt]:
+        rows = self._read(f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE message_id = ? ORDER BY at",
+                          (message_id,))
+        return [Attempt(*r) for r in rows]
+
+    def recipients(self, message_id: str) -> list[RecipientOutcome]:
+        rows = self._read("SELECT address, status, code, reply FROM recipients"
+                          " WHERE message_id = ? ORDER BY address", (message_id,))
+        return [RecipientOutcome(*r) for r in rows]
+
+    def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
+        if status is None:
+            rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages ORDER BY created_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages WHERE status = ?"
+                              " ORDER BY created_at DESC LIMIT ?", (Status(status).value, limit))
+        return [_info(r) for r in rows]
+
+    # -- operator actions --------------------------------------------------------
+
+    def _transition(self, message_id: str, allowed: Sequence[Status], verb: str, sql: Sequence[str],
+                    args: Sequence[Sequence[Any]]) -> None:
+        with self.tx() as db:
+            row = db.execute(f"SELECT status FROM messages WHERE id = ?{self.LOCK_ROWS}", (message_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no message with id {message_id!r}")
+            if Status(row[0]) not in allowed:
+                raise InvalidState(f"cannot {verb} message {message_id}: it is {row[0]} "
+                                   f"(only {', '.join(s.value for s in allowed)} can be)")
+            for stmt, a in zip(sql, args, strict=True):
+                db.execute(stmt, (*a, message_id))
+            if verb == "retry":
+                self._due_now(db)
+
+    def cancel(self, message_id: str, now: float) -> None:
+        self._transition(message_id, WAITING, "cancel", (
+            "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?,"
+            " last_error = 'cancelled by operator' WHERE id = ?",
+            "UPDATE recipients SET status = 'failed', reply = 'cancelled by operator', updated_at = ?"
+            " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)))
+
+    def _requeue_sql(self, where: str) -> list[str]:
+        # A fresh max-fails budget; recipients already delivered to are not sent to again.
+        return [f"UPDATE recipients SET status = 'deferred', reply = 'retry requested by operator', updated_at = ?"
+                f" WHERE status <> 'sent' AND message_id IN (SELECT id FROM messages WHERE {where})",
+                "UPDATE messages SET status = 'queued', fails = 0, due_at = ?, send_after = ?,"
+                f" pending_rcpt = (SELECT {self.JSON_AGG} FROM recipients"
+                "   WHERE message_id = messages.id AND status <> 'sent'),"
+                f" updated_at = ?, finished_at = NULL WHERE {where}"]
+
+    def requeue(self, message_id: str | None, now: float) -> int:
+        if message_id is not None:
+            self._transition(message_id, (Status.FAILED, Status.EXPIRED), "retry",
+                             self._requeue_sql("id = ?"), ((now,), (now, now, now)))
+            return 1
+        failed = "status IN ('failed', 'expired')"
+        with self.tx() as db:
+            recipients, messages = self._requeue_sql(failed)
+            db.execute(recipients, (now,))
+            n = int(db.execute(messages, (now, now, now)).rowcount)
+            if n:
+                self._due_now(db)
+            return n
+
+    def purge(self, before: float) -> int:
+        finished = ",".join(f"'{s.value}'" for s in FINISHED)
+        with self.tx() as db:
+            ids = [r[0] for r in db.execute(
+                f"SELECT id FROM messages WHERE finished_at < ? AND status IN ({finished})", (before,)).fetchall()]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                for table, col in (("bodies", "id"), ("attempts", "message_id"),
+                                   ("recipients", "message_id"), ("messages", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {col} IN ({_marks(len(chunk))})", chunk)
+            db.execute("DELETE FROM quarantine WHERE at < ?", (before,))
+        return len(ids)
+
+    # -- quarantine --------------------------------------------------------------
+
+    def quarantine(self, reason: str, data: bytes, now: float) -> int:
+        with self.tx() as db:
+            row = db.execute("INSERT INTO quarantine (at, reason, data) VALUES (?, ?, ?) RETURNING id",
+                             (now, reason, data)).fetchone()
+            return int(row[0])
+
+    def quarantined(self, limit: int = 50) -> list[Quarantined]:
+        rows = self._read("SELECT id, at, reason, data FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+        return [Quarantined(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    def quarantine_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM quarantine")[0][0])
+
+    # -- statistics --------------------------------------------------------------
+
+    def record_depth(self, now: float) -> None:
+        c = self.counts()
+        depth = c[Status.QUEUED] + c[Status.DEFERRED] + c[Status.SENDING]
+        with self.tx() as db:
+            db.execute("INSERT INTO depth_hourly VALUES (?, ?) ON CONFLICT (hour)"
+                       f" DO UPDATE SET depth = {self.GREATEST}(depth_hourly.depth, excluded.depth)",
+                       (int(now // rollup.HOUR), depth))
+
+    def stats(self, since: float, now: float) -> dict[str, Any]:
+        first = int(since // rollup.HOUR)
+        rows = self._read("SELECT kind, bucket, sum(n) FROM stats_hourly WHERE hour >= ? GROUP BY kind, bucket",
+                          (first,))
+        reasons = self._read("SELECT reason, sum(n) AS c FROM reasons_hourly WHERE hour >= ?"
+                             " GROUP BY reason ORDER BY c DESC, reason LIMIT 10", (first,))
+        depth = self._read("SELECT hour, depth FROM depth_hourly WHERE hour >= ? ORDER BY hour", (first,))
+        return rollup.report(since, now, rows, reasons, depth)
+
+    # -- migrate -----------------------------------------------------------------
+
+    def store_id(self) -> str:
+        """A random id made with the schema: which store a copy came from."""
+        return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
+
+    def export(self, batch: int = 500) -> Iterator[list[Exported]]:
+        after = ""
+        while True:
+            rows = self._read(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                              (after, batch))
+            if not rows:
+                return
+            ids = [r[0] for r in rows]
+            marks = _marks(len(ids))
+            raws = dict(self._read(f"SELECT id, raw FROM bodies WHERE id IN ({marks})", ids))
+            out = {i: Exported(dict(zip(MESSAGE_COLUMNS, r, strict=True)), bytes(raws.get(i, b"")))
+                   for i, r in zip(ids, rows, strict=True)}
+            for r in self._read(f"SELECT message_id, {', '.join(ATTEMPT_COLUMNS)} FROM attempts"
+                                f" WHERE message_id IN ({marks}) ORDER BY at", ids):
+                out[r[0]].attempts.append(dict(zip(ATTEMPT_COLUMNS, r[1:], strict=True)))
+            for r in self._read(f"SELECT message_id, {', '.join(RECIPIENT_COLUMNS)} FROM recipients"
+                                f" WHERE message_id IN ({marks})", ids):
+                out[r[0]].recipients.append(dict(zip(RECIPIENT_COLUMNS, r[1:], strict=True)))
+            yield list(out.values())
+            after = ids[-1]
+
+    def import_messages(self, messages: Sequence[Exported]) -> list[str]:
+        if not messages:
+            return []
+        cols = ", ".join(MESSAGE_COLUMNS)
+        with self.tx() as db:
+            new: set[str] = set()
+            for m in messages:
+                row = dict(m.row)
+                if row["status"] == Status.SENDING:  # the source is stopped: nobody holds that lease
+                    row["status"] = Status.DEFERRED.value if row["attempts"] else Status.QUEUED.value
+                got = db.execute(f"INSERT INTO messages ({cols}) VALUES ({_marks(len(MESSAGE_COLUMNS))})"
+                                 " ON CONFLICT (id) DO NOTHING RETURNING id",
+                                 [row[c] for c in MESSAGE_COLUMNS]).fetchall()
+                if got:
+                    new.add(m.row["id"])
+            mine = [m for m in messages if m.row["id"] in new]
+            db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)", [(m.row["id"], m.raw) for m in mine])
+            db.executemany(f"INSERT INTO attempts (message_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES"
+                           f" ({_marks(len(ATTEMPT_COLUMNS) + 1)})",
+                           [(m.row["id"], *(a[c] for c in ATTEMPT_COLUMNS)) for m in mine for a in m.attempts])
+            db.executemany(f"INSERT INTO recipients (message_id, {', '.join(RECIPIENT_COLUMNS)}) VALUES"
+                           f" ({_marks(len(RECIPIENT_COLUMNS) + 1)})",
+                           [(m.row["id"], *(x[c] for c in RECIPIENT_COLUMNS)) for m in mine for x in m.recipients])
+            if any(m.row["status"] in WAITING for m in mine):
+                self._due_now(db)
+        return [m.row["id"] for m in mine]
+
+
+ROLLUP_TABLES = {"stats_hourly": "hour, kind, bucket, n", "reasons_hourly": "hour, reason, n",
+                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data"}
+
+
+def export_extras(store: SQLStore) -> dict[str, list[Any]]:
+    """The roll-ups and quarantine of a store, as `migrate` copies them (once per source store)."""
+    return {table: store._read(f"SELECT {cols} FROM {table}") for table, cols in ROLLUP_TABLES.items()}
+
+
+def import_extras(store: SQLStore, source_id: str, extras: dict[str, list[Any]], now: float) -> bool:
+    """Add another store's roll-ups and quarantine, unless this store already has them
+    (keyed by the source's store id). Returns False when they were there already."""
+    with store.tx() as db:
+        got = db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key",
+                         (f"imported:{source_id}", repr(now))).fetchall()
+        if not got:
+            return False
+        for table, cols in ROLLUP_TABLES.items():
+            rows = extras.get(table, [])
+            if table == "quarantine":
+                db.executemany(f"INSERT INTO quarantine ({cols}) VALUES (?, ?, ?)", rows)
+            elif table == "depth_hourly":
+                db.executemany(f"INSERT INTO depth_hourly ({cols}) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE"
+                               f" SET depth = {store.GREATEST}(depth_hourly.depth, excluded.depth)", rows)
+            else:
+                store._write_rollup_rows(db, table, rows)
+    return True
