@@ -3,9 +3,12 @@ persist-queue `SQLiteAckQueue.put` of the same JSON record, same durability."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import persistqueue
 import persistqueue.serializers.json as pq_json
 
 from mailmand.client import Client
+from mailmand.config import Config, QueueConfig, replace
 from mailmand.message import Record
 
 from .common import Series, ab, config, email, row, workdir
@@ -121,6 +125,87 @@ def _procs(kind: str, base: Path, items: list[Any], procs: int) -> float:
         return sum(n for _, _, n in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
 
 
+# -- the Redis queue: Client.put against a bare redis-py XADD of the same JSON ---------
+
+REDIS_URL = os.environ.get("MAILMAND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _redis_config(root: Path, key: str) -> Config:
+    cfg = config(root)
+    return replace(cfg, queue=QueueConfig(engine="redis", url=REDIS_URL, name=key))
+
+
+def _bare_xadd(key: str) -> Callable[[Record], object]:
+    """What a careful user of redis-py writes: one client kept open, the record's JSON, XADD."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    return lambda record: r.xadd(key, {b"record": json.dumps(record.to_json(), separators=(",", ":")).encode()})
+
+
+def _redis_rate(kind: str, base: Path, records: list[Record]) -> float:
+    key = f"mailmand-bench-{uuid.uuid4().hex[:8]}"
+    with workdir(base) as root:
+        client = Client(_redis_config(root, key)) if kind == "mailmand" else None
+        try:
+            return _rate(records, client.put if client else _bare_xadd(key))
+        finally:
+            if client:
+                client.close()
+            _redis_delete(key)
+
+
+def _redis_delete(key: str) -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).delete(key)
+
+
+def _redis_child(kind: str, root: Path, key: str, items: list[Record], start: Any, out: Any) -> None:
+    put = Client(_redis_config(root, key)).put if kind == "mailmand" else _bare_xadd(key)
+    put(items[0])
+    start.wait()
+    t0 = time.time()
+    for item in items:
+        put(item)
+    out.put((t0, time.time(), len(items)))
+
+
+def _redis_procs(kind: str, base: Path, records: list[Record], procs: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    key = f"mailmand-bench-{uuid.uuid4().hex[:8]}"
+    with workdir(base) as root:
+        start, out = ctx.Event(), ctx.Queue()
+        share = len(records) // procs
+        children = [ctx.Process(target=_redis_child, args=(kind, root, key, records[i * share:(i + 1) * share],
+                                                           start, out)) for i in range(procs)]
+        for c in children:
+            c.start()
+        time.sleep(0.5)  # every child has connected
+        start.set()
+        got = [out.get(timeout=300) for _ in children]
+        for c in children:
+            c.join()
+        _redis_delete(key)
+        return sum(n for _, _, n in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
+
+
+def redis_rows(base: Path, records: list[Record], records4: list[Record], rounds: int) -> list[dict[str, Any]]:
+    """Enqueue to Redis, 1 and 4 producer processes, against bare redis-py XADD (skipped without Redis)."""
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:  # no redis-py, or no server: say so in the results
+        return [{"name": f"enqueue to Redis: skipped ({exc})", "skipped": True}]
+    a, b = ab(rounds, lambda: _redis_rate("mailmand", base, records), lambda: _redis_rate("bare", base, records))
+    rows = [row("enqueue to Redis, 1 producer: Client.put(record) / bare redis-py XADD", a, b)]
+    a4, b4 = ab(rounds, lambda: _redis_procs("mailmand", base, records4, 4),
+                lambda: _redis_procs("bare", base, records4, 4))
+    rows.append(row("enqueue to Redis, 4 processes: Client.put(record) / bare redis-py XADD", a4, b4))
+    return rows
+
+
 # -- composition -----------------------------------------------------------------
 
 
@@ -153,6 +238,7 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
     a4, b4 = ab(rounds, lambda: _procs("mailmand", base, records4, 4),
                 lambda: _procs("bare", base, dicts4, 4))
     rows.append(row("enqueue 4 processes: Client.put(record) / bare put", a4, b4))
+    rows += [r for r in redis_rows(base, records, records4, rounds) if not r.get("skipped")]
     compose = compose_cost(n)
     return {"rows": rows, "compose": compose,
             "durability": {"journal_mode": "wal", "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL",

@@ -57,7 +57,8 @@ class Client:
         Returns its id once the record is durable on disk."""
         if not isinstance(email, Email):
             raise InvalidMessage("email", type(email).__name__, "expected a mailmand.Email")
-        return self.put(email.to_record(self.config.server.max_message_size, send_after))
+        return self.put(email.to_record(self.config.server.max_message_size, send_after,
+                                       self.config.server.max_recipients))
 
     def send_later(self, email: Email, delay: str | float | timedelta) -> str:
         """Queue `email` to go out after `delay` ('90s', '5m', '1h30m', a timedelta)."""

@@ -3,6 +3,7 @@ hot reload, systemd notify."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import __version__, stores
 from . import config as configmod
@@ -21,9 +23,13 @@ from .config import Config
 from .errors import AlreadyRunning, ConfigError, StoreUnavailable
 from .ingest import Ingester, IngestLoop, IngestResult
 from .logs import Repeats
-from .queues import Queue, open_queue
+from .queues import Queue, lock_path, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
 from .stores import DaemonInfo, Store, open_store
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
+    from .submission import SubmissionServer
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +81,14 @@ class InstanceLock:
             os.close(fd)
             raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running on {self.what}") from None
         os.fchmod(fd, LOCK_MODE)  # an older, world-readable lock file too
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a full disk: the flock is what counts, the pid is a courtesy
+            if exc.errno != errno.ENOSPC:
+                os.close(fd)
+                raise
+            log.warning("%s: no space to record the pid; the lock holds all the same", self.path)
         self._fd = fd
 
     def release(self) -> None:
@@ -124,14 +136,21 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = stores.engine(cfg.server.database)  # refused here, before any file is made
-        self.id = owner_id()
+        self.id = owner_id()  # this daemon's id: its leases in the store, its consumer name on a shared queue
         self.started_at = time.time()
-        self.lock = InstanceLock(cfg.queue.path / LOCK_FILE, f"the spool {cfg.queue.path}")
-        self.lock.acquire()
+        queue_lock = lock_path(cfg.queue, LOCK_FILE)  # None: a queue many daemons share (Redis)
+        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}") if queue_lock else None
+        if self.lock:
+            self.lock.acquire()
         try:
-            self.queue: Queue = open_queue(cfg.queue, daemon=True)
+            # exclusive: a single-instance store (its lock file) makes this the only daemon on the queue
+            # too, so at start it takes back everything left taken without waiting for the lease.
+            self.queue: Queue = open_queue(cfg.queue, daemon=True, consumer=self.id, lease=cfg.server.lease,
+                                           exclusive=self.engine.lock(cfg.server.database) is not None)
+            self.queue.check()
         except BaseException:
-            self.lock.discard()
+            if self.lock:
+                self.lock.discard()
             raise
         self.store_lock: InstanceLock | None = None
         self._store: Store | None = None
@@ -142,6 +161,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._poke = False  # SIGUSR1 (`mailmand flush`): dispatch now
+        self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
 
     # -- the store, opened on first use ------------------------------------------
 
@@ -187,7 +207,7 @@ class Daemon:
         self._store = store
         self._take_over(store)
         self._dispatcher = Dispatcher(store, self.cfg.server, owner=self.id)
-        self._ingester = Ingester(self.queue, store)
+        self._ingester = Ingester(self.queue, store, max_recipients=self.cfg.server.max_recipients)
 
     def _take_over(self, store: Store) -> None:
         """Take back at once what a dead predecessor held. With a single-instance
@@ -210,7 +230,7 @@ class Daemon:
         store.register(me)
         resumed = self.queue.resume()
         if resumed or released:
-            log.info("took back %d spool item(s) and %d claimed message(s) from a previous run",
+            log.info("took back %d queue item(s) and %d claimed message(s) from a previous run",
                      resumed, released)
 
     def _wait_for_store(self) -> bool:
@@ -259,17 +279,18 @@ class Daemon:
             self.close()
             log.info("stopped before the store could be reached")
             return 0
+        self._start_services()  # once the store answers: metrics reads it, and both report its state
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
-        loop = IngestLoop(self.ingester, self.cfg.queue.path if self.cfg.queue.engine == "spool" else None)
+        loop = IngestLoop(self.ingester)
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)
             watcher.start()
         loop.start()
         sched.start()
-        log.info("mailmand running: daemon %s, spool %s, store %s, relay %s", self.id, self.cfg.queue.path,
+        log.info("mailmand running: daemon %s, queue %s, store %s, relay %s", self.id, self.queue,
                  self.store.name, self.cfg.server.smtp.relay)
         notify("READY=1")
         watchdog_every = _watchdog_interval()
@@ -293,11 +314,35 @@ class Daemon:
             log.info("stopping: finishing messages in flight")
             if watcher is not None:
                 watcher.stop()
+            self._stop_services()
             sched.shutdown()  # sets the stop flag; the batch in flight finishes, the rest is released
             loop.stop()
             self.close()
         log.info("stopped")
         return 0
+
+    def _start_services(self) -> None:
+        """The integration surface, each only when configured: metrics first (it
+        installs the observer that dispatch reports to), then the submission listener."""
+        server = self.cfg.server
+        try:
+            if server.metrics is not None:
+                from .metrics import MetricsServer
+
+                self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
+                                                   lambda: self.dispatcher.cfg.interval).start())
+            if server.submission is not None:
+                from .submission import SubmissionServer
+
+                self.services.append(SubmissionServer(self.cfg).start())
+        except BaseException:
+            self._stop_services()
+            self.close()
+            raise
+
+    def _stop_services(self) -> None:
+        while self.services:  # the listener first: no new mail while the rest stops
+            self.services.pop().stop()
 
     def _heartbeat(self, now: float) -> None:
         self.store.heartbeat(self.id, now)
@@ -327,6 +372,8 @@ class Daemon:
             return False
         self.cfg = configmod.replace(self.cfg, server=server)
         sched.reschedule(server.interval, server.retention)
+        for service in self.services:
+            service.configure(self.cfg)
         logging.getLogger("mailmand").setLevel(server.log_level.upper())
         log.info("configuration reloaded from %s", self.cfg.source)
         return True
@@ -345,7 +392,8 @@ class Daemon:
             self._store.close()
         if self.store_lock is not None:
             self.store_lock.release()
-        self.lock.release()
+        if self.lock:
+            self.lock.release()
 
 
 def _watchdog_interval() -> float:

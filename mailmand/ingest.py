@@ -8,14 +8,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
-from .errors import InvalidMessage, RecordRejected, StoreUnavailable
+from .errors import InvalidMessage, MailmandError, RecordRejected, StoreUnavailable
 from .logs import Repeats
-from .message import Record
+from .message import MAX_RECIPIENTS, Record
 from .queues import Item, Queue
 from .stores import Store
 
@@ -40,22 +36,22 @@ class IngestResult:
         return self
 
 
-def _decode(item: Item) -> Record | str:
-    """The record, or the reason it cannot be ingested."""
-    if item.error:
-        return item.error
-    try:
-        return Record.from_json(item.data)
-    except InvalidMessage as exc:
-        return str(exc)
-
-
 class Ingester:
-    def __init__(self, queue: Queue, store: Store,
-                 on_stored: Callable[[float], None] | None = None) -> None:
+    def __init__(self, queue: Queue, store: Store, on_stored: Callable[[float], None] | None = None,
+                 max_recipients: int = MAX_RECIPIENTS) -> None:
         self.queue = queue
         self.store = store
         self.on_stored = on_stored  # called with the earliest send time of what was stored
+        self.max_recipients = max_recipients
+
+    def _decode(self, item: Item, now: float) -> Record | str:
+        """The record, or the reason it cannot be ingested."""
+        if item.error:
+            return item.error
+        try:
+            return Record.from_json(item.data, max_recipients=self.max_recipients, now=now)
+        except InvalidMessage as exc:
+            return str(exc)
 
     def drain(self, limit: int | None = None) -> IngestResult:
         """Ingest everything waiting (or up to `limit` items)."""
@@ -82,7 +78,7 @@ class Ingester:
     def _store(self, items: list[Item]) -> tuple[list[Record], int]:
         """Insert what decodes, quarantine what does not; returns the records and how many were new."""
         now = time.time()
-        decoded = [(item, _decode(item)) for item in items]
+        decoded = [(item, self._decode(item, now)) for item in items]
         records = [got for _, got in decoded if isinstance(got, Record)]
         try:
             new = self.store.insert(records) if records else 0
@@ -102,74 +98,68 @@ class Ingester:
         for item, got in decoded:
             if not isinstance(got, Record):
                 self.store.quarantine(got, item.raw, now)
-                log.warning("quarantined a spool item: %s", got)
+                log.warning("quarantined a queue item: %s", got)
         return records, new
 
 
-class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        # A producer's commit writes the WAL: modified (or created/moved for
-        # a new file). Opens, reads and attribute changes are not news.
-        if not event.is_directory and event.event_type in ("modified", "created", "moved"):
-            self.event.set()
-
-
 class IngestLoop:
-    """Runs `drain` in a thread, woken by watchdog within milliseconds of a
-    producer's write, with a slow poll in case a notification is missed."""
+    """Runs `drain` in a thread, woken by the queue's own `wait()` (watchdog
+    for the spool, a blocking XREADGROUP for Redis) within milliseconds of a
+    producer's write, with a poll in case a wake-up is missed.
 
-    def __init__(self, ingester: Ingester, spool_dir: Path | None, poll: float = 2.0) -> None:
+    A failure (the spool's disk full, Redis down, the store unwritable) waits
+    before the next try, growing from RETRY_MIN to RETRY_MAX: a failed write
+    wakes the spool's watcher again, and retrying on each wake-up would spin.
+    It is logged in full once, then summarised (`Repeats`)."""
+
+    RETRY_MIN = 0.5
+    RETRY_MAX = 10.0
+    # inotify reports a WAL write a moment before the commit is visible to
+    # readers: after a wake-up that found nothing, look again shortly.
+    AFTER_WAKE = (0.002, 0.003, 0.005, 0.01, 0.02, 0.04)
+
+    def __init__(self, ingester: Ingester, poll: float = 2.0) -> None:
         self.ingester = ingester
+        self.queue = ingester.queue
         self.poll = poll
-        self.wake = threading.Event()
         self.stopping = threading.Event()
-        self._store_down = Repeats(log, "ingest: store")
-        self._observer = None
-        if spool_dir is not None:
-            self._observer = Observer()
-            self._observer.schedule(_Wake(self.wake), str(spool_dir), recursive=False)
+        self.failing = Repeats(log, "ingest failing")
         self._thread = threading.Thread(target=self._run, name="mailmand-ingest", daemon=True)
 
     def start(self) -> None:
-        if self._observer is not None:
-            self._observer.start()
         self._thread.start()
 
     def _run(self) -> None:
+        delay = self.RETRY_MIN
         woken = False
         while not self.stopping.is_set():
-            self.wake.clear()
-            # inotify reports the WAL write a moment before the commit is
-            # visible to readers: after a wake that found nothing, look again
-            # shortly rather than at the next poll.
-            for delay in (0.0, 0.002, 0.003, 0.005, 0.01, 0.02, 0.04) if woken else (0.0,):
-                time.sleep(delay)
-                if self._drain():
-                    break
-            woken = self.wake.wait(self.poll)
+            try:
+                found = self._drain()
+                for pause in self.AFTER_WAKE if woken and not found else ():
+                    if self.stopping.wait(pause) or self._drain():
+                        break
+                woken = self.queue.wait(self.poll)
+            except Exception as exc:  # the loop must survive a bad moment
+                if isinstance(exc, StoreUnavailable):  # full or away: the items stay in the queue
+                    self.failing.failed("ingest failed, retrying in %.1fs: ingest paused, items stay in the "
+                                        "queue: %s", delay, exc)
+                else:
+                    self.failing.failed("ingest failed, retrying in %.1fs: %s", delay, exc,
+                                        exc_info=not isinstance(exc, MailmandError))
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.RETRY_MAX)
+                woken = False
+            else:
+                if self.failing.cleared():
+                    delay = self.RETRY_MIN
 
     def _drain(self) -> bool:
-        try:
-            result = self.ingester.drain()
-            self._store_down.cleared()
-        except StoreUnavailable as exc:  # full or away: said once, then summarised; never a spin
-            self._store_down.failed("ingest paused, items stay in the queue: %s", exc)
-            self.stopping.wait(self.poll)
-            return True
-        except Exception:  # the loop must survive a bad moment (disk full, locked store)
-            log.exception("ingest failed; retrying in %.1fs", self.poll)
-            return True
+        result = self.ingester.drain()
         if result.ingested or result.quarantined:
             log.debug("ingested %d, quarantined %d", result.ingested, result.quarantined)
         return bool(result.ingested or result.duplicates or result.quarantined)
 
     def stop(self) -> None:
         self.stopping.set()
-        self.wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        self.queue.wake()
         self._thread.join(timeout=30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
 import time
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from email import errors, headerregistry, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 
 RECORD_VERSION = 1
 PRIORITY_MAX = 1_000_000  # higher goes first; bounded so every store can hold it
+MAX_RECIPIENTS = 1000  # email.server.max-recipients' default
+# An id is a file-name-safe token (ours are 32 hex digits): it goes into logs, URLs and commands.
+RECORD_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+HORIZON = 10 * 365.25 * 86400  # a send time further away than this is a mistake, not a plan
+CLOCK_SKEW = 86400  # how far ahead of ours an app server's clock may be for created_at
 # RFC 5322 §3.6.8: field-name = 1*ftext, printable US-ASCII except ":".
 FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 # Headers that the keyword arguments own; setting them through `headers=`
@@ -165,9 +171,12 @@ class Record:
     send_after: float = 0.0  # epoch seconds; 0 or past = now
     idempotency_key: str | None = None
     created_at: float = field(default_factory=time.time)
+    # The decoded Subject, carried so ingest need not parse headers; None in
+    # records written before it was added (ingest then reads it from `raw`).
+    subject: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "v": RECORD_VERSION,
             "id": self.id,
             "mail_from": self.mail_from,
@@ -178,10 +187,14 @@ class Record:
             "idempotency_key": self.idempotency_key,
             "created_at": self.created_at,
         }
+        if self.subject is not None:
+            data["subject"] = self.subject  # optional: readers of version 1 without it still work
+        return data
 
     @classmethod
-    def from_json(cls, data: object) -> Record:
-        """Validate a decoded spool item; InvalidMessage names what is wrong."""
+    def from_json(cls, data: object, *, max_recipients: int = MAX_RECIPIENTS, now: float | None = None) -> Record:
+        """Validate a decoded queue item as the client validates what it queues;
+        InvalidMessage names what is wrong."""
         if not isinstance(data, dict):
             raise InvalidMessage("record", type(data).__name__, "expected a JSON object")
         if data.get("v") != RECORD_VERSION:
@@ -199,6 +212,15 @@ class Record:
                     continue  # the null sender (a bounce)
                 if "@" not in addr or any(c in addr for c in "\r\n <>"):
                     raise InvalidMessage(f"record.{key}", addr, "not an envelope address")
+            if not RECORD_ID.fullmatch(data["id"]):
+                raise InvalidMessage("record.id", data["id"][:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
+            check_recipients(len(rcpt), max_recipients, "record.rcpt_to")
+            now = time.time() if now is None else now
+            send_after = check_send_after(float(data.get("send_after") or 0.0), now, "record.send_after")
+            created_at = float(data.get("created_at") or now)
+            if not math.isfinite(created_at) or created_at > now + CLOCK_SKEW:
+                raise InvalidMessage("record.created_at", created_at, "expected a time not after now")
+            subject = data.get("subject")
             try:
                 raw = base64.b64decode(data["raw"], validate=True)
             except (binascii.Error, ValueError):
@@ -209,9 +231,10 @@ class Record:
                 rcpt_to=tuple(rcpt),
                 raw=raw,
                 priority=_priority(data.get("priority")),
-                send_after=float(data.get("send_after") or 0.0),
+                send_after=send_after,
                 idempotency_key=data.get("idempotency_key"),
-                created_at=float(data.get("created_at") or time.time()),
+                created_at=created_at,
+                subject=subject if isinstance(subject, str) else None,
             )
         except KeyError as exc:
             raise InvalidMessage(f"record.{exc.args[0]}", None, "missing") from None
@@ -366,12 +389,15 @@ class Email:
                 else:
                     msg.add_attachment(p.data, p.maintype, p.subtype, filename=p.filename)
 
-    def to_record(self, max_size: int, send_after: float = 0.0) -> Record:
+    def to_record(self, max_size: int, send_after: float = 0.0, max_recipients: int = MAX_RECIPIENTS) -> Record:
+        rcpt = self.envelope_recipients
+        check_recipients(len(rcpt), max_recipients, "to")
+        check_send_after(send_after, time.time(), "send_after")
         msg = self.build()
         try:
             raw = msg.as_bytes()
         except UnicodeEncodeError:
-            if not all(a.isascii() for a in self.envelope_recipients) or not self.sender.username.isascii():
+            if not all(a.isascii() for a in rcpt) or not self.sender.username.isascii():
                 raw = msg.as_bytes(policy=SMTP_UTF8_POLICY)  # SMTPUTF8 mail: UTF-8 headers (RFC 6532)
             else:
                 raise InvalidMessage("headers", None, "a header holds text that cannot be encoded "
@@ -383,14 +409,16 @@ class Email:
                 "message", f"{len(raw)} bytes",
                 f"{len(raw)} bytes as encoded for sending, over max-message-size ({max_size} bytes); "
                 "attachments grow by about a third in transfer encoding (base64)")
+        subject = msg.get("Subject")
         return Record(
             id=new_id(self.idempotency_key),
             mail_from=self.sender.addr_spec if self.envelope_from is None else self.envelope_from,
-            rcpt_to=self.envelope_recipients,
+            rcpt_to=rcpt,
             raw=raw,
             priority=self.priority,
             send_after=send_after,
             idempotency_key=self.idempotency_key,
+            subject="" if subject is None else str(subject),
         )
 
     def _given_encoded_words(self) -> bool:
@@ -450,6 +478,31 @@ def _no_new_headers(raw: bytes, custom: Mapping[str, str]) -> None:
         for name in part.keys():
             if name.lower() not in allowed:
                 raise HeaderInjection("headers", name, "the composed message gained a header nobody gave")
+def check_recipients(n: int, limit: int, name: str) -> None:
+    if n > limit:
+        raise InvalidMessage(name, f"{n} recipients", f"more than max-recipients ({limit})")
+
+
+def check_send_after(when: float, now: float, name: str) -> float:
+    """A finite time, at most HORIZON ahead (the past means now)."""
+    if not math.isfinite(when) or when > now + HORIZON:
+        raise InvalidMessage(name, when, "expected a finite time within 10 years of now")
+    return when
+
+
+def header_subject(raw: bytes) -> str:
+    """The decoded Subject of a flattened message ("" when there is none or it
+    does not parse): for records written before they carried it."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    try:
+        # Split the head with compat32 (plain strings), then decode only the
+        # Subject with the modern policy: parsing every header into objects
+        # was half of ingest's time, for one value.
+        head_msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+        value = next((v for k, v in head_msg.raw_items() if k.lower() == "subject"), None)
+        return "" if value is None else str(policy.default.header_fetch_parse("Subject", value))
+    except Exception:  # a header the parser chokes on must not stop ingest
+        return ""
 
 
 def _priority(value: object) -> int:
@@ -485,20 +538,3 @@ def _mime(filename: str, mimetype: str | None) -> tuple[str, str]:
     if not maintype or not subtype or "\n" in mimetype or "\r" in mimetype:
         raise InvalidMessage("mimetype", mimetype, "expected type/subtype")
     return maintype, subtype
-
-
-def header_subject(raw: bytes) -> str:
-    """The decoded Subject of final message bytes ("" when none or unreadable), for
-    `list` and `show`; the stores call it at ingest."""
-    from email.parser import BytesHeaderParser
-
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    try:
-        # Split the head with compat32 (plain strings), then decode only the
-        # Subject with the modern policy: parsing every header into objects
-        # was half of ingest's time, for one value.
-        head_msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
-        value = next((v for k, v in head_msg.raw_items() if k.lower() == "subject"), None)
-        return "" if value is None else str(policy.default.header_fetch_parse("Subject", value))
-    except Exception:  # a header the parser chokes on must not stop ingest
-        return ""

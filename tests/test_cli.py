@@ -299,8 +299,8 @@ def test_producers_do_not_need_the_relay_secret(write_config, monkeypatch, capsy
     msg_id = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="x"))
     client.close()
     assert re.fullmatch(r"[0-9a-f]{32}", msg_id)
-    assert main(["show", "-c", str(conf), msg_id]) == 1  # both are in the spool, waiting for the daemon
-    assert "queued in the spool, not ingested yet (is the daemon running?)" in capsys.readouterr().err
+    assert main(["show", "-c", str(conf), msg_id]) == 0  # both are in the spool, waiting for the daemon
+    assert "queued in the spool, not ingested yet (is the daemon running?)" in capsys.readouterr().out
     assert main(["status", "--json", "-c", str(conf)]) == 0
     assert json.loads(capsys.readouterr().out)["spool"] == 2
 
@@ -544,13 +544,15 @@ def test_read_only_commands_create_nothing(tmp_path, capsys):
 
 def test_check_config_refuses_what_run_refuses(tmp_path, capsys):
     conf = tmp_path / "engine.yaml"
-    conf.write_text("email:\n  queue:\n    default:\n      engine: redis\n"
-                    "  server:\n    smtp:\n      host: 127.0.0.1\n")
+    conf.write_text(f"email:\n  queue:\n    default:\n      path: {tmp_path / 'spool'}\n"
+                    "  server:\n    database:\n      engine: postgres\n      dsn: host=db password=s3cret dbname\n"
+                    "    smtp:\n      host: 127.0.0.1\n")
     assert main(["check-config", "-c", str(conf)]) == 78
     check = capsys.readouterr().err.strip()
     run = run_cli("--once", "-c", str(conf))
     assert run.returncode == 78
-    assert run.stderr.decode().strip() == check
+    assert run.stderr.decode().strip() == check and "s3cret" not in check
+    assert not (tmp_path / "spool").exists()  # a refused start leaves nothing behind
 
 
 def test_check_config_warns_about_directories_the_daemon_cannot_make(tmp_path, capsys):

@@ -662,8 +662,7 @@ def test_go_original_example_loads(tmp_path: Path) -> None:
     path.chmod(0o600)  # it holds a literal password
     warnings: list[str] = []
     config = load(path, warnings=warnings)
-    assert config.queue.engine == "spool"
-    assert config.queue.path == tmp_path / "spool"
+    assert config.queue.engine == "redis"
     assert (config.queue.host, config.queue.port, config.queue.db, config.queue.name) == (
         "dockerhost",
         6379,

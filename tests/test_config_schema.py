@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -377,11 +378,20 @@ def test_replace_checks_nothing_but_keeps_the_value_frozen() -> None:
 
 
 @pytest.fixture
-def go_original(tmp_path: Path) -> Path:
+def go_original(tmp_path: Path) -> Iterator[Path]:
+    """The Go original's example with only its Redis host changed (and a stream key of this test's own)."""
+    import uuid
+
+    from tests.redisutil import require_redis
+
+    redis = require_redis()
+    key = f"mailmand-test-{uuid.uuid4().hex[:12]}"
     path = tmp_path / "go-original.yaml"
     shutil.copy(REPO / "config" / "go-original.yaml", path)
+    path.write_text(path.read_text().replace("dockerhost", "127.0.0.1").replace("myqueue", key))
     path.chmod(0o600)
-    return path
+    yield path
+    redis.delete(key)  # type: ignore[attr-defined]
 
 
 IGNORED = ("email.buffer is ignored", "email.server.smtp.auth.identity is ignored",

@@ -11,21 +11,36 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from mailmand import Client, Email
+from mailmand import config as configmod
 from mailmand.config import Config
+from mailmand.errors import InvalidMessage
 from mailmand.ingest import Ingester
 from mailmand.queues import open_queue
+from mailmand.queues import spool as spoolmod
 from mailmand.stores import Status, open_store
+from tests.conftest import run_cli
+from tests.daemonproc import DaemonProcess, wait_until
 
 
 def ids_in_store(cfg: Config) -> list[str]:
     with sqlite3.connect(cfg.server.database.path) as db:
         return [r[0] for r in db.execute("SELECT id FROM messages")]
+
+
+def count_in_store(cfg: Config) -> int:
+    """How many messages the store holds, 0 while the daemon has not made it yet."""
+    try:
+        return len(ids_in_store(cfg))
+    except sqlite3.OperationalError:  # no file, or no table yet
+        return 0
 
 
 def _produce(cfg: Config, n: int, tag: str) -> None:
@@ -59,52 +74,152 @@ def test_concurrent_producers_while_ingesting(make_config):
     assert queue.pending() == 0
 
 
-INGEST_CHILD = textwrap.dedent("""
-    import sys, time
-    from mailmand.config import Config, DatabaseConfig, QueueConfig, ServerConfig
-    from mailmand.ingest import Ingester
-    from mailmand.queues import open_queue
-    from mailmand.stores import open_store
-    spool, db = sys.argv[1], sys.argv[2]
-    cfg = Config(queue=QueueConfig(path=spool), server=ServerConfig(database=DatabaseConfig(path=db)))
-    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
-    resumed = queue.resume()
-    ing = Ingester(queue, store)
-    print("ready", resumed, flush=True)
-    while True:
-        items = queue.take(50)
-        if not items:
-            break
-        ing._ingest(items)
-        time.sleep(0.002)
-    print("done", flush=True)
-""")
+def fill_spool(cfg: Config, n: int, send_after: float) -> list[str]:
+    """`n` records in the spool, fast: the rows persist-queue's put writes, in one transaction."""
+    Client(cfg)._q()._q  # type: ignore[attr-defined]  # noqa: B018 (the spool and table, as a producer makes them)
+    record = Email(sender="a@example.com", to="b@example.com", text="x").to_record(10**6, send_after)
+    records = [replace(record, id=uuid.uuid4().hex) for _ in range(n)]
+    with sqlite3.connect(cfg.queue.path / spoolmod.DB_FILE) as db:
+        db.executemany(f"INSERT INTO {spoolmod.TABLE} (data, timestamp, status) VALUES (?, 0, 0)",
+                       [(json.dumps(r.to_json()).encode(),) for r in records])
+    return [r.id for r in records]
 
 
-def test_sigkill_during_ingest_loses_and_doubles_nothing(make_config, tmp_path: Path):
-    cfg = make_config()
-    client = Client(cfg)
-    sent = [client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=str(i), text="x"))
-            for i in range(3000)]
-    client.close()
-    args = [sys.executable, "-c", INGEST_CHILD, str(cfg.queue.path), str(cfg.server.database.path)]
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().startswith("ready")
-    deadline = time.monotonic() + 30
-    while len(ids_in_store(cfg)) < 500 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
+def test_sigkill_of_the_daemon_during_ingest_loses_and_doubles_nothing(write_config, tmp_path: Path):
+    conf = write_config(9)  # nothing is due: this is about ingest alone
+    cfg = configmod.load(conf)
+    sent = fill_spool(cfg, 30_000, time.time() + 3600)
+    daemon = DaemonProcess(conf)  # the real daemon and its own drain (IngestLoop)
+    assert wait_until(lambda: count_in_store(cfg) >= 3000, timeout=60), daemon.log
+    daemon.kill()
     stored_at_kill = len(ids_in_store(cfg))
-    assert 0 < stored_at_kill < 3000, "the kill must land in the middle of the drain"
+    assert 0 < stored_at_kill < 30_000, "the kill must land in the middle of the drain"
 
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
-    assert "done" in out
+    daemon = DaemonProcess(conf).ready()
+    try:
+        assert wait_until(lambda: len(ids_in_store(cfg)) == 30_000, timeout=120), daemon.log
+        assert wait_until(lambda: open_queue(cfg.queue, readonly=True).pending() == 0, timeout=30)
+    finally:
+        assert daemon.stop() == 0
     ids = ids_in_store(cfg)
     assert len(ids) == len(set(ids))  # none doubled
     assert set(ids) == set(sent)  # none lost
-    assert open_queue(cfg.queue).pending() == 0
+
+
+PRODUCER = textwrap.dedent("""
+    import sys
+    from mailmand import Client, Email
+    from mailmand.config import load
+    client = Client(load(sys.argv[1], producer=True))
+    for i in range(100_000):
+        print(client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=str(i), text="x")),
+              flush=True)
+""")
+
+
+def test_sigkill_of_producers_during_enqueue_loses_nothing(write_config, tmp_path: Path):
+    conf = write_config(9)
+    cfg = configmod.load(conf)
+    acknowledged: list[str] = []
+    for round_ in range(5):
+        child = subprocess.Popen([sys.executable, "-c", PRODUCER, str(conf)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        got = [child.stdout.readline().strip() for _ in range(50 + 37 * round_)]  # a different point each round
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        acknowledged += got + [line.strip() for line in child.stdout if line.strip()]
+        child.stdout.close()
+    out = run_cli("--once", "-c", str(conf))  # the daemon's own drain
+    assert out.returncode == 0, out.stderr
+    store = open_store(cfg.server.database, create=True)
+    assert set(acknowledged) <= {m.id for m in store.list_messages(limit=100_000)}  # 0 lost
+    assert store.quarantine_count() == 0  # no torn record
+    assert open_queue(cfg.queue, readonly=True).pending() == 0
+
+
+def test_the_client_reopens_the_spool_after_a_fork(make_config):
+    cfg = make_config()
+    client = Client(cfg)
+    parent_id = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="parent"))
+    parent_queue = client._q()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a worker forked by gunicorn, celery or multiprocessing
+        try:
+            msg_id = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="child"))
+            os.write(write, f"{msg_id} {client._q() is parent_queue}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_id, shared = pipe.read().split()
+    os.waitpid(pid, 0)
+    assert shared == "False", "the child must open its own handle, not use the parent's SQLite connection"
+    client.enqueue(Email(sender="a@example.com", to="b@example.com", text="parent again"))
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    assert Ingester(queue, store).drain().ingested == 3
+    assert {parent_id, child_id} <= {m.id for m in store.list_messages()}
+
+
+def test_ingest_gives_items_back_when_the_store_fails(make_config):
+    cfg = make_config()
+    client = Client(cfg)
+    ids = {client.enqueue(Email(sender="a@example.com", to="b@example.com", text=str(i))) for i in range(5)}
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    with sqlite3.connect(cfg.server.database.path) as db:
+        db.execute("ALTER TABLE bodies RENAME TO bodies_away")  # the store cannot take anything now
+    with pytest.raises(Exception, match="bodies"):
+        Ingester(queue, store).drain()
+    assert ids_in_store(cfg) == [] and store.quarantine_count() == 0  # nothing half-stored, nothing quarantined
+    assert open_queue(cfg.queue, readonly=True).pending() == 5  # nothing acked: still in the spool
+    with sqlite3.connect(cfg.server.database.path) as db:
+        db.execute("ALTER TABLE bodies_away RENAME TO bodies")  # and now it can again
+    result = Ingester(queue, store).drain()
+    assert (result.ingested, result.quarantined) == (5, 0)
+    assert set(ids_in_store(cfg)) == ids
+    assert open_queue(cfg.queue, readonly=True).pending() == 0
+
+
+def test_records_the_client_would_refuse_are_quarantined_at_ingest(make_config):
+    cfg = make_config()
+    client = Client(cfg)
+    good = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="ok"))
+    template = Email(sender="a@example.com", to="b@example.com", text="x").to_record(10**6).to_json()
+    planted = {  # written past the client, as a buggy or hostile producer could
+        "record.id": {**template, "id": "x" * 100_000},
+        "record.id ": {**template, "id": "'; DROP TABLE messages; --"},
+        "record.rcpt_to": {**template, "rcpt_to": [f"r{i}@example.com" for i in range(5000)]},
+        "record.send_after": {**template, "id": "inf1", "send_after": float("inf")},  # JSON: Infinity (1e309)
+        "record.send_after ": {**template, "id": "far1", "send_after": time.time() + 11 * 365 * 86400},
+        "record.created_at": {**template, "id": "nan1", "created_at": float("nan")},
+    }
+    for record in planted.values():
+        client._q().put(record)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    result = Ingester(queue, store, max_recipients=1000).drain()
+    assert (result.ingested, result.quarantined) == (1, len(planted))
+    assert [m.id for m in store.list_messages()] == [good]
+    reasons = sorted(q.reason for q in store.quarantined())
+    for field in planted:
+        assert sum(r.startswith(field.strip() + ":") for r in reasons) == sum(
+            f.strip() == field.strip() for f in planted), (field, reasons)
+    assert any("more than max-recipients (1000)" in r for r in reasons)
+    assert any("within 10 years of now" in r for r in reasons)
+    assert any("expected 1 to 64 of A-Z a-z 0-9 . _ -" in r for r in reasons)
+
+
+def test_the_client_checks_max_recipients_and_send_times(make_config):
+    cfg = make_config(max_recipients=5)
+    client = Client(cfg)
+    five = [f"r{i}@example.com" for i in range(5)]
+    client.enqueue(Email(sender="a@example.com", to=five[:2], bcc=five[2:], text="x"))
+    with pytest.raises(InvalidMessage, match=r"more than max-recipients \(5\)"):
+        client.enqueue(Email(sender="a@example.com", to=five, cc="r6@example.com", text="x"))
+    with pytest.raises(InvalidMessage, match="within 10 years of now"):
+        client.send_later(Email(sender="a@example.com", to="b@example.com", text="x"), "4000w")
+    with pytest.raises(InvalidMessage, match="within 10 years of now"):
+        client.enqueue(Email(sender="a@example.com", to="b@example.com", text="x"), send_after=float("inf"))
+    assert Client(make_config()).config.server.max_recipients == 1000  # the documented default
 
 
 def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config):
@@ -221,6 +336,7 @@ def test_the_spool_backlog_count_matches_persist_queue(make_config):
     for _ in range(3):
         client.enqueue(Email(sender="a@example.com", to="b@example.com", text="x"))
     daemon_side = open_queue(cfg.queue, daemon=True)
-    taken = daemon_side.take(1)  # in flight: not waiting any more
-    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2
+    taken = daemon_side.take(1)  # in flight: still in the spool until the store has it
+    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 3
     daemon_side.ack(taken)
+    assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2

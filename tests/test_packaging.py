@@ -28,6 +28,7 @@ import pytest
 from mailmand import __version__
 
 from .conftest import ROOT, mailmand_cmd
+from .redisutil import redis_url
 
 pytestmark = pytest.mark.slow
 
@@ -180,6 +181,21 @@ def test_binary_runs_without_the_virtualenv(binary, tmp_path, write_config, smtp
     shown = run([binary, "show", message_id, "--json", "-c", conf], env=env, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert '"status": "sent"' in shown.stdout
+
+
+def test_binary_carries_redis_py(binary, tmp_path, redis_key):
+    conf = tmp_path / "redis.yaml"
+    conf.write_text("email:\n  queue:\n    default:\n      engine: redis\n"
+                    f"      url: {redis_url()}\n      name: {redis_key}\n"
+                    f"  server:\n    database:\n      path: {tmp_path / 'store.db'}\n"
+                    "    smtp:\n      host: 127.0.0.1\n      port: 9\n")
+    env = bare_env(tmp_path)
+    sent = run([binary, "send", "-c", conf, "--from", "app@example.com", "--to", "rcpt@example.com",
+                "--text", "hello"], env=env, cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr  # not "pip install 'mailmand[redis]'": redis-py is inside
+    once = run([binary, "--once", "-c", conf], env=env, cwd=tmp_path)
+    assert once.returncode == 0, once.stderr
+    assert "ingested 1" in once.stdout
 
 
 def test_binary_demo(binary, tmp_path):

@@ -52,13 +52,11 @@ def directory_warnings(cfg: Config) -> list[str]:
 
 def check_engines(cfg: Config) -> None:
     """Refuse the engines `run` refuses, with its messages, opening nothing."""
-    from ..errors import ConfigError
+    from ..queues import open_queue
     from ..stores import engine
 
     engine(cfg.server.database)  # a missing driver or a dsn that does not parse, as Daemon() says it
-    if cfg.queue.engine != "spool":  # as open_queue says it
-        raise ConfigError(f"unknown queue engine {cfg.queue.engine!r} (this build knows: spool)",
-                          "email.queue.default.engine")
+    open_queue(cfg.queue, readonly=True).close()  # an unknown engine or a missing driver, as open_queue says it
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:

@@ -43,15 +43,26 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_missing(cfg: Config, message_id: str) -> None:
-    """A message not in the store may still wait in the spool: say so."""
+def _show_queued(cfg: Config, args: argparse.Namespace) -> int | None:
+    """A message not yet ingested: still in the queue (the spool, a Redis stream), or None."""
     queue = open_queue(cfg.queue, readonly=True)
     try:
-        held = queue.holds(message_id)
+        found = queue.find(args.id)
     finally:
         queue.close()
-    if held:
-        raise NotFound(f"{message_id} is queued in the spool, not ingested yet (is the daemon running?)")
+    if found is None:
+        return None
+    state = "taken by a daemon, not yet stored" if found.taken else "waiting to be ingested"
+    kind = "spool" if cfg.queue.engine == "spool" else "queue"
+    note = (f"taken from the {kind} by a daemon, not stored yet" if found.taken
+            else f"queued in the {kind}, not ingested yet (is the daemon running?)")
+    if args.json:
+        fmt.print_json({"id": found.id, "status": "in-queue", "queue": found.where, "entry": found.entry,
+                        "taken": found.taken, "note": note})
+    else:
+        print(f"id:        {found.id}\nstatus:    in the queue ({state})\nqueue:     {found.where}, "
+              f"entry {found.entry}\nnote:      {note}")
+    return 0
 
 
 def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
@@ -61,9 +72,11 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
             raw = s.raw(args.id) if args.raw else b""
             attempts = s.attempts(args.id)
             recipients = s.recipients(args.id)
-    except (NotFound, NoStore):
-        _show_missing(cfg, args.id)  # not stored (or no store yet): it may still wait in the spool
-        raise
+    except (NotFound, NoStore):  # not stored (or no store yet): it may still wait in the queue
+        shown = _show_queued(cfg, args)
+        if shown is None:
+            raise
+        return shown
     if args.raw:  # the stored message as it goes out, like `postcat -q`
         sys.stdout.flush()
         sys.stdout.buffer.write(raw)

@@ -17,10 +17,11 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     t = now()
     queue = open_queue(cfg.queue, readonly=True)
     try:
-        spool = queue.pending()
+        qinfo = queue.info()
     finally:
         queue.close()
-    data: dict[str, Any] = {"daemons": [], "store": None, "spool": spool}
+    spool = qinfo.waiting
+    data: dict[str, Any] = {"daemons": [], "store": None, "spool": spool, "queue": qinfo.to_json()}
     missing = None
     try:
         with store(cfg) as s:
@@ -54,7 +55,13 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     else:
         for st, n in data["counts"].items():
             print(f"{st:<10} {n}")
-    print(f"{'spool':<10} {spool} waiting to be ingested")
+    if qinfo.length is None:
+        print(f"{'spool':<10} {spool} waiting to be ingested")
+    else:  # a shared queue: what each daemon holds
+        print(f"{'queue':<10} {qinfo.where}: length {qinfo.length} (not yet ingested), "
+              f"pending {qinfo.pending}, consumers {len(qinfo.consumers)}")
+        for c in qinfo.consumers:
+            print(f"  {c['name']:<40} {c['pending']} pending, idle {fmt.age(c['idle_s'])}")
     if missing is None:
         print(f"{'quarantine':<10} {data['quarantine']}")
         print(f"oldest due message: {fmt.age(data['oldest_due_age'])} old")

@@ -1,21 +1,61 @@
-"""Queue engines, chosen from an explicit table (literal imports, so PyInstaller sees them)."""
+"""Queue engines, chosen from one table (literal imports, so PyInstaller sees them).
+
+Nothing above this package names an engine: the daemon, ingest and the CLI
+see `Queue` (its errors, its `wait()`, its `info()`) only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from ..config import QueueConfig
 from ..errors import ConfigError
-from .base import Item, Queue
+from .base import Found, Item, Queue, QueueInfo
 
 
-def open_queue(cfg: QueueConfig, *, daemon: bool = False, readonly: bool = False) -> Queue:
-    """Open the configured queue. `daemon=True` for the single consumer;
-    `readonly=True` for commands that only look (they create nothing)."""
-    if cfg.engine == "spool":
-        from .spool import SpoolQueue
+def _spool(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
+           readonly: bool) -> Queue:
+    from .spool import SpoolQueue
 
-        return SpoolQueue(cfg.path, daemon=daemon, readonly=readonly)
-    raise ConfigError(f"unknown queue engine {cfg.engine!r} (this build knows: spool)",
-                      "email.queue.default.engine")
+    return SpoolQueue(cfg.path, daemon=daemon, min_free=cfg.min_free, readonly=readonly)
 
 
-__all__ = ["Item", "Queue", "open_queue"]
+def _redis(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
+           readonly: bool) -> Queue:
+    from .redis import RedisQueue  # imports redis-py, or says which extra to install
+
+    return RedisQueue(cfg, daemon=daemon, consumer=consumer, lease=lease, exclusive=exclusive)
+
+
+ENGINES: dict[str, Callable[..., Queue]] = {"spool": _spool, "redis": _redis}
+# Engines read by one daemon only: it holds a lock file in their directory.
+SINGLE_CONSUMER = {"spool"}
+
+
+def lock_path(cfg: QueueConfig, name: str) -> Path | None:
+    """Where the daemon's single-instance lock for this queue lives, or None
+    for a queue that many daemons share."""
+    return cfg.path / name if cfg.engine in SINGLE_CONSUMER else None
+
+
+def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailmand", lease: float = 300.0,
+               exclusive: bool = False, readonly: bool = False) -> Queue:
+    """Open the configured queue.
+
+    daemon: the consumer side (takes, acks, waits); producers leave it False.
+    consumer: the daemon's id (one consumer per daemon on a shared queue).
+    lease: how long a taken item may stay unacked before another daemon takes it over.
+    exclusive: this daemon is the only one on the queue (its store is single-instance),
+        so at start it takes back everything left taken, without waiting for the lease.
+    readonly: for `status` and `show`: create nothing.
+    """
+    try:
+        engine = ENGINES[cfg.engine]
+    except KeyError:
+        raise ConfigError(f"unknown queue engine {cfg.engine!r} (this build knows: {', '.join(ENGINES)})",
+                          "email.queue.default.engine") from None
+    return engine(cfg, daemon, consumer, lease, exclusive, readonly)
+
+
+__all__ = ["ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue"]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Item:
     """One item taken from a queue. `data` is the decoded JSON, or None with
-    `error` saying why it could not be decoded (the daemon quarantines it)."""
+    `error` saying why it cannot be ingested (the daemon quarantines it)."""
 
     token: Any  # engine-specific handle for ack
     data: Any
@@ -17,20 +17,47 @@ class Item:
     error: str | None = None
 
 
-class Queue:
-    """Base class; its methods are the whole contract of a queue engine."""
+@dataclass(frozen=True)
+class QueueInfo:
+    """What `mailmand status` shows about a queue. Plain data (`to_json()`)."""
 
-    # True when `take` can block until something arrives (no watcher needed).
-    blocking = False
+    engine: str
+    where: str  # the spool's path, or the Redis URL (password masked) and key
+    waiting: int  # not yet ingested: in the queue, taken by a daemon or not
+    length: int | None = None  # Redis: entries in the stream (waiting + pending)
+    pending: int | None = None  # Redis: delivered to a daemon, not yet acked
+    consumers: list[dict[str, Any]] = field(default_factory=list)  # Redis: name, pending, idle_s
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A message still in the queue (not yet in the store): `Queue.find`."""
+
+    id: str
+    where: str
+    entry: str  # the engine's handle: a spool row or a stream entry id
+    taken: bool  # a daemon has taken it and not yet committed it (as far as the engine can tell)
+
+
+class Queue:
+    """Base class; its methods are the whole contract of a queue engine.
+
+    One daemon thread calls take/ack/release/wait; producers call put from any
+    thread (the client keeps one handle per process)."""
 
     def put(self, record: dict[str, Any]) -> None:
-        """Append one JSON-able record. Returns only when it is durable."""
+        """Append one JSON-able record. Returns only when the engine has it:
+        durable on disk (spool), or replied to (Redis, per its appendfsync)."""
         raise NotImplementedError
 
     def take(self, limit: int) -> list[Item]:
         """Take up to `limit` items without blocking. Taken items stay in the
         queue, invisible to other takers, until acked; a daemon that dies
-        before acking gets them back from `resume()`."""
+        before acking gets them back from `resume()` (or, for a shared queue,
+        another daemon takes them over after the lease)."""
         raise NotImplementedError
 
     def ack(self, items: list[Item]) -> None:
@@ -42,17 +69,33 @@ class Queue:
         raise NotImplementedError
 
     def resume(self) -> int:
-        """Daemon only: hand back items taken but never acked. Returns how many."""
+        """Daemon only, at start: hand back items taken but never acked. Returns how many."""
         raise NotImplementedError
+
+    def wait(self, timeout: float) -> bool:
+        """Daemon only: block until something may be there to take, or
+        `timeout` seconds pass, or `wake()` is called. True when woken early
+        (a take may still find nothing: a wake-up is a hint, not a promise)."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Make a `wait()` in another thread return soon (the daemon is stopping)."""
 
     def pending(self) -> int:
-        """Items waiting (not yet taken)."""
+        """Items not yet ingested: in the queue and not yet acked (taken or not)."""
         raise NotImplementedError
 
-    def holds(self, message_id: str) -> bool:
-        """True when a record with this id waits in the queue, not ingested
-        yet (`mailmand show` says so instead of "no message"). Read-only."""
-        return False
+    def info(self) -> QueueInfo:
+        """For `status`: never creates anything, never takes anything."""
+        return QueueInfo(engine=type(self).__name__, where="?", waiting=self.pending())
+
+    def find(self, message_id: str) -> Found | None:
+        """The message with this id if it is still in the queue (for `show`). May scan."""
+        return None
+
+    def check(self) -> None:
+        """Daemon only, at start: raise ConfigError for what a restart will not fix
+        (wrong credentials, a key of the wrong type); warn about the rest."""
 
     def close(self) -> None:
         pass

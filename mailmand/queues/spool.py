@@ -3,10 +3,23 @@
 This module is the only one that imports persist-queue. Records are JSON
 (persist-queue's JSON serializer); pickle is never used, so whoever can write
 the spool cannot run code in the daemon.
+
+Producers put through persist-queue. The daemon (one per spool: a lock file
+says so) reads persist-queue's table itself, a batch per statement, past the
+last row it read, and deletes rows once the store has committed them. It
+never marks a row as taken: persist-queue's `get` commits a mark per row
+(rewriting the row's page) and scans from the first row past every row
+already taken, so a batch of n cost O(n²) writes and reads (5 s of a 7 s
+`--once` of 5,000 messages), and on a full disk it could not take at all.
+What the daemon holds lives in its memory; a daemon that dies leaves those
+rows in place, and the next one reads them again (the store ignores a second
+insert of an id). The table and status values it relies on are pinned
+against persist-queue's own by tests/test_queue.py.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -14,40 +27,37 @@ import sqlite3
 import threading
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import persistqueue
 
-from ..errors import QueueError, SpoolPermissionError
-from .base import Item, Queue
+from ..errors import QueueError, QueueUnavailable, SpoolPermissionError
+from ..logs import Repeats
+from .base import Found, Item, Queue, QueueInfo
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "data.db"  # persist-queue's default file name
 BUSY_TIMEOUT = 30.0  # seconds sqlite waits on a lock before raising
 RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
+# Above the floor by this much, a put does not look at the WAL's size: SQLite
+# checkpoints it at 1,000 pages (4 MiB), so it stays far below this.
+WAL_SLACK = 64 * 1024 * 1024
+FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a full disk, growing
 # persist-queue's table for the queue named "default", and its AckStatus.unack:
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
 # status` need not import persist-queue (tests check them against persist-queue).
 TABLE = "ack_queue_default"
 INITED = 0  # AckStatus.inited: what a put writes
-UNACK = 2
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    data: Any
-    raw: bytes
-    error: str | None
+UNACK = 2  # AckStatus.unack: taken, not yet acked
 
 
 class _JsonSerializer:
-    """persist-queue's JSON serializer, but a bad item comes back as a value
-    (with its bytes and the reason) instead of an exception, so the daemon can
-    quarantine it and go on."""
+    """persist-queue's JSON serializer for producers' puts. (The daemon reads
+    rows itself: a row that does not decode comes back as an Item with its
+    bytes and the reason, so it is quarantined and ingest goes on.)"""
 
     @staticmethod
     def dumps(value: Any) -> bytes:
@@ -56,19 +66,37 @@ class _JsonSerializer:
         return pq_json.dumps(value)
 
     @staticmethod
-    def loads(value: bytes | str) -> _Loaded:
+    def loads(value: bytes | str) -> Any:
         import persistqueue.serializers.json as pq_json
 
-        raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
-        try:
-            return _Loaded(pq_json.loads(raw), raw, None)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _Loaded(None, raw, f"not valid JSON: {exc}")
+        return pq_json.loads(value if isinstance(value, bytes) else value.encode())
+
+
+def _item(rowid: int, data: bytes | str) -> Item:
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
+    try:
+        return Item(token=rowid, data=json.loads(raw), raw=raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Item(token=rowid, data=None, raw=raw, error=f"not valid JSON: {exc}")
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc) \
+        or "disk I/O error" in str(exc)
+
+
+def size(n: float) -> str:
+    """Bytes for people: 512 B, 1.5 KiB, 100.0 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _prepare_dir(path: Path) -> None:
@@ -88,27 +116,57 @@ def _prepare_dir(path: Path) -> None:
                          "(is this user in the daemon's group?)") from exc
 
 
-def persistqueue_empty() -> type[Exception]:
-    from persistqueue.exceptions import Empty
 
-    return Empty
+
+class _Wake:
+    """watchdog handler: sets an event when a producer's commit writes the spool."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def dispatch(self, event: Any) -> None:
+        # A commit writes the WAL: modified (or created/moved for a new file).
+        # Opens, reads and attribute changes are not news.
+        if not event.is_directory and event.event_type in ("modified", "created", "moved"):
+            self.event.set()
 
 
 class SpoolQueue(Queue):
     """persist-queue behind our Queue contract. Producers open it with
     auto_resume=False: only the daemon may hand back in-flight items."""
 
-    def __init__(self, path: Path, *, daemon: bool = False, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, daemon: bool = False, min_free: int = 0, readonly: bool = False) -> None:
         self.path = Path(path)
         self.daemon = daemon
-        self.readonly = readonly  # `status`, `show`: never create the spool
-        if not readonly:
-            _prepare_dir(self.path)
-        self._opened: persistqueue.SQLiteAckQueue | None = None
+        self.min_free = min_free
+        self._dir, self._wal = str(self.path), str(self.path / f"{DB_FILE}-wal")  # for a put's free-space check
+        self._opened: persistqueue.SQLiteAckQueue | None = None  # producers: persist-queue
+        self._db: sqlite3.Connection | None = None  # the daemon: its own connection
+        self._woken = threading.Event()
+        self._observer: Any = None
+        # The daemon's hold: the last row read, rows released back to it (read
+        # again before the rest), and acks not yet written (the disk was full).
+        self._seen = 0
+        self._again: list[Item] = []
+        self._acks: list[int] = []
+        self._flush_at = 0.0  # monotonic time of the next try to delete them
+        self._flush_delay = FLUSH_RETRY[0]
+        self.full = Repeats(log, "spool disk full")
         self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
         self._direct_lock = threading.Lock()
+        if readonly:
+            return  # `status`, `show`: create nothing
+        _prepare_dir(self.path)
         if daemon:
-            self._q  # noqa: B018 (open now: the daemon should fail at start, not at its first take)
+            try:
+                self._conn()  # the daemon should fail at start (permissions), not at its first take
+            except QueueUnavailable as exc:
+                # A disk with no room even for SQLite's shared-memory index (32 KiB):
+                # start all the same, deliver what the store holds, read once there is room.
+                log.warning("%s; the spool is read once there is room", exc)
+
+    def __repr__(self) -> str:
+        return f"spool {self.path}"
 
     @property
     def _q(self) -> persistqueue.SQLiteAckQueue:
@@ -120,17 +178,30 @@ class SpoolQueue(Queue):
     def _open(self) -> persistqueue.SQLiteAckQueue:
         import persistqueue
 
-        q = persistqueue.SQLiteAckQueue(
+        return persistqueue.SQLiteAckQueue(
             str(self.path), auto_resume=False, multithreading=True,
             timeout=BUSY_TIMEOUT, serializer=_JsonSerializer,
         )
-        if self.daemon:
-            # Ack marks need not be durable: an item whose ack is lost is
-            # ingested again, and ingest is idempotent. Producers keep FULL.
-            for conn in (q._putter, q._getter):  # with multithreading, two connections
-                if conn is not None:
-                    conn.execute("PRAGMA synchronous=NORMAL")
-        return q
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            def connect() -> sqlite3.Connection:
+                db = sqlite3.connect(self.path / DB_FILE, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                     check_same_thread=False)
+                try:
+                    db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # readable at all?
+                    # Deletes need not be durable: a row whose delete is lost is
+                    # ingested again, and ingest is idempotent. Producers keep FULL.
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")  # as persist-queue sets it
+                except BaseException:
+                    db.close()
+                    raise
+                return db
+
+            self._db = self._retry(connect, "open")
+        return self._db
 
     def _retry(self, fn: Any, what: str, *args: Any) -> Any:
         deadline = time.monotonic() + RETRY_FOR
@@ -146,9 +217,27 @@ class SpoolQueue(Queue):
                 if "readonly" in str(exc) or "unable to open" in str(exc):
                     raise SpoolPermissionError(f"cannot write the spool at {self.path}: {exc} "
                                      "(is this user in the daemon's group?)") from exc
+                if _disk_full(exc):
+                    raise QueueUnavailable(f"spool {what} failed at {self.path}: {exc}") from exc
                 raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
 
+    def _daemon_sql(self, what: str, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """One statement (one transaction) on the daemon's connection; [] when
+        no producer has made the table yet."""
+        def run() -> list[Any]:
+            try:
+                return self._conn().execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
+
+        return list(self._retry(run, what))
+
+    # -- producers -------------------------------------------------------------
+
     def put(self, record: dict[str, Any]) -> None:
+        self._check_free()
         # persist-queue commits each put (auto_commit), and SQLite's WAL with
         # synchronous=FULL fsyncs at commit: durable when this returns.
         if not self.daemon and self._opened is None and self._retry(self._put_direct, "put", record):
@@ -182,68 +271,175 @@ class SpoolQueue(Queue):
                                  (data, time.time(), INITED))
         return True
 
+    def _check_free(self) -> None:
+        """Postfix's queue_minfree: refuse new mail while the spool's disk is
+        nearly full, so the daemon always has room to delete what it ingested.
+
+        The WAL counts as spent: a checkpoint copies it into the database
+        file, which may grow by up to its size. Pages the daemon freed inside
+        the database count as free: new rows reuse them. Near the floor, a
+        producer checkpoints (and truncates the WAL) before it decides."""
+        if not self.min_free:
+            return
+        free = self._free()
+        if free is None or free >= self.min_free:
+            return
+        conn: Any = self._q._putter
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            reusable = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute(
+                "PRAGMA page_size").fetchone()[0]
+            free = (self._free() or 0) + reusable
+        except sqlite3.Error:
+            pass  # busy or full: decide on what was measured
+        if free is not None and free < self.min_free:
+            raise QueueUnavailable(f"the spool's disk is nearly full: {size(free)} free at {self.path}, "
+                                   f"below the floor of {size(self.min_free)} (email.queue.default.min-free); "
+                                   "free some space and try again")
+
+    def _free(self) -> int | None:
+        """Bytes free on the spool's disk, less the spool's WAL (which is
+        looked at only near the floor: one statvfs per put otherwise)."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return None  # the put itself will say what is wrong
+        free = st.f_bavail * st.f_frsize
+        if free >= self.min_free + WAL_SLACK:
+            return free
+        try:
+            return free - os.stat(self._wal).st_size
+        except OSError:
+            return free
+
+    # -- the daemon --------------------------------------------------------------
+
     def take(self, limit: int) -> list[Item]:
-        items: list[Item] = []
-        while len(items) < limit:
-            try:
-                got = self._retry(self._q.get, "take", False, None, None, False, True)
-            except persistqueue_empty():
-                break
-            loaded: _Loaded = got["data"]
-            items.append(Item(token=got["pqid"], data=loaded.data, raw=loaded.raw, error=loaded.error))
+        items, self._again = self._again[:limit], self._again[limit:]
+        if len(items) < limit:
+            self._flush_acks()
+            # Rows a dead predecessor had marked taken (persist-queue's get, in
+            # older versions) are ours too: status <= UNACK. Acked rows persist-
+            # queue kept (status 5) are not.
+            rows = self._daemon_sql("take", f"SELECT _id, data FROM {TABLE} WHERE _id > ? AND status <= {UNACK}"
+                                    " ORDER BY _id LIMIT ?", (self._seen, limit - len(items)))
+            if rows:
+                self._seen = rows[-1][0]
+            items += [_item(rowid, data) for rowid, data in rows]
         return items
 
     def ack(self, items: list[Item]) -> None:
-        for item in items:
-            self._retry(self._q.ack, "ack", None, item.token)
-        if items:
-            # The ack queue keeps acked rows and its get scans past them:
-            # delete them as we go, or the drain slows as history grows.
-            self._retry(self._q.clear_acked_data, "clear", 0, 0, True)
+        self._acks.extend(item.token for item in items)
+        self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        """Delete acked rows (persist-queue would keep them, and scan past them).
+        On a full disk, in small steps with a checkpoint between (a delete
+        writes each row's page to the WAL; the checkpoint gives that space
+        back); what still does not fit waits for the next ingest. The store has
+        those rows already: a restart meanwhile ingests them again, as no-ops."""
+        if not self._acks or time.monotonic() < self._flush_at:
+            return  # after a failure, wait before the next try: a failed write wakes the watcher, do not spin
+        ids, step = self._acks, len(self._acks)
+        while ids:
+            chunk = ids[:step]
+            try:
+                self._daemon_sql("ack", f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))",
+                                 (json.dumps(chunk),))
+            except QueueUnavailable as exc:
+                if step > 1:
+                    step = max(1, step // 8)
+                    self._checkpoint()
+                    continue
+                self._acks = ids
+                self._flush_at = time.monotonic() + self._flush_delay
+                self._flush_delay = min(self._flush_delay * 2, FLUSH_RETRY[1])
+                self.full.failed("%s; %d ingested item(s) stay in the spool until there is space to delete them",
+                                 exc, len(ids))
+                return
+            ids = ids[len(chunk):]
+            if step < len(self._acks):
+                self._checkpoint()
+        self._acks = []
+        self._flush_delay = FLUSH_RETRY[0]
+        self.full.cleared()
+
+    def _checkpoint(self) -> None:
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # busy or full: the next delete tells
 
     def release(self, items: list[Item]) -> None:
-        for item in items:
-            self._retry(self._q.nack, "release", None, item.token)
+        self._again = items + self._again  # offered first at the next take
 
     def resume(self) -> int:
-        n = self._q.unack_count()
-        self._retry(self._q.resume_unack_tasks, "resume")
-        return n
+        """Read the spool from its first row again. Returns the rows a dead
+        predecessor had marked taken (older versions marked them)."""
+        self._seen, self._again = 0, []
+        try:
+            rows = self._daemon_sql("resume", f"SELECT count(*) FROM {TABLE} WHERE status = {UNACK}")
+        except QueueUnavailable:
+            return 0  # the disk is full; the count is only for the log
+        return int(rows[0][0]) if rows else 0
+
+    def wait(self, timeout: float) -> bool:
+        if self._observer is None:
+            from watchdog.observers import Observer
+
+            self._observer = Observer()
+            self._observer.schedule(_Wake(self._woken), str(self.path), recursive=False)
+            self._observer.start()
+        woken = self._woken.wait(timeout)
+        self._woken.clear()
+        return woken
+
+    def wake(self) -> None:
+        self._woken.set()
 
     def pending(self) -> int:
-        if self._opened is not None:
-            return int(self._retry(self._opened._count, "count"))
-        if not (self.path / DB_FILE).exists():
-            return 0  # no spool yet: nothing was ever put
+        """Rows in the spool not yet ingested (what the daemon holds in memory included)."""
+        rows = self._read(f"SELECT count(*) FROM {TABLE} WHERE status <= ?", (UNACK,))
+        return int(rows[0][0]) if rows else 0
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """A read-only query that creates nothing: [] when there is no spool yet."""
+        db_file = self.path / DB_FILE
+        if not db_file.exists():
+            return []
         try:
-            with closing(sqlite3.connect(f"file:{self.path / DB_FILE}?mode=ro", uri=True,
-                                         timeout=BUSY_TIMEOUT)) as db:
-                return int(db.execute(f"SELECT count(*) FROM {TABLE} WHERE status < ?", (UNACK,)).fetchone()[0])
+            with closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as db:
+                return db.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
-                return 0  # nothing was ever put
+                return []  # nothing was ever put
             raise QueueError(f"cannot read the spool at {self.path}: {exc}") from exc
 
-    def holds(self, message_id: str) -> bool:
-        db = self.path / DB_FILE
-        if not db.exists():
-            return False
-        try:
-            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as conn:
-                rows = conn.execute(f"SELECT data FROM {TABLE} WHERE status < ? AND instr(data, ?) > 0",
-                                    (UNACK + 1, message_id.encode())).fetchall()
-        except sqlite3.OperationalError:
-            return False  # no table yet, or unreadable: nothing we can say
-        for (data,) in rows:
-            loaded = _JsonSerializer.loads(data)
-            if isinstance(loaded.data, dict) and loaded.data.get("id") == message_id:
-                return True
-        return False
+    def info(self) -> QueueInfo:
+        return QueueInfo(engine="spool", where=str(self.path), waiting=self.pending())
+
+    def find(self, message_id: str) -> Found | None:
+        # persist-queue's JSON has `"id": "..."`; the match is confirmed on the decoded row.
+        needle = json.dumps({"id": message_id})[1:-1]
+        for rowid, data, status in self._read(
+                f"SELECT _id, data, status FROM {TABLE} WHERE instr(data, ?) > 0 AND status <= ?",
+                (needle.encode(), UNACK)):
+            item = _item(rowid, data)
+            if isinstance(item.data, dict) and item.data.get("id") == message_id:
+                return Found(id=message_id, where=str(self.path), entry=str(rowid), taken=status == UNACK)
+        return None
 
     def close(self) -> None:
         if self._direct is not None:
             self._direct.close()
             self._direct = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
         if self._opened is not None:
             self._opened.close()
             self._opened = None

@@ -116,7 +116,8 @@ class SQLStore(Store):
                 args: list[Any] = []
                 for r in chunk:
                     due = max(r.send_after, r.created_at)
-                    args += (r.id, r.mail_from, json.dumps(list(r.rcpt_to)), header_subject(r.raw), r.priority,
+                    subject = header_subject(r.raw) if r.subject is None else r.subject  # older records lack it
+                    args += (r.id, r.mail_from, json.dumps(list(r.rcpt_to)), subject, r.priority,
                              len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at)
                 rows = db.execute(
                     "INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"

@@ -1,0 +1,261 @@
+"""The queue contract, run against every engine (spool, redis) through one fixture.
+
+A new engine is proven by adding it to `ENGINE_PARAMS` and `QueueFactory`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailmand.config import QueueConfig, replace
+from mailmand.queues import Queue, open_queue
+from mailmand.queues import spool as spoolmod
+from tests.redisutil import redis_url, require_redis
+
+
+class QueueFactory:
+    """Opens producer and daemon handles on one queue of the test's own."""
+
+    def __init__(self, engine: str, cfg: QueueConfig) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.opened: list[Queue] = []
+
+    def producer(self) -> Queue:
+        return self._keep(open_queue(self.cfg))
+
+    def daemon(self, consumer: str = "d1", lease: float = 300.0, exclusive: bool = True) -> Queue:
+        return self._keep(open_queue(self.cfg, daemon=True, consumer=consumer, lease=lease, exclusive=exclusive))
+
+    def reader(self) -> Queue:
+        return self._keep(open_queue(self.cfg, readonly=True))
+
+    def put_raw(self, data: bytes) -> None:
+        """What a buggy or hostile writer leaves in the queue, past the client."""
+        if self.engine == "spool":
+            self.producer().put({"warm": "up"})  # the table, as persist-queue makes it
+            self.daemon("raw").take(10)  # ...and that item out of the way, unacked
+            with sqlite3.connect(self.cfg.path / spoolmod.DB_FILE) as db:
+                db.execute(f"INSERT INTO {spoolmod.TABLE} (data, timestamp, status) VALUES (?, 0, 0)", (data,))
+        else:
+            client = require_redis()
+            client.xadd(self.cfg.name, {b"record": data})  # type: ignore[attr-defined]
+
+    def _keep(self, q: Queue) -> Queue:
+        self.opened.append(q)
+        return q
+
+    def close(self) -> None:
+        for q in self.opened:
+            q.close()
+
+
+@pytest.fixture(params=["spool", "redis"])
+def queues(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueFactory]:
+    if request.param == "spool":
+        cfg = QueueConfig(engine="spool", path=tmp_path / "spool", min_free=0)
+    else:
+        key = request.getfixturevalue("redis_key")
+        cfg = QueueConfig(engine="redis", url=redis_url(), name=key)
+    factory = QueueFactory(request.param, cfg)
+    yield factory
+    factory.close()
+
+
+def record(i: int) -> dict[str, object]:
+    return {"v": 1, "id": f"m{i}", "n": i, "text": "é ✓"}
+
+
+def test_put_take_ack_keeps_the_json_in_order(queues: QueueFactory):
+    p, d = queues.producer(), queues.daemon()
+    d.resume()
+    for i in range(5):
+        p.put(record(i))
+    assert p.pending() == 5 and p.info().waiting == 5
+    items = d.take(3) + d.take(10)
+    assert [i.data for i in items] == [record(i) for i in range(5)]
+    assert all(i.error is None for i in items)
+    assert json.loads(items[0].raw) == record(0)  # the raw bytes are the JSON itself
+    assert p.pending() == 5  # taken, not yet acked: still not ingested
+    d.ack(items)
+    assert d.take(10) == []
+    assert p.pending() == p.info().waiting == 0
+
+
+def test_taken_items_are_not_taken_again_until_released(queues: QueueFactory):
+    p, d = queues.producer(), queues.daemon()
+    d.resume()
+    for i in range(3):
+        p.put(record(i))
+    taken = d.take(2)
+    assert [i.data for i in d.take(10)] == [record(2)]
+    d.release(taken)
+    again = d.take(10)
+    assert sorted(i.data["n"] for i in again) == [0, 1]
+    d.ack(again)
+    assert d.take(10) == []
+
+
+def test_a_shared_queue_hides_taken_items_from_other_daemons(queues: QueueFactory):
+    if queues.engine == "spool":
+        pytest.skip("a spool has one daemon (its lock file): there is no other taker")
+    p, d, other = queues.producer(), queues.daemon(), queues.daemon("d2", exclusive=False)
+    d.resume()
+    other.resume()
+    for i in range(3):
+        p.put(record(i))
+    taken = d.take(2)
+    rest = other.take(10)
+    assert [i.data for i in rest] == [record(2)]
+    d.ack(taken)
+    other.ack(rest)
+
+
+def test_a_daemon_that_died_holding_items_gets_them_back_at_restart(queues: QueueFactory):
+    p = queues.producer()
+    first = queues.daemon("dead")
+    first.resume()
+    for i in range(4):
+        p.put(record(i))
+    taken = first.take(10)
+    assert len(taken) == 4
+    first.close()  # died without acking
+    second = queues.daemon("alive", exclusive=True)
+    # Redis knows what was pending on the dead consumer; the spool never marks
+    # what its daemon takes (it reads every row not yet deleted again).
+    assert second.resume() == (4 if queues.engine == "redis" else 0)
+    back = second.take(10)
+    assert sorted(i.data["n"] for i in back) == [0, 1, 2, 3]
+    second.ack(back)
+    assert second.take(10) == [] and p.pending() == 0
+
+
+def test_wait_wakes_when_a_producer_puts(queues: QueueFactory):
+    d = queues.daemon()
+    d.resume()
+    assert d.take(10) == []
+    assert d.wait(0.05) is False  # nothing came
+    p = queues.producer()
+    p.put(record(0))  # the queue is there now; watch from here
+    d.ack(d.take(10))
+    woke = threading.Event()
+    got: list[object] = []
+
+    def waiter() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not got:
+            if d.wait(5.0):
+                woke.set()
+            # A wake-up is a hint: it may come a moment before the commit is
+            # visible (inotify sees the WAL write). Take in any case, as ingest does.
+            time.sleep(0.01)
+            got.extend(i.data for i in d.take(10))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)  # the waiter is blocked in wait() (the spool's watcher is started by the first wait)
+    queues.producer().put(record(7))
+    t.join(30)
+    assert woke.is_set() and got == [record(7)]
+
+
+def test_wake_ends_a_wait_early(queues: QueueFactory):
+    d = queues.daemon()
+    d.resume()
+    d.take(1)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (d.wait(30.0), done.set()))
+    t.start()
+    time.sleep(0.1)
+    d.wake()
+    assert done.wait(10), "wait() must return soon after wake(), not at its timeout"
+    t.join()
+
+
+def test_an_item_that_is_not_json_comes_back_with_the_reason(queues: QueueFactory):
+    planted = pickle.dumps({"x": 1})  # a pickle is bytes like any other: never unpickled
+    queues.put_raw(b"{not json")
+    queues.put_raw(planted)
+    d = queues.daemon()
+    d.resume()
+    items = [i for i in d.take(10) if i.data != {"warm": "up"}]
+    assert [i.raw for i in items] == [b"{not json", planted]
+    assert all(i.data is None and "not valid JSON" in (i.error or "") for i in items)
+    d.ack(items)
+
+
+def test_find_says_whether_a_message_is_still_in_the_queue(queues: QueueFactory):
+    p, d = queues.producer(), queues.daemon()
+    d.resume()
+    p.put(record(1))
+    p.put(record(2))
+    found = queues.reader().find("m2")
+    assert found is not None and found.id == "m2" and not found.taken
+    assert queues.reader().find("m3") is None
+    items = d.take(10)
+    found = queues.reader().find("m2")
+    # Redis knows it was delivered to a daemon; the spool's daemon takes in memory only.
+    assert found is not None and found.taken == (queues.engine == "redis")
+    d.ack(items)
+    assert queues.reader().find("m2") is None
+
+
+def test_a_reader_on_a_queue_nobody_wrote_to_creates_nothing(queues: QueueFactory):
+    info = queues.reader().info()
+    assert info.waiting == 0 and info.engine == queues.engine
+    if queues.engine == "spool":
+        assert not queues.cfg.path.exists()
+    else:
+        assert not require_redis().exists(queues.cfg.name)  # type: ignore[attr-defined]
+
+
+# -- the spool only --------------------------------------------------------------
+
+
+def test_the_spool_table_is_persist_queues(tmp_path: Path):
+    """The daemon reads and deletes rows of persist-queue's table itself: pin
+    the names and status values it relies on to persist-queue's own, and
+    check both agree on what was done."""
+    import persistqueue
+    from persistqueue.sqlackqueue import AckStatus
+
+    assert (spoolmod.TABLE, spoolmod.UNACK) == (
+        f"{persistqueue.SQLiteAckQueue._TABLE_NAME}_default", int(AckStatus.unack))
+    producer = spoolmod.SpoolQueue(tmp_path / "spool")
+    for i in range(4):
+        producer.put(record(i))
+    pq = producer._q
+    legacy = pq.get(block=False, raw=True)  # taken by an older daemon (persist-queue's get), never acked
+    acked = pq.get(block=False, raw=True)
+    pq.ack(id=acked["pqid"])  # acked, and kept by persist-queue (status 5): not to be ingested again
+    daemon = spoolmod.SpoolQueue(tmp_path / "spool", daemon=True)
+    assert daemon.resume() == 1
+    items = daemon.take(10)
+    assert [i.data for i in items] == [legacy["data"], record(2), record(3)]
+    daemon.ack(items)
+    assert pq._count() == 0 and pq.unack_count() == 0  # persist-queue sees nothing left to do
+    with sqlite3.connect(tmp_path / "spool" / spoolmod.DB_FILE) as db:
+        assert db.execute(f"SELECT count(*) FROM {spoolmod.TABLE} WHERE status < 5").fetchone()[0] == 0
+    daemon.close()
+    producer.close()
+
+
+def test_the_spool_refuses_new_mail_below_min_free(tmp_path: Path):
+    import os
+
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    cfg = QueueConfig(path=tmp_path / "spool", min_free=free * 2)
+    from mailmand.errors import QueueUnavailable
+
+    with pytest.raises(QueueUnavailable, match=r"spool's disk is nearly full: .* free at .*below the floor"):
+        open_queue(cfg).put(record(0))
+    open_queue(replace(cfg, min_free=1)).put(record(0))  # above the floor: taken
