@@ -160,6 +160,7 @@ class Daemon:
         self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
+        self._poke = False  # SIGUSR1 (`mailmand flush`): dispatch now
         self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
 
     # -- the store, opened on first use ------------------------------------------
@@ -266,11 +267,13 @@ class Daemon:
         # Handlers only set flags; the main loop does the work.
         if signum == signal.SIGHUP:
             self._reload = True
+        elif signum == signal.SIGUSR1:  # `mailmand flush`: deferred mail was made due
+            self._poke = True
         else:
             self._stop = True
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         if not self._wait_for_store():
             self.close()
@@ -295,6 +298,9 @@ class Daemon:
         try:
             while not self._stop:
                 time.sleep(0.1)
+                if self._poke:
+                    self._poke = False
+                    sched.poke()
                 if self._reload:
                     self._reload = False
                     notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")

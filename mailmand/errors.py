@@ -83,6 +83,10 @@ class StoreUnavailable(StoreError):
     ingest hands items back to the queue and dispatch keeps outcomes to commit later."""
 
 
+class NoStore(StoreError):
+    """A command that only reads, on a host where the daemon never made the store."""
+
+
 class NotFound(StoreError):
     """No message has that id."""
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import mimetypes
+import os
 import re
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import errors, headerregistry, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
-from email.utils import formataddr, formatdate, getaddresses, make_msgid, parseaddr
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,31 +63,75 @@ class _HeaderRegistry(headerregistry.HeaderRegistry):
 
 
 SMTP_POLICY = policy.SMTP.clone(header_factory=_HeaderRegistry())
-# uuid5 namespace for idempotency keys: the same key always gives the same id,
+SMTP_UTF8_POLICY = SMTP_POLICY.clone(utf8=True)
+# uuid5 namespace for idempotency keys (uuid is imported only for them): the same key always gives the same id,
 # so a producer learns the first message's id without asking the daemon.
-IDEMPOTENCY_NS = uuid.UUID("6f1c9d0e-5b7a-4f3e-9a51-3c1f6d2b8e40")
+IDEMPOTENCY_NS = "6f1c9d0e-5b7a-4f3e-9a51-3c1f6d2b8e40"
 
 
 def new_id(idempotency_key: str | None = None) -> str:
     if idempotency_key is not None:
-        return uuid.uuid5(IDEMPOTENCY_NS, idempotency_key).hex
-    return uuid.uuid4().hex
+        import uuid
+
+        return uuid.uuid5(uuid.UUID(IDEMPOTENCY_NS), idempotency_key).hex
+    # uuid4().hex, without importing uuid (and the platform probing it does) on every sendmail call
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    return b.hex()
+
+
+# The boundaries of str.splitlines(): the email package folds a header at
+# each of them, so any one inside a value could start a header of its own.
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _decoded(value: str) -> str:
+    """The value as the email package will see it: RFC 2047 encoded words decoded."""
+    try:
+        return str(SMTP_POLICY.header_factory("X-Decoded", value))
+    except Exception:  # an undecodable word stays encoded on output: nothing to inject
+        return value
 
 
 def _no_crlf(name: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise HeaderInjection(name, value, "CR or LF is not allowed in a header value")
+    if not LINE_BREAKS.isdisjoint(value):
+        raise HeaderInjection(name, value, "a line break (CR, LF or another) is not allowed in a header value")
+    # "=?utf-8?q?a=0D=0AX-Injected:_1?=" decodes to CR LF, which the stdlib
+    # would re-fold into a header line of its own (a Bcc, a Reply-To...).
+    if "=?" in value and not LINE_BREAKS.isdisjoint(_decoded(value)):
+        raise HeaderInjection(name, value, "an encoded word (RFC 2047) in it decodes to a line break")
     return value
+
+
+def _idna(domain: str, name: str, original: object) -> str:
+    """A Unicode domain in its ASCII (punycode) form, as SMTP and headers carry it."""
+    if domain.isascii():
+        return domain
+    import idna
+
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise InvalidAddress(name, original, f"not a valid internationalized domain name ({exc})") from None
 
 
 def _address(name: str, display: str, spec: str, original: object) -> Address:
     local, at, domain = spec.rpartition("@")
-    if not at or not local or not domain or " " in spec or domain.startswith(".") or ".." in domain:
+    if (not at or not local or not domain or " " in domain or domain.startswith(".") or ".." in domain
+            or (isinstance(original, str) and spec not in original)):
+        # (getaddresses drops the space in "ann@exa mple.com": the spec it
+        # returns would then not be in what the caller wrote)
         raise InvalidAddress(name, original, "not a valid email address")
-    if not spec.isascii():
-        raise InvalidAddress(name, original, "non-ASCII addresses (SMTPUTF8) are not supported")
+    domain = _idna(domain, name, original)
+    _no_crlf(name, display)  # a display name's encoded words are decoded on output
     try:
-        return Address(display_name=display, addr_spec=spec)
+        # A UTF-8 local part stays as it is: the relay must offer SMTPUTF8 (RFC 6531).
+        if not local.isascii():
+            if any(c in local for c in ' "\\()<>[]:;@,'):
+                raise ValueError("a non-ASCII local part must be a plain dot-atom")
+            return Address(display_name=display, username=local, domain=domain)
+        return Address(display_name=display, addr_spec=f"{local}@{domain}")
     except (ValueError, IndexError, errors.HeaderParseError) as exc:
         raise InvalidAddress(name, original, f"not a valid email address ({exc})") from None
 
@@ -165,6 +208,8 @@ class Record:
                     raise InvalidMessage(f"record.{key}", data[key], "expected a string")
             for key, addr in [("mail_from", data["mail_from"]), *(("rcpt_to", r) for r in rcpt)]:
                 # Envelope addresses go on SMTP command lines: an @, and no CR/LF, spaces or brackets.
+                if key == "mail_from" and addr == "":
+                    continue  # the null sender (a bounce)
                 if "@" not in addr or any(c in addr for c in "\r\n <>"):
                     raise InvalidMessage(f"record.{key}", addr, "not an envelope address")
             if not RECORD_ID.fullmatch(data["id"]):
@@ -253,6 +298,9 @@ class Email:
         self.idempotency_key = idempotency_key
         self._parts: list[_Part] = []
         self._parsed: EmailMessage | None = None  # set by from_bytes
+        # The envelope sender when it is not the From address: "" is the null
+        # sender (`<>`) of a bounce, which nothing may answer.
+        self.envelope_from: str | None = None
 
     def set_header(self, name: str, value: str) -> None:
         if not isinstance(name, str) or not FIELD_NAME.match(name):
@@ -294,7 +342,9 @@ class Email:
         """The message as it will be sent (no Bcc header, ever)."""
         if self._parsed is not None:
             return self._parsed
-        msg = EmailMessage(policy=SMTP_POLICY)
+        utf8 = not all(a.username.isascii() for a in (self.sender, *self.to, *self.cc, *self.reply_to))
+        # A UTF-8 local part cannot be an encoded word: such headers go out as UTF-8 (RFC 6532).
+        msg = EmailMessage(policy=SMTP_UTF8_POLICY if utf8 else SMTP_POLICY)
         msg["From"] = self.sender
         if self.to:
             msg["To"] = self.to
@@ -344,13 +394,25 @@ class Email:
         check_recipients(len(rcpt), max_recipients, "to")
         check_send_after(send_after, time.time(), "send_after")
         msg = self.build()
-        raw = msg.as_bytes()
+        try:
+            raw = msg.as_bytes()
+        except UnicodeEncodeError:
+            if not all(a.isascii() for a in rcpt) or not self.sender.username.isascii():
+                raw = msg.as_bytes(policy=SMTP_UTF8_POLICY)  # SMTPUTF8 mail: UTF-8 headers (RFC 6532)
+            else:
+                raise InvalidMessage("headers", None, "a header holds text that cannot be encoded "
+                                     "(non-ASCII where only ASCII may go)") from None
+        if self._parsed is None and self._given_encoded_words():
+            _no_new_headers(raw, self.headers)
         if len(raw) > max_size:
-            raise MessageTooLarge("message", f"{len(raw)} bytes", f"over max-message-size ({max_size} bytes)")
+            raise MessageTooLarge(
+                "message", f"{len(raw)} bytes",
+                f"{len(raw)} bytes as encoded for sending, over max-message-size ({max_size} bytes); "
+                "attachments grow by about a third in transfer encoding (base64)")
         subject = msg.get("Subject")
         return Record(
             id=new_id(self.idempotency_key),
-            mail_from=self.sender.addr_spec,
+            mail_from=self.sender.addr_spec if self.envelope_from is None else self.envelope_from,
             rcpt_to=rcpt,
             raw=raw,
             priority=self.priority,
@@ -359,54 +421,33 @@ class Email:
             subject="" if subject is None else str(subject),
         )
 
+    def _given_encoded_words(self) -> bool:
+        """Did the caller hand us anything that looks like an RFC 2047 word?"""
+        values = [self.subject, *self.headers.values(), *(p.filename for p in self._parts),
+                  *(a.display_name for a in (self.sender, *self.to, *self.cc, *self.reply_to))]
+        return any("=?" in v for v in values)
+
     # -- parsing -------------------------------------------------------------
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, sender: str | None = None, recipients: Sequence[str] | None = None,
                    extra_recipients: Sequence[str] = (), from_name: str | None = None,
-                   default_sender: str | None = None, local_domain: str | None = None, priority: int = 0,
+                   default_sender: str | None = None, local_domain: str | None = None,
+                   aliases: Mapping[str, Sequence[str]] | None = None, priority: int = 0,
                    idempotency_key: str | None = None) -> Email:
-        """Parse an RFC 5322 message. The envelope sender is `sender`, else the
-        From header, else `default_sender`; the recipients are `recipients`,
-        else the To, Cc and Bcc headers plus `extra_recipients`; a bare local
-        part (`root`, as cron writes) gets `@local_domain`. The Bcc header is
+        """Parse an RFC 5322 message (or, with no header at all, take the whole
+        input as the body). The envelope sender is `sender` (`<>`: the null
+        sender), else the From header, else `default_sender`; the recipients
+        are `recipients`, else the To, Cc and Bcc headers plus
+        `extra_recipients`. A bare name (`root`, as cron writes) goes through
+        `aliases` (`default` catches every name), else gets `@local_domain`,
+        in the envelope and in the From/To/Cc headers alike. The Bcc header is
         always removed."""
-        if not isinstance(raw, bytes | bytearray):
-            raise InvalidMessage("raw", type(raw).__name__, "expected bytes")
-        msg = BytesParser(policy=SMTP_POLICY).parsebytes(bytes(raw))
-        if not msg.keys():
-            raise InvalidMessage("raw", bytes(raw[:40]), "no headers: not an RFC 5322 message")
+        from .inbound import parse_message
 
-        def qualify(header: object) -> list[str]:
-            # The modern parser keeps "not an address" whole (and it then
-            # fails validation) where parseaddr would keep just "not".
-            found = []
-            for a in getattr(header, "addresses", ()):
-                if not a.username:  # "undisclosed-recipients:;": a group with no one in it
-                    continue
-                spec = a.addr_spec if a.domain or not local_domain else f"{a.addr_spec}@{local_domain}"
-                found.append(formataddr((a.display_name, spec)))
-            return found
-
-        def arg(value: str) -> list[str]:
-            return qualify(SMTP_POLICY.header_factory("To", _no_crlf("recipient", value))) or [value]
-
-        def addrs(*names: str) -> list[str]:
-            return [addr for n in names for h in msg.get_all(n, []) for addr in qualify(h)]
-
-        envelope_from = arg(sender)[0] if sender else next(iter(addrs("From")), default_sender)
-        given = [addr for r in (recipients or extra_recipients) for addr in arg(r)]
-        rcpt = given if recipients else [*addrs("To", "Cc", "Bcc"), *given]
-        e = cls(sender=envelope_from, bcc=rcpt, priority=priority, idempotency_key=idempotency_key)
-        del msg["Bcc"]
-        if "From" not in msg:
-            msg["From"] = formataddr((_no_crlf("from_name", from_name or ""), e.sender.addr_spec))
-        if "Message-ID" not in msg:
-            msg["Message-ID"] = make_msgid(domain=e.sender.domain)
-        if "Date" not in msg:
-            msg["Date"] = formatdate(localtime=True)
-        e._parsed = msg
-        return e
+        return parse_message(cls, raw, sender=sender, recipients=recipients, extra_recipients=extra_recipients,
+                             from_name=from_name, default_sender=default_sender, local_domain=local_domain,
+                             aliases=aliases or {}, priority=priority, idempotency_key=idempotency_key)
 
     # -- queueing through the default client --------------------------------
 
@@ -423,6 +464,20 @@ class Email:
         return f"Email(sender={str(self.sender)!r}, to={self.envelope_recipients!r}, subject={self.subject!r})"
 
 
+# What a composed message's headers may be: the arguments' headers, and the
+# MIME headers the email package writes. Anything else came from an injection.
+COMPOSED_HEADERS = frozenset(h.lower() for h in (
+    *OWNED_HEADERS, "Date", "Message-ID", "Content-Disposition", "Content-ID"))
+
+
+def _no_new_headers(raw: bytes, custom: Mapping[str, str]) -> None:
+    """Refuse a flattened message that gained a header the caller did not give
+    (the last line of defence against a decoded line break, in any part)."""
+    allowed = COMPOSED_HEADERS | {name.lower() for name in custom}
+    for part in BytesParser(policy=policy.compat32).parsebytes(raw).walk():
+        for name in part.keys():
+            if name.lower() not in allowed:
+                raise HeaderInjection("headers", name, "the composed message gained a header nobody gave")
 def check_recipients(n: int, limit: int, name: str) -> None:
     if n > limit:
         raise InvalidMessage(name, f"{n} recipients", f"more than max-recipients ({limit})")
@@ -475,7 +530,10 @@ def _filename(name: str) -> str:
 
 
 def _mime(filename: str, mimetype: str | None) -> tuple[str, str]:
-    mimetype = mimetype or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if not mimetype:
+        import mimetypes  # here: it reads the system's type maps, which only attachments need
+
+        mimetype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     maintype, _, subtype = mimetype.partition("/")
     if not maintype or not subtype or "\n" in mimetype or "\r" in mimetype:
         raise InvalidMessage("mimetype", mimetype, "expected type/subtype")

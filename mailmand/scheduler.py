@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import observe, policy
+from . import notify, observe, policy
 from .config import ServerConfig
 from .errors import StoreUnavailable
 from .logs import Repeats
@@ -212,6 +212,7 @@ class Dispatcher:
                                     "until then): %s", len(todo), exc)
             return
         self._unsaved = []
+        notify.send_notices(self.store, self.cfg.notify, todo, held)  # failure notices (off by default)
         if self._store_down.cleared():
             log.info("recorded %d outcome(s) kept while the store could not be written", len(todo))
         for row, ok in zip(todo, held, strict=True):

@@ -1,22 +1,39 @@
-"""A sendmail(8)-compatible entry point, so cron, PHP's mail(), git and
-logwatch can hand mail to mailmand. Exit codes follow sysexits.h."""
+"""The sendmail(8) and mailq(1) interfaces, so cron, PHP's mail(), git and
+logwatch can hand mail to mailmand and an admin finds the queue where
+Postfix keeps it. Exit codes follow sysexits.h, whatever the input: no
+input may make the shim print a traceback or exit outside them.
+"""
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .client import Client
-from .config import Config
-from .errors import ConfigError, InvalidMessage, MailmandError, QueueError, SpoolPermissionError
-from .message import Email
+from .errors import ConfigError, InvalidMessage, MailmandError, QueueError, SpoolPermissionError, UsageError
 
 # Options sendmail accepts that mean nothing for a queue: taken and ignored.
 IGNORED_FLAGS = {"-bm", "-v", "-U", "-m", "-n", "-Am", "-Ac"}
+# Ignored options that take a separate value (-B 8BITMIME, -N never, -R hdrs, -V envid, -X logfile).
+IGNORED_WITH_VALUE = ("-B", "-N", "-R", "-V", "-X")
+
+USAGE = """\
+usage: sendmail [options] [recipient ...]   (mailmand's sendmail interface)
+  -t            recipients from the To, Cc and Bcc headers, plus any given (Bcc is removed)
+  -i, -oi       a line holding a single dot does not end the message
+  -f SENDER     the envelope sender; -f '<>' is the null sender of a bounce (also -r)
+  -F NAME       the sender's full name, for the From header when the message has none
+  -C FILE       the configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/mailmand.yaml)
+  -bp           list the queue, as mailq does
+  -q            deliver deferred mail now, as `mailmand flush` does
+  -h, --help    this help
+Accepted and ignored: -oX..., -B TYPE, -N DSN, -R RET, -V ENVID, -X FILE, -v, -bm, -U, -m, -n, -Am, -Ac.
+A message with no header at all is taken as the body. A bare name (root) goes
+through email.sendmail.aliases, else gets email.sendmail.domain.
+Exit codes (sysexits.h): 0 queued, 64 usage, 65 bad message, 75 try again
+later, 77 no permission, 78 configuration, 70 internal error.
+"""
 
 
 class SendmailUsage(Exception):
@@ -29,6 +46,9 @@ class Options:
     i: bool = False  # a lone dot does not end the message
     f: str | None = None  # envelope sender
     F: str | None = None  # the sender's full name  # noqa: N815
+    C: str | None = None  # configuration file  # noqa: N815
+    mode: str = "send"  # send | list (-bp) | flush (-q) | help
+    recipients: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: Sequence[str]) -> tuple[Options, list[str]]:
@@ -40,31 +60,40 @@ def parse_args(argv: Sequence[str]) -> tuple[Options, list[str]]:
         if a == "--":
             recipients.extend(args)
             break
-        if a == "-t":
+        if a in ("-h", "--help"):
+            opts.mode = "help"
+        elif a == "-t":
             opts.t = True
         elif a in ("-i", "-oi"):
             opts.i = True
-        elif a[:2] in ("-f", "-F", "-r"):
+        elif a == "-bp":
+            opts.mode = "list"
+        elif a.startswith("-q"):  # -q, or -q15m (a queue-runner interval: one flush here)
+            opts.mode = "flush"
+        elif a[:2] in ("-f", "-F", "-r", "-C"):
             value = a[2:] or (args.pop(0) if args else None)
             if value is None:
                 raise SendmailUsage(f"option {a} needs a value")
             if a[:2] == "-F":
                 opts.F = value
+            elif a[:2] == "-C":
+                opts.C = value
             else:
                 opts.f = value
-        elif a in ("-B", "-N", "-R", "-V", "-X"):
-            args = args[1:]  # ignored options that take a separate value
-        elif a[:2] in ("-o", "-B", "-N", "-R", "-V", "-X") or a in IGNORED_FLAGS:
+        elif a in IGNORED_WITH_VALUE:
+            args = args[1:]
+        elif a[:2] in ("-o", *IGNORED_WITH_VALUE) or a in IGNORED_FLAGS:
             pass
         elif a.startswith("-"):
             raise SendmailUsage(f"unsupported option {a}")
         else:
             recipients.append(a)
+    opts.recipients = recipients
     return opts, recipients
 
 
 def _read_message(dot_ends: bool) -> bytes:
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read() if sys.stdin is not None else b""  # stdin closed: an empty message
     if not dot_ends:
         return data
     # Without -i, a line holding a single dot ends the message.
@@ -75,30 +104,77 @@ def _read_message(dot_ends: bool) -> bytes:
     return data
 
 
-def sendmail(cfg: Config, argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], config: str | None = None) -> int:
+    """`mailmand-sendmail ARGS` / `mailmand sendmail ARGS`: a sysexits code, always."""
     try:
-        opts, recipients = parse_args(argv)
+        return _main(argv, config)
     except SendmailUsage as exc:
-        print(f"sendmail: {exc}", file=sys.stderr)
+        print(f"sendmail: {exc}\n{USAGE}", file=sys.stderr, end="")
         return os.EX_USAGE
-    if not opts.t and not recipients:
-        print("sendmail: no recipients given (use -t to take them from the headers)", file=sys.stderr)
-        return os.EX_USAGE
-    raw = _read_message(not opts.i)
-    try:
-        email = Email.from_bytes(
-            raw, sender=opts.f, recipients=None if opts.t else recipients,
-            extra_recipients=recipients if opts.t else (), from_name=opts.F,
-            default_sender=f"{getpass.getuser()}@{socket.getfqdn()}", local_domain=socket.getfqdn())
-        client = Client(cfg)
-        try:
-            client.enqueue(email)
-        finally:
-            client.close()
     except MailmandError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return _sysexit(exc)
+    except KeyboardInterrupt:
+        return os.EX_TEMPFAIL
+    except OSError as exc:  # stdin unreadable, a file system failing under us
+        print(f"sendmail: {exc.strerror or exc}", file=sys.stderr)
+        return os.EX_IOERR
+    except Exception as exc:  # a bug: still one line and a sysexits code, never a traceback
+        print(f"sendmail: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return os.EX_SOFTWARE
+
+
+def _main(argv: Sequence[str], config: str | None) -> int:
+    opts, recipients = parse_args(argv)
+    if opts.mode == "help":
+        print(USAGE, end="")
+        return os.EX_OK
+    from . import config as configmod
+
+    cfg = configmod.load(opts.C or config, producer=True)
+    if opts.mode in ("list", "flush"):
+        from .cli.common import load_for_store
+
+        cfg = load_for_store(opts.C or config, cfg)
+    if opts.mode == "list":
+        return mailq(cfg)
+    if opts.mode == "flush":
+        from .cli.queue import flush
+
+        n, woke = flush(cfg, None)
+        print(f"flushed {n} deferred message(s); {woke}")
+        return os.EX_OK
+    if not opts.t and not recipients:
+        raise SendmailUsage("no recipients given (use -t to take them from the headers)")
+    raw = _read_message(not opts.i)
+    from .client import Client
+    from .hostname import mail_domain
+    from .message import Email
+
+    domain = cfg.sendmail.domain or mail_domain()
+    email = Email.from_bytes(
+        raw, sender=opts.f, recipients=None if opts.t else recipients,
+        extra_recipients=recipients if opts.t else (), from_name=opts.F,
+        default_sender=_user(), local_domain=domain, aliases=cfg.sendmail.aliases)
+    client = Client(cfg)
+    try:
+        client.enqueue(email)
+    finally:
+        client.close()
     return os.EX_OK
+
+
+def _user() -> str:
+    """getpass.getuser(), without the terminal modules getpass imports."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (containers)
+        return f"uid{os.getuid()}"
 
 
 def _sysexit(exc: MailmandError) -> int:
@@ -111,7 +187,83 @@ def _sysexit(exc: MailmandError) -> int:
         return os.EX_TEMPFAIL
     if isinstance(exc, ConfigError):
         return os.EX_CONFIG
+    if isinstance(exc, UsageError):
+        return os.EX_USAGE
     return os.EX_SOFTWARE
 
 
-__all__ = ["sendmail", "parse_args"]
+# -- mailq ---------------------------------------------------------------------------
+
+
+def mailq(cfg: object) -> int:
+    """The waiting mail in Postfix's `mailq` shape: id (`*` while being sent),
+    size, arrival time, sender; the last reason of deferred mail in
+    parentheses; then the recipients; a total at the end."""
+    from datetime import datetime
+
+    from .cli.common import store
+    from .config import Config
+    from .queues import open_queue
+    from .stores.base import Status
+
+    assert isinstance(cfg, Config)
+    with store(cfg) as s:
+        rows = [m for st in (Status.SENDING, Status.QUEUED, Status.DEFERRED)
+                for m in s.list_messages(st, sys.maxsize)]
+    queue = open_queue(cfg.queue, readonly=True)
+    try:
+        spooled = queue.pending()
+    finally:
+        queue.close()
+    rows.sort(key=lambda m: m.created_at)
+    if not rows:
+        print("Mail queue is empty")
+    else:
+        width = max(10, *(len(m.id) + 1 for m in rows))
+        print(f"{'-Queue ID-':<{width}} --Size-- ----Arrival Time---- -Sender/Recipient-------")
+        for m in rows:
+            mark = "*" if m.status is Status.SENDING else ""
+            arrived = datetime.fromtimestamp(m.created_at).strftime("%a %b %d %H:%M:%S")
+            print(f"{m.id + mark:<{width}} {m.size:>8} {arrived}  {m.mail_from or 'MAILER-DAEMON'}")
+            if m.status is Status.DEFERRED and m.last_error:
+                print(f"({m.last_error[:200]})")
+            for r in m.rcpt_to:
+                print(f"{'':<{width}} {'':>8} {'':<20}  {r}")
+            print()
+        size = sum(m.size for m in rows)
+        print(f"-- {(size + 1023) // 1024} Kbytes in {len(rows)} Request{'s' if len(rows) != 1 else ''}.")
+    if spooled:
+        print(f"-- {spooled} more in the spool, not ingested yet (is the daemon running?)")
+    return os.EX_OK
+
+
+def mailq_main(argv: Sequence[str]) -> int:
+    """The `mailq` command: `mailq [-C FILE]`."""
+    config = None
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a in ("-h", "--help"):
+            print("usage: mailq [-C FILE]   the waiting mail, as Postfix's mailq shows it")
+            return os.EX_OK
+        if a[:2] in ("-C", "-c"):
+            config = a[2:] or (args.pop(0) if args else None)
+        elif a != "-v":
+            print(f"mailq: unsupported option {a}\nusage: mailq [-C FILE]", file=sys.stderr)
+            return os.EX_USAGE
+    try:
+        from . import config as configmod
+        from .cli.common import load_for_store
+
+        return mailq(load_for_store(config, configmod.load(config, producer=True)))
+    except MailmandError as exc:
+        print(f"mailq: {exc}", file=sys.stderr)
+        return _sysexit(exc) if isinstance(exc, ConfigError) else 1
+    except BrokenPipeError:
+        from .cli.format import quiet_broken_pipe
+
+        quiet_broken_pipe()
+        return os.EX_OK
+
+
+__all__ = ["main", "mailq", "mailq_main", "parse_args"]

@@ -58,9 +58,10 @@ def mailmand_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mailmand", *args]
 
 
-def run_cli(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+def run_cli(*args: str, input: bytes | None = b"", env: dict[str, str] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    """Run the real command line in a child process."""
+    """Run the real command line in a child process (stdin: `input`, empty by
+    default, so that commands that read a body from stdin never wait on ours)."""
     return subprocess.run(mailmand_cmd(*args), input=input, capture_output=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
 

@@ -109,6 +109,13 @@ BAD_INPUT = [
     (InvalidAddress, "to", dict(sender="a@example.com", to="not an address")),
     (InvalidAddress, "sender", dict(sender="nobody", to="b@example.com")),
     (InvalidAddress, "cc", dict(sender="a@example.com", to="b@example.com", cc=["x@@y"])),
+    # getaddresses() drops the space and would deliver to ann@example.com
+    (InvalidAddress, "to", dict(sender="a@example.com", to="ann@exa mple.com")),
+    (InvalidAddress, "to", dict(sender="a@example.com", to="Ann <ann@exa mple.com>")),
+    (InvalidAddress, "to", dict(sender="a@example.com", to="ann@bü..example")),
+    (HeaderInjection, "subject", dict(sender="a@example.com", to="b@example.com", subject="a\u2028Bcc: x@y.com")),
+    (HeaderInjection, "subject", dict(sender="a@example.com", to="b@example.com",
+                                      subject="=?utf-8?q?a=0D=0AX-Injected:_1?=")),
     (HeaderInjection, "subject", dict(sender="a@example.com", to="b@example.com", subject="hi\r\nBcc: x@y.com")),
     (HeaderInjection, "headers[X-A]", dict(sender="a@example.com", to="b@example.com", headers={"X-A": "1\nX-B: 2"})),
     (HeaderInjection, "to", dict(sender="a@example.com", to="b@example.com\r\nBcc: c@example.com")),
@@ -136,8 +143,12 @@ def test_missing_attachment_and_oversize_are_refused(make_config, tmp_path: Path
         e.attach_file(tmp_path / "nope.pdf")
     e.attach(b"\0" * 20_000, "big.bin")
     client = Client(cfg)
-    with pytest.raises(MessageTooLarge, match="max-message-size"):
+    with pytest.raises(MessageTooLarge) as too_large:
         client.enqueue(e)
+    size = int(str(too_large.value).split("bytes as encoded")[0].rsplit(" ", 1)[0].split()[-1])
+    assert size > 20_000 * 4 // 3  # base64: the 20,000 bytes grew by a third, and that is the size shown
+    assert f"{size} bytes as encoded for sending, over max-message-size (10000 bytes)" in str(too_large.value)
+    assert "attachments grow by about a third" in str(too_large.value)
     assert open_queue(cfg.queue).pending() == 0
 
 
@@ -145,3 +156,106 @@ def test_non_ascii_display_name_in_sender(make_config):
     _, raw, msg = roundtrip(make_config(), Email(sender="Zoë Café <zoe@example.com>", to="b@example.com", text="x"))
     assert msg["From"].addresses[0].display_name == "Zoë Café"
     assert b"zoe@example.com" in raw
+
+
+def test_idn_domains_become_punycode_in_envelope_and_headers(make_config):
+    info, raw, msg = roundtrip(make_config(), Email(sender="Jürgen <j@bücher.example>", to="ann@bücher.example",
+                                                    subject="IDN", text="x"))
+    assert info.mail_from == "j@xn--bcher-kva.example" and info.rcpt_to == ("ann@xn--bcher-kva.example",)
+    assert msg["To"] == "ann@xn--bcher-kva.example"
+    assert msg["From"].addresses[0].domain == "xn--bcher-kva.example"
+    assert raw.isascii()
+
+
+def test_a_utf8_local_part_goes_out_as_smtputf8(make_config):
+    info, raw, msg = roundtrip(make_config(), Email(sender="a@example.com", to="jürgen@bücher.example",
+                                                    subject="s", text="x"))
+    assert info.rcpt_to == ("jürgen@xn--bcher-kva.example",)  # the relay side asks for SMTPUTF8
+    assert "To: jürgen@xn--bcher-kva.example".encode() in raw  # a UTF-8 header (RFC 6532), not an encoded word
+
+
+# -- header injection through RFC 2047 encoded words (issue 12 item 11) ----------------------
+
+# Every code point the email package treats as a line break when it folds a header.
+BREAKS = ["\r\n", "\r", "\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+def _word(text: str, how: str) -> str:
+    """`text` as one RFC 2047 encoded word, q or b."""
+    import base64
+
+    data = text.encode("utf-8")
+    if how == "b":
+        return f"=?utf-8?b?{base64.b64encode(data).decode()}?="
+    q = "".join(chr(b) if chr(b).isalnum() and b < 128 else "_" if b == 32 else f"={b:02X}" for b in data)
+    return f"=?utf-8?q?{q}?="
+
+
+def _field(where: str, value: str) -> Email:
+    """`value` in one of the fields a caller controls."""
+    base: dict = dict(sender="a@example.com", to="b@example.com", text="x")
+    if where == "subject":
+        return Email(**base, subject=value)
+    if where == "header":
+        return Email(**base, headers={"X-Custom": value})
+    if where == "sender-name":
+        return Email(**{**base, "sender": f'"{value}" <a@example.com>'})
+    if where == "to-name":
+        return Email(**{**base, "to": [f"{value} <b@example.com>"]})
+    if where == "reply-to-name":
+        return Email(**base, reply_to=f'"{value}" <r@example.com>')
+    e = Email(**base)
+    e.attach(b"data", value, "application/pdf")
+    return e
+
+
+FIELDS = ["subject", "header", "sender-name", "to-name", "reply-to-name", "filename"]
+
+
+def test_encoded_words_decoding_to_a_line_break_are_refused_everywhere():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(where=st.sampled_from(FIELDS), how=st.sampled_from(["q", "b"]), brk=st.sampled_from(BREAKS),
+           before=st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=8),
+           header=st.sampled_from(["Bcc: x@evil.example", "Reply-To: x@evil.example", "Content-Type: text/html",
+                                   "X-Injected: 1"]))
+    def check(where, how, brk, before, header):
+        value = _word(before + brk + header, how)
+        with pytest.raises(HeaderInjection):
+            _field(where, value).to_record(10**7)
+
+    check()
+
+
+def test_encoded_words_without_line_breaks_never_add_a_header():
+    """Whatever the caller writes in a field, the flattened message has only the headers it asked for."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(where=st.sampled_from(FIELDS), how=st.sampled_from(["q", "b", "raw"]),
+           text=st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30))
+    def check(where, how, text):
+        value = text if how == "raw" else _word(text, how)
+        try:
+            raw = _field(where, value).to_record(10**7).raw
+        except InvalidMessage:
+            return  # refused: fine (a name that is not a legal display name, say)
+        names = [k.lower() for p in BytesParser(policy=policy.compat32).parsebytes(raw).walk() for k in p.keys()]
+        assert set(names) <= {"from", "to", "reply-to", "subject", "date", "message-id", "mime-version",
+                              "content-type", "content-transfer-encoding", "content-disposition", "x-custom"}
+        assert names.count("bcc") == 0
+
+    check()
+
+
+def test_a_flattened_message_that_gains_a_header_is_refused(monkeypatch):
+    """The last line of defence: whatever slipped past the field checks, a new header is refused."""
+    import mailmand.message as m
+
+    monkeypatch.setattr(m, "_no_crlf", lambda name, value: value)  # as if a field check had a gap
+    with pytest.raises(HeaderInjection, match="gained a header"):
+        Email(sender="a@example.com", to="b@example.com", subject="=?utf-8?q?a=0D=0AX-Injected:_1?=",
+              text="x").to_record(10**7)

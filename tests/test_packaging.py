@@ -67,12 +67,12 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """dist/mailmand built from build.spec into a temporary directory (or $MAILMAND_BINARY)."""
-    given = os.environ.get("MAILMAND_BINARY")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """build.spec's dist directory: `mailmand` (one file) and `mailmand-dir/` (one directory)."""
+    given = os.environ.get("MAILMAND_DIST")
     if given:
         path = Path(given).resolve()
-        assert os.access(path, os.X_OK), f"MAILMAND_BINARY={given} is not an executable"
+        assert (path / "mailmand").is_file() and (path / "mailmand-dir" / "mailmand").is_file(), given
         return path
     out = tmp_path_factory.mktemp("pyinstaller")
     started = time.monotonic()
@@ -82,8 +82,25 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=ROOT, capture_output=True, text=True, timeout=300,  # the issue's 5-minute budget
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    print(f"binary built in {time.monotonic() - started:.0f}s")
-    return out / "dist" / "mailmand"
+    print(f"binaries built in {time.monotonic() - started:.0f}s")
+    return out / "dist"
+
+
+@pytest.fixture(scope="module")
+def binary(build: Path) -> Path:
+    """The one-file binary (or $MAILMAND_BINARY)."""
+    given = os.environ.get("MAILMAND_BINARY")
+    if given:
+        path = Path(given).resolve()
+        assert os.access(path, os.X_OK), f"MAILMAND_BINARY={given} is not an executable"
+        return path
+    return build / "mailmand"
+
+
+@pytest.fixture(scope="module")
+def onedir(build: Path) -> Path:
+    """The one-directory build, as the .deb installs it."""
+    return build / "mailmand-dir"
 
 
 class NotifySocket:
@@ -187,6 +204,23 @@ def test_binary_demo(binary, tmp_path):
     # TMPDIR: the demo keeps its files in a temporary directory; keep them in tmp_path.
     demo = run([binary, "demo"], env=bare_env(tmp_path, TMPDIR=str(tmp_path)), cwd=tmp_path, timeout=45)
     assert demo.returncode == 0, demo.stdout + demo.stderr
+
+
+def test_onedir_build_answers_to_the_name_it_is_called_by(onedir, tmp_path, write_config, smtp_server):
+    server = smtp_server()
+    conf = write_config(server.port)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("mailmand", "mailmand-sendmail", "sendmail", "mailq"):
+        (bindir / name).symlink_to(onedir / "mailmand")  # as /usr/bin links into /usr/lib/mailmand
+    env = bare_env(tmp_path, MAILMAND_CONFIG=str(conf))
+    for name in ("mailmand-sendmail", "sendmail"):
+        sent = run([bindir / name, "-t", "-i"], env=env, input=MESSAGE.format(subject=f"via {name}"))
+        assert sent.returncode == 0, sent.stderr
+    once = run([bindir / "mailmand", "--once"], env=env)
+    assert once.returncode == 0 and "sent 2" in once.stdout, once.stdout + once.stderr
+    assert run([bindir / "mailq"], env=env).stdout == "Mail queue is empty\n"
+    assert not list(tmp_path.glob("_MEI*")), "the one-directory build unpacked itself"
 
 
 # -- 2. the unit -----------------------------------------------------------------------
@@ -485,15 +519,16 @@ def apply_tmpfiles(root: Path) -> None:
 
 # -- 5. the .deb -----------------------------------------------------------------------
 
-DEB_FILES = ("./usr/bin/mailmand", "./usr/bin/mailmand-sendmail", "./lib/systemd/system/mailmand.service",
+DEB_FILES = ("./usr/bin/mailmand", "./usr/bin/mailmand-sendmail", "./usr/bin/mailmand-mailq",
+             "./usr/lib/mailmand/mailmand", "./lib/systemd/system/mailmand.service",
              "./usr/lib/tmpfiles.d/mailmand.conf", "./usr/lib/sysusers.d/mailmand.conf",
              "./etc/mailmand/mailmand.yaml")
 
 
 @pytest.fixture(scope="module")
-def deb(binary, tmp_path_factory) -> Path:
+def deb(onedir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deb")
-    built = run(["sh", ROOT / "packaging/deb/build.sh", binary, out], env={**os.environ}, timeout=120)
+    built = run(["sh", ROOT / "packaging/deb/build.sh", onedir, out], env={**os.environ}, timeout=120)
     assert built.returncode == 0, built.stderr
     path = Path(built.stdout.strip().splitlines()[-1])
     arch = run(["dpkg", "--print-architecture"], env={**os.environ}).stdout.strip()
@@ -512,10 +547,13 @@ def test_deb_contents(deb):
     assert conffiles.split() == ["/etc/mailmand/mailmand.yaml"]
 
     contents = run(["dpkg-deb", "--contents", deb], env={**os.environ}).stdout
-    listed = {line.split()[-1]: line.split()[0] for line in contents.splitlines()}
+    listed = {line.split(" -> ")[0].split()[-1]: line.split()[0] for line in contents.splitlines()}
     for path in DEB_FILES:
         assert path in listed, path
-    assert listed["./usr/bin/mailmand"] == "-rwxr-xr-x"
+    assert listed["./usr/lib/mailmand/mailmand"] == "-rwxr-xr-x"
+    links = {line.split()[-3]: line.split()[-1] for line in contents.splitlines() if " -> " in line}
+    for name in ("mailmand", "mailmand-sendmail", "mailmand-mailq"):
+        assert links[f"./usr/bin/{name}"] == "../lib/mailmand/mailmand", name
     assert listed["./etc/mailmand/mailmand.yaml"] == "-rw-r-----"  # may hold a password
 
 
@@ -530,7 +568,7 @@ def test_deb_installs(deb, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("dpkg -i needs root to give files their owners")
     root = tmp_path / "root"
-    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "etc/alternatives", "usr/sbin"):
+    for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "etc/alternatives", "usr/sbin", "usr/bin"):
         (root / d).mkdir(parents=True)
     (root / "var/lib/dpkg/status").touch()
     dpkg = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends", "--log=/dev/null"]
@@ -550,7 +588,9 @@ def test_deb_installs(deb, tmp_path):
     assert (conf.st_uid, conf.st_gid, stat.S_IMODE(conf.st_mode)) == (0, gid, 0o640)
     assert os.readlink(root / "usr/sbin/sendmail") == "/etc/alternatives/sendmail"
     assert os.readlink(root / "etc/alternatives/sendmail") == "/usr/bin/mailmand-sendmail"
-    assert "exec /usr/bin/mailmand sendmail" in (root / "usr/bin/mailmand-sendmail").read_text()
+    assert os.readlink(root / "usr/bin/mailq") == "/etc/alternatives/mailq"  # the slave link
+    assert os.readlink(root / "etc/alternatives/mailq") == "/usr/bin/mailmand-mailq"
+    assert (root / "usr/bin/mailmand-sendmail").resolve() == (root / "usr/lib/mailmand/mailmand").resolve()
 
     # The installed binary accepts the installed configuration.
     check = run([root / "usr/bin/mailmand", "check-config", "-c", root / "etc/mailmand/mailmand.yaml"],
@@ -561,4 +601,6 @@ def test_deb_installs(deb, tmp_path):
     assert purged.returncode == 0, purged.stdout + purged.stderr
     assert not (root / "usr/bin/mailmand").exists()
     assert not (root / "usr/sbin/sendmail").is_symlink(), "the sendmail alternative is left behind"
+    assert not (root / "usr/bin/mailq").is_symlink(), "the mailq slave link is left behind"
+    assert not (root / "usr/lib/mailmand").exists()
     assert (root / "var/spool/mailmand").is_dir(), "purge must keep mail not yet sent"

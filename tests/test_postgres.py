@@ -117,10 +117,12 @@ def test_a_dsn_that_does_not_parse_is_refused_with_78_and_leaves_nothing(tmp_pat
     assert not (tmp_path / "spool").exists()
 
 
-def test_check_config_connect(postgres_dsn, tmp_path):
-    conf = write_store_config(tmp_path / "m.yaml", tmp_path / "spool", 9, postgres_block(postgres_dsn))
+def test_check_config_connect(postgres_dsn, tmp_path, smtp_server):
+    # --connect opens the store and a session to the relay (a real one here, so that only the store decides).
+    conf = write_store_config(tmp_path / "m.yaml", tmp_path / "spool", smtp_server().port,
+                              postgres_block(postgres_dsn))
     out = run_cli("check-config", "--connect", "-c", str(conf))
-    assert out.returncode == 1 and b"no store yet at postgres" in out.stderr  # nothing created by a check
+    assert b"store: no store yet at postgres" in out.stdout, out.stderr  # nothing created by a check
     closed = TcpProxy(("127.0.0.1", 1))  # a port nobody listens on
     dsn = make_conninfo(**{**conninfo_to_dict(postgres_dsn), "host": "127.0.0.1", "port": str(closed.port),
                            "password": "s3cret"})

@@ -216,9 +216,22 @@ def test_stats_from_the_hourly_roll_up(store):
     assert s["latency"]["p50"] == pytest.approx(0.4, rel=0.12)
     assert s["latency"]["p99"] == pytest.approx(0.8, rel=0.12)
     assert s["depth_hourly"][-1]["depth"] == 0
+    assert s["messages"] == {"sent": 8, "failed": 2, "expired": 0}
+    assert s["attempts"] == {"sent": 8, "temporary": 0, "permanent": 2, "expired": 0}
     store.housekeeping(now)
     assert store.stats(now - 3600, now) == s  # folded, the same figures
     assert store.stats(now + 7200, now + 7200)["sent"] == 0
+
+
+def test_flush_makes_deferred_mail_due_and_leaves_scheduled_mail(store):
+    store.insert([rec(1), rec(2), rec(3, send_after=9000.0)])  # id3 is scheduled
+    for c in store.claim(2000.0, 10, "me", 60):
+        done(store, c, "me", 2001.0, Outcome(Status.DEFERRED, "451 later", 451, due_at=5000.0), "temporary", 451)
+    assert store.flush(["id2", "id3", "nope"], 2500.0) == 1  # only the deferred one of those
+    assert (store.get("id2").due_at, store.get("id1").due_at, store.get("id3").due_at) == (2500.0, 5000.0, 9000.0)
+    assert store.flush(None, 2600.0) == 2  # every deferred message
+    assert [c.id for c in store.claim(2600.0, 10, "me", 60)] in (["id1", "id2"], ["id2", "id1"])
+    assert store.get("id3").status is Status.QUEUED and store.flush([], 2700.0) == 0
 
 
 def test_daemons_live_and_gone(store):

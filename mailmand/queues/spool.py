@@ -50,6 +50,7 @@ FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a 
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
 # status` need not import persist-queue (tests check them against persist-queue).
 TABLE = "ack_queue_default"
+INITED = 0  # AckStatus.inited: what a put writes
 UNACK = 2  # AckStatus.unack: taken, not yet acked
 
 
@@ -151,6 +152,8 @@ class SpoolQueue(Queue):
         self._flush_at = 0.0  # monotonic time of the next try to delete them
         self._flush_delay = FLUSH_RETRY[0]
         self.full = Repeats(log, "spool disk full")
+        self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
+        self._direct_lock = threading.Lock()
         if readonly:
             return  # `status`, `show`: create nothing
         _prepare_dir(self.path)
@@ -237,7 +240,36 @@ class SpoolQueue(Queue):
         self._check_free()
         # persist-queue commits each put (auto_commit), and SQLite's WAL with
         # synchronous=FULL fsyncs at commit: durable when this returns.
+        if not self.daemon and self._opened is None and self._retry(self._put_direct, "put", record):
+            return
         self._retry(self._q.put, "put", record)
+
+    def _put_direct(self, record: dict[str, Any]) -> bool:
+        """A producer's put without importing persist-queue (whose import pulls
+        in asyncio: half of `mailmand-sendmail`'s start-up). The same row
+        persist-queue's `put` writes (its JSON bytes, time, status inited),
+        in WAL with synchronous=FULL: durable when this returns. False when the
+        spool has no table yet (nobody opened it with persist-queue): then
+        persist-queue creates it."""
+        if self._direct is None:
+            db = sqlite3.connect(self.path / DB_FILE, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (TABLE,)).fetchone() is None:
+                    db.close()
+                    return False
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # fsync at commit, as persist-queue's default
+            except BaseException:
+                db.close()
+                raise
+            self._direct = db
+        data = json.dumps(record).encode("utf-8")  # persistqueue.serializers.json.dumps
+        with self._direct_lock:
+            self._direct.execute(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, ?)",
+                                 (data, time.time(), INITED))
+        return True
 
     def _check_free(self) -> None:
         """Postfix's queue_minfree: refuse new mail while the spool's disk is
@@ -398,6 +430,9 @@ class SpoolQueue(Queue):
         return None
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -287,6 +287,13 @@ class Store:
         message. Raises InvalidState for one in another status."""
         raise NotImplementedError
 
+    def flush(self, ids: Sequence[str] | None, now: float) -> int:
+        """Deferred messages (all, or those of `ids` that are deferred) become
+        due at `now`; nothing else changes (scheduled mail keeps its time).
+        Returns how many. Engines that can wake running daemons (PostgreSQL:
+        NOTIFY) do so; for the others the CLI signals the daemon."""
+        raise NotImplementedError
+
     def purge(self, before: float) -> int:
         """Delete finished messages (and their attempts) finished before `before`."""
         raise NotImplementedError

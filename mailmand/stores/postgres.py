@@ -20,7 +20,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import DatabaseConfig
-from ..errors import RecordRejected, StoreError, StoreUnavailable
+from ..errors import NoStore, RecordRejected, StoreError, StoreUnavailable
 from ..logs import Repeats
 from . import dsn as dsnmod
 from .base import Claimed, Status
@@ -109,7 +109,7 @@ class PostgresStore(SQLStore):
             exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
                 if not create:
-                    raise StoreError(f"no store yet at {self.name} (the daemon creates it)")
+                    raise NoStore(f"no store yet at {self.name} (the daemon creates it)")
                 conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             have = (row[0] if row else None) or 0

@@ -46,6 +46,10 @@ class Rollup:
         elif done.outcome.reason:
             self.reasons[hour, done.outcome.reason[:200]] += 1
 
+    def attempt(self, done: Finished) -> None:
+        """Every attempt, whatever became of its message: `stats` counts attempts apart from messages."""
+        self.stats[int(done.attempt.at // HOUR), f"attempt.{done.attempt.outcome}", 0] += 1
+
     def stat_rows(self) -> list[tuple[int, str, int, int]]:
         return sorted((*k, n) for k, n in self.stats.items())
 
@@ -70,19 +74,29 @@ def percentiles(histogram: Sequence[tuple[int, int]], wanted: Sequence[int]) -> 
 
 
 def report(since: float, now: float, stat_rows: Iterable[tuple[str, int, int]],
-           reason_rows: Iterable[tuple[str, int]], depth_rows: Iterable[tuple[int, int]]) -> dict[str, Any]:
-    """`Store.stats` from the summed roll-ups: (kind, bucket, n), (reason, n), (hour, depth)."""
+           reason_rows: Iterable[tuple[str, int]], depth_rows: Iterable[tuple[int, int]],
+           message_rows: Iterable[tuple[str, int]] = ()) -> dict[str, Any]:
+    """`Store.stats` from the summed roll-ups: (kind, bucket, n), (reason, n), (hour, depth),
+    and the messages finished since, by status: (status, n)."""
     totals = {k: 0 for k in ("sent", "failed", "expired")}
+    attempts = {k: 0 for k in ("sent", "temporary", "permanent", "expired")}
     histogram: list[tuple[int, int]] = []
     for kind, b, n in stat_rows:
         if kind == "latency":
             histogram.append((int(b), int(n)))
+        elif kind.startswith("attempt."):
+            attempts[kind[8:]] = attempts.get(kind[8:], 0) + int(n)
         else:
             totals[kind] = totals.get(kind, 0) + int(n)
+    # Messages, not events: one retried and refused twice is one failed message, two attempts.
+    messages = {k: 0 for k in ("sent", "failed", "expired")}
+    messages.update((status, int(n)) for status, n in message_rows)
     return {
         "since": since,
         "until": now,
         **totals,
+        "messages": messages,
+        "attempts": attempts,
         "latency": percentiles(sorted(histogram), (50, 95, 99)),
         "top_failures": [{"reason": r, "count": int(n)} for r, n in reason_rows],
         "depth_hourly": [{"hour": h * HOUR, "depth": int(d)} for h, d in depth_rows],

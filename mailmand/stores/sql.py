@@ -173,6 +173,8 @@ class SQLStore(Store):
             if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
                 db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
                                " WHERE message_id = ? AND status = 'deferred'", final)
+            for f in todo:
+                r.attempt(f)
             for f in mine:
                 r.add(f, leased[f.id][2])
             self._write_rollup(db, r)
@@ -332,6 +334,18 @@ class SQLStore(Store):
                 self._due_now(db)
             return n
 
+    def flush(self, ids: Sequence[str] | None, now: float) -> int:
+        where, args = "status = 'deferred'", [now, now, *(ids or ())]
+        if ids is not None:
+            if not ids:
+                return 0
+            where += f" AND id IN ({_marks(len(ids))})"
+        with self.tx() as db:
+            n = int(db.execute(f"UPDATE messages SET due_at = ?, updated_at = ? WHERE {where}", args).rowcount)
+            if n:
+                self._due_now(db)  # PostgreSQL: NOTIFY wakes every daemon
+        return n
+
     def purge(self, before: float) -> int:
         finished = ",".join(f"'{s.value}'" for s in FINISHED)
         with self.tx() as db:
@@ -377,7 +391,9 @@ class SQLStore(Store):
         reasons = self._read("SELECT reason, sum(n) AS c FROM reasons_hourly WHERE hour >= ?"
                              " GROUP BY reason ORDER BY c DESC, reason LIMIT 10", (first,))
         depth = self._read("SELECT hour, depth FROM depth_hourly WHERE hour >= ? ORDER BY hour", (first,))
-        return rollup.report(since, now, rows, reasons, depth)
+        finished = self._read("SELECT status, count(*) FROM messages WHERE finished_at >= ?"
+                              " AND status IN ('sent', 'failed', 'expired') GROUP BY status", (since,))
+        return rollup.report(since, now, rows, reasons, depth, finished)
 
     # -- migrate -----------------------------------------------------------------
 

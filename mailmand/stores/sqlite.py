@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RecordRejected, StoreError, StoreUnavailable
+from ..errors import NoStore, RecordRejected, StoreError, StoreUnavailable
 from .base import Claimed, Status
 from .sql import SQLStore
 
@@ -130,7 +130,7 @@ class SQLiteStore(SQLStore):
         self.name = str(self.path)
         self._lock = threading.RLock()
         if not self.path.exists() and not create:
-            raise StoreError(f"no store yet at {self.path} (the daemon creates it)")
+            raise NoStore(f"no store yet at {self.path} (the daemon creates it)")
         try:
             if create:
                 self._prepare()

@@ -1,15 +1,21 @@
 #!/bin/sh
-# Build dist/mailmand_<version>_<arch>.deb from the PyInstaller binary, with
-# dpkg-deb only: nothing is downloaded.
+# Build dist/mailmand_<version>_<arch>.deb from PyInstaller's one-directory
+# build, with dpkg-deb only: nothing is downloaded.
 #
-#   pyinstaller --noconfirm build.spec && packaging/deb/build.sh [BINARY] [OUTDIR]
+#   pyinstaller --noconfirm build.spec && packaging/deb/build.sh [ONEDIR] [OUTDIR]
+#
+# The one-directory build goes to /usr/lib/mailmand; /usr/bin/mailmand,
+# mailmand-sendmail and mailmand-mailq are links into it. Nothing is unpacked
+# at start (the one-file binary unpacks itself every time), and a link, unlike
+# a shell wrapper, costs no extra exec: sendmail is called once per message.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-binary=${1:-$root/dist/mailmand}
+onedir=${1:-$root/dist/mailmand-dir}
 outdir=${2:-$root/dist}
-[ -x "$binary" ] || { echo "build.sh: no binary at $binary: run pyinstaller build.spec first" >&2; exit 1; }
+binary=$onedir/mailmand
+[ -x "$binary" ] || { echo "build.sh: no one-directory build at $onedir: run pyinstaller build.spec first" >&2; exit 1; }
 
 # "mailmand 0.1.0 (abc1234)": the binary itself says which version it is.
 version=$("$binary" --version | awk '{print $2}')
@@ -18,13 +24,14 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkg=$stage/pkg
 
-install -D -m 0755 "$binary" "$pkg/usr/bin/mailmand"
-install -D -m 0755 /dev/null "$pkg/usr/bin/mailmand-sendmail"
-cat > "$pkg/usr/bin/mailmand-sendmail" <<'SH'
-#!/bin/sh
-# sendmail(8) interface of mailmand: queues the message on the local spool.
-exec /usr/bin/mailmand sendmail "$@"
-SH
+mkdir -p "$pkg/usr/lib" "$pkg/usr/bin"
+cp -a "$onedir" "$pkg/usr/lib/mailmand"
+chmod -R u=rwX,go=rX "$pkg/usr/lib/mailmand"
+chmod 0755 "$pkg/usr/lib/mailmand/mailmand"
+# One program; the name it is called by picks the command (mailmand/__main__.py).
+for name in mailmand mailmand-sendmail mailmand-mailq; do
+    ln -s ../lib/mailmand/mailmand "$pkg/usr/bin/$name"
+done
 install -D -m 0644 "$root/packaging/systemd/mailmand.service" "$pkg/lib/systemd/system/mailmand.service"
 install -D -m 0644 "$root/packaging/systemd/mailmand.tmpfiles" "$pkg/usr/lib/tmpfiles.d/mailmand.conf"
 install -D -m 0644 "$root/packaging/systemd/mailmand.sysusers" "$pkg/usr/lib/sysusers.d/mailmand.conf"
@@ -50,8 +57,9 @@ Section: mail
 Priority: optional
 Description: mail queue daemon: applications enqueue, mailmand delivers
  Keeps mail safe in a local spool, sends it over SMTP to a relay at the time
- asked, retries what can pass and records every attempt. A single binary
- with a systemd unit; members of group mailmand may enqueue.
+ asked, retries what can pass and records every attempt. Self-contained
+ (no Python needed) with a systemd unit; members of group mailmand may
+ enqueue. Provides sendmail(8) and mailq(1) as alternatives of low priority.
 CTL
 
 mkdir -p "$outdir"

@@ -1,0 +1,264 @@
+"""The `mailmand` command: parse, load config, wire objects, call the subcommand.
+
+`main(argv) -> int`; tests call it directly. Exit codes: 0 ok, 1 error,
+2 usage, 78 configuration. Errors are one line on stderr, never a traceback.
+
+Each subcommand lives in the module of its kind (`queue`, `status`, `send`,
+`check`) and is imported only when it runs: `mailmand-sendmail` and
+`mailmand status` must not pay for the daemon's machinery at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from .. import config as configmod
+from ..errors import MailmandError, UsageError
+
+if TYPE_CHECKING:
+    import argparse
+
+log = logging.getLogger(__name__)
+
+EX_OK, EX_ERROR, EX_USAGE = 0, 1, 2
+
+# command -> (module in mailmand.cli, function). Imported when the command
+# runs; build.spec collects every mailmand.cli module for PyInstaller.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("daemon", "cmd_run"),
+    "demo": ("daemon", "cmd_demo"),
+    "status": ("status", "cmd_status"),
+    "stats": ("status", "cmd_stats"),
+    "list": ("queue", "cmd_list"),
+    "show": ("queue", "cmd_show"),
+    "cancel": ("queue", "cmd_cancel"),
+    "retry": ("queue", "cmd_retry"),
+    "flush": ("queue", "cmd_flush"),
+    "purge": ("queue", "cmd_purge"),
+    "send": ("send", "cmd_send"),
+    "check-config": ("check", "cmd_check_config"),
+    "migrate": ("daemon", "cmd_migrate"),
+}
+DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
+# Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
+STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "flush", "purge"})
+
+
+def _version() -> str:
+    try:
+        from .._build import COMMIT  # written by the PyInstaller build
+    except ImportError:
+        COMMIT = "source"
+    return f"mailmand {__version__} ({COMMIT})"
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("mailmand").setLevel(level.upper())
+    # APScheduler warns when a poke finds the job running; the job loops again by design.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here: mailmand-sendmail never parses with it
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, "
+                             "/etc/mailmand/mailmand.yaml)")
+    p = argparse.ArgumentParser(
+        prog="mailmand", parents=[common],
+        description="A mail queue daemon: applications enqueue, mailmand delivers.",
+        epilog="`mailmand run` starts the daemon; `mailmand COMMAND -h` tells more about a command. "
+               "Text output shows local time; --json shows epoch seconds.")
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--once", action="store_true",
+                   help="ingest everything, dispatch everything due, print a summary, exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print JSON (times in epoch seconds)")
+        return sp
+
+    add("run", "run the daemon in the foreground").add_argument(
+        "--once", action="store_true", help="as mailmand --once")
+    add("status", "whether a daemon runs; counts per status, spool backlog, quarantine, oldest due, next send",
+        True)
+    sp = add("list", "list messages, newest first", True)
+    sp.add_argument("--status", choices=[s for s in _STATUSES])
+    sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sp = add("show", "a message's envelope, status, attempts and recipients", True)
+    sp.add_argument("id")
+    sp.add_argument("--raw", action="store_true", help="print the stored message (RFC 5322), like postcat -q")
+    _selectors(add("cancel", "cancel queued, deferred or scheduled messages (postsuper -d)"),
+               "queued, deferred")
+    sp = add("retry", "re-queue failed or expired messages with fresh attempts (postsuper -r)")
+    _selectors(sp, "failed, expired")
+    sp.add_argument("--failed", action="store_true", help=argparse.SUPPRESS)  # before --all existed
+    add("flush", "deferred mail becomes due now, and the daemon sends it (postqueue -f)").add_argument(
+        "ids", nargs="*", metavar="ID", help="only these (default: every deferred message)")
+    add("purge", "delete finished mail (sent, failed, expired, cancelled)").add_argument(
+        "--older-than", metavar="DURATION", help="default: the configured retention")
+    add("stats", "messages and attempts by outcome, latency percentiles, failure reasons, depth", True
+        ).add_argument("--since", default="24h", metavar="DURATION")
+    sp = add("send", "queue one message from flags (body from --text, --text-file or stdin), "
+                     "or from an RFC 5322 FILE (- for stdin)")
+    sp.add_argument("file", nargs="?", metavar="FILE")
+    sp.add_argument("--from", dest="sender")
+    sp.add_argument("--to", action="append", default=[])
+    sp.add_argument("--cc", action="append", default=[])
+    sp.add_argument("--bcc", action="append", default=[])
+    sp.add_argument("--subject", default="")
+    body = sp.add_mutually_exclusive_group()
+    body.add_argument("--text")
+    body.add_argument("--text-file", metavar="PATH", help="- for stdin")
+    sp.add_argument("--html-file", metavar="PATH")
+    sp.add_argument("--attach", action="append", default=[], metavar="FILE")
+    sp.add_argument("--at", metavar="ISO8601")
+    sp.add_argument("--in", dest="delay", metavar="DURATION")
+    sp.add_argument("--priority", type=int, default=0)
+    add("check-config", "validate the configuration as `run` would: exit 0, or 78").add_argument(
+        "--connect", action="store_true",
+        help="also open the store, and connect to the relay (TLS, AUTH): exit 0 if a message could be sent, else 1")
+    add("migrate", "copy an SQLite store into the configured store (stop the daemon first)").add_argument(
+        "--from", dest="source", metavar="PATH", required=True, help="the SQLite database file")
+    add("demo", "show the whole pipeline on a loopback SMTP server")
+    add("sendmail", "sendmail-compatible: reads a message on stdin; "
+        "-t (recipients from headers), -i, -f SENDER, -F NAME, RECIPIENT... (see mailmand sendmail -h)")
+    return p
+
+
+_STATUSES = ("queued", "sending", "deferred", "sent", "failed", "expired", "cancelled")
+
+
+def _selectors(sp: argparse.ArgumentParser, statuses: str) -> None:
+    sp.add_argument("ids", nargs="*", metavar="ID")
+    sp.add_argument("--status", action="append", default=[], choices=_STATUSES,
+                    help=f"messages in this status ({statuses}); may repeat")
+    sp.add_argument("--to", action="append", default=[], metavar="ADDR", help="messages to this recipient")
+    sp.add_argument("--from", dest="sender", action="append", default=[], metavar="ADDR",
+                    help="messages from this envelope sender")
+    sp.add_argument("--older-than", metavar="DURATION", help="created more than this long ago")
+    sp.add_argument("--all", action="store_true", help=f"every {statuses.replace(', ', ' or ')} message")
+
+
+def _command_index(argv: list[str]) -> int | None:
+    """Where the subcommand is: the first word that is not an option or -c's value."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-c", "--config"):
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
+def _config_before(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    at = _command_index(argv)
+    if at is not None and argv[at] == "sendmail":  # sendmail's own flags (-t -i -f -F …) pass untouched
+        from ..sendmail import main as sendmail
+
+        return sendmail(argv[at + 1:], config=_config_before(argv[:at]))
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
+        return int(exc.code or 0)
+    if args.command is None:
+        if not args.once:
+            parser.print_help()  # a bare `mailmand` starts nothing: `mailmand run` does
+            return EX_OK
+        args.command = "run"
+    if args.command == "run":
+        args.once = getattr(args, "once", False)
+    # Only the daemon (and check-config, which vouches for it) needs the relay's secrets, and
+    # only they report the file's warnings (ignored keys): producers run too often to repeat them.
+    daemon_side = args.command in DAEMON_SIDE
+    warnings: list[str] = []
+    try:
+        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
+        if args.command in STORE_COMMANDS:
+            from .common import load_for_store
+
+            cfg = load_for_store(getattr(args, "config", None), cfg)
+    except MailmandError as exc:
+        print(f"mailmand: configuration error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
+    setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
+    for warning in warnings if daemon_side else ():
+        logging.getLogger("mailmand.config").warning("%s", warning)
+    module, name = COMMANDS[args.command]
+    try:
+        fn = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        return int(fn(cfg, args))
+    except MailmandError as exc:
+        print(f"mailmand: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # `mailmand list | head`: the reader has all it wanted
+        from .format import quiet_broken_pipe
+
+        quiet_broken_pipe()
+        return EX_OK
+    except OSError as exc:
+        print(f"mailmand: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EX_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug or an input we did not foresee: still one line, not a traceback
+        log.debug("unexpected error", exc_info=True)
+        print(f"mailmand: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_ERROR
+
+
+def sendmail_main() -> int:
+    """The `mailmand-sendmail` console script (link it as /usr/sbin/sendmail)."""
+    from ..sendmail import main as sendmail
+
+    return sendmail(sys.argv[1:])
+
+
+def mailq_main() -> int:
+    """The `mailq` console script: the queue in Postfix's mailq shape."""
+    from ..sendmail import mailq_main as mailq
+
+    return mailq(sys.argv[1:])
+
+
+__all__ = ["UsageError", "main", "mailq_main", "sendmail_main", "setup_logging"]

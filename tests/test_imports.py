@@ -1,0 +1,120 @@
+"""A producer never pays for the daemon: each producer entry point runs in a
+fresh interpreter and must not import a daemon-only module (issue 16).
+
+`mailmand-sendmail` is called once per message by cron and PHP; what it
+imports is its start-up time. The daemon's machinery (watchdog, APScheduler,
+aiosmtpd, smtplib, ssl, asyncio via persist-queue) belongs to `mailmand run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+# Top-level packages and mailmand modules that only the daemon (or check-config --connect) may load.
+DAEMON_ONLY = {"watchdog", "apscheduler", "aiosmtpd", "smtplib", "ssl", "_ssl", "asyncio", "persistqueue",
+               "mailmand.daemon", "mailmand.scheduler", "mailmand.ingest", "mailmand.smtp", "mailmand.demo",
+               "mailmand.notify", "mailmand.policy"}
+
+HARNESS = """
+import atexit, json, sys
+def _dump():
+    with open({out!r}, "w") as f:
+        json.dump(sorted(sys.modules), f)
+atexit.register(_dump)
+"""
+
+MESSAGE = b"From: app@example.com\nTo: ops@example.com\nSubject: lean\n\nhello\n"
+
+
+def run_fresh(tmp_path: Path, code: str, conf: Path, stdin: bytes = b"") -> set[str]:
+    out = tmp_path / "modules.json"
+    env = {**os.environ, "MAILMAND_CONFIG": str(conf)}
+    proc = subprocess.run([sys.executable, "-c", HARNESS.format(out=str(out)) + code], input=stdin,
+                          capture_output=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return set(json.loads(out.read_text()))
+
+
+def loaded_daemon_modules(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m in DAEMON_ONLY or m.split(".")[0] in DAEMON_ONLY)
+
+
+@pytest.fixture
+def world(tmp_path, write_config):
+    """A spool and a store with one message in them, as a running daemon leaves them."""
+    from mailmand.cli import main
+
+    conf = write_config(9)
+    assert main(["send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com", "--text", "x"]) == 0
+    from mailmand.config import load
+    from mailmand.daemon import Daemon
+
+    d = Daemon(load(conf))
+    d.ingester.drain()
+    msg_id = d.store.list_messages()[0].id
+    d.close()
+    return conf, msg_id
+
+
+ENTRY_POINTS = {
+    "mailmand-sendmail -t": ("import sys; sys.argv = ['mailmand-sendmail', '-t', '-i']\n"
+                             "from mailmand.cli import sendmail_main; sys.exit(sendmail_main())", MESSAGE),
+    "mailmand sendmail -t": ("import sys; from mailmand.cli import main; sys.exit(main(['sendmail', '-t']))", MESSAGE),
+    "mailmand send": ("import sys; from mailmand.cli import main\n"
+                      "sys.exit(main(['send', '--from', 'a@example.com', '--to', 'b@example.com', '--text', 'x']))",
+                      b""),
+    "mailq": ("import sys; sys.argv = ['mailq']\nfrom mailmand.cli import mailq_main; sys.exit(mailq_main())", b""),
+    "mailmand status": ("import sys; from mailmand.cli import main; sys.exit(main(['status']))", b""),
+    "mailmand list": ("import sys; from mailmand.cli import main; sys.exit(main(['list']))", b""),
+    "mailmand show": ("import sys; from mailmand.cli import main; sys.exit(main(['show', '{id}']))", b""),
+    "Email + Client": ("from mailmand import Email, Client\nc = Client()\n"
+                       "c.enqueue(Email(sender='a@example.com', to='b@example.com', text='x')); c.close()", b""),
+}
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_producer_entry_points_import_no_daemon_module(name, world, tmp_path):
+    conf, msg_id = world
+    code, stdin = ENTRY_POINTS[name]
+    modules = run_fresh(tmp_path, code.replace("{id}", msg_id), conf, stdin)
+    assert "mailmand" in modules  # the harness saw the run
+    assert loaded_daemon_modules(modules) == [], f"{name} imported daemon-only modules"
+
+
+def test_the_daemon_does_import_them(world, tmp_path):
+    """The check can fail: `mailmand --once` loads what the producers must not."""
+    conf, _ = world
+    modules = run_fresh(tmp_path, "import sys; from mailmand.cli import main; sys.exit(main(['--once']))", conf)
+    loaded = set(loaded_daemon_modules(modules))
+    assert {"apscheduler", "smtplib", "mailmand.daemon"} <= loaded | {m.split(".")[0] for m in loaded}
+
+
+def test_a_lean_put_is_what_persist_queue_takes(tmp_path):
+    """The producer's put writes persist-queue's own row: the daemon's persist-queue reads it back."""
+    from persistqueue.sqlackqueue import AckStatus
+
+    from mailmand.queues import spool
+
+    assert spool.INITED == int(AckStatus.inited)
+    first = spool.SpoolQueue(tmp_path / "spool")
+    first.put({"id": "first"})  # a fresh spool: persist-queue makes its table
+    assert first._opened is not None
+    first.close()
+    daemon_side = spool.SpoolQueue(tmp_path / "spool", daemon=True)
+    producer = spool.SpoolQueue(tmp_path / "spool")
+    producer.put({"id": "lean", "n": [1, "é"]})
+    assert producer._opened is None and producer._direct is not None  # persist-queue was not opened
+    producer.close()
+    items = daemon_side.take(10)
+    assert [i.data for i in items] == [{"id": "first"}, {"id": "lean", "n": [1, "é"]}]
+    assert all(i.error is None for i in items)
+    daemon_side.ack(items)
+    daemon_side.close()
