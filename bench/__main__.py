@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,submission]"""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import dispatch, enqueue, ingest, latency, scale, wan
+from . import dispatch, enqueue, ingest, latency, scale, submission, wan
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
-             "latency": latency.run, "scale": scale.run, "wan": wan.run}
+             "latency": latency.run, "scale": scale.run, "wan": wan.run, "submission": submission.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -54,6 +54,13 @@ def report(results: dict[str, Any]) -> str:
         if "p50_smtp_ms" in lat:
             parts.append(f"p50 split: record created → SMTP attempt begins "
                          f"{lat['p50_created_to_attempt_ms']:.1f} ms, SMTP exchange {lat['p50_smtp_ms']:.1f} ms")
+    if "submission" in results:
+        sub = results["submission"]
+        parts += ["\n## submission (SMTP listener of a running daemon)", _table(sub["rows"]),
+                  f"\ndaemon CPU per message (ingest + dispatch, + the listener on the SMTP side): "
+                  f"SMTP {sub['daemon_cpu_us_per_message']['smtp']} µs, direct enqueue "
+                  f"{sub['daemon_cpu_us_per_message']['enqueue']} µs: the listener costs "
+                  f"{sub['listener_cpu_us_per_message']} µs/message"]
     if "scale" in results:
         s, r = results["scale"]["store"], results["scale"]["run"]
         parts += [f"\n## scale ({s['messages']:,} messages)", "| operation | median ms (min–max) |", "|---|---|"]

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import __version__, stores
 from . import config as configmod
@@ -25,6 +26,10 @@ from .logs import Repeats
 from .queues import Queue, lock_path, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
 from .stores import DaemonInfo, Store, open_store
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
+    from .submission import SubmissionServer
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +160,7 @@ class Daemon:
         self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
+        self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
 
     # -- the store, opened on first use ------------------------------------------
 
@@ -270,6 +276,7 @@ class Daemon:
             self.close()
             log.info("stopped before the store could be reached")
             return 0
+        self._start_services()  # once the store answers: metrics reads it, and both report its state
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
@@ -301,11 +308,35 @@ class Daemon:
             log.info("stopping: finishing messages in flight")
             if watcher is not None:
                 watcher.stop()
+            self._stop_services()
             sched.shutdown()  # sets the stop flag; the batch in flight finishes, the rest is released
             loop.stop()
             self.close()
         log.info("stopped")
         return 0
+
+    def _start_services(self) -> None:
+        """The integration surface, each only when configured: metrics first (it
+        installs the observer that dispatch reports to), then the submission listener."""
+        server = self.cfg.server
+        try:
+            if server.metrics is not None:
+                from .metrics import MetricsServer
+
+                self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
+                                                   lambda: self.dispatcher.cfg.interval).start())
+            if server.submission is not None:
+                from .submission import SubmissionServer
+
+                self.services.append(SubmissionServer(self.cfg).start())
+        except BaseException:
+            self._stop_services()
+            self.close()
+            raise
+
+    def _stop_services(self) -> None:
+        while self.services:  # the listener first: no new mail while the rest stops
+            self.services.pop().stop()
 
     def _heartbeat(self, now: float) -> None:
         self.store.heartbeat(self.id, now)
@@ -335,6 +366,8 @@ class Daemon:
             return False
         self.cfg = configmod.replace(self.cfg, server=server)
         sched.reschedule(server.interval, server.retention)
+        for service in self.services:
+            service.configure(self.cfg)
         logging.getLogger("mailmand").setLevel(server.log_level.upper())
         log.info("configuration reloaded from %s", self.cfg.source)
         return True

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import policy
+from . import observe, policy
 from .config import ServerConfig
 from .errors import StoreUnavailable
 from .logs import Repeats
@@ -152,6 +152,7 @@ class Dispatcher:
         swept: float | None = None
         while not self.stop.is_set() and self._pending is None and not self._unsaved:
             t = time.time() if now is None else now
+            observe.observer.dispatching()
             try:
                 if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):
                     self.renew(t)
@@ -178,6 +179,8 @@ class Dispatcher:
             if expired:
                 self._save(expired)
                 result.expired += len(expired)
+                for _ in expired:
+                    observe.observer.outcome(Status.EXPIRED, None, t)
             for msg in batch:
                 if msg.id in live:
                     yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
@@ -193,8 +196,9 @@ class Dispatcher:
                               sent.reply, sent.duration, sent.kind)
             rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients))
         self._save(rows)
-        for (msg, _), row in zip(done, rows, strict=True):
+        for (msg, sent), row in zip(done, rows, strict=True):
             result.count(row.outcome.status)
+            observe.observer.outcome(row.outcome.status, sent, msg.send_after)
             _log_outcome(msg, row.outcome)
 
     def _save(self, rows: list[Finished]) -> None:

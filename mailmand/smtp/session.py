@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailmand import observe
 from mailmand.config import SmtpConfig
 
 from .protocol import (
@@ -154,6 +155,7 @@ class Session:
         log.info("connected to %s (tls=%s, pipelining=%s)", cfg.relay, cfg.tls,
                  "yes" if self._pipelining and self._ext.pipelining else "no")
         self._smtp = smtp
+        observe.observer.session_opened()
         return smtp
 
     def _connect(self) -> smtplib.SMTP:
@@ -200,6 +202,7 @@ class Session:
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
+        observe.observer.session_closed()
         try:
             if quit:
                 self._settimeout(smtp, self._cfg.timeout)

@@ -1,0 +1,134 @@
+"""A Django email backend that queues with mailmand: `EMAIL_BACKEND = "mailmand.django.EmailBackend"`.
+
+Django composes the message exactly as its SMTP backend would
+(`EmailMessage.message()`: from, to, cc, reply-to, subject, body, HTML
+alternatives, attachments including MIMEBase parts, extra headers), and the
+envelope is `from_email` and `recipients()` (to + cc + bcc; Bcc is never a
+header). mailmand takes it from there with `Email.from_bytes`, the same
+validation as every other way in, and enqueues it: `send_messages` returns
+once each message is durable in the queue, never waiting on SMTP.
+
+Extras, named as django-anymail names them, read from the message when set:
+`send_at` (a datetime, or epoch seconds), `priority` (an int, higher first)
+and `idempotency_key` (a str: the same key gives the same message id, and
+a second enqueue of it is a no-op). After a send, `message.mailmand_id`
+holds the id that `mailmand show` knows.
+
+Settings: `MAILMAND_CONFIG` (a path) chooses the configuration; without it,
+the usual discovery ($MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.message import EmailMessage
+
+from .client import Client
+from .errors import InvalidMessage, MailmandError
+from .message import Email
+
+# Django builds a backend per send_mail() call; a queue handle opened per
+# call is ~20x slower than one kept open, so clients are shared per process.
+_clients: dict[str | None, Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(config: str | None) -> Client:
+    with _clients_lock:
+        client = _clients.get(config)
+        if client is None:
+            client = _clients[config] = Client(config)
+        return client
+
+
+class EmailBackend(BaseEmailBackend):
+    """Queues each message on mailmand's queue; the daemon delivers it."""
+
+    def __init__(self, fail_silently: bool = False, config: str | None = None, **kwargs: Any) -> None:
+        super().__init__(fail_silently=fail_silently, **kwargs)
+        self.config = config or getattr(settings, "MAILMAND_CONFIG", None)
+        self.client: Client | None = None
+
+    def open(self) -> bool:
+        """Open the queue (shared by every backend of this process on the same configuration).
+        True when this call opened it, as Django's SMTP backend answers."""
+        if self.client is not None:
+            return False
+        try:
+            self.client = _client(str(self.config) if self.config else None)
+        except MailmandError:
+            if not self.fail_silently:
+                raise
+            return False
+        return True
+
+    def close(self) -> None:
+        # The shared client stays open for the next backend: nothing is buffered in it.
+        self.client = None
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        """Enqueue each message; returns how many were queued."""
+        if not email_messages:
+            return 0
+        opened = self.open()
+        if self.client is None:  # could not open, and fail_silently
+            return 0
+        queued = 0
+        try:
+            for message in email_messages:
+                try:
+                    if self._enqueue(self.client, message):
+                        queued += 1
+                except (MailmandError, ValueError):
+                    if not self.fail_silently:
+                        raise
+        finally:
+            if opened:
+                self.close()
+        return queued
+
+    def _enqueue(self, client: Client, message: EmailMessage) -> bool:
+        recipients = message.recipients()
+        if not recipients:  # as Django's SMTP backend: nothing to send, not an error
+            return False
+        email = to_email(message)
+        message.mailmand_id = client.enqueue(email, send_after=_send_at(message))  # type: ignore[attr-defined]
+        return True
+
+
+def to_email(message: EmailMessage) -> Email:
+    """The mailmand Email for a Django message: Django's own composition, our envelope and extras."""
+    raw = message.message().as_bytes(linesep="\r\n")
+    return Email.from_bytes(
+        raw,
+        sender=message.from_email,
+        recipients=message.recipients(),
+        priority=_extra(message, "priority", int, 0),
+        idempotency_key=_extra(message, "idempotency_key", str, None),
+    )
+
+
+def _extra(message: EmailMessage, name: str, kind: type, default: Any) -> Any:
+    value = getattr(message, name, None)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidMessage(name, value, f"expected {kind.__name__}")
+    return value
+
+
+def _send_at(message: EmailMessage) -> float:
+    when = getattr(message, "send_at", None)
+    if when is None:
+        return 0.0
+    if isinstance(when, datetime):
+        return when.timestamp()  # naive = local time, as Client.send_at
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        return float(when)
+    raise InvalidMessage("send_at", when, "expected a datetime or epoch seconds")
