@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from mailmand.queues.spool import DB_FILE, TABLE, SpoolQueue
 from mailmand.stores.base import Status
 from mailmand.stores.sqlite import SQLiteStore
 
-from .common import Series, config, email, have_smtp_sink, records, sink, workdir
+from .common import Series, config, email, have_smtp_sink, pg_database, records, sink, workdir
 from .enqueue import MAX_SIZE, _bare
 
 
@@ -162,25 +160,6 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
 # -- Redis → PostgreSQL → relay, 1, 2 and 3 daemons ---------------------------------
 
 REDIS_URL = os.environ.get("MAILMAND_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_DSN = os.environ.get("MAILMAND_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@contextmanager
-def _postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for one run; dropped afterwards."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = f"mailmand_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(**{**conninfo_to_dict(POSTGRES_DSN), "dbname": name})
-    finally:
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _daemon_yaml(path: Path, key: str, dsn: str, port: int, conns: int) -> Path:
     path.write_text(
         "email:\n"
@@ -216,7 +195,7 @@ def redis_daemons_rate(base: Path, daemons: int, n: int, port: int, conns: int) 
     pipe.execute()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with workdir(base) as root, _postgres_database() as dsn:
+        with workdir(base) as root, pg_database() as dsn:
             confs = [_daemon_yaml(root / f"d{i}.yaml", key, dsn, port, conns) for i in range(daemons)]
             t0 = time.perf_counter()
             procs = [subprocess.Popen([sys.executable, "-m", "mailmand", "run", "-c", str(c)],

@@ -167,6 +167,7 @@ def test_a_disk_that_fills_under_the_daemon_recovers_without_restart(tmpfs: Path
         assert wait_until(lambda: late._q().pending() == 0, timeout=60), daemon.log  # the spool emptied
         late.close()
     finally:
+        daemon.signal(signal.SIGCONT)  # in case the test failed while it was stopped
         assert daemon.stop() == 0
     assert subjects(relay) == {*queued, "m10000"}  # 0 lost
     assert len(relay.messages) == len(queued) + 1  # none twice

@@ -90,8 +90,10 @@ def test_sigkill_of_the_daemon_during_ingest_loses_and_doubles_nothing(write_con
     cfg = configmod.load(conf)
     sent = fill_spool(cfg, 30_000, time.time() + 3600)
     daemon = DaemonProcess(conf)  # the real daemon and its own drain (IngestLoop)
-    assert wait_until(lambda: count_in_store(cfg) >= 3000, timeout=60), daemon.log
-    daemon.kill()
+    try:
+        assert wait_until(lambda: count_in_store(cfg) >= 3000, timeout=60), daemon.log
+    finally:
+        daemon.kill()
     stored_at_kill = len(ids_in_store(cfg))
     assert 0 < stored_at_kill < 30_000, "the kill must land in the middle of the drain"
 

@@ -117,6 +117,8 @@ def run_proof(tmp_path: Path, postgres_dsn: str, redis_key: str, smtp_server, to
         per_daemon = dict(query(postgres_dsn, "SELECT daemon, count(*) FROM attempts WHERE outcome = 'sent'"
                                               " GROUP BY daemon"))
     finally:
+        if victim.proc.poll() is None:  # the test failed before the kill
+            victim.kill()
         for d in [*daemons[1:], *([restarted] if restarted else [])]:
             assert d.stop() == 0
     counts = received(relay)

@@ -409,3 +409,30 @@ def test_an_open_listener_off_loopback_is_logged_as_a_warning(listener, caplog):
     with caplog.at_level("WARNING", logger="mailmand.submission"):
         listener()
     assert caplog.text == "", "loopback without auth is the quiet default"
+
+
+def test_with_the_redis_queue_250_once_in_the_stream_and_451_while_redis_is_down(tmp_path, redis_key):
+    from mailmand.config import DatabaseConfig, QueueConfig, ServerConfig, SmtpConfig
+    from tests.redisutil import free_port as redis_free_port
+    from tests.redisutil import redis_url, require_redis
+
+    def config(url: str) -> Config:
+        return Config(queue=QueueConfig(engine="redis", url=url, name=redis_key),
+                      server=ServerConfig(database=DatabaseConfig(path=tmp_path / "mailmand.db"),
+                                          smtp=SmtpConfig(host="127.0.0.1", port=9),
+                                          submission=SubmissionConfig(listen=("127.0.0.1:0",))))
+
+    down = SubmissionServer(config(f"redis://:hunter2@127.0.0.1:{redis_free_port()}/0")).start()
+    try:
+        code, text = submit(down.addresses[0][1])
+        assert code == 451 and "hunter2" not in text, text
+    finally:
+        down.stop()
+    up = SubmissionServer(config(redis_url())).start()
+    try:
+        code, text = submit(up.addresses[0][1])
+        assert code == 250, text
+    finally:
+        up.stop()
+    [(_, fields)] = require_redis().xrange(redis_key)  # type: ignore[attr-defined]
+    assert QUEUED.match(text).group(1).encode() in b"".join(fields.values())  # type: ignore[union-attr]
