@@ -12,6 +12,7 @@ import pytest
 
 from mailmand.cli import main
 from mailmand.config import load
+from mailmand.errors import NotFound
 from mailmand.stores import Status, open_store
 from tests.conftest import run_cli
 
@@ -455,7 +456,14 @@ def test_flush_wakes_a_running_daemon_and_leaves_scheduled_mail(smtp_server, wri
             assert main(["send", "-c", str(conf), "--from", "a@example.com", "--to", to, "--text", "x", *extra]) == 0
         slow, scheduled = capsys.readouterr().out.split()
         store = open_store(load(conf).server.database)
-        assert wait_until(lambda: store.get(slow).status is Status.DEFERRED)
+
+        def deferred() -> bool:
+            try:
+                return store.get(slow).status is Status.DEFERRED
+            except NotFound:  # not ingested yet
+                return False
+
+        assert wait_until(deferred)
         server.rcpt_replies = {}
         capsys.readouterr()
         assert main(["flush", "-c", str(conf)]) == 0
