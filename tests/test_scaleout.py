@@ -100,6 +100,8 @@ def test_a_daemon_killed_mid_run_loses_nothing(postgres_dsn, smtp_server, tmp_pa
         # The survivors sweep its leases once they run out (5 s): nothing restarted.
         assert wait_until(lambda: set(received(server)) == wanted, timeout=120), len(received(server))
     finally:
+        if victim.proc.poll() is None:  # the test failed before the kill: leave nothing running
+            victim.kill()
         for d in daemons[:2]:
             assert d.stop() == 0
     duplicates = sum(n - 1 for n in received(server).values())
