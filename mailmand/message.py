@@ -13,20 +13,22 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from email import errors, headerregistry, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .errors import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
+from .frozen import Frozen
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from datetime import datetime, timedelta
+    from pathlib import Path
+    from typing import Any
+
     from .client import Client
 
 RECORD_VERSION = 1
@@ -159,21 +161,29 @@ def parse_addresses(name: str, value: str | Sequence[str] | None) -> list[Addres
     return out
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(Frozen):
     """What travels on the queue: JSON, never pickle. `raw` is the final message."""
 
+    _fields = ("id", "mail_from", "rcpt_to", "raw", "priority", "send_after", "idempotency_key", "created_at",
+               "subject")
     id: str
     mail_from: str
     rcpt_to: tuple[str, ...]
     raw: bytes
-    priority: int = 0
-    send_after: float = 0.0  # epoch seconds; 0 or past = now
-    idempotency_key: str | None = None
-    created_at: float = field(default_factory=time.time)
+    priority: int
+    send_after: float  # epoch seconds; 0 or past = now
+    idempotency_key: str | None
+    created_at: float
     # The decoded Subject, carried so ingest need not parse headers; None in
     # records written before it was added (ingest then reads it from `raw`).
-    subject: str | None = None
+    subject: str | None
+
+    def __init__(self, id: str, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes, priority: int = 0,
+                 send_after: float = 0.0, idempotency_key: str | None = None, created_at: float | None = None,
+                 subject: str | None = None) -> None:
+        if created_at is None:
+            created_at = time.time()
+        self._set(locals())
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -244,13 +254,13 @@ class Record:
             raise InvalidMessage("record", str(exc), "malformed field") from None
 
 
-@dataclass
 class _Part:
-    data: bytes
-    filename: str
-    maintype: str
-    subtype: str
-    cid: str | None = None
+    def __init__(self, data: bytes, filename: str, maintype: str, subtype: str, cid: str | None = None) -> None:
+        self.data = data
+        self.filename = filename
+        self.maintype = maintype
+        self.subtype = subtype
+        self.cid = cid
 
 
 class Email:
@@ -318,6 +328,8 @@ class Email:
         self._parts.append(_Part(_as_bytes(data), _filename(filename), *_mime(filename, mimetype)))
 
     def attach_file(self, path: str | Path, mimetype: str | None = None, filename: str | None = None) -> None:
+        from pathlib import Path
+
         p = Path(path)
         if not p.is_file():
             raise InvalidMessage("attachment", str(path), "no such file")

@@ -11,20 +11,19 @@ Each subcommand lives in the module of its kind (`queue`, `status`, `send`,
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .. import config as configmod
+from ..config.values import LOG_LEVELS
 from ..errors import MailmandError, UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-
-log = logging.getLogger(__name__)
+    from collections.abc import Sequence
+    from typing import Any
 
 EX_OK, EX_ERROR, EX_USAGE = 0, 1, 2
 
@@ -58,19 +57,20 @@ def _version() -> str:
     return f"mailmand {__version__} ({COMMIT})"
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is at the time (tests swap it)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
 def setup_logging(level: str = "INFO") -> None:
+    import logging  # here: mailmand-sendmail never sets up logging
+
+    class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value: Any) -> None:
+            pass
+
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -212,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon_side = args.command in DAEMON_SIDE
     warnings: list[str] = []
     try:
-        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
+        if daemon_side:
+            cfg = configmod.load(getattr(args, "config", None), warnings=warnings)
+        else:  # the producer's settings, from the cache when the file has not changed
+            cfg = configmod.load_producer(getattr(args, "config", None))
         if args.command in STORE_COMMANDS:
             from .common import load_for_store
 
@@ -221,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
-    setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
+    setup_logging(level if level in LOG_LEVELS else cfg.server.log_level)
+    import logging
+
     for warning in warnings if daemon_side else ():
         logging.getLogger("mailmand.config").warning("%s", warning)
     module, name = COMMANDS[args.command]
@@ -242,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug or an input we did not foresee: still one line, not a traceback
-        log.debug("unexpected error", exc_info=True)
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
         print(f"mailmand: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_ERROR
 

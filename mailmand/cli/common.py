@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..config import Config, parse_duration
+from ..config.values import parse_duration
 from ..errors import UsageError
 from ..stores import open_store
 from ..stores.base import DaemonInfo, Store
@@ -18,6 +18,10 @@ from ..stores.base import DaemonInfo, Store
 # The daemon's single-instance lock in the spool (daemon.LOCK_FILE; not
 # imported from there, which would load the scheduler into every command).
 SPOOL_LOCK = "mailmand.lock"
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @contextmanager
