@@ -240,3 +240,10 @@ def test_a_home_that_is_not_ours_gets_no_cache(tmp_path, monkeypatch):
     assert cache.cache_dir() is None
     (tmp_path / "no-system-dir").mkdir()
     assert cache.cache_dir() == str(tmp_path / "no-system-dir")
+
+
+def test_the_cli_knows_the_schemas_log_levels():
+    """The CLI checks MAILMAND_LOG_LEVEL against values.LOG_LEVELS (no msgspec import)."""
+    from mailmand.config import schema, values
+
+    assert values.LOG_LEVELS == schema.LOG_LEVELS

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +74,8 @@ def daemons(cfg: Config, s: Store, now: float) -> list[DaemonInfo]:
     live = s.daemons(now)
     pid = local_pid(cfg)
     if pid is not None and not any(d.pid == pid for d in live):
+        import socket
+
         live.append(DaemonInfo(id="", host=socket.gethostname(), pid=pid, version="", started_at=0.0,
                                heartbeat_at=0.0, spool=str(cfg.queue.path)))
     return live

@@ -125,9 +125,11 @@ def cache_file(found: Path | None) -> str | None:
         return None
     import zlib  # a short, stable name for the path; the entry's key holds the path itself
 
-    tag = f"{zlib.crc32(str(found).encode('utf-8', 'surrogateescape')):08x}"
-    v = sys.version_info
-    return os.path.join(where, f"producer-{os.geteuid()}-{tag}-py{v[0]}{v[1]}.marshal")
+    # One entry per configuration file and per installation (a venv and the
+    # .deb on one host would otherwise take turns invalidating one entry).
+    tag = zlib.crc32(str(found).encode("utf-8", "surrogateescape"))
+    build = zlib.crc32(repr((_code(), sys.executable, sys.version)).encode("utf-8", "surrogateescape"))
+    return os.path.join(where, f"producer-{os.geteuid()}-{tag:08x}-{build:08x}.marshal")
 
 
 # -- the key -------------------------------------------------------------------
