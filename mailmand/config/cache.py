@@ -142,7 +142,18 @@ def _stat(found: Path | None) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_CODE: tuple[object, ...] | None = None
+
+
 def _code() -> tuple[object, ...]:
+    """What stands for the loader's code: version, build, its sources' stamps (once per process)."""
+    global _CODE
+    if _CODE is None:
+        _CODE = _stamp()
+    return _CODE
+
+
+def _stamp() -> tuple[object, ...]:
     try:
         from mailmand._build import COMMIT  # a PyInstaller build: the commit it was made from
     except ImportError:
