@@ -17,7 +17,8 @@ from email.parser import BytesParser
 from email.utils import formatdate, make_msgid
 
 from .errors import InvalidAddress, InvalidMessage
-from .message import SMTP_POLICY, _idna, _no_crlf, parse_address, parse_addresses
+from .message import _idna, _no_crlf
+from .stdemail import SMTP_POLICY, parse_address, parse_addresses
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

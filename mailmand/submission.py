@@ -40,7 +40,8 @@ from .client import Client
 from .config import AuthConfig, Config, SubmissionConfig, replace
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
 from .logs import Repeats
-from .message import Email, parse_address
+from .message import Email
+from .stdemail import parse_address
 
 log = logging.getLogger(__name__)
 

@@ -53,8 +53,11 @@ DATE = re.compile(rb"^Date: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr
                   rb"\d{4} \d\d:\d\d:\d\d [+-]\d{4}\r\n", re.M)
 
 
+BOUNDARY = re.compile(rb"={15}\d+==")  # the email package's random MIME boundary
+
+
 def normal(raw: bytes) -> bytes:
-    return DATE.sub(b"Date: -\r\n", MSGID.sub(b"Message-ID: -\r\n", raw))
+    return BOUNDARY.sub(b"=-=", DATE.sub(b"Date: -\r\n", MSGID.sub(b"Message-ID: -\r\n", raw)))
 
 
 def full(raw: bytes, a: dict, max_size: int, max_rcpt: int):
@@ -129,3 +132,66 @@ def test_its_message_id_is_make_msgids_form():
     msg = EmailMessage(policy=SMTP_POLICY)
     msg["Message-ID"] = mid
     assert msg.as_bytes().startswith(f"Message-ID: {mid}\r\n".encode())
+
+
+# -- Email(...) composed without the email package (message.py's `_plain`) ----------------
+
+SENDERS = ["app@example.com", "App <app@example.com>", "Ann Lee <ann.lee@example.com>", "a+b@sub.example.org",
+           '"Lee, Ann" <ann@example.com>', "ann@example.com, bob@example.com", "  app@example.com ",
+           "=?utf-8?q?App?= <app@example.com>", "Ann  Lee <ann@example.com>", "ann@exämple.com", "ann@-x.com",
+           "app@localhost", "<app@example.com>", "ann", "ann@", "Ann <ann@example.com", "Ännä <ann@example.com>"]
+RCPTS = [None, "ops@example.com", ["ops@example.com", "dev@example.com"], "ops@example.com, dev@example.com",
+         ("ops@example.com",), "Ops Team <ops@example.com>", [], "", "ops@example.com,", ["ops@example.com", 3],
+         "ops@example.com\nBcc: x@example.com", ", ".join(f"user{i}@example.com" for i in range(8))]
+TEXTS = [None, "", "hello\n", "hi", "line\r\nline\rline\n", "café\n", "x" * 78, "x" * 79, "\x00\x0b\x0c\n", "\ud800"]
+SUBJECTS_ = ["", "Hello", "Hello  world", " lead", "trail ", "café", "=?utf-8?q?x?=", "x" * 69, "x" * 70,
+             "tab\there", "a\nb"]
+HEADERS = [None, {"X-Campaign": "welcome"}, {"X-Long": "y" * 66}, {"X-Empty": ""}, {"List-Id": "<l.example.com>"},
+           {"X-Enc": "=?utf-8?q?x?="}, {"Message-ID": "<mine@example.com>"}]
+MORE = [{}, {"html": "<p>x</p>"}, {"reply_to": "replies@example.com"}, {"read_receipt": "app@example.com"},
+        {"cc": "cc@example.com", "bcc": ["b1@example.com", "b2@example.com"]}, {"priority": 5},
+        {"idempotency_key": "k1"}, {"reply_to": "Bad <"}]
+
+
+def compose_cases():
+    for sender, to, text in itertools.product(SENDERS, RCPTS, TEXTS[:4]):
+        yield {"sender": sender, "to": to, "text": text}
+    for i, (subject, headers, more) in enumerate(itertools.product(SUBJECTS_, HEADERS, MORE)):
+        yield {"sender": SENDERS[i % 4], "to": RCPTS[1 + i % 5], "subject": subject, "headers": headers,
+               "text": TEXTS[i % len(TEXTS)], **more}
+
+
+def made(kwargs: dict, full: bool, monkeypatch):
+    from mailmand import message
+
+    with monkeypatch.context() as m:
+        if full:
+            m.setattr(message, "_plain_addresses", lambda **_: None)
+            m.setattr(message.Email, "_plain", lambda self: None)
+        try:
+            email = Email(**kwargs)
+            return email, email.to_record(10_000, 0.0, 5)
+        except Exception as exc:  # noqa: BLE001 (compared below: the same error either way)
+            return exc, None
+
+
+def test_a_plain_email_is_written_as_the_email_package_writes_it(monkeypatch):
+    plain = total = 0
+    for kwargs in compose_cases():
+        total += 1
+        quick_email, got = made(kwargs, False, monkeypatch)
+        full_email, want = made(kwargs, True, monkeypatch)
+        if isinstance(full_email, Exception) or isinstance(quick_email, Exception):
+            assert type(quick_email) is type(full_email) and str(quick_email) == str(full_email), kwargs
+            continue
+        assert (quick_email.sender, quick_email.to, quick_email.cc, quick_email.bcc, quick_email.reply_to,
+                quick_email.read_receipt) == (full_email.sender, full_email.to, full_email.cc, full_email.bcc,
+                                              full_email.reply_to, full_email.read_receipt), kwargs
+        if isinstance(want, MessageTooLarge) or want is None:
+            continue
+        plain += quick_email._plain() is not None
+        assert (got.mail_from, got.rcpt_to, got.subject, got.priority, got.idempotency_key) == (
+            want.mail_from, want.rcpt_to, want.subject, want.priority, want.idempotency_key), kwargs
+        assert normal(got.raw) == normal(want.raw), (kwargs, got.raw, want.raw)
+    assert total > 1000
+    assert plain > 150, f"only {plain} of {total} written without the email package"  # the check can fail

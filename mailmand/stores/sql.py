@@ -56,7 +56,7 @@ FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
 def header_subject(raw: bytes) -> str:
     """message.header_subject, imported when first needed (records older than the
     subject field): `mailmand status` and `list` never load the email package."""
-    from ..message import header_subject as subject
+    from ..stdemail import header_subject as subject
 
     return subject(raw)
 
