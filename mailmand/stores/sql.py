@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import InvalidState, NotFound
+from ..errors import InvalidState, NotFound, RecordRejected
 from ..message import header_subject
 from . import rollup
 from .base import (
@@ -75,6 +75,12 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def cause(exc: BaseException) -> str:
+    """An error in one line, for a log or a refusal: its type and the first line of its text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 class SQLStore(Store):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
@@ -82,6 +88,8 @@ class SQLStore(Store):
     GREATEST = "max"
     JSON_AGG = "nullif(json_group_array(address), '[]')"  # a JSON list of addresses, NULL for none
     WAITING_INDEX = ""  # an index hint for min(due_at)
+    # The driver's errors that mean "this record cannot be stored" (not "the store is down").
+    RECORD_ERRORS: tuple[type[Exception], ...] = ()
 
     def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
         """One write transaction. Not `durable`: its commit may be lost to a power
@@ -111,6 +119,12 @@ class SQLStore(Store):
     # -- ingest ----------------------------------------------------------------
 
     def insert(self, records: Sequence[Record]) -> int:
+        try:
+            return self._insert(records)
+        except self.RECORD_ERRORS as exc:
+            raise RecordRejected(cause(exc)) from exc
+
+    def _insert(self, records: Sequence[Record]) -> int:
         new = 0
         due_now = False
         with self.tx() as db:

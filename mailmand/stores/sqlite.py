@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NoStore, RecordRejected, StoreError, StoreUnavailable
+from ..errors import NoStore, StoreError, StoreUnavailable
 from .base import Claimed, Status
-from .sql import SQLStore
+from .sql import SQLStore, cause
 
 if TYPE_CHECKING:
     from ..message import Record
@@ -110,10 +110,6 @@ V2 = [
 MIGRATIONS = [V1, V2]  # schema version N is MIGRATIONS[:N] applied
 
 
-def _cause(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 def min_free(path: Path) -> int:
     """The free-space floor under which ingest pauses, so that outcomes and
     claims always have room: an eighth of the file system, at most 64 MiB."""
@@ -124,6 +120,7 @@ def min_free(path: Path) -> int:
 class SQLiteStore(SQLStore):
     single_instance = True  # the daemon opens it under a file lock beside it
     WAITING_INDEX = "INDEXED BY ix_waiting_due"  # left alone the planner reads every waiting row
+    RECORD_ERRORS = RECORD_ERRORS
 
     def __init__(self, path: Path, create: bool = False) -> None:
         self.path = Path(path)
@@ -145,7 +142,7 @@ class SQLiteStore(SQLStore):
             self._db.execute(f"PRAGMA journal_size_limit={wal * 4096}")
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the store at {self.path}: {_cause(exc)}") from exc
+            raise StoreUnavailable(f"cannot open the store at {self.path}: {cause(exc)}") from exc
         self._floor = min_free(self.path.parent)
 
     def _disk_size(self) -> int:
@@ -232,14 +229,14 @@ class SQLiteStore(SQLStore):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-        return StoreUnavailable(f"the store at {self.path} cannot be written: {_cause(exc)}")
+        return StoreUnavailable(f"the store at {self.path} cannot be written: {cause(exc)}")
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"the store at {self.path} cannot be read: {_cause(exc)}") from exc
+                raise StoreUnavailable(f"the store at {self.path} cannot be read: {cause(exc)}") from exc
 
     # -- ingest ----------------------------------------------------------------
 
@@ -251,10 +248,7 @@ class SQLiteStore(SQLStore):
         if free - need < self._floor:
             raise StoreUnavailable(f"the store's disk is nearly full ({self.path.parent}: {free // 1024} KiB free,"
                                    f" floor {self._floor // 1024} KiB): ingest waits for room")
-        try:
-            return super().insert(records)
-        except RECORD_ERRORS as exc:
-            raise RecordRejected(_cause(exc)) from exc
+        return super().insert(records)
 
     # -- dispatch --------------------------------------------------------------
 
