@@ -315,6 +315,64 @@ def test_sigkill_mid_run_then_restart_delivers_everything(smtp_server, write_con
     assert f"and {held} claimed message(s) from a previous run" in restarted.log
 
 
+def test_five_sigkills_during_delivery_lose_nothing(smtp_server, write_config):
+    """Issue 12: kill -9 the daemon five times while it delivers 1,500, restarting each time.
+
+    A copy is sent twice only when the relay took it and the daemon died before
+    committing the outcome, and such a message is still `sending` under the
+    dead daemon's lease. So every duplicate must be among the leases a killed
+    daemon held (read from the store between kill and restart), once per kill
+    that caught it: at most a batch plus what the sessions had in flight, per kill."""
+    total, batch, step = 1500, 50, 200
+    server = smtp_server()
+    conf = write_config(server.port, extra_server=f"    batch: {batch}\n",
+                        smtp_extra="      connections: 4\n")
+    from mailmand.config import load
+    from mailmand.stores import open_store
+    cfg = load(conf)
+    client = Client(cfg)
+    subject_of = {client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=f"m{i}",
+                                       text="x")): f"m{i}" for i in range(total)}
+    client.close()
+    server.stall = 0.002  # so that every kill lands mid-delivery
+    at_kill: list[int] = []
+    held: list[list[str]] = []  # per kill: what the dead daemon had claimed and not committed
+    daemon = DaemonProcess(conf).ready()
+    try:
+        for _ in range(5):
+            target = (at_kill[-1] if at_kill else 0) + step
+            assert wait_until(lambda t=target: len(server.messages) >= t, timeout=60), daemon.log
+            daemon.kill()
+            at_kill.append(len(server.messages))
+            assert 0 < at_kill[-1] < total, f"kill {len(at_kill)} must land mid-delivery: {at_kill}"
+            store = open_store(cfg.server.database)
+            held.append([subject_of[m.id] for m in store.list_messages(Status.SENDING, limit=total)])
+            store.close()
+            assert held[-1], f"kill {len(at_kill)} left no claim behind: it did not land mid-batch"
+            daemon = DaemonProcess(conf).ready()
+            # The restart takes the dead daemon's claims back at once (the lease is 5 minutes).
+            assert f"and {len(held[-1])} claimed message(s) from a previous run" in daemon.log
+        server.stall = 0
+        assert wait_until(lambda: set(message_ids(server)) == set(subject_of.values()), timeout=60), \
+            f"lost: {sorted(set(subject_of.values()) - set(message_ids(server)))[:20]}"
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+    store = open_store(cfg.server.database)
+    counts = store.counts()
+    store.close()
+    assert counts[Status.SENT] == total and counts[Status.SENDING] == 0, counts
+    copies = message_ids(server)
+    extra = {s: n - 1 for s, n in copies.items() if n > 1}
+    caught = Counter(s for round_ in held for s in round_)
+    assert all(n <= caught[s] for s, n in extra.items()), \
+        f"sent twice without a dead daemon's lease on it: {sorted(s for s in extra if extra[s] > caught[s])}"
+    assert sum(extra.values()) <= sum(len(h) for h in held)
+    print(f"\nkills at {at_kill} of {total}; leases held at each kill {[len(h) for h in held]}; "
+          f"duplicates {sum(extra.values())}")
+
+
 def test_sigterm_during_a_batch_loses_nothing(smtp_server, write_config):
     server = smtp_server(stall=0.05)
     conf = write_config(server.port, extra_server="    batch: 100\n", smtp_extra="      connections: 1\n")
