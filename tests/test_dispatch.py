@@ -187,6 +187,22 @@ def test_leases_that_ran_out_go_back(smtp_server, make_config):
     d.close()
 
 
+def test_its_own_lease_that_ran_out_goes_back_too(smtp_server, make_config):
+    """Issue 12 §2: a hand-back that failed (store full) leaves the daemon's own
+    claims `sending` but no longer held; its sweep takes them back past the lease."""
+    server = smtp_server()
+    d = daemon_for(make_config, server, lease=60)
+    ids = enqueue(d.cfg, 3)
+    d.ingester.drain()
+    now = time.time()
+    assert len(d.store.claim(now, 10, d.dispatcher.owner, 60)) == 3
+    assert d.dispatcher.held() == []  # claimed under its name, held by none of its runs
+    assert d.once(now=now + 30).dispatched.sent == 0  # still leased
+    assert d.once(now=now + 61).dispatched.sent == 3
+    assert all(d.store.get(i).status is Status.SENT for i in ids)
+    d.close()
+
+
 def test_auth_good_and_bad_credentials(smtp_server, make_config, tmp_path):
     server = smtp_server(auth=("app", "s3cret-pw"))
     d = daemon_for(make_config, server, smtp_kw={"auth": AuthConfig("app", "s3cret-pw")})
