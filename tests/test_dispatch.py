@@ -460,6 +460,30 @@ def test_a_batch_slower_than_its_lease_is_not_sent_twice(smtp_server, make_confi
     d.close()
 
 
+def test_an_unreachable_relay_is_retried_ever_later(make_config):
+    """Issue 12 §4, whole path (store → dispatcher → policy): unanswered attempts
+    make each wait longer, not `backoff.min` forever; none of them counts as a fail."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = Daemon(make_config(SmtpConfig(host="127.0.0.1", port=port, connections=1, timeout=2.0),
+                           max_fails=2, max_time=10**6, backoff=BackoffConfig(10, 10**5)))
+    [mid] = enqueue(d.cfg)
+    d.ingester.drain()
+    now, waits = time.time(), []
+    for _ in range(6):
+        d.once(now=now)
+        info = d.store.get(mid)
+        assert info.status is Status.DEFERRED and info.fails == 0
+        waits.append(info.due_at - now)
+        now = info.due_at
+    d.close()
+    # Doubling under ±25 % jitter: each wait is at least 1.5 / 1.25 = 1.2 times the one before.
+    assert all(later >= 1.2 * earlier for earlier, later in zip(waits, waits[1:])), waits
+    assert waits[-1] >= 10 * 2**5 * 0.75, waits
+
+
 def test_an_outage_is_bounded_by_max_time_not_max_fails(make_config):
     import socket
     with socket.socket() as s:
