@@ -480,7 +480,7 @@ def test_an_unreachable_relay_is_retried_ever_later(make_config):
         now = info.due_at
     d.close()
     # Doubling under ±25 % jitter: each wait is at least 1.5 / 1.25 = 1.2 times the one before.
-    assert all(later >= 1.2 * earlier for earlier, later in zip(waits, waits[1:])), waits
+    assert all(later >= 1.2 * earlier for earlier, later in zip(waits, waits[1:], strict=False)), waits
     assert waits[-1] >= 10 * 2**5 * 0.75, waits
 
 
