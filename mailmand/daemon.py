@@ -21,7 +21,7 @@ from . import __version__, stores
 from . import config as configmod
 from .config import Config
 from .errors import AlreadyRunning, ConfigError, StoreUnavailable
-from .ingest import Ingester, IngestLoop, IngestResult
+from .ingest import BATCH, Ingester, IngestLoop, IngestResult
 from .logs import Repeats
 from .queues import Queue, lock_path, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
@@ -258,8 +258,41 @@ class Daemon:
         return False
 
     def once(self, now: float | None = None) -> OnceResult:
-        ingested = self.ingester.drain()
-        return OnceResult(ingested, self.dispatcher.run_once(now))
+        """Ingest everything waiting and send everything due, until neither has
+        more. Ingest runs beside dispatch, so the first messages go out while
+        the rest are still read from the queue (a distant relay's round trips
+        then hide the ingest)."""
+        ingested = IngestResult()
+        failed: list[BaseException] = []
+        stored = threading.Event()
+
+        def ingest() -> None:
+            try:
+                while True:
+                    more = self.ingester.drain(limit=BATCH)  # one transaction at a time
+                    if not (more.ingested + more.duplicates + more.quarantined):
+                        break
+                    ingested.add(more)
+                    stored.set()
+            except BaseException as exc:  # re-raised below, once dispatch has finished
+                failed.append(exc)
+
+        reader = threading.Thread(target=ingest, name="mailmand-once-ingest", daemon=True)
+        reader.start()
+        dispatched = RunResult()
+        while True:
+            last = not reader.is_alive()  # then everything it stored is visible to this run
+            stored.clear()
+            run = self.dispatcher.run_once(now)
+            dispatched.add(run)
+            if last or self.dispatcher.stop.is_set() or run.unreachable:
+                break  # (no relay: what is still being ingested waits for the next run, as the rest does)
+            if not run.batches:
+                stored.wait(0.1)  # nothing due yet: until ingest stores more
+        reader.join()
+        if failed:
+            raise failed[0]
+        return OnceResult(ingested, dispatched)
 
     # -- the long-running daemon ----------------------------------------------
 

@@ -50,6 +50,20 @@ def test_200_messages_once_each_over_few_connections(smtp_server, write_config, 
     assert server.connections == 1  # as configured: one session, reused across the four batches
 
 
+def test_once_sends_while_it_ingests_and_misses_nothing(smtp_server, make_config):
+    """`--once` ingests in transactions of 500 beside dispatch: mail stored after a
+    dispatch run began is sent by a later run, each message once."""
+    server = smtp_server()
+    d = Daemon(make_config(smtp_for(server, connections=2), batch=50))
+    enqueue(d.cfg, 1234)
+    result = d.once()
+    d.close()
+    assert result.ingested.ingested == 1234 and result.dispatched.sent == 1234
+    assert result.dispatched.batches >= 1234 // 50
+    counts = message_ids(server)
+    assert len(counts) == 1234 and set(counts.values()) == {1}
+
+
 def test_once_summary_line(smtp_server, write_config, capsys):
     server = smtp_server(rcpt_replies={"bad@example.com": "550 5.1.1 no such user"})
     conf = write_config(server.port)

@@ -186,6 +186,19 @@ def test_results_are_yielded_as_they_come(smtp_server: Start, relays: Relays) ->
     assert [r.id for r in it] == ["m1", "m2"]
 
 
+def test_linger_gathers_results_but_ends_with_the_last_worker(smtp_server: Start, relays: Relays) -> None:
+    """With `linger`, results that come back within it are yielded together (one
+    commit for many), and the step does not wait out the linger once every
+    worker is done."""
+    server = smtp_server()
+    relay = relays(config(server, connections=1))
+    t0 = time.monotonic()
+    groups = list(relay.send_grouped([envelope(i) for i in range(10)], linger=60.0))
+    assert [[r.id for r in g] for g in groups] == [[f"m{i}" for i in range(10)]]
+    assert all(r.kind == "sent" for r in groups[0])
+    assert time.monotonic() - t0 < 30, "waited out the linger after the last worker was done"
+
+
 # -- classification
 
 

@@ -147,7 +147,6 @@ class ReplyParser:
 # -- commands out ---------------------------------------------------------------
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")  # any line ending: the wire wants CRLF (RFC 5321 §2.3.8)
-_DOT = re.compile(rb"^\.", re.MULTILINE)  # a leading dot is doubled (RFC 5321 §4.5.2)
 END_OF_DATA = b".\r\n"
 RSET = b"RSET\r\n"
 DATA = b"DATA\r\n"
@@ -155,7 +154,11 @@ DATA = b"DATA\r\n"
 
 def encode_body(raw: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, dots stuffed, end of data appended."""
-    body = _DOT.sub(b"..", _EOL.sub(b"\r\n", raw))
+    # Composed mail is CRLF already: counting is much cheaper than a regex over every body.
+    crlf = raw.count(b"\r\n")
+    body = raw if raw.count(b"\n") == crlf == raw.count(b"\r") else _EOL.sub(b"\r\n", raw)
+    # A leading dot is doubled (RFC 5321 §4.5.2); every line now starts at the start or after a CRLF.
+    body = (b"." if body.startswith(b".") else b"") + body.replace(b"\r\n.", b"\r\n..")
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + END_OF_DATA

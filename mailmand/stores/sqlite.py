@@ -185,10 +185,28 @@ class SQLiteStore(SQLStore):
                 db.execute("INSERT INTO schema_version VALUES (?)", (version,))
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once so it never dead-ends on upgrade.
         A store that cannot be written raises StoreUnavailable with SQLite's own
-        words (a failed COMMIT has already rolled back: no second error hides the first)."""
+        words (a failed COMMIT has already rolled back: no second error hides the first).
+
+        Not `durable`: the commit skips its fsync. For what a power cut may undo
+        harmlessly (a claim: the message is due again); the next durable commit
+        syncs the log with it, so an outcome never outlives its claim on disk."""
+        with self._lock:
+            if durable:
+                with self._tx() as db:
+                    yield db
+                return
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._tx() as db:
+                    yield db
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -241,7 +259,7 @@ class SQLiteStore(SQLStore):
     # -- dispatch --------------------------------------------------------------
 
     def claim(self, now: float, limit: int, owner: str, lease: float) -> list[Claimed]:
-        with self.tx() as db:
+        with self.tx(durable=False) as db:
             rows = db.execute(
                 "UPDATE messages SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?,"
                 " claims = claims + 1"
