@@ -301,3 +301,15 @@ def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
         assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
     finally:
         store.close()
+
+
+def test_a_claim_leaves_later_commits_durable(store):
+    """A claim commits without waiting for the disk (losing it to a power cut only
+    makes the mail due again); the store's next commit waits again."""
+    store.insert([rec(1)])
+    assert store.claim(2000.0, 10, "d1", 60)
+    with store.tx() as db:
+        if store.name.startswith("postgres"):
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        else:
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

@@ -128,6 +128,10 @@ class ReplyParser:
 
     def feed(self, line: bytes) -> Reply | None:
         """One line, with or without its CRLF; the Reply once its last line is in."""
+        if self._code is None and line[3:4] == b" " and line[:3].isdigit():  # most replies: one line
+            code = int(line[:3])
+            text = " ".join(line[4:].decode("utf-8", "replace").split())
+            return Reply(code, f"{code} {text}" if text else str(code))
         if len(line) < 3 or not line[:3].isdigit():
             raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
         code = int(line[:3])
@@ -280,6 +284,7 @@ class Transaction:
     data: Reply | None = None
     rcpt_sent: int = 0
     data_sent: bool = False
+    unanswered: int = 0  # commands written for it whose reply has not come
 
 
 @dataclass(frozen=True)
@@ -381,6 +386,7 @@ class Client:
         if not self._expect:
             raise ProtocolError(f"a reply nobody asked for: {reply.text}")
         tx, step = self._expect.popleft()
+        tx.unanswered -= 1
         if reply.code == REPLY_CLOSING:
             return self._closing(tx, step, reply)
         events: list[Event] = []
@@ -400,7 +406,7 @@ class Client:
                 self.closed = True  # the session's state is unknown: use a new one
             self._txs.remove(tx)
             return events
-        if tx.stage is Stage.ENVELOPE and not any(t is tx for t, _ in self._expect):
+        if tx.stage is Stage.ENVELOPE and not tx.unanswered:
             events.extend(self._advance(tx))
         return events
 
@@ -438,6 +444,7 @@ class Client:
     def _send(self, tx: Transaction, step: Step, line: bytes) -> None:
         self._out.append(line)
         self._expect.append((tx, step))
+        tx.unanswered += 1
 
     def _send_rcpt(self, tx: Transaction, address: str) -> None:
         self._send(tx, Step.RCPT, _command("RCPT TO", address))

@@ -83,7 +83,10 @@ class SQLStore(Store):
     JSON_AGG = "nullif(json_group_array(address), '[]')"  # a JSON list of addresses, NULL for none
     WAITING_INDEX = ""  # an index hint for min(due_at)
 
-    def tx(self) -> AbstractContextManager[Db]:
+    def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
+        """One write transaction. Not `durable`: its commit may be lost to a power
+        cut (never to a crash of the daemon), for what is harmless to lose (a claim:
+        the mail is simply due again); a later durable commit makes it durable too."""
         raise NotImplementedError
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:

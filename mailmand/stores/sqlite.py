@@ -259,7 +259,7 @@ class SQLiteStore(SQLStore):
     # -- dispatch --------------------------------------------------------------
 
     def claim(self, now: float, limit: int, owner: str, lease: float) -> list[Claimed]:
-        with self.tx(durable=False) as db:
+        with self.tx(durable=False) as db:  # a claim lost to a power cut is only mail due again
             rows = db.execute(
                 "UPDATE messages SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?,"
                 " claims = claims + 1"
