@@ -23,7 +23,7 @@ from .config import Config
 from .errors import AlreadyRunning, ConfigError, StoreUnavailable
 from .ingest import BATCH, Ingester, IngestLoop, IngestResult
 from .logs import Repeats
-from .queues import Queue, lock_path, open_queue
+from .queues import DIR_MODE, Queue, lock_path, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
 from .stores import DaemonInfo, Store, open_store
 
@@ -139,7 +139,9 @@ class Daemon:
         self.id = owner_id()  # this daemon's id: its leases in the store, its consumer name on a shared queue
         self.started_at = time.time()
         queue_lock = lock_path(cfg.queue, LOCK_FILE)  # None: a queue many daemons share (Redis)
-        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}") if queue_lock else None
+        # The lock may be the first thing in a new spool: the spool's own mode (setgid, group-writable).
+        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}", dir_mode=DIR_MODE) \
+            if queue_lock else None
         if self.lock:
             self.lock.acquire()
         try:

@@ -563,8 +563,6 @@ def test_check_config_refuses_what_run_refuses(tmp_path, capsys):
     assert not (tmp_path / "spool").exists()  # a refused start leaves nothing behind
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 §7/§8: `run` loads the submission listener's certificate only "
-                   "after it made the spool and the store; check-config never loads it")
 def test_a_submission_certificate_run_refuses_is_refused_by_check_config_first(tmp_path, capsys):
     import socket
     (tmp_path / "cert.pem").write_text("not a certificate\n")

@@ -356,8 +356,6 @@ def test_spool_files_the_daemon_creates_are_0660_whatever_the_umask(make_config,
     assert modes == {"data.db": 0o660, "data.db-wal": 0o660, "data.db-shm": 0o660, "mailmand.lock": 0o640}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 §6: the daemon's spool lock (daemon.py, InstanceLock without "
-                   "dir_mode) makes the spool directory with the umask's mode before the spool sets 2770")
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
 def test_a_spool_the_daemon_creates_is_2770_whatever_the_umask(make_config, umask):
     """Issue 12 §6: setgid, the group writes it, nobody else reads it."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import QueueConfig
 from ..errors import ConfigError
-from .base import Found, Item, Queue, QueueInfo
+from .base import DIR_MODE, Found, Item, Queue, QueueInfo
 
 
 def _spool(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
@@ -58,4 +58,4 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
     return engine(cfg, daemon, consumer, lease, exclusive, readonly)
 
 
-__all__ = ["ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue"]
+__all__ = ["DIR_MODE", "ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue"]

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The directory of a queue on disk (the spool): setgid, so that files inherit
+# its group, and writable by that group (the producers).
+DIR_MODE = 0o2770
+
 
 @dataclass(frozen=True)
 class Item:

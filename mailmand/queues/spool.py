@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 from ..errors import QueueError, QueueUnavailable, SpoolPermissionError
 from ..logs import Repeats
-from .base import Found, Item, Queue, QueueInfo
+from .base import DIR_MODE, Found, Item, Queue, QueueInfo
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _prepare_dir(path: Path) -> None:
     try:
         if not path.exists():
             path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o2770)  # setgid: files inherit the directory's group
+            os.chmod(path, DIR_MODE)  # whatever the umask
         db = path / DB_FILE
         if not db.exists():
             os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o660))
