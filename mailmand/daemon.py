@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "mailmand.lock"
 LOCK_MODE = 0o640  # a lock file holds a pid: not for every local user
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
+STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
 
 
 def notify(state: str) -> bool:
@@ -247,7 +248,10 @@ class Daemon:
                 self._open()
             except StoreUnavailable as exc:
                 down.failed("cannot reach the store, waiting for it (not ready): %s", exc)
-                notify(f"STATUS=waiting for the store: {exc}")
+                # Not ready, and not stuck: systemd extends the start timeout (TimeoutStartSec)
+                # past the next try instead of killing a daemon that waits on purpose.
+                notify(f"STATUS=waiting for the store: {exc}\n"
+                       f"EXTEND_TIMEOUT_USEC={int((wait + STORE_TRY_MARGIN) * 1_000_000)}")
                 deadline = time.monotonic() + wait
                 while not self._stop and time.monotonic() < deadline:
                     if watchdog_every:
