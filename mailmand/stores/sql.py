@@ -43,7 +43,7 @@ MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subj
 ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
 RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
-               ("duration", "float8"), ("outcome", "text"), ("daemon", "text"))
+               ("duration", "float8"), ("outcome", "text"), ("daemon", "text"), ("claim", "int"))
 RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
                  ("reply", "text"), ("updated_at", "float8"))
 DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
@@ -169,10 +169,19 @@ class SQLStore(Store):
             leased = {mid: (token, status, sent) for mid, token, status, sent in db.execute(
                 f"SELECT id, claims, status, send_after FROM messages WHERE id IN ({_marks(len(todo))})"
                 f" ORDER BY id{self.LOCK_ROWS}", [f.id for f in todo]).fetchall()}
+            # An outcome whose attempt is on record was committed before (a COMMIT
+            # whose answer was lost, then tried again): it is not applied twice.
+            recorded = {(mid, claim) for mid, claim in db.execute(
+                f"SELECT message_id, claim FROM attempts WHERE message_id IN ({_marks(len(todo))})"
+                " AND claim IS NOT NULL", [f.id for f in todo]).fetchall()}
+            again = {f.id for f in todo if (f.id, f.token) in recorded}
+            outcomes_held = {f.id: f.id in leased and leased[f.id][0] == f.token for f in todo if f.id in again}
+            todo = [f for f in todo if f.id not in again]
             live = ("sending", "queued", "deferred")  # handed back by a sweep but not claimed since: still ours
             held = {f.id: f.id in leased and leased[f.id][0] == f.token and leased[f.id][1] in live for f in todo}
+            held.update(outcomes_held)
             self._insert_rows(db, "attempts", ATTEMPT_ROW, [
-                (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner) for f in todo
+                (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner, f.token) for f in todo
                 for a in (f.attempt,)])
             # The attempt is history whoever holds the message now; every count follows the attempt rows.
             db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?",

@@ -107,7 +107,12 @@ V2 = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}')",
 ]
-MIGRATIONS = [V1, V2]  # schema version N is MIGRATIONS[:N] applied
+V3 = [
+    # The claim an attempt answered: a finish committed once is never applied twice.
+    "ALTER TABLE attempts ADD COLUMN claim INTEGER",
+    "CREATE UNIQUE INDEX ix_attempt_claim ON attempts (message_id, claim) WHERE claim IS NOT NULL",
+]
+MIGRATIONS = [V1, V2, V3]  # schema version N is MIGRATIONS[:N] applied
 
 
 def min_free(path: Path) -> int:
