@@ -85,6 +85,7 @@ class Dispatcher:
         # (fenced by each claim's token) as soon as it can.
         self._unsaved: list[Finished] = []
         self._renewed = 0.0
+        self._claim_pool: futures.ThreadPoolExecutor | None = None  # claims the next batch ahead
         self._store_down = Repeats(log, f"store {store.name}")
 
     @property
@@ -167,24 +168,36 @@ class Dispatcher:
               live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
         """Claim up to `batch` due messages at a time, expire those past
         max-time, and hand out the rest. Read by the sessions' threads, one at
-        a time; the next batch is claimed in a thread of its own while this one
-        is sent, so no session waits for the store. Whatever was claimed and
-        not handed out is in `live` when the generator ends (the caller hands it back)."""
+        a time; after a full batch the next is claimed in a thread of its own
+        while this one is sent, so no session waits for the store. Whatever was
+        claimed and not handed out is in `live` when the generator ends (the
+        caller hands it back)."""
         state = _FeedState()
-        with futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim") as claimer:
-            ahead = claimer.submit(self._claim, cfg, now, result, live, state)
-            try:
-                while True:
-                    batch = ahead.result()
-                    if not batch:
-                        return
-                    ahead = claimer.submit(self._claim, cfg, now, result, live, state)
-                    for msg in batch:
-                        yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
-            finally:
-                state.done = True
+        ahead: futures.Future[list[Claimed]] | None = None
+        try:
+            batch = self._claim(cfg, now, result, live, state)
+            while batch:
+                # A full batch: more is likely due, so claim it while this one is sent.
+                # (Mail that trickles in is claimed when asked for, as it comes.)
+                if len(batch) >= cfg.batch:
+                    ahead = self._claimer().submit(self._claim, cfg, now, result, live, state)
+                for msg in batch:
+                    yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
+                if ahead is not None:
+                    batch, ahead = ahead.result(), None
+                else:
+                    batch = self._claim(cfg, now, result, live, state)
+        finally:
+            state.done = True
+            if ahead is not None:  # a claim under way lands in `live` before the caller hands it back
                 ahead.cancel()
-                futures.wait([ahead])  # a claim under way lands in `live` before the caller hands it back
+                futures.wait([ahead])
+
+    def _claimer(self) -> futures.ThreadPoolExecutor:
+        with self._cfg_lock:
+            if self._claim_pool is None:
+                self._claim_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim")
+            return self._claim_pool
 
     def _claim(self, cfg: ServerConfig, now: float | None, result: RunResult, live: dict[str, Claimed],
                state: _FeedState) -> list[Claimed]:
@@ -270,6 +283,8 @@ class Dispatcher:
 
     def close(self) -> None:
         self._relay.close()
+        if self._claim_pool is not None:
+            self._claim_pool.shutdown()
 
 
 def _log_outcome(msg: Claimed, outcome: Outcome) -> None:
