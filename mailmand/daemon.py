@@ -21,9 +21,9 @@ from . import __version__, stores
 from . import config as configmod
 from .config import Config
 from .errors import AlreadyRunning, ConfigError, StoreUnavailable
-from .ingest import Ingester, IngestLoop, IngestResult
+from .ingest import BATCH, Ingester, IngestLoop, IngestResult
 from .logs import Repeats
-from .queues import Queue, lock_path, open_queue
+from .queues import DIR_MODE, Queue, lock_path, open_queue
 from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
 from .stores import DaemonInfo, Store, open_store
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "mailmand.lock"
 LOCK_MODE = 0o640  # a lock file holds a pid: not for every local user
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
+STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
 
 
 def notify(state: str) -> bool:
@@ -139,7 +140,9 @@ class Daemon:
         self.id = owner_id()  # this daemon's id: its leases in the store, its consumer name on a shared queue
         self.started_at = time.time()
         queue_lock = lock_path(cfg.queue, LOCK_FILE)  # None: a queue many daemons share (Redis)
-        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}") if queue_lock else None
+        # The lock may be the first thing in a new spool: the spool's own mode (setgid, group-writable).
+        self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}", dir_mode=DIR_MODE) \
+            if queue_lock else None
         if self.lock:
             self.lock.acquire()
         try:
@@ -245,7 +248,10 @@ class Daemon:
                 self._open()
             except StoreUnavailable as exc:
                 down.failed("cannot reach the store, waiting for it (not ready): %s", exc)
-                notify(f"STATUS=waiting for the store: {exc}")
+                # Not ready, and not stuck: systemd extends the start timeout (TimeoutStartSec)
+                # past the next try instead of killing a daemon that waits on purpose.
+                notify(f"STATUS=waiting for the store: {exc}\n"
+                       f"EXTEND_TIMEOUT_USEC={int((wait + STORE_TRY_MARGIN) * 1_000_000)}")
                 deadline = time.monotonic() + wait
                 while not self._stop and time.monotonic() < deadline:
                     if watchdog_every:
@@ -258,8 +264,41 @@ class Daemon:
         return False
 
     def once(self, now: float | None = None) -> OnceResult:
-        ingested = self.ingester.drain()
-        return OnceResult(ingested, self.dispatcher.run_once(now))
+        """Ingest everything waiting and send everything due, until neither has
+        more. Ingest runs beside dispatch, so the first messages go out while
+        the rest are still read from the queue (a distant relay's round trips
+        then hide the ingest)."""
+        ingested = IngestResult()
+        failed: list[BaseException] = []
+        stored = threading.Event()
+
+        def ingest() -> None:
+            try:
+                while True:
+                    more = self.ingester.drain(limit=BATCH)  # one transaction at a time
+                    if not (more.ingested + more.duplicates + more.quarantined):
+                        break
+                    ingested.add(more)
+                    stored.set()
+            except BaseException as exc:  # re-raised below, once dispatch has finished
+                failed.append(exc)
+
+        reader = threading.Thread(target=ingest, name="mailmand-once-ingest", daemon=True)
+        reader.start()
+        dispatched = RunResult()
+        while True:
+            last = not reader.is_alive()  # then everything it stored is visible to this run
+            stored.clear()
+            run = self.dispatcher.run_once(now)
+            dispatched.add(run)
+            if last or self.dispatcher.stop.is_set() or run.unreachable:
+                break  # (no relay: what is still being ingested waits for the next run, as the rest does)
+            if not run.batches:
+                stored.wait(0.1)  # nothing due yet: until ingest stores more
+        reader.join()
+        if failed:
+            raise failed[0]
+        return OnceResult(ingested, dispatched)
 
     # -- the long-running daemon ----------------------------------------------
 

@@ -29,10 +29,13 @@ class IngestResult:
     duplicates: int = 0  # items whose id was already stored (a re-delivery)
     quarantined: int = 0
 
-    def __iadd__(self, other: IngestResult) -> IngestResult:
+    def add(self, other: IngestResult) -> None:
         self.ingested += other.ingested
         self.duplicates += other.duplicates
         self.quarantined += other.quarantined
+
+    def __iadd__(self, other: IngestResult) -> IngestResult:
+        self.add(other)
         return self
 
 

@@ -28,7 +28,6 @@ import hmac
 import ipaddress
 import logging
 import socket
-import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,7 +36,8 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 
 from . import hostname
 from .client import Client
-from .config import AuthConfig, Config, SubmissionConfig, replace
+from .config import AuthConfig, Config, replace
+from .config.load import submission_tls as tls_context
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
 from .logs import Repeats
 from .message import Email
@@ -72,18 +72,6 @@ def is_loopback(host: str) -> bool:
     except OSError:
         return False
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
-
-
-def tls_context(cfg: SubmissionConfig) -> ssl.SSLContext | None:
-    if cfg.tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the certificate and key: {_reason(exc)}",
-                          "email.server.submission.tls") from None
-    return context
 
 
 class _Handler:

@@ -563,6 +563,27 @@ def test_check_config_refuses_what_run_refuses(tmp_path, capsys):
     assert not (tmp_path / "spool").exists()  # a refused start leaves nothing behind
 
 
+def test_a_submission_certificate_run_refuses_is_refused_by_check_config_first(tmp_path, capsys):
+    import socket
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "submission.yaml"
+    conf.write_text(f"email:\n  queue:\n    default:\n      path: {tmp_path / 'spool'}\n"
+                    f"  server:\n    database:\n      path: {tmp_path / 'lib' / 'mailmand.db'}\n"
+                    f"    submission:\n      listen: ['127.0.0.1:{port}']\n"
+                    f"      tls: {{cert-file: {tmp_path / 'cert.pem'}, key-file: {tmp_path / 'key.pem'}}}\n"
+                    "    smtp:\n      host: 127.0.0.1\n")
+    run = run_cli("run", "-c", str(conf), timeout=30)
+    assert run.returncode == 78 and b"email.server.submission.tls" in run.stderr, run.stderr
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["check-config", "-c", str(conf)]) == 78
+    assert capsys.readouterr().err.strip() == run.stderr.decode().strip()
+    assert made == ["cert.pem", "key.pem", "submission.yaml"]  # a refused start leaves nothing behind
+
+
 def test_check_config_warns_about_directories_the_daemon_cannot_make(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

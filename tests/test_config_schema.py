@@ -138,8 +138,11 @@ def test_every_key_is_documented() -> None:
 
 
 def test_new_keys_valid(tmp_path: Path) -> None:
-    (tmp_path / "cert.pem").write_text("cert")
-    (tmp_path / "key.pem").write_text("key")
+    import trustme
+
+    cert = trustme.CA().issue_cert("localhost")  # loaded when the configuration is: a real pair
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     (tmp_path / "redis.secret").write_text("r-pw\n")
     (tmp_path / "redis.secret").chmod(0o600)
     config = load(write(tmp_path, """\

@@ -50,6 +50,20 @@ def test_200_messages_once_each_over_few_connections(smtp_server, write_config, 
     assert server.connections == 1  # as configured: one session, reused across the four batches
 
 
+def test_once_sends_while_it_ingests_and_misses_nothing(smtp_server, make_config):
+    """`--once` ingests in transactions of 500 beside dispatch: mail stored after a
+    dispatch run began is sent by a later run, each message once."""
+    server = smtp_server()
+    d = Daemon(make_config(smtp_for(server, connections=2), batch=50))
+    enqueue(d.cfg, 1234)
+    result = d.once()
+    d.close()
+    assert result.ingested.ingested == 1234 and result.dispatched.sent == 1234
+    assert result.dispatched.batches >= 1234 // 50
+    counts = message_ids(server)
+    assert len(counts) == 1234 and set(counts.values()) == {1}
+
+
 def test_once_summary_line(smtp_server, write_config, capsys):
     server = smtp_server(rcpt_replies={"bad@example.com": "550 5.1.1 no such user"})
     conf = write_config(server.port)
@@ -187,6 +201,22 @@ def test_leases_that_ran_out_go_back(smtp_server, make_config):
     d.close()
 
 
+def test_its_own_lease_that_ran_out_goes_back_too(smtp_server, make_config):
+    """Issue 12 §2: a hand-back that failed (store full) leaves the daemon's own
+    claims `sending` but no longer held; its sweep takes them back past the lease."""
+    server = smtp_server()
+    d = daemon_for(make_config, server, lease=60)
+    ids = enqueue(d.cfg, 3)
+    d.ingester.drain()
+    now = time.time()
+    assert len(d.store.claim(now, 10, d.dispatcher.owner, 60)) == 3
+    assert d.dispatcher.held() == []  # claimed under its name, held by none of its runs
+    assert d.once(now=now + 30).dispatched.sent == 0  # still leased
+    assert d.once(now=now + 61).dispatched.sent == 3
+    assert all(d.store.get(i).status is Status.SENT for i in ids)
+    d.close()
+
+
 def test_auth_good_and_bad_credentials(smtp_server, make_config, tmp_path):
     server = smtp_server(auth=("app", "s3cret-pw"))
     d = daemon_for(make_config, server, smtp_kw={"auth": AuthConfig("app", "s3cret-pw")})
@@ -315,6 +345,64 @@ def test_sigkill_mid_run_then_restart_delivers_everything(smtp_server, write_con
     assert f"and {held} claimed message(s) from a previous run" in restarted.log
 
 
+def test_five_sigkills_during_delivery_lose_nothing(smtp_server, write_config):
+    """Issue 12: kill -9 the daemon five times while it delivers 1,500, restarting each time.
+
+    A copy is sent twice only when the relay took it and the daemon died before
+    committing the outcome, and such a message is still `sending` under the
+    dead daemon's lease. So every duplicate must be among the leases a killed
+    daemon held (read from the store between kill and restart), once per kill
+    that caught it: at most a batch plus what the sessions had in flight, per kill."""
+    total, batch, step = 1500, 50, 200
+    server = smtp_server()
+    conf = write_config(server.port, extra_server=f"    batch: {batch}\n",
+                        smtp_extra="      connections: 4\n")
+    from mailmand.config import load
+    from mailmand.stores import open_store
+    cfg = load(conf)
+    client = Client(cfg)
+    subject_of = {client.enqueue(Email(sender="a@example.com", to="b@example.com", subject=f"m{i}",
+                                       text="x")): f"m{i}" for i in range(total)}
+    client.close()
+    server.stall = 0.002  # so that every kill lands mid-delivery
+    at_kill: list[int] = []
+    held: list[list[str]] = []  # per kill: what the dead daemon had claimed and not committed
+    daemon = DaemonProcess(conf).ready()
+    try:
+        for _ in range(5):
+            target = (at_kill[-1] if at_kill else 0) + step
+            assert wait_until(lambda t=target: len(server.messages) >= t, timeout=60), daemon.log
+            daemon.kill()
+            at_kill.append(len(server.messages))
+            assert 0 < at_kill[-1] < total, f"kill {len(at_kill)} must land mid-delivery: {at_kill}"
+            store = open_store(cfg.server.database)
+            held.append([subject_of[m.id] for m in store.list_messages(Status.SENDING, limit=total)])
+            store.close()
+            assert held[-1], f"kill {len(at_kill)} left no claim behind: it did not land mid-batch"
+            daemon = DaemonProcess(conf).ready()
+            # The restart takes the dead daemon's claims back at once (the lease is 5 minutes).
+            assert f"and {len(held[-1])} claimed message(s) from a previous run" in daemon.log
+        server.stall = 0
+        assert wait_until(lambda: set(message_ids(server)) == set(subject_of.values()), timeout=60), \
+            f"lost: {sorted(set(subject_of.values()) - set(message_ids(server)))[:20]}"
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+    store = open_store(cfg.server.database)
+    counts = store.counts()
+    store.close()
+    assert counts[Status.SENT] == total and counts[Status.SENDING] == 0, counts
+    copies = message_ids(server)
+    extra = {s: n - 1 for s, n in copies.items() if n > 1}
+    caught = Counter(s for round_ in held for s in round_)
+    assert all(n <= caught[s] for s, n in extra.items()), \
+        f"sent twice without a dead daemon's lease on it: {sorted(s for s in extra if extra[s] > caught[s])}"
+    assert sum(extra.values()) <= sum(len(h) for h in held)
+    print(f"\nkills at {at_kill} of {total}; leases held at each kill {[len(h) for h in held]}; "
+          f"duplicates {sum(extra.values())}")
+
+
 def test_sigterm_during_a_batch_loses_nothing(smtp_server, write_config):
     server = smtp_server(stall=0.05)
     conf = write_config(server.port, extra_server="    batch: 100\n", smtp_extra="      connections: 1\n")
@@ -346,8 +434,8 @@ def test_an_unreachable_relay_burns_no_attempt_on_mail_it_never_tried(make_confi
     d = Daemon(make_config(SmtpConfig(host="127.0.0.1", port=port, connections=2, timeout=2.0), batch=10))
     ids = enqueue(d.cfg, 30)
     run = d.once().dispatched
-    assert 1 <= run.deferred <= 2 and run.sent == 0 and run.batches == 1
-    assert run.released == 10 - run.deferred  # the rest of the one batch claimed; nothing more claimed
+    assert 1 <= run.deferred <= 2 and run.sent == 0 and run.batches <= 2  # the batch, and the one claimed ahead
+    assert run.released == 10 * run.batches - run.deferred  # what was claimed and never tried: handed back
     infos = [d.store.get(i) for i in ids]
     deferred = [i for i in infos if i.status is Status.DEFERRED]
     assert len(deferred) == run.deferred and "Connection refused" in deferred[0].last_error
@@ -384,6 +472,30 @@ def test_a_batch_slower_than_its_lease_is_not_sent_twice(smtp_server, make_confi
     assert len(server.messages) == 12 and set(message_ids(server).values()) == {1}
     assert all(d.store.get(i).status is Status.SENT for i in ids)
     d.close()
+
+
+def test_an_unreachable_relay_is_retried_ever_later(make_config):
+    """Issue 12 §4, whole path (store → dispatcher → policy): unanswered attempts
+    make each wait longer, not `backoff.min` forever; none of them counts as a fail."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = Daemon(make_config(SmtpConfig(host="127.0.0.1", port=port, connections=1, timeout=2.0),
+                           max_fails=2, max_time=10**6, backoff=BackoffConfig(10, 10**5)))
+    [mid] = enqueue(d.cfg)
+    d.ingester.drain()
+    now, waits = time.time(), []
+    for _ in range(6):
+        d.once(now=now)
+        info = d.store.get(mid)
+        assert info.status is Status.DEFERRED and info.fails == 0
+        waits.append(info.due_at - now)
+        now = info.due_at
+    d.close()
+    # Doubling under ±25 % jitter: each wait is at least 1.5 / 1.25 = 1.2 times the one before.
+    assert all(later >= 1.2 * earlier for earlier, later in zip(waits, waits[1:], strict=False)), waits
+    assert waits[-1] >= 10 * 2**5 * 0.75, waits
 
 
 def test_an_outage_is_bounded_by_max_time_not_max_fails(make_config):

@@ -209,6 +209,26 @@ def test_records_the_client_would_refuse_are_quarantined_at_ingest(make_config):
     assert any("expected 1 to 64 of A-Z a-z 0-9 . _ -" in r for r in reasons)
 
 
+def test_the_daemon_ingests_under_the_configured_max_recipients(make_config):
+    """Issue 12 §9: `max-recipients` reaches the daemon's ingest, not only the client's check."""
+    from mailmand.daemon import Daemon
+    cfg = make_config(max_recipients=3)
+    client = Client(cfg)
+    three = client.enqueue(Email(sender="a@example.com", to=[f"r{i}@example.com" for i in range(3)], text="x"))
+    record = Email(sender="a@example.com", to="b@example.com", text="x").to_record(10**6).to_json()
+    client._q().put({**record, "rcpt_to": [f"r{i}@example.com" for i in range(4)]})  # past the client
+    client.close()
+    d = Daemon(cfg)
+    try:
+        result = d.ingester.drain()
+        assert (result.ingested, result.quarantined) == (1, 1)
+        assert [m.id for m in d.store.list_messages()] == [three]
+        [held] = d.store.quarantined()
+        assert "more than max-recipients (3)" in held.reason, held.reason
+    finally:
+        d.close()
+
+
 def test_the_client_checks_max_recipients_and_send_times(make_config):
     cfg = make_config(max_recipients=5)
     client = Client(cfg)
@@ -307,6 +327,38 @@ def test_spool_files_are_group_writable(make_config):
     for name in ("data.db", "data.db-wal"):
         mode = os.stat(cfg.queue.path / name).st_mode
         assert mode & 0o060 == 0o060 and mode & 0o007 == 0, f"{name}: {oct(mode)}"
+
+
+def _spool_made_by_the_daemon(cfg: Config, umask: int) -> dict[str, int]:
+    """The modes of the spool and its files when the daemon, started first, makes the spool."""
+    from mailmand.daemon import Daemon
+    old = os.umask(umask)
+    try:
+        d = Daemon(cfg)  # before any producer: the daemon makes the spool
+        client = Client(cfg)
+        client.enqueue(Email(sender="a@example.com", to="b@example.com", text="x"))
+        d.ingester.drain()
+        modes = {p.name: os.stat(p).st_mode & 0o7777 for p in cfg.queue.path.iterdir()}
+        modes["dir"] = os.stat(cfg.queue.path).st_mode & 0o7777
+        client.close()
+        d.close()
+    finally:
+        os.umask(old)
+    return modes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
+def test_spool_files_the_daemon_creates_are_0660_whatever_the_umask(make_config, umask):
+    """Issue 12 §6: the spool's files 0660 (the group writes them), its lock not world-readable."""
+    modes = _spool_made_by_the_daemon(make_config(), umask)
+    del modes["dir"]
+    assert modes == {"data.db": 0o660, "data.db-wal": 0o660, "data.db-shm": 0o660, "mailmand.lock": 0o640}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
+def test_a_spool_the_daemon_creates_is_2770_whatever_the_umask(make_config, umask):
+    """Issue 12 §6: setgid, the group writes it, nobody else reads it."""
+    assert oct(_spool_made_by_the_daemon(make_config(), umask)["dir"]) == oct(0o2770)
 
 
 def test_a_record_the_store_cannot_hold_is_quarantined_not_blocking(make_config):

@@ -28,9 +28,8 @@ def test_a_failed_message_bounces_to_its_sender_with_a_copy(smtp_server, write_c
     server = smtp_server(rcpt_replies={"gone@example.com": "550 5.1.1 <gone@example.com>: no such user"})
     conf = write_config(server.port, extra_server=NOTIFY)
     send(conf, "--from", "App <app@example.com>", "--to", "gone@example.com")
-    assert main(["--once", "-c", str(conf)]) == 0  # fails, and the notice is queued...
-    assert notices_in(server) == []
-    assert main(["--once", "-c", str(conf)]) == 0  # ...and sent with the next claim
+    assert main(["--once", "-c", str(conf)]) == 0  # fails, and the notice is queued: sent in this run or the next
+    assert main(["--once", "-c", str(conf)]) == 0
     [notice] = notices_in(server)
     assert sorted(notice.rcpt_tos) == ["app@example.com", "postmaster@example.com"]
     msg = message_from_bytes(notice.data, policy=policy.default)

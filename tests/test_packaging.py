@@ -113,8 +113,9 @@ class NotifySocket:
         os.chmod(path, 0o666)  # a daemon running as another user must be able to send
         self.seen: list[str] = []
 
-    def expect(self, state: str, timeout: float = 30) -> None:
-        """Wait for a datagram holding the line `state` (e.g. READY=1)."""
+    def expect(self, state: str, timeout: float = 30) -> str:
+        """Wait for a datagram holding the line `state` (e.g. READY=1), or a line
+        starting with it when it ends with "=" (STATUS=); returns that line."""
         deadline = time.monotonic() + timeout
         while True:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -123,8 +124,9 @@ class NotifySocket:
             except TimeoutError:
                 raise AssertionError(f"no {state} within {timeout}s; got {self.seen}") from None
             self.seen.append(data)
-            if state in data.splitlines():
-                return
+            for line in data.splitlines():
+                if line == state or (state.endswith("=") and line.startswith(state)):
+                    return line
 
     def close(self) -> None:
         self.sock.close()
@@ -290,6 +292,33 @@ def test_notify_protocol(how, request, tmp_path, write_config, smtp_server, noti
         code, err = stop(proc)
     assert code == 0, err
     assert "Traceback" not in err, err
+
+
+def test_waiting_for_the_store_is_not_ready_and_extends_the_start_timeout(tmp_path, smtp_server, notify_socket):
+    """A database not up yet: the daemon says why in STATUS, asks systemd for more
+    start time before each try (or TimeoutStartSec would kill it), and is not READY."""
+    with socket.socket() as s:  # a loopback port with nobody listening: PostgreSQL not up yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = smtp_server()
+    conf = tmp_path / "m.yaml"
+    conf.write_text(f"email:\n  queue:\n    default:\n      path: {tmp_path / 'spool'}\n"
+                    f"  server:\n    database:\n      engine: postgres\n"
+                    f"      dsn: 'host=127.0.0.1 port={port} dbname=mailmand user=postgres connect_timeout=2'\n"
+                    f"    smtp:\n      host: 127.0.0.1\n      port: {server.port}\n")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_socket.path)}
+    proc = subprocess.Popen(mailmand_cmd("run", "-c", str(conf)), env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert "waiting for the store" in notify_socket.expect("STATUS=")
+        first = int(notify_socket.expect("EXTEND_TIMEOUT_USEC=").split("=")[1])
+        second = int(notify_socket.expect("EXTEND_TIMEOUT_USEC=").split("=")[1])
+        assert 60_000_000 < first < second  # beyond the next try, which comes later each time
+        assert not any("READY=1" in d.splitlines() for d in notify_socket.seen)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
 
 
 # -- 4. permissions, with real users ---------------------------------------------------

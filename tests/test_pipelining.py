@@ -8,7 +8,11 @@ rules are in test_smtp.py (aiosmtpd) and test_postfix.py (Postfix).
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailmand.smtp.protocol import (
     Client,
@@ -98,6 +102,17 @@ def test_reply_parser_refuses_a_code_change_inside_a_reply() -> None:
 def test_body_is_dot_stuffed_with_crlf_line_ends() -> None:
     assert encode_body(b".one\r\ntwo\n.three\rfour") == b"..one\r\ntwo\r\n..three\r\nfour\r\n.\r\n"
     assert encode_body(b"ends\r\n") == b"ends\r\n.\r\n"
+    assert encode_body(b"..\r\n.\r\n") == b"...\r\n..\r\n.\r\n"  # a lone dot line never ends the data
+
+
+@given(st.binary(max_size=200) | st.lists(st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"a"])).map(b"".join))
+def test_body_encoding_matches_the_rfc_rules_for_any_bytes(raw: bytes) -> None:
+    """The fast path (CRLF already, dots by replace) agrees with the plain rules."""
+    lines = re.split(rb"\r\n|\n|\r(?!\n)", raw)
+    if len(lines) > 1 and lines[-1] == b"":  # a final line end ends the last line (an empty body stays one line)
+        lines.pop()
+    expected = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
+    assert encode_body(raw) == expected
 
 
 def test_non_ascii_address_without_smtputf8_fails_at_once_writing_nothing() -> None:

@@ -195,8 +195,6 @@ def test_exit_codes_78_config_and_64_usage(write_config, tmp_path):
     assert sendmail("not an address", input=b"Subject: x\n\nbody\n", conf=conf).returncode == 65
 
 
-@pytest.mark.skipif(not hasattr(__import__("mailmand.queues.spool").queues.spool.SpoolQueue, "_check_free"),
-                    reason="this tree's spool does not enforce min-free yet (the queue work adds it)")
 def test_exit_75_when_the_spool_cannot_take_mail_now(write_config):
     conf = write_config(9)
     # More free space than any disk has: the spool refuses new mail (Postfix's queue_minfree).

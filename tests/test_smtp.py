@@ -186,6 +186,49 @@ def test_results_are_yielded_as_they_come(smtp_server: Start, relays: Relays) ->
     assert [r.id for r in it] == ["m1", "m2"]
 
 
+def test_linger_gathers_results_but_ends_with_the_last_worker(smtp_server: Start, relays: Relays) -> None:
+    """With `linger`, results that come back within it are yielded together (one
+    commit for many), and the step does not wait out the linger once every
+    worker is done."""
+    server = smtp_server()
+    relay = relays(config(server, connections=1))
+    t0 = time.monotonic()
+    groups = list(relay.send_grouped([envelope(i) for i in range(10)], linger=60.0))
+    assert [[r.id for r in g] for g in groups] == [[f"m{i}" for i in range(10)]]
+    assert all(r.kind == "sent" for r in groups[0])
+    assert time.monotonic() - t0 < 30, "waited out the linger after the last worker was done"
+
+
+def test_linger_ends_once_gather_results_are_in(smtp_server: Start, relays: Relays) -> None:
+    """A lingering step does not wait out the linger once `gather` results are in:
+    the first two come back while the relay still holds the third."""
+    gate = threading.Event()
+    gate.set()
+    server = smtp_server(gate=gate)
+    relay = relays(config(server))
+
+    def hold_from_the_third(env: Envelope) -> Envelope:
+        if env.id == "m3":
+            # Handed out once m2's DATA was answered, after m1's end of data went
+            # out: from here the relay holds what comes (m2's end of data).
+            gate.clear()
+        return env
+
+    groups = relay.send_grouped((hold_from_the_third(e) for e in [envelope(i) for i in range(4)]),
+                                linger=60.0, gather=2)
+    first: list[list[SendResult]] = []
+    reader = threading.Thread(target=lambda: first.append(next(groups)))
+    reader.start()
+    try:
+        assert wait_for(lambda: bool(first)), "the step waited out its linger with `gather` results in"
+        assert wait_for(lambda: server.held == 1)  # m2 comes only once the gate opens
+    finally:
+        gate.set()
+        reader.join(30)
+    assert [(r.id, r.kind) for r in first[0]] == [("m0", "sent"), ("m1", "sent")]
+    assert [(r.id, r.kind) for g in groups for r in g] == [("m2", "sent"), ("m3", "sent")]
+
+
 # -- classification
 
 

@@ -143,6 +143,25 @@ def test_an_outcome_kept_past_its_lease_applies_when_nobody_claimed_since(store)
     assert store.claim(2022.0, 10, "other", 60) == []  # and so it is not sent twice
 
 
+def test_an_outcome_committed_twice_is_recorded_once(store):
+    """A COMMIT whose answer was lost (the connection dropped as it committed) is
+    tried again with the same outcomes: one attempt on record, counted once."""
+    store.insert([rec(1), rec(2)])
+    c1, c2 = store.claim(2000.0, 10, "me", 60)
+    outcome = Outcome(Status.DEFERRED, "451 busy", 451, due_at=2100.0)
+    assert done(store, c1, "me", 2001.0, outcome, "temporary", 451)
+    rows = [Finished(c.id, "me", c.token, attempt(2001.0, "temporary", 451), outcome) for c in (c1, c2)]
+    assert store.finish(rows) == [True, True]  # id1 again (committed before), id2 for the first time
+    for mid in ("id1", "id2"):
+        info = store.get(mid)
+        assert (info.status, info.attempts, len(store.attempts(mid))) == (Status.DEFERRED, 1, 1)
+    assert store.stats(0.0, 10_000.0)["attempts"]["temporary"] == 2  # the hourly roll-up counted it once too
+    # A later claim's attempt is a new one.
+    c = store.claim(2100.0, 10, "me", 60)[0]
+    assert done(store, c, "me", 2101.0, Outcome(Status.SENT, code=250))
+    assert store.get(c.id).attempts == 2 and len(store.attempts(c.id)) == 2
+
+
 def test_a_failed_message_leaves_no_recipient_deferred(store):
     store.insert([rec(1)])
     [c] = store.claim(2000.0, 10, "me", 60)
@@ -299,5 +318,19 @@ def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
         [c] = store.claim(100.0, 10, "me", 60)
         assert c.token == 1 and c.fails == 2
         assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
+        assert done(store, c, "me", 101.0, Outcome(Status.SENT, code=250))  # the newest schema's attempt row
+        assert store.get("m1").attempts == 4 and len(store.attempts("m1")) == 4
     finally:
         store.close()
+
+
+def test_a_claim_leaves_later_commits_durable(store):
+    """A claim commits without waiting for the disk (losing it to a power cut only
+    makes the mail due again); the store's next commit waits again."""
+    store.insert([rec(1)])
+    assert store.claim(2000.0, 10, "d1", 60)
+    with store.tx() as db:
+        if store.name.startswith("postgres"):
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        else:
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

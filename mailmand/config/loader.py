@@ -54,7 +54,11 @@ from .values import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     import yaml
+
+    from .schema import SubmissionConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +207,8 @@ class Parse:
         if submission is not None:  # the section alone does not open a port
             submission = None if "listen" not in given.get("submission", {}) else replace(
                 submission, auth=self.auth(submission.auth, "email.server.submission.auth"))
+        if submission is not None and not self.producer:  # refused here, before the daemon makes anything
+            submission_tls(submission)
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
         server = replace(server, smtp=smtp, submission=submission, metrics=metrics)
         if "min-free" not in data.get("queue", {}).get("default", {}):
@@ -398,3 +404,20 @@ def restart_required(old: Config, new: Config) -> list[str]:
             if getattr(a, f.name) != getattr(b, f.name):
                 changed.append(f"{prefix}.{f.encode_name}")
     return changed
+
+
+def submission_tls(cfg: SubmissionConfig) -> ssl.SSLContext | None:
+    """The submission listener's TLS context; a ConfigError when its certificate
+    and key cannot be loaded (checked when the configuration loads, so `run`
+    refuses it before it creates anything, and `check-config` with it)."""
+    if cfg.tls is None:
+        return None
+    import ssl  # here: producers never import it
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the certificate and key: {' '.join(str(exc).split())}",
+                          "email.server.submission.tls") from None
+    return context

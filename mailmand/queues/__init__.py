@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import Found, Item, Queue, QueueInfo
+from .base import DIR_MODE, Found, Item, Queue, QueueInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,4 +61,4 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
     return engine(cfg, daemon, consumer, lease, exclusive, readonly)
 
 
-__all__ = ["ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue"]
+__all__ = ["DIR_MODE", "ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue"]

@@ -8,6 +8,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+# The directory of a queue on disk (the spool): setgid, so that files inherit
+# its group, and writable by that group (the producers).
+DIR_MODE = 0o2770
+
 
 class Item(Frozen):
     """One item taken from a queue. `data` is the decoded JSON, or None with

@@ -29,7 +29,7 @@ from contextlib import closing
 from pathlib import Path
 
 from ..errors import QueueError, QueueUnavailable, SpoolPermissionError
-from .base import Found, Item, Queue, QueueInfo
+from .base import DIR_MODE, Found, Item, Queue, QueueInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def _prepare_dir(path: Path) -> None:
     try:
         if not path.exists():
             path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o2770)  # setgid: files inherit the directory's group
+            os.chmod(path, DIR_MODE)  # whatever the umask
         db = path / DB_FILE
         if not db.exists():
             os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o660))

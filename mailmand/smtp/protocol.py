@@ -128,6 +128,10 @@ class ReplyParser:
 
     def feed(self, line: bytes) -> Reply | None:
         """One line, with or without its CRLF; the Reply once its last line is in."""
+        if self._code is None and line[3:4] == b" " and line[:3].isdigit():  # most replies: one line
+            code = int(line[:3])
+            text = " ".join(line[4:].decode("utf-8", "replace").split())
+            return Reply(code, f"{code} {text}" if text else str(code))
         if len(line) < 3 or not line[:3].isdigit():
             raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
         code = int(line[:3])
@@ -147,7 +151,6 @@ class ReplyParser:
 # -- commands out ---------------------------------------------------------------
 
 _EOL = re.compile(rb"\r\n|\n|\r(?!\n)")  # any line ending: the wire wants CRLF (RFC 5321 §2.3.8)
-_DOT = re.compile(rb"^\.", re.MULTILINE)  # a leading dot is doubled (RFC 5321 §4.5.2)
 END_OF_DATA = b".\r\n"
 RSET = b"RSET\r\n"
 DATA = b"DATA\r\n"
@@ -155,7 +158,11 @@ DATA = b"DATA\r\n"
 
 def encode_body(raw: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, dots stuffed, end of data appended."""
-    body = _DOT.sub(b"..", _EOL.sub(b"\r\n", raw))
+    # Composed mail is CRLF already: counting is much cheaper than a regex over every body.
+    crlf = raw.count(b"\r\n")
+    body = raw if raw.count(b"\n") == crlf == raw.count(b"\r") else _EOL.sub(b"\r\n", raw)
+    # A leading dot is doubled (RFC 5321 §4.5.2); every line now starts at the start or after a CRLF.
+    body = (b"." if body.startswith(b".") else b"") + body.replace(b"\r\n.", b"\r\n..")
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + END_OF_DATA
@@ -277,6 +284,7 @@ class Transaction:
     data: Reply | None = None
     rcpt_sent: int = 0
     data_sent: bool = False
+    unanswered: int = 0  # commands written for it whose reply has not come
 
 
 @dataclass(frozen=True)
@@ -378,6 +386,7 @@ class Client:
         if not self._expect:
             raise ProtocolError(f"a reply nobody asked for: {reply.text}")
         tx, step = self._expect.popleft()
+        tx.unanswered -= 1
         if reply.code == REPLY_CLOSING:
             return self._closing(tx, step, reply)
         events: list[Event] = []
@@ -397,7 +406,7 @@ class Client:
                 self.closed = True  # the session's state is unknown: use a new one
             self._txs.remove(tx)
             return events
-        if tx.stage is Stage.ENVELOPE and not any(t is tx for t, _ in self._expect):
+        if tx.stage is Stage.ENVELOPE and not tx.unanswered:
             events.extend(self._advance(tx))
         return events
 
@@ -435,6 +444,7 @@ class Client:
     def _send(self, tx: Transaction, step: Step, line: bytes) -> None:
         self._out.append(line)
         self._expect.append((tx, step))
+        tx.unanswered += 1
 
     def _send_rcpt(self, tx: Transaction, address: str) -> None:
         self._send(tx, Step.RCPT, _command("RCPT TO", address))

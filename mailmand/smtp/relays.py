@@ -126,7 +126,7 @@ class _Batch:
     and a busy one reaches 100 within a few messages."""
 
     def __init__(self, envelopes: Iterable[Envelope], stop: threading.Event | None, limit: int,
-                 target: Callable[[_Batch], None]):
+                 target: Callable[[_Batch], None], gather: int = 0):
         self._source: Iterator[Envelope] = iter(envelopes)
         self.finite = isinstance(envelopes, Sequence)
         self.results: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()  # None: a worker is done
@@ -135,6 +135,12 @@ class _Batch:
         self.given_up = False  # no session could be opened: take nothing more from a feed
         self.broken = False  # the source raised: take nothing more
         self.threads: list[threading.Thread] = []  # only ever appended to
+        self.over = threading.Event()  # every worker started so far is done
+        self.wake = threading.Event()  # for a lingering caller: `gather` results are in, or `over`
+        self._gather = gather
+        self._unread = 0  # results put and not yet taken by the caller
+        self._count_lock = threading.Lock()
+        self._done = 0
         self._limit = limit
         self._target = target
         self._active = 0
@@ -170,6 +176,26 @@ class _Batch:
                 self.broken = True
                 return None
 
+    def put(self, result: SendResult) -> None:
+        with self._count_lock:
+            self._unread += 1
+            if self._gather and self._unread >= self._gather:
+                self.wake.set()
+        self.results.put(result)
+
+    def read(self, n: int) -> None:
+        """The caller has taken `n` results."""
+        with self._count_lock:
+            self._unread -= n
+
+    def done(self) -> None:
+        """A worker has put its last result."""
+        with self._lock:
+            self._done += 1
+            if self._done == len(self.threads):
+                self.over.set()
+                self.wake.set()
+
     def leave(self) -> bool:
         """A worker stops; True when it was the last one."""
         with self._lock:
@@ -204,14 +230,16 @@ class Relay:
         """The name sent in EHLO."""
         return self._helo
 
-    def send_grouped(self, envelopes: Iterable[Envelope], stop: threading.Event | None = None
-                     ) -> Generator[list[SendResult], None, None]:
+    def send_grouped(self, envelopes: Iterable[Envelope], stop: threading.Event | None = None,
+                     linger: float = 0.0, gather: int = 0) -> Generator[list[SendResult], None, None]:
         """Deliver `envelopes`; each step yields every result that has come back
-        since the last one (never an empty list, and never waiting for more than
-        the first). A caller that commits outcomes can commit each list in one
-        transaction: with several fast sessions the commits then keep up, and no
-        result is held back waiting for company. `envelopes` may be a lazy
-        iterable, read from the worker threads one item at a time.
+        since the last one (never an empty list). A caller that commits outcomes
+        can commit each list in one transaction. Without `linger` a step never
+        waits for more than its first result; with it, a step waits up to
+        `linger` seconds after its first for company (fewer, larger commits,
+        and fewer wake-ups of the caller's thread), but not once `gather`
+        results are in, nor once every worker is done. `envelopes` may be a
+        lazy iterable, read from the worker threads one item at a time.
 
         Never raises for a delivery problem. Once `stop` is set, workers finish
         the messages they hold and take no other; envelopes never attempted are
@@ -223,13 +251,18 @@ class Relay:
             limit = min(self._cfg.connections, len(envelopes))
         else:
             limit = self._cfg.connections
-        batch = _Batch(envelopes, stop, limit, self._work)
+        batch = _Batch(envelopes, stop, limit, self._work, gather)
         batch.spawn()
         try:
             finished = 0
             while finished < batch.started:
                 group: list[SendResult] = []
                 result = batch.results.get()
+                if linger:
+                    # Sleep rather than wake for each result: fewer hand-offs of the GIL.
+                    batch.wake.wait(linger)
+                    if not batch.over.is_set():
+                        batch.wake.clear()  # (a wake-up lost here costs at most one linger)
                 while True:
                     if result is None:
                         finished += 1  # a worker spawns the next before it can finish
@@ -239,6 +272,7 @@ class Relay:
                         result = batch.results.get_nowait()
                     except queue.Empty:
                         break
+                batch.read(len(group))
                 if group:
                     yield group
         finally:
@@ -273,6 +307,7 @@ class Relay:
             if session is not None:
                 self._checkin(session)
             batch.results.put(None)
+            batch.done()
 
     def _run(self, batch: _Batch) -> Session | None:
         session: Session | None = None
@@ -288,7 +323,7 @@ class Relay:
 
         def done(env: Envelope, outcome: Outcome) -> None:
             _, started, t0 = held.pop(env.id)
-            batch.results.put(self._result(env, outcome, started, t0))
+            batch.put(self._result(env, outcome, started, t0))
 
         def settle_all(reason: str) -> None:
             for env, _, _ in list(held.values()):
@@ -349,7 +384,7 @@ class Relay:
         while (env := batch.take()) is not None:
             now = time.time(), time.monotonic()
             outcome = everyone(env, None, f"relay unavailable: {reason}", Kind.TEMPORARY)
-            batch.results.put(self._result(env, outcome, *now))
+            batch.put(self._result(env, outcome, *now))
 
     def _result(self, env: Envelope, outcome: Outcome, started: float, t0: float) -> SendResult:
         result = SendResult(id=env.id, kind=outcome.kind, code=outcome.code, reply=outcome.reply,

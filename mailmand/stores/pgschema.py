@@ -80,4 +80,10 @@ V1 = [
         FOR EACH STATEMENT EXECUTE FUNCTION mailmand_count_del()""",
     *(f"INSERT INTO status_deltas VALUES ('{s.value}', 0)" for s in Status),
 ]
-MIGRATIONS = [V1]
+V2 = [
+    # The claim an attempt answered: a finish committed once is never applied twice
+    # (a COMMIT whose answer the network lost, then tried again).
+    "ALTER TABLE attempts ADD COLUMN claim INTEGER",
+    "CREATE UNIQUE INDEX ix_attempt_claim ON attempts (message_id, claim) WHERE claim IS NOT NULL",
+]
+MIGRATIONS = [V1, V2]

@@ -14,21 +14,18 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import DatabaseConfig
-from ..errors import NoStore, RecordRejected, StoreError, StoreUnavailable
+from ..errors import NoStore, StoreError, StoreUnavailable
 from ..logs import Repeats
 from . import dsn as dsnmod
 from .base import Claimed, Status
 from .pgschema import MIGRATIONS
-from .sql import Db, SQLStore
-
-if TYPE_CHECKING:
-    from ..message import Record
+from .sql import Db, SQLStore, cause
 
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection, and psycopg every pipeline it could not
@@ -81,6 +78,7 @@ class _Cursor:
 
 class PostgresStore(SQLStore):
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    RECORD_ERRORS = RECORD_ERRORS
     LOCK_ROWS = " FOR UPDATE"
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
@@ -95,7 +93,7 @@ class PostgresStore(SQLStore):
             with psycopg.connect(self.dsn, **kwargs) as conn:  # the real reason, if it cannot connect
                 self._migrate(conn, create)
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot reach {self.name}: {_cause(exc)}") from exc
+            raise StoreUnavailable(f"cannot reach {self.name}: {cause(exc)}") from exc
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self.dsn, kwargs=kwargs, min_size=1, max_size=cfg.pool_size or (DAEMON_POOL if create else 2),
             open=False, timeout=POOL_WAIT, check=ConnectionPool.check_connection, name="mailmand")
@@ -123,24 +121,27 @@ class PostgresStore(SQLStore):
                 log.info("%s: schema migrated to version %d", self.name, version)
 
     @contextmanager
-    def tx(self) -> Iterator[Db]:
-        """One transaction on a pooled connection: committed on exit, rolled back on error."""
+    def tx(self, durable: bool = True) -> Iterator[Db]:
+        """One transaction on a pooled connection: committed on exit, rolled back on error.
+        Not `durable`: the commit does not wait for the WAL flush (see SQLiteStore.tx)."""
         try:
             # Pipeline mode: statements go out without waiting for each reply (a
             # finish is several), the connection syncs where a result is read.
             with self._pool.connection() as conn, conn.pipeline() as pipe, conn.cursor() as cur:
+                if not durable:
+                    cur.execute("SET LOCAL synchronous_commit = off")
                 yield _Cursor(cur, pipe)
         except RECORD_ERRORS:
             raise
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"{self.name} cannot be written: {_cause(exc)}") from exc
+            raise StoreUnavailable(f"{self.name} cannot be written: {cause(exc)}") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
             with self._pool.connection() as conn:
                 return conn.execute(_pg(sql), args).fetchall()
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"{self.name} cannot be read: {_cause(exc)}") from exc
+            raise StoreUnavailable(f"{self.name} cannot be read: {cause(exc)}") from exc
 
     def _due_now(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))
@@ -153,14 +154,8 @@ class PostgresStore(SQLStore):
 
     # -- ingest and dispatch ------------------------------------------------------
 
-    def insert(self, records: Sequence[Record]) -> int:
-        try:
-            return super().insert(records)
-        except RECORD_ERRORS as exc:
-            raise RecordRejected(_cause(exc)) from exc
-
     def claim(self, now: float, limit: int, owner: str, lease: float) -> list[Claimed]:
-        with self.tx() as db:
+        with self.tx(durable=False) as db:  # a claim lost to a crash is only mail due again
             rows = db.execute(
                 "WITH c AS (SELECT id FROM messages WHERE status IN ('queued', 'deferred') AND due_at <= ?"
                 "   ORDER BY priority DESC, due_at LIMIT ? FOR UPDATE SKIP LOCKED)"
@@ -258,7 +253,7 @@ class _Listener:
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return
-                self._down.failed("cannot LISTEN for due mail (polling meanwhile): %s", _cause(exc))
+                self._down.failed("cannot LISTEN for due mail (polling meanwhile): %s", cause(exc))
                 self._stop.wait(wait)
                 wait = min(wait * 2, 30.0)
 
@@ -266,7 +261,3 @@ class _Listener:
         self._stop.set()
         self._thread.join(timeout=5)
 
-
-def _cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

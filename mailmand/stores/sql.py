@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import InvalidState, NotFound
+from ..errors import InvalidState, NotFound, RecordRejected
 from . import rollup
 from .base import (
     DAEMON_TTL,
@@ -42,7 +42,7 @@ MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subj
 ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
 RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
-               ("duration", "float8"), ("outcome", "text"), ("daemon", "text"))
+               ("duration", "float8"), ("outcome", "text"), ("daemon", "text"), ("claim", "int"))
 RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
                  ("reply", "text"), ("updated_at", "float8"))
 DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
@@ -82,6 +82,12 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def cause(exc: BaseException) -> str:
+    """An error in one line, for a log or a refusal: its type and the first line of its text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
 class SQLStore(Store):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
@@ -89,8 +95,13 @@ class SQLStore(Store):
     GREATEST = "max"
     JSON_AGG = "nullif(json_group_array(address), '[]')"  # a JSON list of addresses, NULL for none
     WAITING_INDEX = ""  # an index hint for min(due_at)
+    # The driver's errors that mean "this record cannot be stored" (not "the store is down").
+    RECORD_ERRORS: tuple[type[Exception], ...] = ()
 
-    def tx(self) -> AbstractContextManager[Db]:
+    def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
+        """One write transaction. Not `durable`: its commit may be lost to a power
+        cut (never to a crash of the daemon), for what is harmless to lose (a claim:
+        the mail is simply due again); a later durable commit makes it durable too."""
         raise NotImplementedError
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -115,6 +126,12 @@ class SQLStore(Store):
     # -- ingest ----------------------------------------------------------------
 
     def insert(self, records: Sequence[Record]) -> int:
+        try:
+            return self._insert(records)
+        except self.RECORD_ERRORS as exc:
+            raise RecordRejected(cause(exc)) from exc
+
+    def _insert(self, records: Sequence[Record]) -> int:
         new = 0
         due_now = False
         with self.tx() as db:
@@ -159,10 +176,19 @@ class SQLStore(Store):
             leased = {mid: (token, status, sent) for mid, token, status, sent in db.execute(
                 f"SELECT id, claims, status, send_after FROM messages WHERE id IN ({_marks(len(todo))})"
                 f" ORDER BY id{self.LOCK_ROWS}", [f.id for f in todo]).fetchall()}
+            # An outcome whose attempt is on record was committed before (a COMMIT
+            # whose answer was lost, then tried again): it is not applied twice.
+            recorded = {(mid, claim) for mid, claim in db.execute(
+                f"SELECT message_id, claim FROM attempts WHERE message_id IN ({_marks(len(todo))})"
+                " AND claim IS NOT NULL", [f.id for f in todo]).fetchall()}
+            again = {f.id for f in todo if (f.id, f.token) in recorded}
+            outcomes_held = {f.id: f.id in leased and leased[f.id][0] == f.token for f in todo if f.id in again}
+            todo = [f for f in todo if f.id not in again]
             live = ("sending", "queued", "deferred")  # handed back by a sweep but not claimed since: still ours
             held = {f.id: f.id in leased and leased[f.id][0] == f.token and leased[f.id][1] in live for f in todo}
+            held.update(outcomes_held)
             self._insert_rows(db, "attempts", ATTEMPT_ROW, [
-                (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner) for f in todo
+                (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner, f.token) for f in todo
                 for a in (f.attempt,)])
             # The attempt is history whoever holds the message now; every count follows the attempt rows.
             db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?",

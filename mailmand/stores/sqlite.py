@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NoStore, RecordRejected, StoreError, StoreUnavailable
+from ..errors import NoStore, StoreError, StoreUnavailable
 from .base import Claimed, Status
-from .sql import SQLStore
+from .sql import SQLStore, cause
 
 if TYPE_CHECKING:
     from ..message import Record
@@ -107,11 +107,12 @@ V2 = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}')",
 ]
-MIGRATIONS = [V1, V2]  # schema version N is MIGRATIONS[:N] applied
-
-
-def _cause(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+V3 = [
+    # The claim an attempt answered: a finish committed once is never applied twice.
+    "ALTER TABLE attempts ADD COLUMN claim INTEGER",
+    "CREATE UNIQUE INDEX ix_attempt_claim ON attempts (message_id, claim) WHERE claim IS NOT NULL",
+]
+MIGRATIONS = [V1, V2, V3]  # schema version N is MIGRATIONS[:N] applied
 
 
 def min_free(path: Path) -> int:
@@ -124,6 +125,7 @@ def min_free(path: Path) -> int:
 class SQLiteStore(SQLStore):
     single_instance = True  # the daemon opens it under a file lock beside it
     WAITING_INDEX = "INDEXED BY ix_waiting_due"  # left alone the planner reads every waiting row
+    RECORD_ERRORS = RECORD_ERRORS
 
     def __init__(self, path: Path, create: bool = False) -> None:
         self.path = Path(path)
@@ -145,7 +147,7 @@ class SQLiteStore(SQLStore):
             self._db.execute(f"PRAGMA journal_size_limit={wal * 4096}")
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the store at {self.path}: {_cause(exc)}") from exc
+            raise StoreUnavailable(f"cannot open the store at {self.path}: {cause(exc)}") from exc
         self._floor = min_free(self.path.parent)
 
     def _disk_size(self) -> int:
@@ -185,10 +187,28 @@ class SQLiteStore(SQLStore):
                 db.execute("INSERT INTO schema_version VALUES (?)", (version,))
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once so it never dead-ends on upgrade.
         A store that cannot be written raises StoreUnavailable with SQLite's own
-        words (a failed COMMIT has already rolled back: no second error hides the first)."""
+        words (a failed COMMIT has already rolled back: no second error hides the first).
+
+        Not `durable`: the commit skips its fsync. For what a power cut may undo
+        harmlessly (a claim: the message is due again); the next durable commit
+        syncs the log with it, so an outcome never outlives its claim on disk."""
+        with self._lock:
+            if durable:
+                with self._tx() as db:
+                    yield db
+                return
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._tx() as db:
+                    yield db
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -214,14 +234,14 @@ class SQLiteStore(SQLStore):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-        return StoreUnavailable(f"the store at {self.path} cannot be written: {_cause(exc)}")
+        return StoreUnavailable(f"the store at {self.path} cannot be written: {cause(exc)}")
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"the store at {self.path} cannot be read: {_cause(exc)}") from exc
+                raise StoreUnavailable(f"the store at {self.path} cannot be read: {cause(exc)}") from exc
 
     # -- ingest ----------------------------------------------------------------
 
@@ -233,15 +253,12 @@ class SQLiteStore(SQLStore):
         if free - need < self._floor:
             raise StoreUnavailable(f"the store's disk is nearly full ({self.path.parent}: {free // 1024} KiB free,"
                                    f" floor {self._floor // 1024} KiB): ingest waits for room")
-        try:
-            return super().insert(records)
-        except RECORD_ERRORS as exc:
-            raise RecordRejected(_cause(exc)) from exc
+        return super().insert(records)
 
     # -- dispatch --------------------------------------------------------------
 
     def claim(self, now: float, limit: int, owner: str, lease: float) -> list[Claimed]:
-        with self.tx() as db:
+        with self.tx(durable=False) as db:  # a claim lost to a power cut is only mail due again
             rows = db.execute(
                 "UPDATE messages SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?,"
                 " claims = claims + 1"
