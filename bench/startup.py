@@ -51,13 +51,19 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# Commands run from here, not from the checkout: `python -c` puts the working
+# directory first on sys.path, and the checkout's modules would be imported
+# (without .pyc files where PYTHONDONTWRITEBYTECODE is set) instead of the venv's.
+CWD = tempfile.gettempdir()
+
+
 def timed(cmd: list[str], runs: int, stdin: bytes = b"", env: dict[str, str] | None = None) -> dict[str, float]:
     """Median, min and max wall time of `cmd` in ms (one warm-up run first), and
     its median CPU time (user + system), which a busy machine disturbs less."""
     got, cpu = [], []
     for i in range(runs + 1):
         c0, t0 = _cpu(), time.perf_counter()
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=120)
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=120, cwd=CWD)
         took, used = (time.perf_counter() - t0) * 1000, (_cpu() - c0) * 1000
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
@@ -107,7 +113,7 @@ PROFILED = {
 def importtime(python: Path, env: dict[str, str], code: str) -> list[tuple[str, float]]:
     """The ten costliest top-level imports of `code` in the venv (cumulative ms)."""
     proc = subprocess.run([str(python), "-X", "importtime", "-c", code], input=MESSAGE, capture_output=True,
-                          env=env, timeout=60)
+                          env=env, timeout=60, cwd=CWD)
     rows = []
     for line in proc.stderr.decode().splitlines():
         if line.startswith("import time:") and "|" in line:
