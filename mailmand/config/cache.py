@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import marshal
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,6 @@ SYSTEM_DIR = "/var/cache/mailmand"
 ENV_ALWAYS = ("HOME", "XDG_DATA_HOME")
 # The loader's sources: an entry from another version of them is not trusted.
 _SOURCES = ("cache.py", "loader.py", "schema.py", "values.py", "explain.py", "locate.py")
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 _SECTION, _PATH = "\0section", "\0path"
 
 
@@ -123,12 +121,12 @@ def cache_file(found: Path | None) -> str | None:
     where = cache_dir()
     if where is None:
         return None
-    import zlib  # a short, stable name for the path; the entry's key holds the path itself
+    from binascii import crc32  # a short, stable name; the entry's key holds the path itself
 
     # One entry per configuration file and per installation (a venv and the
     # .deb on one host would otherwise take turns invalidating one entry).
-    tag = zlib.crc32(str(found).encode("utf-8", "surrogateescape"))
-    build = zlib.crc32(repr((_code(), sys.executable, sys.version)).encode("utf-8", "surrogateescape"))
+    tag = crc32(str(found).encode("utf-8", "surrogateescape"))
+    build = crc32(repr((_code(), sys.executable, sys.version)).encode("utf-8", "surrogateescape"))
     return os.path.join(where, f"producer-{os.geteuid()}-{tag:08x}-{build:08x}.marshal")
 
 
@@ -248,7 +246,11 @@ def _write(where: str, found: Path | None, before: tuple[int, ...] | None, cfg: 
 
 def _referenced(found: Path) -> set[str]:
     """The `${NAME}`s in the part of the file a producer reads (not in the daemon's secrets)."""
+    import re
+
     from .loader import _drop_daemon_secrets, read_yaml
+
+    ref = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
     data = read_yaml(found.read_text(encoding="utf-8"), found)
     _drop_daemon_secrets(data)
@@ -256,7 +258,7 @@ def _referenced(found: Path) -> set[str]:
 
     def walk(value: object) -> None:
         if isinstance(value, str):
-            names.update(_REF.findall(value))
+            names.update(ref.findall(value))
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(k)

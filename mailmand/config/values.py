@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # schema.LogLevel's values
 SECRET_KEYS = frozenset({"password", "dsn", "url"})  # keys whose text is never shown
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
