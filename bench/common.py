@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import shutil
@@ -36,7 +35,7 @@ def email(i: int = 0) -> Email:
 def records(n: int) -> list[Record]:
     """`n` queued records of the benchmark message (composed once, new ids)."""
     base = email().to_record(ServerConfig().max_message_size)
-    return [dataclasses.replace(base, id=new_id()) for _ in range(n)]
+    return [base.replace(id=new_id()) for _ in range(n)]
 
 
 def once_command(base: Path, port: int, conns: int, n: int) -> float:

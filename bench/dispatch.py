@@ -5,7 +5,6 @@ from process start), against the same bare loop."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import shutil
@@ -44,7 +43,7 @@ from .enqueue import MAX_SIZE
 def make_store(path: Path, n: int) -> list[bytes]:
     """A store holding `n` due messages, as ingest leaves them; returns their bodies."""
     base = email().to_record(MAX_SIZE, send_after=time.time() - 1)
-    records = [dataclasses.replace(base, id=new_id()) for _ in range(n)]
+    records = [base.replace(id=new_id()) for _ in range(n)]
     store = SQLiteStore(path, create=True)
     for i in range(0, n, 500):
         store.insert(records[i:i + 500])
@@ -144,7 +143,7 @@ def store_engines(base: Path, quick: bool) -> dict[str, Any] | None:
         template = root / "template.db"
         make_store(template, n)
         base_record = email().to_record(MAX_SIZE, send_after=time.time() - 1)
-        records = [dataclasses.replace(base_record, id=new_id()) for _ in range(n)]
+        records = [base_record.replace(id=new_id()) for _ in range(n)]
         log = root / "daemon.log"
         saved, sys.stderr = sys.stderr, log.open("a")
         try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .errors import InvalidMessage, MailmandError
 
+TYPE_CHECKING = False  # typing itself is not imported: `import mailmand` stays cheap
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client import Client
     from .message import Email
 

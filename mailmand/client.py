@@ -10,17 +10,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import datetime, timedelta
-from pathlib import Path
 
-from . import config as configmod
-from .config import Config
+from .config.cache import load_producer
 from .errors import InvalidMessage
 from .message import Email, Record
-from .queues import Queue, open_queue
+from .queues import open_queue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+    from pathlib import Path
+
+    from .config import Config
+    from .queues import Queue
 
 
 def _delay_seconds(delay: str | float | int | timedelta) -> float:
+    from datetime import timedelta
+
     if isinstance(delay, timedelta):
         return delay.total_seconds()
     if isinstance(delay, bool):
@@ -28,14 +35,17 @@ def _delay_seconds(delay: str | float | int | timedelta) -> float:
     if isinstance(delay, int | float):
         return float(delay)
     try:
-        return configmod.parse_duration(delay)
+        from .config.values import parse_duration
+
+        return parse_duration(delay)
     except (ValueError, TypeError) as exc:
         raise InvalidMessage("delay", delay, f"not a duration ({exc})") from None
 
 
 class Client:
     def __init__(self, config: str | Path | Config | None = None) -> None:
-        self.config = config if isinstance(config, Config) else configmod.load(config, producer=True)
+        # A path or None: the producer's settings, from the cache when the file has not changed.
+        self.config = load_producer(config) if config is None or isinstance(config, str | os.PathLike) else config
         self._queue: Queue | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -66,6 +76,8 @@ class Client:
 
     def send_at(self, email: Email, when: datetime) -> str:
         """Queue `email` to go out at `when` (naive = local time; past = now)."""
+        from datetime import datetime
+
         if not isinstance(when, datetime):
             raise InvalidMessage("when", when, "expected a datetime")
         return self.enqueue(email, send_after=when.timestamp())  # naive → local, per datetime

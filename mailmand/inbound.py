@@ -11,17 +11,19 @@ sentence, never with a UnicodeEncodeError at flattening.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, make_msgid
-from typing import TYPE_CHECKING
 
 from .errors import InvalidAddress, InvalidMessage
-from .message import SMTP_POLICY, _idna, _no_crlf, parse_address, parse_addresses
+from .message import _idna, _no_crlf
+from .stdemail import SMTP_POLICY, parse_address, parse_addresses
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from .message import Email
 
 NULL_SENDER = ("", "<>")

@@ -1,41 +1,46 @@
 """Composing and parsing messages, and the record that goes on the queue.
 
-Everything is built with the standard library's `email` package (policy
-`email.policy.SMTP`); the record carries the final bytes, so the daemon never
-composes again.
+Messages are built with the standard library's `email` package (policy
+`email.policy.SMTP`, in stdemail.py); the record carries the final bytes, so
+the daemon never composes again. The plainest message (ASCII headers, plain
+addresses, a short-lined text body) is written here without importing the
+package, byte for byte as the package would write it (`Email._plain`;
+tests/test_quick.py holds the two to each other): `import mailmand` and one
+`Client().enqueue(Email(...))` are a short process's whole life in a cron job.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
-import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from email import errors, headerregistry, policy
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.parser import BytesHeaderParser, BytesParser
-from email.utils import formatdate, getaddresses, make_msgid, parseaddr
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .errors import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
+from .record import (  # noqa: F401 (re-exported: the record's home used to be here)
+    CLOCK_SKEW,
+    HORIZON,
+    IDEMPOTENCY_NS,
+    MAX_RECIPIENTS,
+    PRIORITY_MAX,
+    RECORD_ID,
+    RECORD_VERSION,
+    Record,
+    _priority,
+    check_recipients,
+    check_send_after,
+    new_id,
+)
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from datetime import datetime, timedelta
+    from email.headerregistry import Address
+    from email.message import EmailMessage
+    from pathlib import Path
+    from typing import Any
+
     from .client import Client
 
-RECORD_VERSION = 1
-PRIORITY_MAX = 1_000_000  # higher goes first; bounded so every store can hold it
-MAX_RECIPIENTS = 1000  # email.server.max-recipients' default
-# An id is a file-name-safe token (ours are 32 hex digits): it goes into logs, URLs and commands.
-RECORD_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-HORIZON = 10 * 365.25 * 86400  # a send time further away than this is a mistake, not a plan
-CLOCK_SKEW = 86400  # how far ahead of ours an app server's clock may be for created_at
 # RFC 5322 §3.6.8: field-name = 1*ftext, printable US-ASCII except ":".
 FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 # Headers that the keyword arguments own; setting them through `headers=`
@@ -47,40 +52,6 @@ OWNED_HEADERS = frozenset(
 )
 
 
-class _HeaderRegistry(headerregistry.HeaderRegistry):
-    """The stdlib registry builds a new header class on every lookup (~8 µs,
-    17 lookups a message): build each once. Same classes, same output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._made: dict[str, type] = {}
-
-    def __getitem__(self, name: str) -> type:
-        cls = self._made.get(name)
-        if cls is None:
-            cls = self._made[name] = super().__getitem__(name)
-        return cls
-
-
-SMTP_POLICY = policy.SMTP.clone(header_factory=_HeaderRegistry())
-SMTP_UTF8_POLICY = SMTP_POLICY.clone(utf8=True)
-# uuid5 namespace for idempotency keys (uuid is imported only for them): the same key always gives the same id,
-# so a producer learns the first message's id without asking the daemon.
-IDEMPOTENCY_NS = "6f1c9d0e-5b7a-4f3e-9a51-3c1f6d2b8e40"
-
-
-def new_id(idempotency_key: str | None = None) -> str:
-    if idempotency_key is not None:
-        import uuid
-
-        return uuid.uuid5(uuid.UUID(IDEMPOTENCY_NS), idempotency_key).hex
-    # uuid4().hex, without importing uuid (and the platform probing it does) on every sendmail call
-    b = bytearray(os.urandom(16))
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
-    return b.hex()
-
-
 # The boundaries of str.splitlines(): the email package folds a header at
 # each of them, so any one inside a value could start a header of its own.
 LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
@@ -88,10 +59,9 @@ LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 def _decoded(value: str) -> str:
     """The value as the email package will see it: RFC 2047 encoded words decoded."""
-    try:
-        return str(SMTP_POLICY.header_factory("X-Decoded", value))
-    except Exception:  # an undecodable word stays encoded on output: nothing to inject
-        return value
+    from .stdemail import decoded
+
+    return decoded(value)
 
 
 def _no_crlf(name: str, value: str) -> str:
@@ -99,7 +69,7 @@ def _no_crlf(name: str, value: str) -> str:
         raise HeaderInjection(name, value, "a line break (CR, LF or another) is not allowed in a header value")
     # "=?utf-8?q?a=0D=0AX-Injected:_1?=" decodes to CR LF, which the stdlib
     # would re-fold into a header line of its own (a Bcc, a Reply-To...).
-    if "=?" in value and not LINE_BREAKS.isdisjoint(_decoded(value)):
+    if "=?" in value and not LINE_BREAKS.isdisjoint(_decoded(value)):  # imports the email package
         raise HeaderInjection(name, value, "an encoded word (RFC 2047) in it decodes to a line break")
     return value
 
@@ -116,141 +86,13 @@ def _idna(domain: str, name: str, original: object) -> str:
         raise InvalidAddress(name, original, f"not a valid internationalized domain name ({exc})") from None
 
 
-def _address(name: str, display: str, spec: str, original: object) -> Address:
-    local, at, domain = spec.rpartition("@")
-    if (not at or not local or not domain or " " in domain or domain.startswith(".") or ".." in domain
-            or (isinstance(original, str) and spec not in original)):
-        # (getaddresses drops the space in "ann@exa mple.com": the spec it
-        # returns would then not be in what the caller wrote)
-        raise InvalidAddress(name, original, "not a valid email address")
-    domain = _idna(domain, name, original)
-    _no_crlf(name, display)  # a display name's encoded words are decoded on output
-    try:
-        # A UTF-8 local part stays as it is: the relay must offer SMTPUTF8 (RFC 6531).
-        if not local.isascii():
-            if any(c in local for c in ' "\\()<>[]:;@,'):
-                raise ValueError("a non-ASCII local part must be a plain dot-atom")
-            return Address(display_name=display, username=local, domain=domain)
-        return Address(display_name=display, addr_spec=f"{local}@{domain}")
-    except (ValueError, IndexError, errors.HeaderParseError) as exc:
-        raise InvalidAddress(name, original, f"not a valid email address ({exc})") from None
-
-
-def parse_address(name: str, value: object) -> Address:
-    """One address, `Name <local@domain>` or `local@domain`, or InvalidAddress."""
-    if not isinstance(value, str):
-        raise InvalidAddress(name, value, "expected a string")
-    display, spec = parseaddr(_no_crlf(name, value))
-    return _address(name, display, spec, value)
-
-
-def parse_addresses(name: str, value: str | Sequence[str] | None) -> list[Address]:
-    """A string (which may hold a comma-separated list) or a list of them."""
-    if value is None:
-        return []
-    out: list[Address] = []
-    for item in [value] if isinstance(value, str) else list(value):
-        if not isinstance(item, str):
-            raise InvalidAddress(name, item, "expected a string")
-        pairs = getaddresses([_no_crlf(name, item)])
-        if not pairs:
-            raise InvalidAddress(name, item, "not a valid email address")
-        out.extend(_address(name, display, spec, item) for display, spec in pairs)
-    return out
-
-
-@dataclass(frozen=True)
-class Record:
-    """What travels on the queue: JSON, never pickle. `raw` is the final message."""
-
-    id: str
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    raw: bytes
-    priority: int = 0
-    send_after: float = 0.0  # epoch seconds; 0 or past = now
-    idempotency_key: str | None = None
-    created_at: float = field(default_factory=time.time)
-    # The decoded Subject, carried so ingest need not parse headers; None in
-    # records written before it was added (ingest then reads it from `raw`).
-    subject: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = {
-            "v": RECORD_VERSION,
-            "id": self.id,
-            "mail_from": self.mail_from,
-            "rcpt_to": list(self.rcpt_to),
-            "raw": base64.b64encode(self.raw).decode("ascii"),
-            "priority": self.priority,
-            "send_after": self.send_after,
-            "idempotency_key": self.idempotency_key,
-            "created_at": self.created_at,
-        }
-        if self.subject is not None:
-            data["subject"] = self.subject  # optional: readers of version 1 without it still work
-        return data
-
-    @classmethod
-    def from_json(cls, data: object, *, max_recipients: int = MAX_RECIPIENTS, now: float | None = None) -> Record:
-        """Validate a decoded queue item as the client validates what it queues;
-        InvalidMessage names what is wrong."""
-        if not isinstance(data, dict):
-            raise InvalidMessage("record", type(data).__name__, "expected a JSON object")
-        if data.get("v") != RECORD_VERSION:
-            raise InvalidMessage("record.v", data.get("v"), f"unsupported record version (want {RECORD_VERSION})")
-        try:
-            rcpt = data["rcpt_to"]
-            if not isinstance(rcpt, list) or not rcpt or not all(isinstance(r, str) for r in rcpt):
-                raise InvalidMessage("record.rcpt_to", rcpt, "expected a non-empty list of addresses")
-            for key in ("id", "mail_from", "raw"):
-                if not isinstance(data[key], str):
-                    raise InvalidMessage(f"record.{key}", data[key], "expected a string")
-            for key, addr in [("mail_from", data["mail_from"]), *(("rcpt_to", r) for r in rcpt)]:
-                # Envelope addresses go on SMTP command lines: an @, and no CR/LF, spaces or brackets.
-                if key == "mail_from" and addr == "":
-                    continue  # the null sender (a bounce)
-                if "@" not in addr or any(c in addr for c in "\r\n <>"):
-                    raise InvalidMessage(f"record.{key}", addr, "not an envelope address")
-            if not RECORD_ID.fullmatch(data["id"]):
-                raise InvalidMessage("record.id", data["id"][:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
-            check_recipients(len(rcpt), max_recipients, "record.rcpt_to")
-            now = time.time() if now is None else now
-            send_after = check_send_after(float(data.get("send_after") or 0.0), now, "record.send_after")
-            created_at = float(data.get("created_at") or now)
-            if not math.isfinite(created_at) or created_at > now + CLOCK_SKEW:
-                raise InvalidMessage("record.created_at", created_at, "expected a time not after now")
-            subject = data.get("subject")
-            try:
-                raw = base64.b64decode(data["raw"], validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidMessage("record.raw", data["raw"][:40], "not valid base64") from None
-            return cls(
-                id=data["id"],
-                mail_from=data["mail_from"],
-                rcpt_to=tuple(rcpt),
-                raw=raw,
-                priority=_priority(data.get("priority")),
-                send_after=send_after,
-                idempotency_key=data.get("idempotency_key"),
-                created_at=created_at,
-                subject=subject if isinstance(subject, str) else None,
-            )
-        except KeyError as exc:
-            raise InvalidMessage(f"record.{exc.args[0]}", None, "missing") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidMessage):
-                raise
-            raise InvalidMessage("record", str(exc), "malformed field") from None
-
-
-@dataclass
 class _Part:
-    data: bytes
-    filename: str
-    maintype: str
-    subtype: str
-    cid: str | None = None
+    def __init__(self, data: bytes, filename: str, maintype: str, subtype: str, cid: str | None = None) -> None:
+        self.data = data
+        self.filename = filename
+        self.maintype = maintype
+        self.subtype = subtype
+        self.cid = cid
 
 
 class Email:
@@ -273,13 +115,20 @@ class Email:
     ) -> None:
         if not sender:
             raise InvalidMessage("sender", sender, "a sender is required")
-        self.sender = parse_address("sender", sender)
-        self.to = parse_addresses("to", to)
-        self.cc = parse_addresses("cc", cc)
-        self.bcc = parse_addresses("bcc", bcc)
-        if not (self.to or self.cc or self.bcc):
+        # Plain addresses are checked here; any other makes the email package parse them all.
+        self._simple = _plain_addresses(sender=sender, to=to, cc=cc, bcc=bcc, reply_to=reply_to,
+                                        read_receipt=read_receipt)
+        self._real: dict[str, Any] | None = None
+        if self._simple is None:
+            from .stdemail import parse_address, parse_addresses
+
+            self._real = {"sender": parse_address("sender", sender), "to": parse_addresses("to", to),
+                          "cc": parse_addresses("cc", cc), "bcc": parse_addresses("bcc", bcc)}
+            if not (self._real["to"] or self._real["cc"] or self._real["bcc"]):
+                raise InvalidMessage("to", to, "at least one recipient (to, cc or bcc) is required")
+            self._real["reply_to"] = parse_addresses("reply_to", reply_to)
+        elif not (self._simple["to"] or self._simple["cc"] or self._simple["bcc"]):
             raise InvalidMessage("to", to, "at least one recipient (to, cc or bcc) is required")
-        self.reply_to = parse_addresses("reply_to", reply_to)
         for field_name, value in (("subject", subject), ("text", text), ("html", html)):
             if value is not None and not isinstance(value, str):
                 raise InvalidMessage(field_name, type(value).__name__, "expected a string")
@@ -292,7 +141,10 @@ class Email:
         if not isinstance(priority, int) or isinstance(priority, bool) or not -PRIORITY_MAX <= priority <= PRIORITY_MAX:
             raise InvalidMessage("priority", priority, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
         self.priority = priority
-        self.read_receipt = parse_address("read_receipt", read_receipt) if read_receipt else None
+        if self._real is not None:
+            from .stdemail import parse_address
+
+            self._real["read_receipt"] = parse_address("read_receipt", read_receipt) if read_receipt else None
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
             raise InvalidMessage("idempotency_key", idempotency_key, "expected a non-empty string")
         self.idempotency_key = idempotency_key
@@ -301,6 +153,41 @@ class Email:
         # The envelope sender when it is not the From address: "" is the null
         # sender (`<>`) of a bounce, which nothing may answer.
         self.envelope_from: str | None = None
+
+    # The addresses, as the email package's Address objects (made on first use
+    # when they were all plain).
+
+    def _addresses(self) -> dict[str, Any]:
+        if self._real is None:
+            from .stdemail import realize
+
+            assert self._simple is not None
+            self._real = realize(self._simple)
+        return self._real
+
+    @property
+    def sender(self) -> Address:
+        return self._addresses()["sender"]  # type: ignore[no-any-return]
+
+    @property
+    def to(self) -> list[Address]:
+        return self._addresses()["to"]  # type: ignore[no-any-return]
+
+    @property
+    def cc(self) -> list[Address]:
+        return self._addresses()["cc"]  # type: ignore[no-any-return]
+
+    @property
+    def bcc(self) -> list[Address]:
+        return self._addresses()["bcc"]  # type: ignore[no-any-return]
+
+    @property
+    def reply_to(self) -> list[Address]:
+        return self._addresses()["reply_to"]  # type: ignore[no-any-return]
+
+    @property
+    def read_receipt(self) -> Address | None:
+        return self._addresses()["read_receipt"]  # type: ignore[no-any-return]
 
     def set_header(self, name: str, value: str) -> None:
         if not isinstance(name, str) or not FIELD_NAME.match(name):
@@ -318,6 +205,8 @@ class Email:
         self._parts.append(_Part(_as_bytes(data), _filename(filename), *_mime(filename, mimetype)))
 
     def attach_file(self, path: str | Path, mimetype: str | None = None, filename: str | None = None) -> None:
+        from pathlib import Path
+
         p = Path(path)
         if not p.is_file():
             raise InvalidMessage("attachment", str(path), "no such file")
@@ -325,6 +214,8 @@ class Email:
 
     def embed(self, data: bytes, filename: str, mimetype: str | None = None) -> str:
         """Add an inline part and return its Content-ID, for `<img src="cid:...">`."""
+        from email.utils import make_msgid
+
         cid = make_msgid(domain=self.sender.domain)[1:-1]
         self._parts.append(_Part(_as_bytes(data), _filename(filename), *_mime(filename, mimetype), cid=cid))
         return cid
@@ -333,6 +224,9 @@ class Email:
 
     @property
     def envelope_recipients(self) -> tuple[str, ...]:
+        if self._real is None and self._simple is not None:
+            return tuple(dict.fromkeys(f"{local}@{domain}" for name in ("to", "cc", "bcc")
+                                       for _, local, domain in self._simple[name]))
         seen: dict[str, None] = {}
         for a in (*self.to, *self.cc, *self.bcc):
             seen.setdefault(a.addr_spec, None)
@@ -342,84 +236,85 @@ class Email:
         """The message as it will be sent (no Bcc header, ever)."""
         if self._parsed is not None:
             return self._parsed
-        utf8 = not all(a.username.isascii() for a in (self.sender, *self.to, *self.cc, *self.reply_to))
-        # A UTF-8 local part cannot be an encoded word: such headers go out as UTF-8 (RFC 6532).
-        msg = EmailMessage(policy=SMTP_UTF8_POLICY if utf8 else SMTP_POLICY)
-        msg["From"] = self.sender
-        if self.to:
-            msg["To"] = self.to
-        if self.cc:
-            msg["Cc"] = self.cc
-        if self.reply_to:
-            msg["Reply-To"] = self.reply_to
-        msg["Subject"] = self.subject
-        msg["Date"] = formatdate(localtime=True)
-        msg["Message-ID"] = make_msgid(domain=self.sender.domain)
-        if self.read_receipt:
-            msg["Disposition-Notification-To"] = str(self.read_receipt)
-        for name, value in self.headers.items():
-            if name.lower() in ("message-id", "date"):
-                del msg[name]
-            msg[name] = value
-        self._set_body(msg)
-        return msg
+        from .stdemail import build
 
-    def _set_body(self, msg: EmailMessage) -> None:
-        inline = [p for p in self._parts if p.cid]
-        if self.html is not None and self.text is not None:
-            msg.set_content(self.text)
-            msg.add_alternative(self.html, subtype="html")
-        elif self.html is not None:
-            msg.set_content(self.html, subtype="html")
-        else:
-            msg.set_content(self.text or "")
-        if inline:
-            if self.html is None:
-                raise InvalidMessage("embed", inline[0].filename, "inline parts need an html body")
-            html_part = msg.get_body(("html",))
-            assert isinstance(html_part, EmailMessage)
-            for p in inline:
-                html_part.add_related(p.data, p.maintype, p.subtype, cid=f"<{p.cid}>",
-                                      filename=p.filename, disposition="inline")
-        for p in self._parts:
-            if not p.cid:
-                if p.maintype == "text":
-                    msg.add_attachment(p.data, p.maintype, p.subtype, filename=p.filename,
-                                       cte="base64")
-                else:
-                    msg.add_attachment(p.data, p.maintype, p.subtype, filename=p.filename)
+        return build(self)
 
     def to_record(self, max_size: int, send_after: float = 0.0, max_recipients: int = MAX_RECIPIENTS) -> Record:
         rcpt = self.envelope_recipients
         check_recipients(len(rcpt), max_recipients, "to")
         check_send_after(send_after, time.time(), "send_after")
-        msg = self.build()
-        try:
-            raw = msg.as_bytes()
-        except UnicodeEncodeError:
-            if not all(a.isascii() for a in rcpt) or not self.sender.username.isascii():
-                raw = msg.as_bytes(policy=SMTP_UTF8_POLICY)  # SMTPUTF8 mail: UTF-8 headers (RFC 6532)
-            else:
-                raise InvalidMessage("headers", None, "a header holds text that cannot be encoded "
-                                     "(non-ASCII where only ASCII may go)") from None
-        if self._parsed is None and self._given_encoded_words():
-            _no_new_headers(raw, self.headers)
+        plain = self._plain()
+        if plain is not None:
+            raw, subject = plain, self.subject
+        else:
+            from .stdemail import SMTP_UTF8_POLICY, no_new_headers
+
+            msg = self.build()
+            try:
+                raw = msg.as_bytes()
+            except UnicodeEncodeError:
+                if not all(a.isascii() for a in rcpt) or not self.sender.username.isascii():
+                    raw = msg.as_bytes(policy=SMTP_UTF8_POLICY)  # SMTPUTF8 mail: UTF-8 headers (RFC 6532)
+                else:
+                    raise InvalidMessage("headers", None, "a header holds text that cannot be encoded "
+                                         "(non-ASCII where only ASCII may go)") from None
+            if self._parsed is None and self._given_encoded_words():
+                no_new_headers(raw, self.headers)
+            found = msg.get("Subject")
+            subject = "" if found is None else str(found)
         if len(raw) > max_size:
             raise MessageTooLarge(
                 "message", f"{len(raw)} bytes",
                 f"{len(raw)} bytes as encoded for sending, over max-message-size ({max_size} bytes); "
                 "attachments grow by about a third in transfer encoding (base64)")
-        subject = msg.get("Subject")
         return Record(
             id=new_id(self.idempotency_key),
-            mail_from=self.sender.addr_spec if self.envelope_from is None else self.envelope_from,
+            mail_from=self._sender_spec() if self.envelope_from is None else self.envelope_from,
             rcpt_to=rcpt,
             raw=raw,
             priority=self.priority,
             send_after=send_after,
             idempotency_key=self.idempotency_key,
-            subject="" if subject is None else str(subject),
+            subject=subject,
         )
+
+    def _sender_spec(self) -> str:
+        if self._real is None and self._simple is not None:
+            _, local, domain = self._simple["sender"][0]
+            return f"{local}@{domain}"
+        return str(self.sender.addr_spec)
+
+    def _plain(self) -> bytes | None:
+        """The message as the email package writes it, for the plainest kind:
+        plain addresses, a subject and X- headers of printable ASCII that fit on
+        a line, a text body whose lines fit (7bit or 8bit), nothing else. None
+        for any other: `build()` makes it."""
+        simple = self._simple
+        if (simple is None or self._parsed is not None or self._parts or self.html is not None
+                or simple["read_receipt"] or not _plain_text("Subject", self.subject)
+                or not all(name[:2].lower() == "x-" and _plain_text(name, value)
+                           for name, value in self.headers.items())):
+            return None
+        body = (self.text or "").encode("utf-8").splitlines()  # a lone surrogate raises as set_content does
+        if any(len(line) > MAX_LINE for line in body):
+            return None  # quoted-printable or base64: the email package's choice
+        lines = [_address_line("From", simple["sender"])]
+        for name, field in (("To", "to"), ("Cc", "cc"), ("Reply-To", "reply_to")):
+            if simple[field]:
+                lines.append(_address_line(name, simple[field]))
+        if not all(len(line) <= MAX_LINE for line in lines):
+            return None  # folded by the email package
+        from .quick import formatdate, msgid
+
+        now = time.time()
+        lines += [_text_line("Subject", self.subject), f"Date: {formatdate(now)}",
+                  f"Message-ID: {msgid(simple['sender'][0][2], now)}",
+                  *(_text_line(name, value) for name, value in self.headers.items()),
+                  'Content-Type: text/plain; charset="utf-8"',
+                  f"Content-Transfer-Encoding: {'7bit' if all(line.isascii() for line in body) else '8bit'}",
+                  "MIME-Version: 1.0", "", ""]
+        return "\r\n".join(lines).encode("ascii") + b"\r\n".join(body) + b"\r\n"
 
     def _given_encoded_words(self) -> bool:
         """Did the caller hand us anything that looks like an RFC 2047 word?"""
@@ -470,49 +365,6 @@ COMPOSED_HEADERS = frozenset(h.lower() for h in (
     *OWNED_HEADERS, "Date", "Message-ID", "Content-Disposition", "Content-ID"))
 
 
-def _no_new_headers(raw: bytes, custom: Mapping[str, str]) -> None:
-    """Refuse a flattened message that gained a header the caller did not give
-    (the last line of defence against a decoded line break, in any part)."""
-    allowed = COMPOSED_HEADERS | {name.lower() for name in custom}
-    for part in BytesParser(policy=policy.compat32).parsebytes(raw).walk():
-        for name in part.keys():
-            if name.lower() not in allowed:
-                raise HeaderInjection("headers", name, "the composed message gained a header nobody gave")
-def check_recipients(n: int, limit: int, name: str) -> None:
-    if n > limit:
-        raise InvalidMessage(name, f"{n} recipients", f"more than max-recipients ({limit})")
-
-
-def check_send_after(when: float, now: float, name: str) -> float:
-    """A finite time, at most HORIZON ahead (the past means now)."""
-    if not math.isfinite(when) or when > now + HORIZON:
-        raise InvalidMessage(name, when, "expected a finite time within 10 years of now")
-    return when
-
-
-def header_subject(raw: bytes) -> str:
-    """The decoded Subject of a flattened message ("" when there is none or it
-    does not parse): for records written before they carried it."""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    try:
-        # Split the head with compat32 (plain strings), then decode only the
-        # Subject with the modern policy: parsing every header into objects
-        # was half of ingest's time, for one value.
-        head_msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
-        value = next((v for k, v in head_msg.raw_items() if k.lower() == "subject"), None)
-        return "" if value is None else str(policy.default.header_fetch_parse("Subject", value))
-    except Exception:  # a header the parser chokes on must not stop ingest
-        return ""
-
-
-def _priority(value: object) -> int:
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or not -PRIORITY_MAX <= value <= PRIORITY_MAX:
-        raise InvalidMessage("record.priority", value, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
-    return value
-
-
 def _default_client() -> Client:
     from .client import default_client
 
@@ -538,3 +390,72 @@ def _mime(filename: str, mimetype: str | None) -> tuple[str, str]:
     if not maintype or not subtype or "\n" in mimetype or "\r" in mimetype:
         raise InvalidMessage("mimetype", mimetype, "expected type/subtype")
     return maintype, subtype
+
+
+# -- plain messages, without the email package ---------------------------------
+
+MAX_LINE = 78  # policy.SMTP's max_line_length: longer lines are folded or encoded (RFC 5322 §2.1.1)
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# `local@domain` or `Name Words <local@domain>`: ASCII, a dot-atom local part, a domain of
+# letters, digits and hyphens, a display name of atoms separated by single spaces.
+_PLAIN_ADDRESS = re.compile(rf"(?:({_ATEXT}(?: {_ATEXT})*) <)?"
+                            rf"({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?(1)>)")
+_PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def _plain_address(value: object, single: bool) -> list[tuple[str, str, str]] | None:
+    """(display name, local part, domain) of each address in `value` (a string,
+    comma-separated, or a list of them), when every one is plain; else None."""
+    items = [value] if isinstance(value, str) else value if isinstance(value, list | tuple) else None
+    if items is None:
+        return None
+    found = []
+    for item in items:
+        if not isinstance(item, str) or "=?" in item:
+            return None
+        parts = [item] if single else item.split(",")
+        for part in parts:
+            m = _PLAIN_ADDRESS.fullmatch(part.strip(" "))
+            if m is None:
+                return None
+            found.append((m.group(1) or "", m.group(2), m.group(3)))
+    return found
+
+
+def _plain_addresses(**fields: object) -> dict[str, list[tuple[str, str, str]]] | None:
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for name, value in fields.items():
+        if value is None or (name != "sender" and value == []):
+            out[name] = []
+            continue
+        found = _plain_address(value, single=name in ("sender", "read_receipt"))
+        if found is None:
+            return None
+        out[name] = found
+    return out
+
+
+def _address_line(name: str, addresses: list[tuple[str, str, str]]) -> str:
+    return f"{name}: " + ", ".join(f"{d} <{u}@{h}>" if d else f"{u}@{h}" for d, u, h in addresses)
+
+
+def _text_line(name: str, value: str) -> str:
+    return f"{name}: {value}" if value else f"{name}:"  # as the email package writes an empty value
+
+
+def _plain_text(name: str, value: str) -> bool:
+    return value == "" or (_PLAIN_TEXT.fullmatch(value) is not None and "=?" not in value
+                           and len(name) + 2 + len(value) <= MAX_LINE)
+
+
+# Names that lived here before stdemail.py: imported from there on first use.
+_STDEMAIL = {"SMTP_POLICY", "SMTP_UTF8_POLICY", "parse_address", "parse_addresses", "header_subject", "_address",
+             "_HeaderRegistry"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _STDEMAIL:
+        from . import stdemail
+
+        return getattr(stdemail, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

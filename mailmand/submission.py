@@ -37,10 +37,11 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 from . import hostname
 from .client import Client
 from .config import AuthConfig, Config, replace
-from .config.load import submission_tls as tls_context
+from .config.loader import submission_tls as tls_context
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
 from .logs import Repeats
-from .message import Email, parse_address
+from .message import Email
+from .stdemail import parse_address
 
 log = logging.getLogger(__name__)
 

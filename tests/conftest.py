@@ -16,6 +16,15 @@ pytest_plugins = ("tests.smtpd", "tests.postfix", "tests.redisutil")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _producer_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has a producer cache of its own (mailmand/config/cache.py), in a
+    fresh directory: no test reads another's entries or the user's ~/.cache."""
+    where = tmp_path_factory.mktemp("producer-cache")
+    monkeypatch.setenv("MAILMAND_CACHE_DIR", str(where))
+    return where
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """Build a Config rooted in tmp_path: make_config(smtp=SmtpConfig(...), batch=10, ...)."""

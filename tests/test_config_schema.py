@@ -465,7 +465,7 @@ def test_importing_the_configuration_is_cheap() -> None:
 
 
 def test_the_c_loader_reads_the_file_when_built(tmp_path: Path) -> None:
-    from mailmand.config.load import _loader
+    from mailmand.config.loader import _loader
 
     if not yaml.__with_libyaml__:
         pytest.skip("this PyYAML was built without libyaml")

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,31 @@ def test_a_lean_put_is_what_persist_queue_takes(tmp_path):
     assert all(i.error is None for i in items)
     daemon_side.ack(items)
     daemon_side.close()
+
+
+# What a producer must not pay for at start once its settings are cached (issue 16):
+# the configuration's parser and schema, and the modules that only a daemon or
+# a composed listing needs. `dataclasses` pulls in inspect, ast, dis and tokenize.
+# A plain message (quick.py, Email._plain) is written without the email package (and its socket).
+PLAIN = {"yaml", "msgspec", "dataclasses", "inspect", "logging", "typing", "argparse", "email", "socket"}
+LEAN = {
+    "mailmand-sendmail -t": PLAIN,
+    "Email + Client": PLAIN,
+    **dict.fromkeys(("mailmand sendmail -t", "mailmand send"), {"yaml", "msgspec"}),
+    # Reading the store: no message is composed or parsed.
+    **dict.fromkeys(("mailq", "mailmand status", "mailmand list", "mailmand show"), {"yaml", "msgspec", "email"}),
+}
+
+
+@pytest.mark.parametrize("name", list(LEAN))
+def test_a_cached_producer_skips_the_config_parser(name, world, tmp_path):
+    from mailmand.config import cache
+
+    conf, msg_id = world
+    time.sleep(max(0.0, conf.stat().st_ctime + cache.SETTLE + 0.05 - time.time()))  # the file has settled
+    code, stdin = ENTRY_POINTS[name]
+    code = code.replace("{id}", msg_id)
+    first = run_fresh(tmp_path, code, conf, stdin)  # loads the file, fills the cache
+    assert "yaml" in first
+    modules = run_fresh(tmp_path, code, conf, stdin)
+    assert sorted(m for m in modules if m.split(".")[0] in LEAN[name]) == [], f"{name} imported them"

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def fill_spool(cfg: Config, n: int, send_after: float) -> list[str]:
     """`n` records in the spool, fast: the rows persist-queue's put writes, in one transaction."""
     Client(cfg)._q()._q  # type: ignore[attr-defined]  # noqa: B018 (the spool and table, as a producer makes them)
     record = Email(sender="a@example.com", to="b@example.com", text="x").to_record(10**6, send_after)
-    records = [replace(record, id=uuid.uuid4().hex) for _ in range(n)]
+    records = [record.replace(id=uuid.uuid4().hex) for _ in range(n)]
     with sqlite3.connect(cfg.queue.path / spoolmod.DB_FILE) as db:
         db.executemany(f"INSERT INTO {spoolmod.TABLE} (data, timestamp, status) VALUES (?, 0, 0)",
                        [(json.dumps(r.to_json()).encode(),) for r in records])

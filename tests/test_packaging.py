@@ -613,6 +613,8 @@ def test_deb_installs(deb, tmp_path):
     assert (spool.st_uid, spool.st_gid, stat.S_IMODE(spool.st_mode)) == (uid, gid, 0o2770)
     lib = (root / "var/lib/mailmand").stat()
     assert (lib.st_uid, stat.S_IMODE(lib.st_mode)) == (uid, 0o750)
+    cache = (root / "var/cache/mailmand").stat()  # the producers' settings cache
+    assert (cache.st_uid, cache.st_gid, stat.S_IMODE(cache.st_mode)) == (0, gid, 0o2770)
     conf = (root / "etc/mailmand/mailmand.yaml").stat()
     assert (conf.st_uid, conf.st_gid, stat.S_IMODE(conf.st_mode)) == (0, gid, 0o640)
     assert os.readlink(root / "usr/sbin/sendmail") == "/etc/alternatives/sendmail"
@@ -633,3 +635,4 @@ def test_deb_installs(deb, tmp_path):
     assert not (root / "usr/bin/mailq").is_symlink(), "the mailq slave link is left behind"
     assert not (root / "usr/lib/mailmand").exists()
     assert (root / "var/spool/mailmand").is_dir(), "purge must keep mail not yet sent"
+    assert not (root / "var/cache/mailmand").exists(), "purge leaves the settings cache"

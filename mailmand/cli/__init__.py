@@ -11,22 +11,22 @@ Each subcommand lives in the module of its kind (`queue`, `status`, `send`,
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from .. import config as configmod
 from ..errors import MailmandError, UsageError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-
-log = logging.getLogger(__name__)
+    from collections.abc import Sequence
+    from typing import Any
 
 EX_OK, EX_ERROR, EX_USAGE = 0, 1, 2
+# config.schema.LOG_LEVELS, without importing the schema (and msgspec); tests pin the two together.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # command -> (module in mailmand.cli, function). Imported when the command
 # runs; build.spec collects every mailmand.cli module for PyInstaller.
@@ -58,19 +58,20 @@ def _version() -> str:
     return f"mailmand {__version__} ({COMMIT})"
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is at the time (tests swap it)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
 def setup_logging(level: str = "INFO") -> None:
+    import logging  # here: mailmand-sendmail never sets up logging
+
+    class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value: Any) -> None:
+            pass
+
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -81,7 +82,21 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the parser of a subcommand that is not the one given: it
+    takes the calls that would define its arguments, and keeps nothing."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_mutually_exclusive_group(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, the top level and that subcommand
+    alone (a command such as `status` need not pay for building the other
+    fourteen, about 10 ms). Usage and errors of that command are the same."""
     import argparse  # here: mailmand-sendmail never parses with it
 
     common = argparse.ArgumentParser(add_help=False)
@@ -99,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help: str, json_flag: bool = False) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Skipped()  # type: ignore[return-value]
         sp = sub.add_parser(name, parents=[common], help=help, description=help)
         if json_flag:
             sp.add_argument("--json", action="store_true", help="print JSON (times in epoch seconds)")
@@ -195,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..sendmail import main as sendmail
 
         return sendmail(argv[at + 1:], config=_config_before(argv[:at]))
-    parser = build_parser()
+    # The subcommand's parser alone, unless help (which lists them all) comes
+    # before it, or the word is not a command (argparse lists the choices).
+    known = at is not None and argv[at] in COMMANDS and not {"-h", "--help"} & set(argv[:at])
+    parser = build_parser(argv[at] if known and at is not None else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
@@ -212,7 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon_side = args.command in DAEMON_SIDE
     warnings: list[str] = []
     try:
-        cfg = configmod.load(getattr(args, "config", None), producer=not daemon_side, warnings=warnings)
+        if daemon_side:
+            cfg = configmod.load(getattr(args, "config", None), warnings=warnings)
+        else:  # the producer's settings, from the cache when the file has not changed
+            cfg = configmod.load_producer(getattr(args, "config", None))
         if args.command in STORE_COMMANDS:
             from .common import load_for_store
 
@@ -221,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailmand: configuration error: {exc}", file=sys.stderr)
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
-    setup_logging(level if level in configmod.LOG_LEVELS else cfg.server.log_level)
+    setup_logging(level if level in LOG_LEVELS else cfg.server.log_level)
+    import logging
+
     for warning in warnings if daemon_side else ():
         logging.getLogger("mailmand.config").warning("%s", warning)
     module, name = COMMANDS[args.command]
@@ -242,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug or an input we did not foresee: still one line, not a traceback
-        log.debug("unexpected error", exc_info=True)
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
         print(f"mailmand: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_ERROR
 

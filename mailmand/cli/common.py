@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..config import Config, parse_duration
+from ..config.values import parse_duration
 from ..errors import UsageError
 from ..stores import open_store
 from ..stores.base import DaemonInfo, Store
@@ -18,6 +17,10 @@ from ..stores.base import DaemonInfo, Store
 # The daemon's single-instance lock in the spool (daemon.LOCK_FILE; not
 # imported from there, which would load the scheduler into every command).
 SPOOL_LOCK = "mailmand.lock"
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @contextmanager
@@ -71,6 +74,8 @@ def daemons(cfg: Config, s: Store, now: float) -> list[DaemonInfo]:
     live = s.daemons(now)
     pid = local_pid(cfg)
     if pid is not None and not any(d.pid == pid for d in live):
+        import socket
+
         live.append(DaemonInfo(id="", host=socket.gethostname(), pid=pid, version="", started_at=0.0,
                                heartbeat_at=0.0, spool=str(cfg.queue.path)))
     return live

@@ -13,12 +13,15 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from ..config import Config
 from ..errors import InvalidState, NoStore, NotFound, UsageError
 from ..queues import open_queue
 from ..stores.base import MessageInfo, Status, Store
 from . import format as fmt
 from .common import duration, local_pid, now, store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Config
 
 EVERY = sys.maxsize  # "no limit" for a listing
 

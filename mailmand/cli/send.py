@@ -8,9 +8,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..config import Config
 from ..errors import InvalidMessage, UsageError
 from .common import duration
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def _send_after(args: argparse.Namespace) -> float:

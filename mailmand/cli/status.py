@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import Config
 from ..errors import NoStore
 from ..queues import open_queue
 from ..stores import describe
 from . import format as fmt
 from .common import daemons, duration, local_pid, now, store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:

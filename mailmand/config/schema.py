@@ -3,11 +3,11 @@
 Each class is one section of the file; its fields are the section's keys
 (`max_fails` is read from `max-fails`), in the order error messages list
 them. msgspec walks a YAML document into these classes: it checks types,
-refuses unknown keys and reports the key path (`load.py` turns its errors
+refuses unknown keys and reports the key path (`loader.py` turns its errors
 into mailmand's one-line messages). The defaults live here and only here.
 
 Values written as text in the file (durations, rates, sizes, paths, listen
-addresses) have a type of their own below, read by `load.py`'s `dec_hook`.
+addresses) have a type of their own below, read by `loader.py`'s `dec_hook`.
 To mypy and to the code that reads the configuration they are plain
 `float`, `int`, `str` and `Path`; at run time they are subclasses of those,
 so that msgspec hands their values to the hook.
@@ -78,7 +78,7 @@ def data_dir() -> Path:
 class Section(msgspec.Struct, frozen=True, rename="kebab", forbid_unknown_fields=True):
     """A section of the file: immutable, hyphenated keys, unknown keys refused.
 
-    `secret_fields` are left out of `repr` (and `load.py` never shows their
+    `secret_fields` are left out of `repr` (and `loader.py` never shows their
     values in an error)."""
 
     secret_fields: ClassVar[frozenset[str]] = frozenset()

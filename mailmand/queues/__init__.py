@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import QueueConfig
 from ..errors import ConfigError
 from .base import DIR_MODE, Found, Item, Queue, QueueInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import QueueConfig
 
 
 def _spool(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,

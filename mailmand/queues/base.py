@@ -2,48 +2,62 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from ..frozen import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # The directory of a queue on disk (the spool): setgid, so that files inherit
 # its group, and writable by that group (the producers).
 DIR_MODE = 0o2770
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(Frozen):
     """One item taken from a queue. `data` is the decoded JSON, or None with
     `error` saying why it cannot be ingested (the daemon quarantines it)."""
 
+    _fields = ("token", "data", "raw", "error")
     token: Any  # engine-specific handle for ack
     data: Any
     raw: bytes
-    error: str | None = None
+    error: str | None
+
+    def __init__(self, token: Any, data: Any, raw: bytes, error: str | None = None) -> None:
+        self._set(locals())
 
 
-@dataclass(frozen=True)
-class QueueInfo:
+class QueueInfo(Frozen):
     """What `mailmand status` shows about a queue. Plain data (`to_json()`)."""
 
+    _fields = ("engine", "where", "waiting", "length", "pending", "consumers")
     engine: str
     where: str  # the spool's path, or the Redis URL (password masked) and key
     waiting: int  # not yet ingested: in the queue, taken by a daemon or not
-    length: int | None = None  # Redis: entries in the stream (waiting + pending)
-    pending: int | None = None  # Redis: delivered to a daemon, not yet acked
-    consumers: list[dict[str, Any]] = field(default_factory=list)  # Redis: name, pending, idle_s
+    length: int | None  # Redis: entries in the stream (waiting + pending)
+    pending: int | None  # Redis: delivered to a daemon, not yet acked
+    consumers: list[dict[str, Any]]  # Redis: name, pending, idle_s
+
+    def __init__(self, engine: str, where: str, waiting: int, length: int | None = None, pending: int | None = None,
+                 consumers: list[dict[str, Any]] | None = None) -> None:
+        consumers = [] if consumers is None else consumers
+        self._set(locals())
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(Frozen):
     """A message still in the queue (not yet in the store): `Queue.find`."""
 
+    _fields = ("id", "where", "entry", "taken")
     id: str
     where: str
     entry: str  # the engine's handle: a spool row or a stream entry id
     taken: bool  # a daemon has taken it and not yet committed it (as far as the engine can tell)
+
+    def __init__(self, id: str, where: str, entry: str, taken: bool) -> None:
+        self._set(locals())
 
 
 class Queue:

@@ -21,23 +21,32 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import sqlite3
 import threading
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import persistqueue
 
 from ..errors import QueueError, QueueUnavailable, SpoolPermissionError
-from ..logs import Repeats
 from .base import DIR_MODE, Found, Item, Queue, QueueInfo
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from typing import Any
+
+    import persistqueue
+
+    from ..logs import Repeats
+
+
+def _log() -> logging.Logger:
+    """This module's logger. (Imported here: a producer's put never logs, and
+    `logging` is a few ms of every `mailmand-sendmail`.)"""
+    import logging
+
+    return logging.getLogger(__name__)
 
 DB_FILE = "data.db"  # persist-queue's default file name
 BUSY_TIMEOUT = 30.0  # seconds sqlite waits on a lock before raising
@@ -151,7 +160,7 @@ class SpoolQueue(Queue):
         self._acks: list[int] = []
         self._flush_at = 0.0  # monotonic time of the next try to delete them
         self._flush_delay = FLUSH_RETRY[0]
-        self.full = Repeats(log, "spool disk full")
+        self.full: Repeats | None = None  # the daemon's "spool disk full" condition (made when first hit)
         self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
         self._direct_lock = threading.Lock()
         if readonly:
@@ -163,7 +172,7 @@ class SpoolQueue(Queue):
             except QueueUnavailable as exc:
                 # A disk with no room even for SQLite's shared-memory index (32 KiB):
                 # start all the same, deliver what the store holds, read once there is room.
-                log.warning("%s; the spool is read once there is room", exc)
+                _log().warning("%s; the spool is read once there is room", exc)
 
     def __repr__(self) -> str:
         return f"spool {self.path}"
@@ -354,7 +363,7 @@ class SpoolQueue(Queue):
                 self._acks = ids
                 self._flush_at = time.monotonic() + self._flush_delay
                 self._flush_delay = min(self._flush_delay * 2, FLUSH_RETRY[1])
-                self.full.failed("%s; %d ingested item(s) stay in the spool until there is space to delete them",
+                self._full().failed("%s; %d ingested item(s) stay in the spool until there is space to delete them",
                                  exc, len(ids))
                 return
             ids = ids[len(chunk):]
@@ -362,7 +371,15 @@ class SpoolQueue(Queue):
                 self._checkpoint()
         self._acks = []
         self._flush_delay = FLUSH_RETRY[0]
-        self.full.cleared()
+        if self.full is not None:
+            self.full.cleared()
+
+    def _full(self) -> Repeats:
+        if self.full is None:
+            from ..logs import Repeats
+
+            self.full = Repeats(_log(), "spool disk full")
+        return self.full
 
     def _checkpoint(self) -> None:
         try:

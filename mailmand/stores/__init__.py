@@ -7,9 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DatabaseConfig
 from ..errors import ConfigError
 from .base import DaemonInfo, Status, Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import DatabaseConfig
 
 KEY = "email.server.database"
 

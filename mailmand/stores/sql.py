@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidState, NotFound, RecordRejected
-from ..message import header_subject
 from . import rollup
 from .base import (
     DAEMON_TTL,
@@ -52,6 +51,14 @@ HAND_BACK = ("UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred
              " lease_owner = NULL, lease_until = NULL")
 INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32,766 parameters)
 FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
+
+
+def header_subject(raw: bytes) -> str:
+    """message.header_subject, imported when first needed (records older than the
+    subject field): `mailmand status` and `list` never load the email package."""
+    from ..stdemail import header_subject as subject
+
+    return subject(raw)
 
 
 class Db(Protocol):

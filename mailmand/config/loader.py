@@ -25,6 +25,7 @@ from msgspec.structs import replace
 from mailmand.errors import ConfigError
 
 from .explain import explain, make_canonical
+from .locate import find_config_path
 from .schema import (
     Address,
     Aliases,
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
     from .schema import SubmissionConfig
 
 log = logging.getLogger(__name__)
-
-SYSTEM_CONFIG = Path("/etc/mailmand/mailmand.yaml")
 
 # Keys of the Go original that do nothing in mailmand: accepted, reported as ignored.
 IGNORED = {
@@ -300,20 +299,6 @@ def parse(data: object, source: Path | None = None, *, producer: bool = False,
 
 
 # --- the file --------------------------------------------------------------------
-
-
-def find_config_path(explicit: str | Path | None = None) -> Path | None:
-    """`-c PATH`, else $MAILMAND_CONFIG, else ./mailmand.yaml, else /etc/mailmand/, else None."""
-    for given, origin in ((explicit, "-c"), (os.environ.get("MAILMAND_CONFIG"), "$MAILMAND_CONFIG")):
-        if given:  # named explicitly: it must exist
-            path = Path(given).expanduser()
-            if not path.is_file():
-                raise ConfigError(f"configuration file {path} (from {origin}) does not exist")
-            return path.absolute()
-    for path in (Path("mailmand.yaml"), SYSTEM_CONFIG):
-        if path.is_file():
-            return path.absolute()
-    return None
 
 
 @functools.cache

@@ -1,0 +1,159 @@
+"""The record that travels on the queue: JSON, never pickle; `raw` is the final message.
+
+Apart from message.py (which composes and parses with the `email` package) so
+that a producer that already has the final bytes (quick.py) and the daemon's
+ingest can make and check records without importing it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import os
+import re
+import time
+
+from .errors import InvalidMessage
+from .frozen import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+RECORD_VERSION = 1
+PRIORITY_MAX = 1_000_000  # higher goes first; bounded so every store can hold it
+MAX_RECIPIENTS = 1000  # email.server.max-recipients' default
+# An id is a file-name-safe token (ours are 32 hex digits): it goes into logs, URLs and commands.
+RECORD_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+HORIZON = 10 * 365.25 * 86400  # a send time further away than this is a mistake, not a plan
+CLOCK_SKEW = 86400  # how far ahead of ours an app server's clock may be for created_at
+
+# uuid5 namespace for idempotency keys (uuid is imported only for them): the same key always gives the same id,
+# so a producer learns the first message's id without asking the daemon.
+IDEMPOTENCY_NS = "6f1c9d0e-5b7a-4f3e-9a51-3c1f6d2b8e40"
+
+
+def new_id(idempotency_key: str | None = None) -> str:
+    if idempotency_key is not None:
+        import uuid
+
+        return uuid.uuid5(uuid.UUID(IDEMPOTENCY_NS), idempotency_key).hex
+    # uuid4().hex, without importing uuid (and the platform probing it does) on every sendmail call
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    return b.hex()
+
+
+class Record(Frozen):
+    """What travels on the queue: JSON, never pickle. `raw` is the final message."""
+
+    _fields = ("id", "mail_from", "rcpt_to", "raw", "priority", "send_after", "idempotency_key", "created_at",
+               "subject")
+    id: str
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    raw: bytes
+    priority: int
+    send_after: float  # epoch seconds; 0 or past = now
+    idempotency_key: str | None
+    created_at: float
+    # The decoded Subject, carried so ingest need not parse headers; None in
+    # records written before it was added (ingest then reads it from `raw`).
+    subject: str | None
+
+    def __init__(self, id: str, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes, priority: int = 0,
+                 send_after: float = 0.0, idempotency_key: str | None = None, created_at: float | None = None,
+                 subject: str | None = None) -> None:
+        if created_at is None:
+            created_at = time.time()
+        self._set(locals())
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "v": RECORD_VERSION,
+            "id": self.id,
+            "mail_from": self.mail_from,
+            "rcpt_to": list(self.rcpt_to),
+            "raw": base64.b64encode(self.raw).decode("ascii"),
+            "priority": self.priority,
+            "send_after": self.send_after,
+            "idempotency_key": self.idempotency_key,
+            "created_at": self.created_at,
+        }
+        if self.subject is not None:
+            data["subject"] = self.subject  # optional: readers of version 1 without it still work
+        return data
+
+    @classmethod
+    def from_json(cls, data: object, *, max_recipients: int = MAX_RECIPIENTS, now: float | None = None) -> Record:
+        """Validate a decoded queue item as the client validates what it queues;
+        InvalidMessage names what is wrong."""
+        if not isinstance(data, dict):
+            raise InvalidMessage("record", type(data).__name__, "expected a JSON object")
+        if data.get("v") != RECORD_VERSION:
+            raise InvalidMessage("record.v", data.get("v"), f"unsupported record version (want {RECORD_VERSION})")
+        try:
+            rcpt = data["rcpt_to"]
+            if not isinstance(rcpt, list) or not rcpt or not all(isinstance(r, str) for r in rcpt):
+                raise InvalidMessage("record.rcpt_to", rcpt, "expected a non-empty list of addresses")
+            for key in ("id", "mail_from", "raw"):
+                if not isinstance(data[key], str):
+                    raise InvalidMessage(f"record.{key}", data[key], "expected a string")
+            for key, addr in [("mail_from", data["mail_from"]), *(("rcpt_to", r) for r in rcpt)]:
+                # Envelope addresses go on SMTP command lines: an @, and no CR/LF, spaces or brackets.
+                if key == "mail_from" and addr == "":
+                    continue  # the null sender (a bounce)
+                if "@" not in addr or any(c in addr for c in "\r\n <>"):
+                    raise InvalidMessage(f"record.{key}", addr, "not an envelope address")
+            if not RECORD_ID.fullmatch(data["id"]):
+                raise InvalidMessage("record.id", data["id"][:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
+            check_recipients(len(rcpt), max_recipients, "record.rcpt_to")
+            now = time.time() if now is None else now
+            send_after = check_send_after(float(data.get("send_after") or 0.0), now, "record.send_after")
+            created_at = float(data.get("created_at") or now)
+            if not math.isfinite(created_at) or created_at > now + CLOCK_SKEW:
+                raise InvalidMessage("record.created_at", created_at, "expected a time not after now")
+            subject = data.get("subject")
+            try:
+                raw = base64.b64decode(data["raw"], validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidMessage("record.raw", data["raw"][:40], "not valid base64") from None
+            return cls(
+                id=data["id"],
+                mail_from=data["mail_from"],
+                rcpt_to=tuple(rcpt),
+                raw=raw,
+                priority=_priority(data.get("priority")),
+                send_after=send_after,
+                idempotency_key=data.get("idempotency_key"),
+                created_at=created_at,
+                subject=subject if isinstance(subject, str) else None,
+            )
+        except KeyError as exc:
+            raise InvalidMessage(f"record.{exc.args[0]}", None, "missing") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidMessage):
+                raise
+            raise InvalidMessage("record", str(exc), "malformed field") from None
+
+
+def check_recipients(n: int, limit: int, name: str) -> None:
+    if n > limit:
+        raise InvalidMessage(name, f"{n} recipients", f"more than max-recipients ({limit})")
+
+
+def check_send_after(when: float, now: float, name: str) -> float:
+    """A finite time, at most HORIZON ahead (the past means now)."""
+    if not math.isfinite(when) or when > now + HORIZON:
+        raise InvalidMessage(name, when, "expected a finite time within 10 years of now")
+    return when
+
+
+def _priority(value: object) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not -PRIORITY_MAX <= value <= PRIORITY_MAX:
+        raise InvalidMessage("record.priority", value, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
+    return value

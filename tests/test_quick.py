@@ -1,0 +1,197 @@
+"""quick.py against the email package: for every message it takes, the same
+record byte for byte (Message-ID and Date aside, which differ by time and
+chance); every message it leaves goes the full way, which also says what is
+wrong with a bad one. Its start-up savings are bench/startup.py's."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from email.message import EmailMessage
+from email.utils import formatdate
+
+import pytest
+
+from mailmand import quick
+from mailmand.errors import MessageTooLarge
+from mailmand.message import SMTP_POLICY, Email
+
+FROMS = ["From: cron@example.com", "From: Cron Daemon <cron@example.com>", 'From: "Daemon, Cron" <cron@example.com>',
+         "From: root (Cron Daemon)", "From: root", "From: <cron@example.com>", "From: cron@example.com\n\t",
+         "FROM: cron@sub.example.com", "From: a.b+c@example.com", "From: o'neil#x{y}@example.com",
+         "From: cron@EXAMPLE.com ", "From: Ann Lee <ann@example.com>, bob@example.com", "From: \"\" <a@example.com>",
+         "From: cron@localhost", "From: =?utf-8?q?Cr=C3=B6n?= <cron@example.com>", "From: Crön <cron@example.com>",
+         "From: cron@exämple.com", "From: cron@-example.com", "From: a@b@example.com", "From: <>",
+         "From: cron@[127.0.0.1]", "From: J. Smith <j@example.com>", "From: cron@example.com.", ""]
+TOS = ["To: ops@example.com", "To: ops@example.com, dev@example.com",
+       "To: Ops <ops@example.com>,\n Dev <dev@example.com>",
+       "To: ops@example.com,,dev@example.com", "To: undisclosed-recipients:;", "To: root", "To: ops@example.com\nCc: "
+       "ops@example.com, qa@example.com", "To: ops@example.com\nBcc: hidden@example.com", "to: OPS@example.com",
+       "To: ops@example.com\nTo: dev@example.com", "To:ops@example.com", "To:   ops@example.com\t",
+       "To: a-very-long-address-that-makes-the-line-long@a-long-domain-name.example.com, x@example.com",
+       "Bcc: only@example.com", "To: ops@example.com\r", ""]
+SUBJECTS = ["Subject: hello", "Subject:   spaced  out\t ", "Subject: folded\n  over two lines", "Subject:",
+            "Subject: =?utf-8?q?caf=C3=A9?=", "Subject: café", "Subject: " + "x" * 80, "Subject: a\x0bb",
+            "Subject: one\nSubject: two", "Subject: (not a comment) <not@address>", ""]
+EXTRAS = ["", "Content-Type: text/plain; charset=utf-8", "Content-Type: text/html;\n charset=\"UTF-8\"",
+          "Content-Type: multipart/mixed; boundary=x", "Content-Type: message/rfc822", "Content-Type: bogus",
+          "Message-ID: <given@example.com>", "Date: Mon, 1 Jan 2024 00:00:00 +0000", "Message-Id: <x@y>",
+          "X-PHP-Originating-Script: 33:mail.php", "X-Odd-Name_1.2: v", ": no name", "not a header",
+          "X-Mailer: PHP/8.2\nMIME-Version: 1.0\nContent-Transfer-Encoding: 8bit", " leading continuation",
+          "X-Empty:", "X-Long: " + "y" * 75]
+BODIES = [b"hello\n", b"line one\nline two\n", b"crlf\r\nlines\r\n", b"lone\rcr\n", b"caf\xc3\xa9 \xff\n", b"",
+          b"no newline at end", b"--x\nContent-Type: text/plain\n\npart\n--x--\n", b"\n\nblank lines\n\n"]
+ARGS = [dict(t=True, f=None, args=[]), dict(t=True, f="bounce@example.com", args=[]), dict(t=True, f="<>", args=[]),
+        dict(t=True, f=None, args=["extra@example.com"]), dict(t=False, f=None, args=["ops@example.com"]),
+        dict(t=False, f="Ann <ann@example.com>", args=["a@example.com, b@example.com"]),
+        dict(t=False, f=None, args=["root"]), dict(t=True, f="a@b@c", args=[])]
+
+MSGID = re.compile(rb"^Message-ID: <\d+\.\d+\.\d+@[^>\r\n]+>\r\n", re.M)
+DATE = re.compile(rb"^Date: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                  rb"\d{4} \d\d:\d\d:\d\d [+-]\d{4}\r\n", re.M)
+
+
+BOUNDARY = re.compile(rb"={15}\d+==")  # the email package's random MIME boundary
+
+
+def normal(raw: bytes) -> bytes:
+    return BOUNDARY.sub(b"=-=", DATE.sub(b"Date: -\r\n", MSGID.sub(b"Message-ID: -\r\n", raw)))
+
+
+def full(raw: bytes, a: dict, max_size: int, max_rcpt: int):
+    try:
+        email = Email.from_bytes(raw, sender=a["f"], recipients=None if a["t"] else a["args"],
+                                 extra_recipients=a["args"] if a["t"] else (), from_name=None,
+                                 default_sender="cron", local_domain="host.example", aliases={})
+        return email.to_record(max_size, 0.0, max_rcpt)
+    except Exception as exc:  # noqa: BLE001 (an InvalidMessage, or a bug of the full path: either way not queued)
+        return exc
+
+
+def cases():
+    for head in itertools.product(FROMS, TOS, SUBJECTS[:3], EXTRAS[:2]):
+        yield head, BODIES[0], ARGS[0], "\n"
+    for i, (extra, body, args, eol) in enumerate(itertools.product(EXTRAS, BODIES, ARGS, ["\n", "\r\n"])):
+        yield (FROMS[i % len(FROMS)], TOS[i % len(TOS)], SUBJECTS[i % len(SUBJECTS)], extra), body, args, eol
+    for subject, body in itertools.product(SUBJECTS, BODIES):
+        yield (FROMS[0], TOS[0], subject, ""), body, ARGS[0], "\n"
+
+
+def test_what_it_takes_it_queues_as_the_email_package_would():
+    taken = compared = 0
+    for head, body, args, eol in cases():
+        raw = eol.join(line for line in head if line).replace("\n", eol).encode("utf-8") + eol.encode() * 2 + body
+        for max_size, max_rcpt in ((10_000, 1000), (200, 1)):
+            got = quick.record(raw, sender=args["f"], recipients=None if args["t"] else args["args"],
+                               extra_recipients=args["args"] if args["t"] else (), max_size=max_size,
+                               max_recipients=max_rcpt)
+            want = full(raw, args, max_size, max_rcpt)
+            compared += 1
+            if got is None:
+                continue
+            taken += 1
+            if isinstance(want, MessageTooLarge) and len(got.raw) > max_size - 20:
+                continue  # at the limit: Message-ID's random number has 1 to 20 digits on either side
+            assert not isinstance(want, Exception), (raw, args, want)
+            assert (got.mail_from, got.rcpt_to, got.subject) == (want.mail_from, want.rcpt_to, want.subject), raw
+            assert normal(got.raw) == normal(want.raw), (raw, got.raw, want.raw)
+            assert len(MSGID.findall(got.raw)) == len(MSGID.findall(want.raw))
+            assert len(DATE.findall(got.raw)) == len(DATE.findall(want.raw))
+            assert (got.priority, got.send_after, got.idempotency_key) == (0, 0.0, None)
+    assert compared > 5000
+    assert taken > 1000, f"quick took only {taken} of {compared}"  # the check can fail
+
+
+@pytest.mark.parametrize("raw", [
+    b"From: app@example.com\nTo: user@example.com\nSubject: Your order\nMIME-Version: 1.0\n"
+    b"Content-Type: text/html; charset=UTF-8\nX-Mailer: PHP/8.2\n\n<p>Thanks</p>\n",  # PHP's mail()
+    b"From: cron@example.com\nTo: ops@example.com\nSubject: startup\n\nhello\n",  # bench/startup.py's
+])
+def test_it_takes_the_usual_messages(raw):
+    assert quick.record(raw, sender=None, recipients=None, extra_recipients=(), max_size=10_000,
+                        max_recipients=10) is not None
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/St_Johns", "Asia/Kolkata", "Pacific/Chatham"])
+def test_its_date_is_formatdates(tz, monkeypatch):
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        for t in (0, 1_700_000_000, 1_719_792_000.5, 1_735_689_599, 2_000_000_000):
+            assert quick.formatdate(t) == formatdate(t, localtime=True)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_its_message_id_is_make_msgids_form():
+    mid = quick.msgid("example.com", 1_700_000_000.123)
+    assert re.fullmatch(rf"<170000000012\.{os.getpid()}\.\d+@example\.com>", mid)
+    msg = EmailMessage(policy=SMTP_POLICY)
+    msg["Message-ID"] = mid
+    assert msg.as_bytes().startswith(f"Message-ID: {mid}\r\n".encode())
+
+
+# -- Email(...) composed without the email package (message.py's `_plain`) ----------------
+
+SENDERS = ["app@example.com", "App <app@example.com>", "Ann Lee <ann.lee@example.com>", "a+b@sub.example.org",
+           '"Lee, Ann" <ann@example.com>', "ann@example.com, bob@example.com", "  app@example.com ",
+           "=?utf-8?q?App?= <app@example.com>", "Ann  Lee <ann@example.com>", "ann@exämple.com", "ann@-x.com",
+           "app@localhost", "<app@example.com>", "ann", "ann@", "Ann <ann@example.com", "Ännä <ann@example.com>"]
+RCPTS = [None, "ops@example.com", ["ops@example.com", "dev@example.com"], "ops@example.com, dev@example.com",
+         ("ops@example.com",), "Ops Team <ops@example.com>", [], "", "ops@example.com,", ["ops@example.com", 3],
+         "ops@example.com\nBcc: x@example.com", ", ".join(f"user{i}@example.com" for i in range(8))]
+TEXTS = [None, "", "hello\n", "hi", "line\r\nline\rline\n", "café\n", "x" * 78, "x" * 79, "\x00\x0b\x0c\n", "\ud800"]
+SUBJECTS_ = ["", "Hello", "Hello  world", " lead", "trail ", "café", "=?utf-8?q?x?=", "x" * 69, "x" * 70,
+             "tab\there", "a\nb"]
+HEADERS = [None, {"X-Campaign": "welcome"}, {"X-Long": "y" * 66}, {"X-Empty": ""}, {"List-Id": "<l.example.com>"},
+           {"X-Enc": "=?utf-8?q?x?="}, {"Message-ID": "<mine@example.com>"}]
+MORE = [{}, {"html": "<p>x</p>"}, {"reply_to": "replies@example.com"}, {"read_receipt": "app@example.com"},
+        {"cc": "cc@example.com", "bcc": ["b1@example.com", "b2@example.com"]}, {"priority": 5},
+        {"idempotency_key": "k1"}, {"reply_to": "Bad <"}]
+
+
+def compose_cases():
+    for sender, to, text in itertools.product(SENDERS, RCPTS, TEXTS[:4]):
+        yield {"sender": sender, "to": to, "text": text}
+    for i, (subject, headers, more) in enumerate(itertools.product(SUBJECTS_, HEADERS, MORE)):
+        yield {"sender": SENDERS[i % 4], "to": RCPTS[1 + i % 5], "subject": subject, "headers": headers,
+               "text": TEXTS[i % len(TEXTS)], **more}
+
+
+def made(kwargs: dict, full: bool, monkeypatch):
+    from mailmand import message
+
+    with monkeypatch.context() as m:
+        if full:
+            m.setattr(message, "_plain_addresses", lambda **_: None)
+            m.setattr(message.Email, "_plain", lambda self: None)
+        try:
+            email = Email(**kwargs)
+            return email, email.to_record(10_000, 0.0, 5)
+        except Exception as exc:  # noqa: BLE001 (compared below: the same error either way)
+            return exc, None
+
+
+def test_a_plain_email_is_written_as_the_email_package_writes_it(monkeypatch):
+    plain = total = 0
+    for kwargs in compose_cases():
+        total += 1
+        quick_email, got = made(kwargs, False, monkeypatch)
+        full_email, want = made(kwargs, True, monkeypatch)
+        if isinstance(full_email, Exception) or isinstance(quick_email, Exception):
+            assert type(quick_email) is type(full_email) and str(quick_email) == str(full_email), kwargs
+            continue
+        assert (quick_email.sender, quick_email.to, quick_email.cc, quick_email.bcc, quick_email.reply_to,
+                quick_email.read_receipt) == (full_email.sender, full_email.to, full_email.cc, full_email.bcc,
+                                              full_email.reply_to, full_email.read_receipt), kwargs
+        if isinstance(want, MessageTooLarge) or want is None:
+            continue
+        plain += quick_email._plain() is not None
+        assert (got.mail_from, got.rcpt_to, got.subject, got.priority, got.idempotency_key) == (
+            want.mail_from, want.rcpt_to, want.subject, want.priority, want.idempotency_key), kwargs
+        assert normal(got.raw) == normal(want.raw), (kwargs, got.raw, want.raw)
+    assert total > 1000
+    assert plain > 150, f"only {plain} of {total} written without the email package"  # the check can fail
