@@ -12,7 +12,6 @@ import os
 import sqlite3
 import stat
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,7 +104,7 @@ V2 = [
     """CREATE TABLE daemons (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
         version TEXT NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, spool TEXT NOT NULL)""",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    f"INSERT INTO meta VALUES ('store_id', '{uuid.uuid4().hex}')",
+    "INSERT INTO meta VALUES ('store_id', lower(hex(randomblob(16))))",  # (no uuid import on `status`)
 ]
 V3 = [
     # The claim an attempt answered: a finish committed once is never applied twice.
