@@ -82,6 +82,7 @@ def _chunks(n: int, now: float, stats: Counter, reasons: Counter,
                 if status in (Status.SENT, Status.FAILED, Status.EXPIRED):
                     hour = int(at // HOUR)
                     stats[(hour, status.value, 0)] += 1
+                    stats[(hour, f"done.{status.value}", 0)] += 1  # as the store's own roll-up counts it
                     if status is Status.SENT:
                         stats[(hour, "latency", _bucket(at - created))] += 1
                     else:

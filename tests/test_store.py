@@ -308,6 +308,9 @@ def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
                " 1, 1, 100, 2, 1)")  # then, `attempts` counted only what max-fails counts
     db.executemany("INSERT INTO attempts VALUES ('m1', ?, 'r', ?, 'x', 0.1, 'temporary')",
                    [(2.0, 451), (3.0, None), (4.0, 451)])
+    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
+               " due_at, attempts, updated_at, finished_at) VALUES ('m2', 'failed', 'a@x.org', '[\"b@x.org\"]',"
+               " 's', 10, 1, 1, 1, 1, 7300, 7300)")
     db.execute("INSERT INTO bodies VALUES ('m1', x'00')")
     db.commit()
     db.close()
@@ -319,6 +322,9 @@ def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
         assert c.token == 1 and c.fails == 2
         assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
         assert done(store, c, "me", 101.0, Outcome(Status.SENT, code=250))  # the newest schema's attempt row
+        # Finished messages are a roll-up now, filled from the rows the old store had.
+        assert store.stats(0.0, 8000.0)["messages"] == {"sent": 1, "failed": 1, "expired": 0}
+        assert store.stats(7200.0, 8000.0)["messages"] == {"sent": 0, "failed": 1, "expired": 0}
         assert store.get("m1").attempts == 4 and len(store.attempts("m1")) == 4
     finally:
         store.close()

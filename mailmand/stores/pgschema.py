@@ -86,4 +86,10 @@ V2 = [
     "ALTER TABLE attempts ADD COLUMN claim INTEGER",
     "CREATE UNIQUE INDEX ix_attempt_claim ON attempts (message_id, claim) WHERE claim IS NOT NULL",
 ]
-MIGRATIONS = [V1, V2]
+V3 = [
+    # Finished messages by hour and final state, a roll-up, filled from the rows there are.
+    "INSERT INTO stats_hourly (hour, kind, bucket, n) SELECT floor(finished_at / 3600)::bigint,"
+    " 'done.' || status, 0, count(*) FROM messages WHERE finished_at IS NOT NULL"
+    " AND status IN ('sent', 'failed', 'expired') GROUP BY 1, 2",
+]
+MIGRATIONS = [V1, V2, V3]

@@ -41,6 +41,8 @@ class Rollup:
             return
         hour = int(done.attempt.at // HOUR)
         self.stats[hour, status.value, 0] += 1
+        # Messages in a final state, by the hour they finished: `retry` takes one back out.
+        self.stats[hour, f"done.{status.value}", 0] += 1
         if status is Status.SENT:
             self.stats[hour, "latency", bucket(done.attempt.at - send_after)] += 1
         elif done.outcome.reason:
@@ -74,23 +76,22 @@ def percentiles(histogram: Sequence[tuple[int, int]], wanted: Sequence[int]) -> 
 
 
 def report(since: float, now: float, stat_rows: Iterable[tuple[str, int, int]],
-           reason_rows: Iterable[tuple[str, int]], depth_rows: Iterable[tuple[int, int]],
-           message_rows: Iterable[tuple[str, int]] = ()) -> dict[str, Any]:
-    """`Store.stats` from the summed roll-ups: (kind, bucket, n), (reason, n), (hour, depth),
-    and the messages finished since, by status: (status, n)."""
+           reason_rows: Iterable[tuple[str, int]], depth_rows: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """`Store.stats` from the summed roll-ups: (kind, bucket, n), (reason, n), (hour, depth)."""
     totals = {k: 0 for k in ("sent", "failed", "expired")}
     attempts = {k: 0 for k in ("sent", "temporary", "permanent", "expired")}
+    # Messages, not events: one retried and refused twice is one failed message, two attempts.
+    messages = {k: 0 for k in ("sent", "failed", "expired")}
     histogram: list[tuple[int, int]] = []
     for kind, b, n in stat_rows:
         if kind == "latency":
             histogram.append((int(b), int(n)))
         elif kind.startswith("attempt."):
             attempts[kind[8:]] = attempts.get(kind[8:], 0) + int(n)
+        elif kind.startswith("done."):
+            messages[kind[5:]] = messages.get(kind[5:], 0) + int(n)
         else:
             totals[kind] = totals.get(kind, 0) + int(n)
-    # Messages, not events: one retried and refused twice is one failed message, two attempts.
-    messages = {k: 0 for k in ("sent", "failed", "expired")}
-    messages.update((status, int(n)) for status, n in message_rows)
     return {
         "since": since,
         "until": now,

@@ -332,6 +332,8 @@ class SQLStore(Store):
             if Status(row[0]) not in allowed:
                 raise InvalidState(f"cannot {verb} message {message_id}: it is {row[0]} "
                                    f"(only {', '.join(s.value for s in allowed)} can be)")
+            if verb == "retry":
+                self._unfinish(db, "id = ?", (message_id,))
             for stmt, a in zip(sql, args, strict=True):
                 db.execute(stmt, (*a, message_id))
             if verb == "retry":
@@ -343,6 +345,16 @@ class SQLStore(Store):
             " last_error = 'cancelled by operator' WHERE id = ?",
             "UPDATE recipients SET status = 'failed', reply = 'cancelled by operator', updated_at = ?"
             " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)))
+
+    def _unfinish(self, db: Db, where: str, args: Sequence[Any] = ()) -> None:
+        """Messages about to leave their final state: out of the finished counts of their hour."""
+        rows = db.execute(f"SELECT finished_at, status FROM messages WHERE {where} AND finished_at IS NOT NULL",
+                          args).fetchall()
+        taken: dict[tuple[int, str, int], int] = {}
+        for at, status in rows:
+            key = (int(at // rollup.HOUR), f"done.{status}", 0)
+            taken[key] = taken.get(key, 0) - 1
+        self._write_rollup_rows(db, "stats_hourly", sorted((*k, n) for k, n in taken.items()))
 
     def _requeue_sql(self, where: str) -> list[str]:
         # A fresh max-fails budget; recipients already delivered to are not sent to again.
@@ -360,6 +372,7 @@ class SQLStore(Store):
             return 1
         failed = "status IN ('failed', 'expired')"
         with self.tx() as db:
+            self._unfinish(db, failed)
             recipients, messages = self._requeue_sql(failed)
             db.execute(recipients, (now,))
             n = int(db.execute(messages, (now, now, now)).rowcount)
@@ -424,9 +437,7 @@ class SQLStore(Store):
         reasons = self._read("SELECT reason, sum(n) AS c FROM reasons_hourly WHERE hour >= ?"
                              " GROUP BY reason ORDER BY c DESC, reason LIMIT 10", (first,))
         depth = self._read("SELECT hour, depth FROM depth_hourly WHERE hour >= ? ORDER BY hour", (first,))
-        finished = self._read("SELECT status, count(*) FROM messages WHERE finished_at >= ?"
-                              " AND status IN ('sent', 'failed', 'expired') GROUP BY status", (since,))
-        return rollup.report(since, now, rows, reasons, depth, finished)
+        return rollup.report(since, now, rows, reasons, depth)
 
     # -- migrate -----------------------------------------------------------------
 
