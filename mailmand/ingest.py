@@ -34,10 +34,6 @@ class IngestResult:
         self.duplicates += other.duplicates
         self.quarantined += other.quarantined
 
-    def __iadd__(self, other: IngestResult) -> IngestResult:
-        self.add(other)
-        return self
-
 
 class Ingester:
     def __init__(self, queue: Queue, store: Store, on_stored: Callable[[float], None] | None = None,
@@ -63,7 +59,7 @@ class Ingester:
             items = self.queue.take(BATCH if limit is None else min(BATCH, limit))
             if not items:
                 break
-            total += self._ingest(items)
+            total.add(self._ingest(items))
         return total
 
     def _ingest(self, items: list[Item]) -> IngestResult:

@@ -85,7 +85,8 @@ class Dispatcher:
         # (fenced by each claim's token) as soon as it can.
         self._unsaved: list[Finished] = []
         self._renewed = 0.0
-        self._claim_pool: futures.ThreadPoolExecutor | None = None  # claims the next batch ahead
+        # Claims the next batch ahead (its thread starts with the first claim ahead).
+        self._claimer = futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim")
         self._store_down = Repeats(log, f"store {store.name}")
 
     @property
@@ -180,7 +181,7 @@ class Dispatcher:
                 # A full batch: more is likely due, so claim it while this one is sent.
                 # (Mail that trickles in is claimed when asked for, as it comes.)
                 if len(batch) >= cfg.batch:
-                    ahead = self._claimer().submit(self._claim, cfg, now, result, live, state)
+                    ahead = self._claimer.submit(self._claim, cfg, now, result, live, state)
                 for msg in batch:
                     yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
                 if ahead is not None:
@@ -192,12 +193,6 @@ class Dispatcher:
             if ahead is not None:  # a claim under way lands in `live` before the caller hands it back
                 ahead.cancel()
                 futures.wait([ahead])
-
-    def _claimer(self) -> futures.ThreadPoolExecutor:
-        with self._cfg_lock:
-            if self._claim_pool is None:
-                self._claim_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim")
-            return self._claim_pool
 
     def _claim(self, cfg: ServerConfig, now: float | None, result: RunResult, live: dict[str, Claimed],
                state: _FeedState) -> list[Claimed]:
@@ -283,8 +278,7 @@ class Dispatcher:
 
     def close(self) -> None:
         self._relay.close()
-        if self._claim_pool is not None:
-            self._claim_pool.shutdown()
+        self._claimer.shutdown()
 
 
 def _log_outcome(msg: Claimed, outcome: Outcome) -> None:

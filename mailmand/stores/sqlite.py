@@ -202,37 +202,35 @@ class SQLiteStore(SQLStore):
         harmlessly (a claim: the message is due again); the next durable commit
         syncs the log with it, so an outcome never outlives its claim on disk."""
         with self._lock:
-            if durable:
-                with self._tx() as db:
-                    yield db
-                return
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self._tx() as db:
                     yield db
             finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
+        """BEGIN IMMEDIATE … COMMIT (the caller holds the lock)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error worth reporting is the one above
+            if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and \
+                    not isinstance(exc, RECORD_ERRORS):
                 raise self._unavailable(exc) from exc
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    try:
-                        self._db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the error worth reporting is the one above
-                if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and \
-                        not isinstance(exc, RECORD_ERRORS):
-                    raise self._unavailable(exc) from exc
-                raise
+            raise
 
     def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
