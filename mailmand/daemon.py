@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,14 +16,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__, stores
+from . import __version__, stores, systemd
 from . import config as configmod
 from .config import Config
+from .dispatcher import Dispatcher, RunResult, owner_id
 from .errors import AlreadyRunning, ConfigError, StoreUnavailable
 from .ingest import BATCH, Ingester, IngestLoop, IngestResult
-from .logs import Repeats
 from .queues import DIR_MODE, Queue, lock_path, open_queue
-from .scheduler import Dispatcher, DispatchScheduler, RunResult, owner_id
+from .repeats import Repeats
+from .scheduler import DispatchScheduler
 from .stores import DaemonInfo, Store, open_store
 
 if TYPE_CHECKING:
@@ -37,22 +37,6 @@ LOCK_FILE = "mailmand.lock"
 LOCK_MODE = 0o640  # a lock file holds a pid: not for every local user
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
 STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
-
-
-def notify(state: str) -> bool:
-    """sd_notify(3): one datagram to $NOTIFY_SOCKET; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(state.encode(), addr)
-        except OSError as exc:
-            log.debug("sd_notify failed: %s", exc)
-            return False
-    return True
 
 
 class InstanceLock:
@@ -242,7 +226,7 @@ class Daemon:
         never an exit. False when asked to stop meanwhile."""
         down = Repeats(log, f"store {stores.describe(self.cfg.server.database)}")
         wait = 1.0
-        watchdog_every = _watchdog_interval()
+        watchdog_every = systemd.watchdog_interval()
         while not self._stop:
             try:
                 self._open()
@@ -250,12 +234,12 @@ class Daemon:
                 down.failed("cannot reach the store, waiting for it (not ready): %s", exc)
                 # Not ready, and not stuck: systemd extends the start timeout (TimeoutStartSec)
                 # past the next try instead of killing a daemon that waits on purpose.
-                notify(f"STATUS=waiting for the store: {exc}\n"
+                systemd.notify(f"STATUS=waiting for the store: {exc}\n"
                        f"EXTEND_TIMEOUT_USEC={int((wait + STORE_TRY_MARGIN) * 1_000_000)}")
                 deadline = time.monotonic() + wait
                 while not self._stop and time.monotonic() < deadline:
                     if watchdog_every:
-                        notify("WATCHDOG=1")
+                        systemd.notify("WATCHDOG=1")
                     time.sleep(0.1)
                 wait = min(wait * 2, STORE_WAIT_MAX)
                 continue
@@ -331,8 +315,8 @@ class Daemon:
         sched.start()
         log.info("mailmand running: daemon %s, queue %s, store %s, relay %s", self.id, self.queue,
                  self.store.name, self.cfg.server.smtp.relay)
-        notify("READY=1")
-        watchdog_every = _watchdog_interval()
+        systemd.notify("READY=1")
+        watchdog_every = systemd.watchdog_interval()
         last_ping = 0.0
         try:
             while not self._stop:
@@ -342,14 +326,14 @@ class Daemon:
                     sched.poke()
                 if self._reload:
                     self._reload = False
-                    notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                    systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
                     self.reload(sched)
-                    notify("READY=1")
+                    systemd.notify("READY=1")
                 if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
-                    notify("WATCHDOG=1")
+                    systemd.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
         finally:
-            notify("STOPPING=1")
+            systemd.notify("STOPPING=1")
             log.info("stopping: finishing messages in flight")
             if watcher is not None:
                 watcher.stop()
@@ -433,12 +417,3 @@ class Daemon:
             self.store_lock.release()
         if self.lock:
             self.lock.release()
-
-
-def _watchdog_interval() -> float:
-    usec = os.environ.get("WATCHDOG_USEC")
-    # In the one-file binary, systemd's main PID is PyInstaller's bootloader, our parent.
-    ours = {str(os.getpid())} | ({str(os.getppid())} if getattr(sys, "frozen", False) else set())
-    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) not in ours:
-        return 0.0
-    return int(usec) / 2e6  # ping at half the timeout, as sd_watchdog_enabled(3) advises

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import InvalidMessage, MailmandError, RecordRejected, StoreUnavailable
-from .logs import Repeats
 from .message import MAX_RECIPIENTS, Record
 from .queues import Item, Queue
+from .repeats import Repeats
 from .stores import Store
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__, observe
 from .errors import MailmandError
-from .logs import Repeats
+from .repeats import Repeats
 from .stores.base import Status
 
 if TYPE_CHECKING:

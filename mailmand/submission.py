@@ -39,8 +39,8 @@ from .client import Client
 from .config import AuthConfig, Config, replace
 from .config.loader import submission_tls as tls_context
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
-from .logs import Repeats
 from .message import Email
+from .repeats import Repeats
 from .stdemail import parse_address
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailmand.config import ServerConfig, SmtpConfig
-from mailmand.scheduler import Dispatcher
+from mailmand.dispatcher import Dispatcher
 from mailmand.smtp import Envelope, Kind, Relay, SendResult
 from mailmand.stores.base import Status
 from mailmand.stores.sqlite import SQLiteStore

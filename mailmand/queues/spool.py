@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     import persistqueue
 
-    from ..logs import Repeats
+    from ..repeats import Repeats
 
 
 def _log() -> logging.Logger:
@@ -376,7 +376,7 @@ class SpoolQueue(Queue):
 
     def _full(self) -> Repeats:
         if self.full is None:
-            from ..logs import Repeats
+            from ..repeats import Repeats
 
             self.full = Repeats(_log(), "spool disk full")
         return self.full

@@ -20,7 +20,7 @@ message close to an asyncio loop's.
   MAIL reply) is tried once more on a new session when the session had been
   reused or had answered before: nothing of it was accepted, so this sends
   nothing twice.
-* Relay-down lines go through `logs.Repeats`: an outage logs once, then one
+* Relay-down lines go through `repeats.Repeats`: an outage logs once, then one
   summary a minute, then one line when the relay answers again.
 """
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from mailmand.config import SmtpConfig
 from mailmand.errors import ConfigError
 from mailmand.hostname import mail_domain
-from mailmand.logs import Repeats
+from mailmand.repeats import Repeats
 
 from .protocol import Envelope, Kind, Outcome, RecipientResult, everyone
 from .session import Exchange, Session, SessionError

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import DatabaseConfig
 from ..errors import NoStore, StoreError, StoreUnavailable
-from ..logs import Repeats
+from ..repeats import Repeats
 from . import dsn as dsnmod
 from .base import Claimed, Status
 from .pgschema import MIGRATIONS
@@ -30,7 +30,7 @@ from .sql import Db, SQLStore, cause
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection, and psycopg every pipeline it could not
 # close on a lost connection, at WARNING: during an outage that is a flood. The
-# store reports outages itself, once (mailmand.logs.Repeats).
+# store reports outages itself, once (mailmand.repeats.Repeats).
 logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 CHANNEL = "mailmand_due"

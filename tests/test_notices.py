@@ -8,7 +8,7 @@ from email import message_from_bytes, policy
 
 from mailmand.cli import main
 from mailmand.config import NotifyConfig, load
-from mailmand.notify import notices
+from mailmand.notices import notices
 from mailmand.stores import Status, open_store
 from mailmand.stores.base import Attempt, Finished, MessageInfo, Outcome, RecipientOutcome
 from tests.conftest import run_cli

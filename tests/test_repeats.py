@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mailmand.logs import Repeats
+from mailmand.repeats import Repeats
 
 
 class Clock:

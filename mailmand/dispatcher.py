@@ -1,0 +1,295 @@
+"""Dispatch: claim what is due, send it, commit each outcome as it comes back.
+
+`Dispatcher.run_once(now=None)` is the one function behind the APScheduler
+job (scheduler.py), `mailmand --once` and the tests (which inject `now`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Generator
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import datetime
+
+from . import notices, observe, policy
+from .config import ServerConfig
+from .errors import StoreUnavailable
+from .repeats import Repeats
+from .smtp import Envelope, Relay, SendResult
+from .stores.base import Attempt, Claimed, Finished, Outcome, Status, Store
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 5.0  # seconds between heartbeats (and lease renewals), at most
+# How long outcomes wait for company before they are committed (or until a
+# batch of them is in): one commit, and its fsync, per batch or per 20 ms
+# instead of one per handful. The relay already has the mail; this delays
+# only the store saying so, and a crash resends at most what was not yet
+# recorded, as before: about one batch.
+COMMIT_LINGER = 0.02
+
+
+@dataclass
+class RunResult:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    expired: int = 0
+    released: int = 0  # claimed but handed back unsent (stopping, or the relay could not be reached)
+    batches: int = 0
+    unreachable: bool = False  # no session to the relay could be opened: the rest waits for the next tick
+
+    def add(self, other: RunResult) -> None:
+        """Fold a later run into this one."""
+        for name in ("sent", "deferred", "failed", "expired", "released", "batches"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unreachable = other.unreachable
+
+    def count(self, status: Status) -> None:
+        if status is not Status.CANCELLED and status.value in self.__dataclass_fields__:
+            setattr(self, status.value, getattr(self, status.value) + 1)
+
+
+def owner_id() -> str:
+    """A daemon's id: host, pid and a random part (pids are reused; a restart is a new daemon)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _FeedState:
+    done: bool = False  # the feed has ended: claim nothing more
+    swept: float | None = None  # when expired leases were last swept (monotonic)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, cfg: ServerConfig, owner: str | None = None) -> None:
+        self.store = store
+        self.owner = owner or owner_id()
+        self.stop = threading.Event()
+        self._cfg = cfg
+        self._relay = Relay(cfg.smtp)
+        self._pending: tuple[ServerConfig, Relay] | None = None  # a reload, applied between batches
+        self._run_lock = threading.Lock()  # one run at a time
+        self._cfg_lock = threading.Lock()
+        self._live: dict[str, Claimed] = {}  # claimed, not yet answered by the relay
+        # Answered, but the store could not take the outcome: kept, and committed
+        # (fenced by each claim's token) as soon as it can.
+        self._unsaved: list[Finished] = []
+        self._renewed = 0.0
+        # Claims the next batch ahead (its thread starts with the first claim ahead).
+        self._claimer = futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim")
+        self._store_down = Repeats(log, f"store {store.name}")
+
+    @property
+    def cfg(self) -> ServerConfig:
+        pending = self._pending
+        return pending[0] if pending else self._cfg
+
+    def configure(self, cfg: ServerConfig) -> None:
+        """Apply a reloaded configuration: now if idle, else before the next
+        batch. A batch in flight finishes on the old settings. Raises (and
+        changes nothing) if the relay settings cannot be used, e.g. a bad CA file."""
+        relay = Relay(cfg.smtp)
+        with self._cfg_lock:
+            self._pending = (cfg, relay)
+        if self._run_lock.acquire(blocking=False):
+            try:
+                self._apply_pending()
+            finally:
+                self._run_lock.release()
+
+    def _apply_pending(self) -> None:
+        with self._cfg_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            old = self._relay
+            self._cfg, self._relay = pending
+            old.close()
+
+    def held(self) -> list[str]:
+        """Messages this dispatcher holds a lease on: in flight, or answered and not yet committed."""
+        return [*list(self._live), *(f.id for f in list(self._unsaved))]
+
+    def renew(self, now: float | None = None) -> int:
+        """Extend the leases of what is held, so that no sweep (ours or a peer's)
+        hands out a message still being worked on. Every HEARTBEAT at most."""
+        t = time.time() if now is None else now
+        self._renewed = time.monotonic()
+        held = self.held()
+        return self.store.renew(self.owner, held, t + self.cfg.lease) if held else 0
+
+    def run_once(self, now: float | None = None) -> RunResult:
+        """Send everything due at `now` (default: the real clock, read afresh
+        for every batch), a batch at a time, until nothing is due. Raises
+        StoreUnavailable when the store cannot be reached (nothing is claimed then)."""
+        result = RunResult()
+        with self._run_lock:
+            self._flush()
+            while True:
+                self._apply_pending()
+                self._run(self._cfg, self._relay, now, result)
+                # The feed stops early for a reloaded configuration: go on under it.
+                if self._pending is None or self.stop.is_set():
+                    break
+        if result.batches:
+            log.info("dispatched %d batch(es): sent %d, deferred %d, failed %d, expired %d, released %d",
+                     result.batches, result.sent, result.deferred, result.failed, result.expired,
+                     result.released)
+        return result
+
+    def _run(self, cfg: ServerConfig, relay: Relay, now: float | None, result: RunResult) -> None:
+        live = self._live
+        feed = self._feed(cfg, now, result, live)
+        try:
+            # The sessions pull from the feed, which claims one batch ahead of
+            # them: no session waits at a batch boundary.
+            for group in relay.send_grouped(feed, self.stop, COMMIT_LINGER, gather=cfg.batch):
+                self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
+        finally:
+            feed.close()
+            if live:  # stopping, a failure, or no relay: hand back what was never tried, at once
+                result.unreachable = not self.stop.is_set() and self._pending is None
+                ids = list(live)
+                live.clear()
+                try:
+                    result.released += self.store.release_own(self.owner, ids)
+                except StoreUnavailable as exc:  # their leases run out; a sweep hands them back
+                    self._store_down.failed("cannot hand back %d claimed message(s): %s", len(ids), exc)
+
+    def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
+              live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
+        """Claim up to `batch` due messages at a time, expire those past
+        max-time, and hand out the rest. Read by the sessions' threads, one at
+        a time; after a full batch the next is claimed in a thread of its own
+        while this one is sent, so no session waits for the store. Whatever was
+        claimed and not handed out is in `live` when the generator ends (the
+        caller hands it back)."""
+        state = _FeedState()
+        ahead: futures.Future[list[Claimed]] | None = None
+        try:
+            batch = self._claim(cfg, now, result, live, state)
+            while batch:
+                # A full batch: more is likely due, so claim it while this one is sent.
+                # (Mail that trickles in is claimed when asked for, as it comes.)
+                if len(batch) >= cfg.batch:
+                    ahead = self._claimer.submit(self._claim, cfg, now, result, live, state)
+                for msg in batch:
+                    yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
+                if ahead is not None:
+                    batch, ahead = ahead.result(), None
+                else:
+                    batch = self._claim(cfg, now, result, live, state)
+        finally:
+            state.done = True
+            if ahead is not None:  # a claim under way lands in `live` before the caller hands it back
+                ahead.cancel()
+                futures.wait([ahead])
+
+    def _claim(self, cfg: ServerConfig, now: float | None, result: RunResult, live: dict[str, Claimed],
+               state: _FeedState) -> list[Claimed]:
+        """One batch for the feed: what is due and not expired, now in `live`; [] when
+        nothing is (or the run is stopping, or the store cannot be reached)."""
+        while not (state.done or self.stop.is_set() or self._pending is not None or self._unsaved):
+            t = time.time() if now is None else now
+            observe.observer.dispatching()
+            try:
+                if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):
+                    self.renew(t)
+                # Leases that ran out (a crashed peer, or ours left by a failed write); never what we hold.
+                # At the start of each run, then as often as leases are renewed.
+                if state.swept is None or time.monotonic() - state.swept >= min(HEARTBEAT, cfg.lease / 3):
+                    self.store.sweep_expired(t, spare=self.held())
+                    state.swept = time.monotonic()
+                batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
+            except StoreUnavailable as exc:  # what is in flight finishes; claims wait for the store
+                self._store_down.failed("claims paused: %s", exc)
+                return []
+            if not batch:
+                return []
+            result.batches += 1
+            expired: list[Finished] = []
+            sendable: list[Claimed] = []
+            for msg in batch:
+                if policy.is_expired(t, msg.send_after, cfg):
+                    outcome = policy.expired_outcome(cfg)
+                    attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
+                    expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome))
+                else:
+                    live[msg.id] = msg
+                    sendable.append(msg)
+            if expired:
+                self._save(expired)
+                result.expired += len(expired)
+                for _ in expired:
+                    observe.observer.outcome(Status.EXPIRED, None, t)
+            if sendable:
+                return sendable
+        return []  # (a batch that had all expired: the next one)
+
+    def _commit(self, done: list[tuple[Claimed, SendResult]], cfg: ServerConfig, now: float | None,
+                result: RunResult) -> None:
+        rows: list[Finished] = []
+        for msg, sent in done:
+            t = time.time() if now is None else now
+            outcome, recipients = policy.decide(sent, msg, cfg, t)
+            # `at` is when the relay answered, so latency runs to its 250.
+            attempt = Attempt(sent.started + sent.duration if now is None else now, sent.relay, sent.code,
+                              sent.reply, sent.duration, sent.kind)
+            rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients))
+        self._save(rows)
+        for (msg, sent), row in zip(done, rows, strict=True):
+            result.count(row.outcome.status)
+            observe.observer.outcome(row.outcome.status, sent, msg.send_after)
+            _log_outcome(msg, row.outcome)
+
+    def _save(self, rows: list[Finished]) -> None:
+        """Commit outcomes, with any kept from before; keep them all if the store cannot take them."""
+        todo = self._unsaved + rows
+        try:
+            held = self.store.finish(todo)
+        except StoreUnavailable as exc:
+            self._unsaved = todo
+            self._store_down.failed("cannot record %d outcome(s), kept to commit later (no more claims "
+                                    "until then): %s", len(todo), exc)
+            return
+        self._unsaved = []
+        notices.send_notices(self.store, self.cfg.notify, todo, held)  # failure notices (off by default)
+        if self._store_down.cleared():
+            log.info("recorded %d outcome(s) kept while the store could not be written", len(todo))
+        for row, ok in zip(todo, held, strict=True):
+            if not ok:  # our lease ran out and another claim took the message: its result stands
+                log.warning("outcome of %s (%s) not recorded: its lease was taken over by a newer claim",
+                            row.id, row.outcome.status.value)
+
+    def _flush(self) -> None:
+        if self._unsaved:
+            self._save([])
+            if self._unsaved:
+                raise StoreUnavailable(f"{len(self._unsaved)} outcome(s) still wait for the store")
+
+    def close(self) -> None:
+        self._relay.close()
+        self._claimer.shutdown()
+
+
+def _log_outcome(msg: Claimed, outcome: Outcome) -> None:
+    # A delivery is DEBUG (the store records every attempt, and `run_once`
+    # logs a summary); what needs a look, a deferral or a failure, is WARNING.
+    if outcome.status is Status.SENT:
+        log.debug("sent %s to %d recipient(s)", msg.id, len(msg.rcpt_to))
+    elif outcome.status is Status.DEFERRED and not outcome.counted:
+        # The relay was not reached: the relay pool logs that once per outage (repeats.Repeats).
+        log.debug("deferred %s until %s: %s", msg.id,
+                  datetime.fromtimestamp(outcome.due_at or 0).isoformat(timespec="seconds"), outcome.reason)
+    elif outcome.status is Status.DEFERRED:
+        log.warning("deferred %s until %s: %s", msg.id,
+                    datetime.fromtimestamp(outcome.due_at or 0).isoformat(timespec="seconds"),
+                    outcome.reason)
+    else:
+        log.warning("%s %s: %s", outcome.status.value, msg.id, outcome.reason)
