@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..config import DatabaseConfig
 from ..errors import StoreError
-from . import describe, open_store
+from ..locks import InstanceLock
+from . import SQLITE, describe, engine
 from .sql import SQLStore, export_extras, import_extras
 from .sqlite import SQLiteStore
 
@@ -38,18 +39,21 @@ class Migrated:
 def migrate(source: Path, target: DatabaseConfig) -> Migrated:
     """Copy the SQLite store at `source` into `target`. Refuses while a daemon
     holds the source (its lock is held for the whole copy, so none can start)."""
-    from ..daemon import InstanceLock  # the daemon's own lock: the same file, the same rule
-
     source = Path(source)
     if not source.is_file():
         raise StoreError(f"no SQLite store at {source}")
-    if target.engine in ("sqlite3", "sqlite") and target.path.resolve() == source.resolve():
+    found = engine(target)
+    file = found.file(target)
+    if file is not None and file.resolve() == source.resolve():
         raise StoreError(f"{source} is the configured store already: nothing to migrate")
-    lock = InstanceLock(source.with_name(f"{source.name}.lock"), f"the store {source}")
+    # The lock a daemon holds beside the store: the same file, the same rule.
+    lock_file = SQLITE.lock(DatabaseConfig(path=source))
+    assert lock_file is not None  # (a file's store always has one)
+    lock = InstanceLock(lock_file, f"the store {source}")
     lock.acquire()  # AlreadyRunning: "another mailmand daemon (pid N) is already running on the store PATH"
     try:
         src = SQLiteStore(source)
-        dst = open_store(target, create=True)
+        dst = found.open(target, True)
         try:
             assert isinstance(dst, SQLStore)
             done = _copy(src, dst)

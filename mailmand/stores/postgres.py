@@ -22,8 +22,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..config import DatabaseConfig
 from ..errors import NoStore, StoreError, StoreUnavailable
 from ..repeats import Repeats
-from . import dsn as dsnmod
 from .base import Claimed, Status
+from .dsn import check as check_dsn
+from .dsn import mask
 from .pgschema import MIGRATIONS
 from .sql import Db, SQLStore, cause
 
@@ -84,9 +85,9 @@ class PostgresStore(SQLStore):
     JSON_AGG = "json_agg(address)::text"
 
     def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
-        dsnmod.check(cfg.dsn)
+        check_dsn(cfg.dsn)
         self.dsn = str(cfg.dsn)
-        self.name = f"postgres {dsnmod.mask(self.dsn)}"
+        self.name = f"postgres {mask(self.dsn)}"
         self._me = ""  # the registered daemon: NOTIFY payload, so it can ignore its own
         kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "mailmand"}
         try:

@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidState, NotFound, RecordRejected
-from . import rollup
 from .base import (
     DAEMON_TTL,
     FINISHED,
@@ -30,6 +29,7 @@ from .base import (
     Status,
     Store,
 )
+from .rollup import HOUR, Rollup, report
 
 if TYPE_CHECKING:
     from ..message import Record
@@ -110,7 +110,7 @@ class SQLStore(Store):
     def _due_now(self, db: Db) -> None:
         """Messages became due now (inserted, handed back, re-queued): wake the other daemons."""
 
-    def _write_rollup(self, db: Db, r: rollup.Rollup) -> None:
+    def _write_rollup(self, db: Db, r: Rollup) -> None:
         self._write_rollup_rows(db, "stats_hourly", r.stat_rows())
         self._write_rollup_rows(db, "reasons_hourly", r.reason_rows())
 
@@ -170,7 +170,7 @@ class SQLStore(Store):
         if not outcomes:
             return []
         todo = sorted(outcomes, key=lambda f: f.id)  # rows locked in one order by every writer
-        r = rollup.Rollup()
+        r = Rollup()
         with self.tx() as db:
             # Which claims are still the latest (and each one's send time, for the latency roll-up).
             leased = {mid: (token, status, sent) for mid, token, status, sent in db.execute(
@@ -352,7 +352,7 @@ class SQLStore(Store):
                           args).fetchall()
         taken: dict[tuple[int, str, int], int] = {}
         for at, status in rows:
-            key = (int(at // rollup.HOUR), f"done.{status}", 0)
+            key = (int(at // HOUR), f"done.{status}", 0)
             taken[key] = taken.get(key, 0) - 1
         self._write_rollup_rows(db, "stats_hourly", sorted((*k, n) for k, n in taken.items()))
 
@@ -428,16 +428,16 @@ class SQLStore(Store):
         with self.tx() as db:
             db.execute("INSERT INTO depth_hourly VALUES (?, ?) ON CONFLICT (hour)"
                        f" DO UPDATE SET depth = {self.GREATEST}(depth_hourly.depth, excluded.depth)",
-                       (int(now // rollup.HOUR), depth))
+                       (int(now // HOUR), depth))
 
     def stats(self, since: float, now: float) -> dict[str, Any]:
-        first = int(since // rollup.HOUR)
+        first = int(since // HOUR)
         rows = self._read("SELECT kind, bucket, sum(n) FROM stats_hourly WHERE hour >= ? GROUP BY kind, bucket",
                           (first,))
         reasons = self._read("SELECT reason, sum(n) AS c FROM reasons_hourly WHERE hour >= ?"
                              " GROUP BY reason ORDER BY c DESC, reason LIMIT 10", (first,))
         depth = self._read("SELECT hour, depth FROM depth_hourly WHERE hour >= ? ORDER BY hour", (first,))
-        return rollup.report(since, now, rows, reasons, depth)
+        return report(since, now, rows, reasons, depth)
 
     # -- migrate -----------------------------------------------------------------
 
