@@ -4,9 +4,11 @@ PostgreSQL database of its own per test), through the `database_config` fixture.
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
+from mailmand.config import DatabaseConfig
 from mailmand.errors import InvalidState, NotFound, RecordRejected, StoreError
 from mailmand.message import Record
 from mailmand.stores import Status, open_store
@@ -295,39 +297,27 @@ def test_read_only_opening_never_creates_a_store(database_config):
         assert not database_config.path.parent.exists()
 
 
-def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
-    import sqlite3
+def test_each_store_has_an_id_of_its_own(store, database_config, tmp_path):
+    """The id `migrate` keys a copied store's statistics by: made with each store."""
+    if database_config.engine == "postgres":
+        from tests.conftest import _postgres_admin, postgres_database_dsn
 
-    from mailmand.stores.sqlite import V1, SQLiteStore
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    for stmt in V1:  # the schema as the first release made it, with no version table
-        db.execute(stmt)
-    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
-               " due_at, attempts, updated_at) VALUES ('m1', 'deferred', 'a@x.org', '[\"b@x.org\"]', 's', 10,"
-               " 1, 1, 100, 2, 1)")  # then, `attempts` counted only what max-fails counts
-    db.executemany("INSERT INTO attempts VALUES ('m1', ?, 'r', ?, 'x', 0.1, 'temporary')",
-                   [(2.0, 451), (3.0, None), (4.0, 451)])
-    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
-               " due_at, attempts, updated_at, finished_at) VALUES ('m2', 'failed', 'a@x.org', '[\"b@x.org\"]',"
-               " 's', 10, 1, 1, 1, 1, 7300, 7300)")
-    db.execute("INSERT INTO bodies VALUES ('m1', x'00')")
-    db.commit()
-    db.close()
-    store = SQLiteStore(path)
+        name = f"mailmand_test_{uuid.uuid4().hex[:12]}"
+        with _postgres_admin() as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        other_config = DatabaseConfig(engine="postgres", dsn=postgres_database_dsn(name))
+    else:
+        name = ""
+        other_config = DatabaseConfig(path=tmp_path / "other" / "mailmand.db")
+    other = open_store(other_config, create=True)
     try:
-        info = store.get("m1")
-        assert (info.attempts, info.fails) == (3, 2)  # every attempt on record; the fails kept
-        [c] = store.claim(100.0, 10, "me", 60)
-        assert c.token == 1 and c.fails == 2
-        assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
-        assert done(store, c, "me", 101.0, Outcome(Status.SENT, code=250))  # the newest schema's attempt row
-        # Finished messages are a roll-up now, filled from the rows the old store had.
-        assert store.stats(0.0, 8000.0)["messages"] == {"sent": 1, "failed": 1, "expired": 0}
-        assert store.stats(7200.0, 8000.0)["messages"] == {"sent": 0, "failed": 1, "expired": 0}
-        assert store.get("m1").attempts == 4 and len(store.attempts("m1")) == 4
+        assert len({store.store_id(), other.store_id()}) == 2
+        assert len(store.store_id()) == 32
     finally:
-        store.close()
+        other.close()
+        if name:
+            with _postgres_admin() as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_a_claim_leaves_later_commits_durable(store):

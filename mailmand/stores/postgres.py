@@ -20,12 +20,13 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import DatabaseConfig
-from ..errors import NoStore, StoreError, StoreUnavailable
+from ..errors import NoStore, StoreUnavailable
 from ..repeats import Repeats
 from .base import Claimed, Status
 from .dsn import check as check_dsn
 from .dsn import mask
-from .pgschema import MIGRATIONS
+from .pgschema import OWN, RENUMBERED, WORDS
+from .schema import upgrade, version
 from .sql import Db, SQLStore, cause
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,9 @@ def _pg(sql: str) -> str:
 
 
 class _Cursor:
-    """A cursor in pipeline mode, with `?` parameters."""
+    """A cursor with `?` parameters, in pipeline mode when given the pipeline."""
 
-    def __init__(self, cur: psycopg.Cursor[Any], pipe: psycopg.Pipeline) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any], pipe: psycopg.Pipeline | None = None) -> None:
         self._cur = cur
         self._pipe = pipe
 
@@ -69,7 +70,8 @@ class _Cursor:
 
     @property
     def rowcount(self) -> int:
-        self._pipe.sync()  # in pipeline mode the count is known once the replies are in
+        if self._pipe is not None:
+            self._pipe.sync()  # in pipeline mode the count is known once the replies are in
         return self._cur.rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -103,23 +105,17 @@ class PostgresStore(SQLStore):
     def _migrate(self, conn: psycopg.Connection[Any], create: bool) -> None:
         """Bring the schema to the current version, one daemon at a time: the
         advisory lock makes three daemons starting together take turns."""
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        with conn.transaction(), conn.cursor() as cur:
+            db = _Cursor(cur)
+            db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            exists = db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
                 if not create:
                     raise NoStore(f"no store yet at {self.name} (the daemon creates it)")
-                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            have = (row[0] if row else None) or 0
-            if have > len(MIGRATIONS):
-                raise StoreError(f"{self.name} has schema version {have}; this mailmand knows up to "
-                                 f"{len(MIGRATIONS)}: upgrade mailmand")
-            for version in range(have + 1, len(MIGRATIONS) + 1):
-                for stmt in MIGRATIONS[version - 1]:
-                    conn.execute(stmt)
-                conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
-                log.info("%s: schema migrated to version %d", self.name, version)
+            elif 0 < version(db) <= RENUMBERED:  # its first version held what both now call 1 and 2
+                db.execute("UPDATE schema_version SET version = version + 1")
+                db.execute("INSERT INTO schema_version VALUES (1)")
+            upgrade(db, self.name, WORDS, OWN)
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[Db]:
