@@ -27,7 +27,7 @@ from .dsn import check as check_dsn
 from .dsn import mask
 from .pgschema import OWN, RENUMBERED, WORDS
 from .schema import upgrade, version
-from .sql import Db, SQLStore, cause
+from .sql import LIVE, Db, SQLStore, cause
 
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection, and psycopg every pipeline it could not
@@ -175,20 +175,22 @@ class PostgresStore(SQLStore):
         db.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){conflict}",
                    [list(c) for c in zip(*rows, strict=True)])
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
         # One statement for the group (not one per message): the status-count
-        # trigger then runs once per commit.
+        # trigger then runs once per commit. The fence is its WHERE, as in SQLStore's.
         if not rows:
-            return
+            return []
         cols = list(zip(*rows, strict=True))
-        db.execute(
+        return [(i, at) for i, at in db.execute(
             "UPDATE messages m SET status = v.status, attempts = m.attempts + 1, fails = m.fails + v.counted,"
             " last_code = v.code, last_error = v.reason, due_at = coalesce(v.due_at, m.due_at),"
             " pending_rcpt = coalesce(v.pending, m.pending_rcpt), lease_owner = NULL, lease_until = NULL,"
             " updated_at = v.at, finished_at = v.finished"
             " FROM unnest(?::text[], ?::int[], ?::int[], ?::text[], ?::float8[], ?::text[], ?::float8[],"
-            " ?::float8[], ?::text[]) AS v(status, counted, code, reason, due_at, pending, at, finished, id)"
-            " WHERE m.id = v.id", [list(c) for c in cols])
+            " ?::float8[], ?::text[], ?::bigint[])"
+            " AS v(status, counted, code, reason, due_at, pending, at, finished, id, claim)"
+            f" WHERE m.id = v.id AND m.claims = v.claim AND m.{LIVE} RETURNING m.id, m.send_after",
+            [list(c) for c in cols]).fetchall()]
 
     def watch(self, on_due: Callable[[], None]) -> _Listener:
         return _Listener(self.dsn, self.name, lambda: self._me, on_due)

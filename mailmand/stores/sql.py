@@ -49,6 +49,13 @@ DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
 # A lease handed back: queued if never tried, else deferred (due as it was).
 HAND_BACK = ("UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
              " lease_owner = NULL, lease_until = NULL")
+# An outcome's new state (the fenced finish adds its WHERE; stores/postgres.py writes it for a group).
+FINISH = ("UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
+          " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+          " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?")
+# A claim's outcome still applies while the message is in flight, or handed back by a
+# sweep but not claimed since (the token says that); never once it has finished.
+LIVE = "status IN ('sending', 'queued', 'deferred')"
 INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32,766 parameters)
 FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
 
@@ -169,47 +176,51 @@ class SQLStore(Store):
     def finish(self, outcomes: Sequence[Finished]) -> list[bool]:
         if not outcomes:
             return []
-        todo = sorted(outcomes, key=lambda f: f.id)  # rows locked in one order by every writer
+        todo = sorted(outcomes, key=lambda f: f.id)
+        ids = [f.id for f in todo]
         r = Rollup()
         with self.tx() as db:
-            # Which claims are still the latest (and each one's send time, for the latency roll-up).
-            leased = {mid: (token, status, sent) for mid, token, status, sent in db.execute(
-                f"SELECT id, claims, status, send_after FROM messages WHERE id IN ({_marks(len(todo))})"
-                f" ORDER BY id{self.LOCK_ROWS}", [f.id for f in todo]).fetchall()}
+            if self.LOCK_ROWS:  # rows locked in one order by every writer: two finishes never deadlock
+                db.execute(f"SELECT id FROM messages WHERE id IN ({_marks(len(ids))}) ORDER BY id{self.LOCK_ROWS}",
+                           ids)
             # An outcome whose attempt is on record was committed before (a COMMIT
             # whose answer was lost, then tried again): it is not applied twice.
             recorded = {(mid, claim) for mid, claim in db.execute(
-                f"SELECT message_id, claim FROM attempts WHERE message_id IN ({_marks(len(todo))})"
-                " AND claim IS NOT NULL", [f.id for f in todo]).fetchall()}
-            again = {f.id for f in todo if (f.id, f.token) in recorded}
-            outcomes_held = {f.id: f.id in leased and leased[f.id][0] == f.token for f in todo if f.id in again}
-            todo = [f for f in todo if f.id not in again]
-            live = ("sending", "queued", "deferred")  # handed back by a sweep but not claimed since: still ours
-            held = {f.id: f.id in leased and leased[f.id][0] == f.token and leased[f.id][1] in live for f in todo}
-            held.update(outcomes_held)
+                f"SELECT message_id, claim FROM attempts WHERE message_id IN ({_marks(len(ids))})"
+                " AND claim IS NOT NULL", ids).fetchall()}
+            again = [f for f in todo if (f.id, f.token) in recorded]
+            todo = [f for f in todo if (f.id, f.token) not in recorded]
+            # The fence is in the write: the new state applies only where the claim is
+            # still the message's latest (whoever swept it since, nobody claimed it).
+            mine = dict(self._update_finished(db, [
+                (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
+                 f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
+                 f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id, f.token)
+                for f in todo]))
+            held = {f.id: f.id in mine for f in todo}
+            if again:
+                latest = dict(db.execute(f"SELECT id, claims FROM messages WHERE id IN ({_marks(len(again))})",
+                                         [f.id for f in again]).fetchall())
+                held.update({f.id: latest.get(f.id) == f.token for f in again})
             self._insert_rows(db, "attempts", ATTEMPT_ROW, [
                 (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner, f.token) for f in todo
                 for a in (f.attempt,)])
             # The attempt is history whoever holds the message now; every count follows the attempt rows.
             db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
-                           [(f.id,) for f in todo if not held[f.id] and f.id in leased])
-            mine = [f for f in todo if held[f.id]]
+                           [(f.id,) for f in todo if not held[f.id]])
+            done = [f for f in todo if held[f.id]]
             self._insert_rows(db, "recipients", RECIPIENT_ROW, [
-                (f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in mine for x in f.recipients],
+                (f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in done for x in f.recipients],
                 " ON CONFLICT (message_id, address) DO UPDATE SET status = excluded.status, code = excluded.code,"
                 " reply = excluded.reply, updated_at = excluded.updated_at")
-            self._update_finished(db, [
-                (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
-                 f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
-                 f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id) for f in mine])
-            final = [(f.attempt.at, f.id) for f in mine if f.outcome.status in FINAL]
+            final = [(f.attempt.at, f.id) for f in done if f.outcome.status in FINAL]
             if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
                 db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
                                " WHERE message_id = ? AND status = 'deferred'", final)
             for f in todo:
                 r.attempt(f)
-            for f in mine:
-                r.add(f, leased[f.id][2])
+            for f in done:
+                r.add(f, mine[f.id])
             self._write_rollup(db, r)
         return [held[f.id] for f in outcomes]
 
@@ -219,12 +230,15 @@ class SQLStore(Store):
         names = ", ".join(c for c, _ in columns)
         db.executemany(f"INSERT INTO {table} ({names}) VALUES ({_marks(len(columns))}){conflict}", rows)
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Each message's new state: (status, counted, code, reason, due_at, pending, at, finished_at, id)."""
-        db.executemany(
-            "UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
-            " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
-            " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?", rows)
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+        """Each message's new state, (status, counted, code, reason, due_at, pending, at,
+        finished_at, id, token), fenced by the token: only a message whose latest claim
+        is still `token`, and that has not finished, changes. Returns (id, send_after) of those."""
+        changed: list[tuple[str, float]] = []
+        for row in rows:
+            changed += db.execute(f"{FINISH} WHERE id = ? AND claims = ? AND {LIVE} RETURNING id, send_after",
+                                  row).fetchall()
+        return changed
 
     def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
         if not ids:
