@@ -26,8 +26,8 @@ from .base import Claimed, Status
 from .dsn import check as check_dsn
 from .dsn import mask
 from .pgschema import OWN, RENUMBERED, WORDS
-from .schema import upgrade, version
-from .sql import LIVE, Db, SQLStore, cause
+from .schema import Db, upgrade, version
+from .sql import LIVE, SQLStore, cause
 
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection, and psycopg every pipeline it could not

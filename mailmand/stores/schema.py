@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class Db(Protocol):
-    """A transaction's cursor, `?` parameters (stores.sql.Db)."""
+    """What an SQL store's `tx()` yields: sqlite3's connection or a psycopg cursor, `?` parameters."""
 
     def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
 
 
 V1 = [

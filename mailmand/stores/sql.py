@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidState, NotFound, RecordRejected
 from .base import (
@@ -30,6 +30,7 @@ from .base import (
     Store,
 )
 from .rollup import HOUR, Rollup, report
+from .schema import Db
 
 if TYPE_CHECKING:
     from ..message import Record
@@ -66,14 +67,6 @@ def header_subject(raw: bytes) -> str:
     from ..stdemail import header_subject as subject
 
     return subject(raw)
-
-
-class Db(Protocol):
-    """What `tx()` yields: sqlite3's connection or a psycopg cursor, `?` parameters."""
-
-    def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
 
 
 def _info(row: Sequence[Any]) -> MessageInfo:
@@ -507,31 +500,3 @@ class SQLStore(Store):
                 self._due_now(db)
         return [m.row["id"] for m in mine]
 
-
-ROLLUP_TABLES = {"stats_hourly": "hour, kind, bucket, n", "reasons_hourly": "hour, reason, n",
-                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data"}
-
-
-def export_extras(store: SQLStore) -> dict[str, list[Any]]:
-    """The roll-ups and quarantine of a store, as `migrate` copies them (once per source store)."""
-    return {table: store._read(f"SELECT {cols} FROM {table}") for table, cols in ROLLUP_TABLES.items()}
-
-
-def import_extras(store: SQLStore, source_id: str, extras: dict[str, list[Any]], now: float) -> bool:
-    """Add another store's roll-ups and quarantine, unless this store already has them
-    (keyed by the source's store id). Returns False when they were there already."""
-    with store.tx() as db:
-        got = db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key",
-                         (f"imported:{source_id}", repr(now))).fetchall()
-        if not got:
-            return False
-        for table, cols in ROLLUP_TABLES.items():
-            rows = extras.get(table, [])
-            if table == "quarantine":
-                db.executemany(f"INSERT INTO quarantine ({cols}) VALUES (?, ?, ?)", rows)
-            elif table == "depth_hourly":
-                db.executemany(f"INSERT INTO depth_hourly ({cols}) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE"
-                               f" SET depth = {store.GREATEST}(depth_hourly.depth, excluded.depth)", rows)
-            else:
-                store._write_rollup_rows(db, table, rows)
-    return True
