@@ -121,7 +121,7 @@ class Leases:
             while self.count() >= 2 * batch and not stop() and time.monotonic() < deadline:
                 self._changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             room = min(batch, 2 * batch - self.count())
-            if room <= 0:
+            if room <= 0 or stop():
                 return 0
             self._reserved += room
             return room
