@@ -287,8 +287,8 @@ class Dispatcher:
                state: _FeedState, wait: float = 0.0) -> tuple[list[Claimed], bool]:
         """One batch for the feed: what is due and not expired, now in `live`, and
         whether the claim took all it asked for (more may be due). ([], True): no
-        room within `wait`, ask again later; ([], False): nothing is due (or the run
-        is stopping, or the store cannot be reached)."""
+        room now (`wait` 0), ask again, waiting; ([], False): nothing is due, no room
+        came within `wait`, the run is stopping, or the store cannot be reached."""
         def stopping() -> bool:
             return state.done or self.stop.is_set() or self._pending is not None or bool(self._unsaved)
 
