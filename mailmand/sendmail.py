@@ -141,13 +141,13 @@ def _main(argv: Sequence[str], config: str | None) -> int:
 
     cfg = load_producer(opts.C or config)
     if opts.mode in ("list", "flush"):
-        from .cli.common import load_for_store
+        from .control import load_for_store
 
         cfg = load_for_store(opts.C or config, cfg)
     if opts.mode == "list":
         return mailq(cfg)
     if opts.mode == "flush":
-        from .cli.queue import flush
+        from .control import flush
 
         n, woke = flush(cfg, None)
         print(f"flushed {n} deferred message(s); {woke}")
@@ -226,7 +226,7 @@ def mailq(cfg: Config) -> int:
     parentheses; then the recipients; a total at the end."""
     from datetime import datetime
 
-    from .cli.common import store
+    from .control import store
     from .queues import open_queue
     from .stores.base import Status
 
@@ -275,15 +275,15 @@ def mailq_main(argv: Sequence[str]) -> int:
             print(f"mailq: unsupported option {a}\nusage: mailq [-C FILE]", file=sys.stderr)
             return os.EX_USAGE
     try:
-        from .cli.common import load_for_store
         from .config.cache import load_producer
+        from .control import load_for_store
 
         return mailq(load_for_store(config, load_producer(config)))
     except MailmandError as exc:
         print(f"mailq: {exc}", file=sys.stderr)
         return _sysexit(exc) if isinstance(exc, ConfigError) else 1
     except BrokenPipeError:
-        from .cli.format import quiet_broken_pipe
+        from .control import quiet_broken_pipe
 
         quiet_broken_pipe()
         return os.EX_OK

@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # the producer's settings, from the cache when the file has not changed
             cfg = configmod.load_producer(getattr(args, "config", None))
         if args.command in STORE_COMMANDS:
-            from .common import load_for_store
+            from ..control import load_for_store
 
             cfg = load_for_store(getattr(args, "config", None), cfg)
     except MailmandError as exc:
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailmand: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `mailmand list | head`: the reader has all it wanted
-        from .format import quiet_broken_pipe
+        from ..control import quiet_broken_pipe
 
         quiet_broken_pipe()
         return EX_OK
