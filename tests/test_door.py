@@ -133,8 +133,9 @@ def door(make_config):
     store.close()
 
 
-ENVELOPES = ["ann@example.com", "a b@example.com", "root", "x@-y.example", "ann@exämple.com", "a@b@c.example",
-             "<ann@example.com>", "ann@example.com\r\nRCPT TO:<x@evil.example>", ""]
+BAD_ENVELOPES = ["a b@example.com", "root", "x@-y.example", "ann@exämple.com", "a@b@c.example", "<ann@example.com>",
+                 "ann@example.com\r\nRCPT TO:<x@evil.example>", "a\x00@example.com"]
+ENVELOPES = ["ann@example.com", *BAD_ENVELOPES, ""]  # "" is the null sender: a sender only
 
 
 def test_what_ingest_quarantines_put_refuses_with_the_same_reason(door):
@@ -226,6 +227,21 @@ def test_a_head_a_relay_could_misread_is_refused_by_validation(name, door):
     if name not in ("no From", "Bcc"):  # the door adds a From and drops a Bcc
         with pytest.raises(error):
             RawMessage.parse(head_bytes + b"\r\nbody\r\n", recipients=["b@sink.test"])
+
+
+@pytest.mark.parametrize("address", BAD_ENVELOPES)
+def test_an_address_an_envelope_cannot_carry_is_refused_by_validation(address, door):
+    """An SMTP command line carries a local part and a host name, nothing else: a space, a
+    bracket, a second @, a line break (a second RCPT), a bare name, a Unicode domain."""
+    client, ingester, store = door
+    raw = b"From: a@src.test\r\n\r\nx\r\n"
+    for record, field in ((Record(id=new_id(), mail_from="a@src.test", rcpt_to=(address,), raw=raw), "rcpt_to"),
+                          (Record(id=new_id(), mail_from=address, rcpt_to=("b@sink.test",), raw=raw), "mail_from")):
+        with pytest.raises(InvalidAddress, match=f"record.{field}: not an envelope address") as exc:
+            client.put(record)
+        client._put(record)
+        assert ingester.drain().quarantined == 1
+        assert store.quarantined(1)[0].reason == str(exc.value)
 
 
 def sendmail_code(argv: list[str], data: bytes, conf: Path, monkeypatch, capsys) -> tuple[int, str]:
