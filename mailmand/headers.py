@@ -67,6 +67,7 @@ _HARMLESS = frozenset({
 })
 _NO_DOMAIN = "addr-spec local part with no domain"
 _ENCODED_WORD = "=?"
+_WORD = re.compile(r"=\?[^?]*\?[qQbB]\?.*?\?=")  # email.header's own pattern for an encoded word
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -92,30 +93,31 @@ def check_text(field: str, value: str) -> str:
     them, and "=?utf-8?q?a=0D=0ABcc:_x?=" would become a Bcc line)."""
     if not BREAKS_AND_NUL.isdisjoint(value):
         raise HeaderInjection(field, value, "a line break (CR, LF or another) or NUL is not allowed in a header value")
-    if _ENCODED_WORD in value and not BREAKS_AND_NUL.isdisjoint(decoded(value)):
+    if _ENCODED_WORD in value and not BREAKS_AND_NUL.isdisjoint(decoded_words(value)):
         raise HeaderInjection(field, value, "an encoded word (RFC 2047) in it decodes to a line break or NUL")
     return value
 
 
-def decoded(value: str) -> str:
-    """Every RFC 2047 encoded word in `value` decoded, wherever it sits (as a lenient mail
-    reader decodes it); a word that does not decode stays as written."""
+def decoded_words(value: str) -> str:
+    """Every RFC 2047 encoded word in `value`, wherever it sits, decoded as a lenient mail
+    reader decodes it, one by one (a word that does not decode hides none of the others)."""
     from email.errors import HeaderParseError
     from email.header import decode_header
 
-    try:
-        parts = decode_header(value)
-    except (HeaderParseError, ValueError, LookupError):
-        return value
     out = []
-    for part, charset in parts:
-        if isinstance(part, str):
-            out.append(part)
-            continue
+    for word in _WORD.findall(value):
         try:
-            out.append(part.decode(charset or "ascii", "replace"))
-        except LookupError:  # a charset Python does not know: its bytes, as Latin-1
-            out.append(part.decode("latin-1"))
+            parts = decode_header(word)
+        except (HeaderParseError, ValueError, LookupError):
+            continue  # stays as written: a reader shows it encoded
+        for part, charset in parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            try:
+                out.append(part.decode(charset or "ascii", "replace"))
+            except LookupError:  # a charset Python does not know: its bytes, as Latin-1
+                out.append(part.decode("latin-1"))
     return "".join(out)
 
 

@@ -112,34 +112,22 @@ class RawMessage:
         utf8 = not all(a.isascii() for a in (mail_from, *rcpt_to))
 
         head = [_kept(field, boxes, utf8) for field, boxes in zip(fields, found, strict=True)]
-        present = {name.lower() for name, _, _ in fields}
-        now = time.time()
-        if "from" not in present:
-            name = check_text("from_name", as_text(from_name) or "")
-            head.append(_address_field("From", [(name, *envelope_from[1:])], utf8))
-        if not fields:  # no header at all
-            head.append(_address_field("To", list({_spec(m): m for m in rcpt}.values()), utf8))
-        if "message-id" not in present:
-            head.append(b"Message-ID: %s\r\n" % msgid(envelope_from[2], now).encode())
-        if "date" not in present:
-            head.append(b"Date: %s\r\n" % formatdate(now).encode())
         if fields:
             body = _EOL.sub(b"\r\n", data[body_at:])
-        else:
+            head += _missing(fields, envelope_from, from_name, utf8)
+        else:  # no header at all: the input is the body, and every field is ours
             from .stdemail import body_only
 
-            mime, _ = split_head(composed := body_only(data))
-            head += [lines for _, _, lines in mime]
-            body = composed[composed.index(b"\r\n\r\n") + 4:]
-        subject = next((value for name, value, _ in fields if name.lower() == "subject"), "")
-        if "=?" in subject or not subject.isascii():
-            from .stdemail import subject_text
-
-            subject = subject_text(subject)
+            composed = body_only(data)
+            mime, body_at = split_head(composed)
+            sender_field, *stamps = _missing(fields, envelope_from, from_name, utf8)  # From, Message-ID, Date
+            to_field = _address_field("To", list({_spec(m): m for m in rcpt}.values()), utf8)
+            head = [sender_field, to_field, *stamps, *(lines for _, _, lines in mime)]
+            body = composed[body_at:]
         key = as_text(idempotency_key)
         if idempotency_key is not None and not key:
             raise InvalidMessage("idempotency_key", idempotency_key, "expected a non-empty string")
-        return cls(b"".join(head) + b"\r\n" + body, mail_from, rcpt_to, subject,
+        return cls(b"".join(head) + b"\r\n" + body, mail_from, rcpt_to, _subject(fields),
                    check_priority(priority, "priority"), key)
 
     def to_record(self, max_size: int, send_after: float = 0.0, max_recipients: int = MAX_RECIPIENTS) -> Record:
@@ -236,6 +224,31 @@ def _kept(field: Field, found: tuple[list[Mailbox], bool] | None, utf8: bool) ->
 
         return fold(name, value)
     return _address_field(name, found[0], utf8)
+
+
+def _missing(fields: list[Field], sender: Mailbox, from_name: str | None, utf8: bool) -> list[bytes]:
+    """The From, Message-ID and Date fields a message lacks, in that order, for the end of its head."""
+    present = {name.lower() for name, _, _ in fields}
+    out = []
+    if "from" not in present:
+        name = check_text("from_name", as_text(from_name) or "")
+        out.append(_address_field("From", [(name, *sender[1:])], utf8))
+    now = time.time()
+    if "message-id" not in present:
+        out.append(b"Message-ID: %s\r\n" % msgid(sender[2], now).encode())
+    if "date" not in present:
+        out.append(b"Date: %s\r\n" % formatdate(now).encode())
+    return out
+
+
+def _subject(fields: list[Field]) -> str:
+    """The first Subject field's text, as a reader sees it ("" without one)."""
+    subject = next((value for name, value, _ in fields if name.lower() == "subject"), "")
+    if "=?" in subject or not subject.isascii():
+        from .stdemail import subject_text
+
+        return subject_text(subject)
+    return subject
 
 
 def _address_field(name: str, boxes: list[Mailbox], utf8: bool) -> bytes:

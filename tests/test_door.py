@@ -39,6 +39,7 @@ BAD = ["ann@exa mple.com", "Ann <ann@example.com", "| b@sink.test", "a@b.com c@d
 NON_ASCII = ["Zoë <zoe@example.com>", "ann@bücher.example", "jürgen@example.com"]
 # Each decodes to a line break or NUL: a reader would see a header of its own.
 INJECTED = ["=?utf-8?q?a=0D=0ABcc:_x@evil.example?=", "=?utf-8?b?YQ0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?=",
+            "=?utf-8?b?YQ0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?= =?utf-8?b?A?=",  # beside a word that does not decode
             "=?utf-8?q?a=00b?=", "x =?iso-8859-1?q?a=0Ab?= y", "=?utf-8?q?a=0AX-Injected:_1?="]
 TEXTS = ["hello", "", "café", "=?utf-8?q?caf=C3=A9?=", "tab\there", "a\x01b", "(not a comment) <x@y>", *INJECTED]
 NAMES = ["From", "To", "Cc", "Bcc", "Reply-To", "Sender", "Subject", "X-A", "Comments", "Content-Type"]
