@@ -88,8 +88,7 @@ class RawMessage:
         names = _Names(local_domain, aliases or {})
         # Each field checked, and a bare name in it resolved, in the order given: the
         # first problem found is the one record.validate would name.
-        found = [names.field(name, value, check_field(name, value, lines, bare=True))
-                 for name, value, lines in fields]
+        found = [names.field(name, value, check_field(name, value, bare=True)) for name, value, _ in fields]
 
         null_sender = sender is not None and sender.strip() in NULL_SENDER
         if sender and not null_sender:

@@ -237,3 +237,38 @@ def test_a_plain_email_is_written_as_the_email_package_writes_it(monkeypatch):
         assert normal(got.raw) == normal(want.raw), (kwargs, got.raw, want.raw)
     assert total > 1000
     assert plain > 150, f"only {plain} of {total} written without the email package"  # the check can fail
+
+
+def test_a_plain_head_is_split_as_the_line_by_line_reading_splits_it(monkeypatch):
+    """headers.split_head reads a head of printable ASCII in CRLF lines with two regular
+    expressions (ingest's and sendmail's common case): the same fields, the same body offset
+    and the same refusals as its line-by-line reading of any other head."""
+    import re as re_
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mailmand import headers
+
+    def split(data: bytes) -> object:
+        try:
+            return headers.split_head(data)
+        except InvalidMessage as exc:
+            return str(exc)
+
+    line = st.one_of(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=20),
+                     st.sampled_from(["\t", "x" * 990, "y" * 1000, "é", "a\rb"]))
+    field = st.tuples(st.sampled_from(["Subject", "X-A", "To", "", "Bad Name", " ", "\t"]), line,
+                      st.lists(st.tuples(st.sampled_from([" ", "\t"]), line), max_size=2))
+
+    @settings(max_examples=400, deadline=None)
+    @given(fields=st.lists(field, max_size=5), body=st.sampled_from([b"", b"body\r\n", b"\r\n\r\nx"]))
+    def check(fields, body):
+        text = "".join(f"{n}:{v}\r\n" + "".join(w + c + "\r\n" for w, c in folds) for n, v, folds in fields)
+        data = text.encode() + b"\r\n" + body
+        fast = split(data)
+        with monkeypatch.context() as m:
+            m.setattr(headers, "_PLAIN_HEAD", re_.compile(rb"(?!)"))  # never matches: line by line
+            assert split(data) == fast, data
+
+    check()
