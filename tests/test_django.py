@@ -232,3 +232,17 @@ def test_an_unquoted_display_name_holding_an_at_is_refused(site):
     assert message().send(fail_silently=True) == 0
     deliver(conf)
     assert relay.messages == []
+
+
+def test_an_encoded_word_hiding_a_line_break_is_refused(site):
+    """Django refuses a written line break in a header (BadHeaderError); an encoded word that
+    decodes to one passes Django, and mailmand's door refuses it."""
+    from mailmand.errors import HeaderInjection
+
+    relay, conf = site
+    message = mail.EmailMessage("x", "x", to=["ann@example.com"],
+                                headers={"X-A": "=?utf-8?q?a=0D=0ABcc:_x@evil.example?="})
+    with pytest.raises(HeaderInjection, match="header X-A: an encoded word"):
+        message.send()
+    deliver(conf)
+    assert relay.messages == []

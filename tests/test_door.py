@@ -298,6 +298,30 @@ def test_the_logging_handler_queues_nothing_for_an_injected_subject(make_config,
     client.close()
 
 
+def test_sendmail_and_send_deliver_the_bytes_given(smtp_server, write_config, tmp_path, monkeypatch, capsys):
+    """What the relay gets is what was handed over: fields as written, in their order (line
+    ends CRLF), Bcc gone, Message-ID and Date added at the end; a bare name qualified."""
+    relay = smtp_server()
+    conf = write_config(relay.port)
+    conf.write_text(conf.read_text() + "  sendmail:\n    domain: host.example\n")
+    given = (b"From: =?utf-8?q?Cr=C3=B6n?= <cron@example.com>\nX-Z: last-first\nto:ops@example.com\n"
+             b"Bcc: audit@example.com\nSubject:  two  spaces,\n\tfolded (kept)\nX-A: 1\n\nbody\n")
+    assert sendmail_code(["-t"], given, conf, monkeypatch, capsys)[0] == 0
+    message = tmp_path / "message.eml"
+    message.write_bytes(b"From: root\nTo: ops@example.com\nX-B: 2\n\nbody\n")
+    assert main(["send", "-c", str(conf), str(message)]) == 0
+    assert main(["--once", "-c", str(conf)]) == 0
+    by_sender = {m.mail_from: m for m in relay.messages}
+    head, _, body = by_sender["cron@example.com"].data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[:6] == [b"From: =?utf-8?q?Cr=C3=B6n?= <cron@example.com>", b"X-Z: last-first",
+                         b"to:ops@example.com", b"Subject:  two  spaces,", b"\tfolded (kept)", b"X-A: 1"]
+    assert [line.split(b":")[0] for line in lines[6:]] == [b"Message-ID", b"Date"] and body == b"body\r\n"
+    assert sorted(by_sender["cron@example.com"].rcpt_tos) == ["audit@example.com", "ops@example.com"]
+    head = by_sender["root@host.example"].data.partition(b"\r\n\r\n")[0]
+    assert head.split(b"\r\n")[:3] == [b"From: root@host.example", b"To: ops@example.com", b"X-B: 2"]
+
+
 # -- the submission listener ---------------------------------------------------------------
 
 
