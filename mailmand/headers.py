@@ -49,6 +49,9 @@ _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
 # `local@domain` or `Name Words <local@domain>`: ASCII, a dot-atom local part, a host name, a
 # display name of atoms separated by single spaces (what Email(...) writes without the email package).
 PLAIN_ADDRESS = re.compile(rf"(?:({_ATEXT}(?: {_ATEXT})*) <)?({_DOT_ATOM})@({_HOSTNAME})(?(1)>)")
+# A display name the email package writes as it is (neither quoted nor encoded): atoms, single
+# spaces, and nothing a reader would take for an encoded word.
+PLAIN_NAME = re.compile(rf"(?!.*=\?)(?:{_ATEXT}(?: {_ATEXT})*)?")
 _QUOTED = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
 _PHRASE = rf"(?:{_ATEXT}|{_QUOTED})(?:[ \t]+(?:{_ATEXT}|{_QUOTED}))*"
 # One address of a header as written: `local@domain` or `Phrase <local@domain>` (the spec in group 1 or 2).

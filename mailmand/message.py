@@ -17,7 +17,17 @@ import time
 
 from .client import default_client
 from .errors import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
-from .headers import FIELD_NAME, MAX_LINE, addresses, as_text, check_text, formatdate, msgid, split_head
+from .headers import (
+    FIELD_NAME,
+    MAX_LINE,
+    PLAIN_NAME,
+    addresses,
+    as_text,
+    check_text,
+    formatdate,
+    msgid,
+    split_head,
+)
 from .raw import RawMessage
 from .record import MAX_RECIPIENTS, Record, check_priority, check_recipients, check_send_after, new_id, validate
 
@@ -45,9 +55,6 @@ PART_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-d
 # Address arguments, and whether each takes exactly one address.
 ADDRESS_ARGS = (("sender", True), ("to", False), ("cc", False), ("bcc", False), ("reply_to", False),
                 ("read_receipt", True))
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# A display name the email package writes as it is: atoms separated by single spaces.
-_PLAIN_NAME = re.compile(rf"(?:{_ATEXT}(?: {_ATEXT})*)?")
 _PLAIN_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 2045 §5.1: a MIME type's halves
 
@@ -263,7 +270,7 @@ class Email:
         for any other: `build()` makes it."""
         boxes = self._boxes
         if (self.parts or self.html is not None or boxes["read_receipt"] or not _plain_text("Subject", self.subject)
-                or not all(_PLAIN_NAME.fullmatch(d) and local.isascii() for field in boxes.values()
+                or not all(PLAIN_NAME.fullmatch(d) and local.isascii() for field in boxes.values()
                            for d, local, _ in field)
                 or not all(name[:2].lower() == "x-" and _plain_text(name, value)
                            for name, value in self.headers.items())):

@@ -27,6 +27,7 @@ from .client import default_client
 from .errors import InvalidAddress, InvalidMessage
 from .headers import (
     MAX_LINE,
+    PLAIN_NAME,
     addresses,
     as_text,
     check_field,
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
 NULL_SENDER = ("", "<>")
 ALIASED = frozenset({"to", "cc", "bcc"})  # fields whose bare names go through the aliases (recipients)
 _EOL = re.compile(rb"\r\n|\r|\n")
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_NAME = re.compile(rf"(?:{_ATEXT}(?: {_ATEXT})*)?")  # a display name written as it is
 
 
 class RawMessage:
@@ -252,7 +251,7 @@ def _subject(fields: list[Field]) -> str:
 
 def _address_field(name: str, boxes: list[Mailbox], utf8: bool) -> bytes:
     """An address field mailmand writes: by hand when plain and short, else by the email package."""
-    if all(_PLAIN_NAME.fullmatch(d) and u.isascii() for d, u, _ in boxes):
+    if all(PLAIN_NAME.fullmatch(d) and u.isascii() for d, u, _ in boxes):
         line = f"{name}: " + ", ".join(f"{d} <{u}@{h}>" if d else f"{u}@{h}" for d, u, h in boxes)
         if len(line) <= MAX_LINE:
             return line.encode("ascii") + b"\r\n"
