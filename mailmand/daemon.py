@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__, stores, systemd
 from . import config as configmod
+from . import stores, systemd
 from .config import Config
 from .dispatcher import Dispatcher, RunResult, owner_id
 from .errors import ConfigError, StoreUnavailable
@@ -24,6 +24,7 @@ from .queues import DIR_MODE, Queue, lock_path, open_queue
 from .repeats import Repeats
 from .scheduler import DispatchScheduler
 from .stores import DaemonInfo, Store, open_store
+from .version import __version__
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer

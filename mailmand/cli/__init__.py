@@ -14,9 +14,9 @@ import importlib
 import os
 import sys
 
-from .. import __version__
 from .. import config as configmod
 from ..errors import MailmandError, UsageError
+from ..version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
