@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "mailmand.lock"
 LOCK_MODE = 0o640  # a lock file holds a pid: not for every local user
+STORE_DIR_MODE = 0o700  # the lock may be the first thing in a new store directory: the store's own mode
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
 STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
 
@@ -180,7 +181,8 @@ class Daemon:
         lock_path = self.engine.lock(db)
         if lock_path is not None and self.store_lock is None:
             # One daemon per SQLite store: the take-over below relies on it.
-            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}", dir_mode=0o750)
+            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}",
+                                           dir_mode=STORE_DIR_MODE)
             self.store_lock.acquire()
         try:
             store = open_store(db, create=True)

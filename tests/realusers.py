@@ -38,9 +38,14 @@ class User:
                 "MAILMAND_CACHE_DIR": "none", **PYTHON_ENV, **extra}
 
     def run(self, cmd: list[str | Path], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+            input: str | None = None, timeout: float = 60, umask: int = -1) -> subprocess.CompletedProcess[str]:
         return subprocess.run(as_user(self.name, cmd), env=env or self.env(), cwd=cwd, input=input,
-                              text=True, capture_output=True, timeout=timeout)
+                              text=True, capture_output=True, timeout=timeout, umask=umask)
+
+    def popen(self, cmd: list[str | Path], *, env: dict[str, str] | None = None,
+              umask: int = -1) -> subprocess.Popen[str]:
+        return subprocess.Popen(as_user(self.name, cmd), env=env or self.env(), text=True, umask=umask,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def python(self, code: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
         return self.run([PYTHON, "-c", code], **kwargs)  # type: ignore[arg-type]
