@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mailmand import Client, Email
 from mailmand.daemon import Daemon
-from tests.daemonproc import wait_until
 from tests import realusers
-from tests.realusers import Users, users  # noqa: F401 (the fixture)
+from tests.daemonproc import wait_until
+from tests.realusers import Users
 
 SECRET = "payroll-7f3a9c@example.com"  # a recipient: plain text in the queued record
 

@@ -19,7 +19,7 @@ from mailmand.config import SYSTEM_CONFIG, find_config_path
 from mailmand.errors import ConfigError
 from mailmand.queues.spool import SpoolQueue
 from tests.conftest import ROOT
-from tests.realusers import Users, users  # noqa: F401 (the fixture)
+from tests.realusers import Users
 
 MESSAGE = "From: alice@example.com\nTo: root\nSubject: payroll\n\nsecret payroll\n"
 PRODUCER = "from mailmand.config.cache import load_producer\nc = load_producer()\n" \
