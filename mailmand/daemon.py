@@ -145,6 +145,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None
         self._ingester: Ingester | None = None
         self._watch: stores.base.Watch | None = None
+        self._ingest_loop: IngestLoop | None = None
         self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
@@ -308,7 +309,7 @@ class Daemon:
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
-        loop = IngestLoop(self.ingester)
+        loop = self._ingest_loop = IngestLoop(self.ingester)
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)
@@ -355,7 +356,7 @@ class Daemon:
                 from .metrics import MetricsServer
 
                 self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
-                                                   lambda: self.dispatcher.cfg.interval).start())
+                                                   lambda: self.dispatcher.cfg.interval, self.problems).start())
             if server.submission is not None:
                 from .submission import SubmissionServer
 
@@ -368,6 +369,12 @@ class Daemon:
     def _stop_services(self) -> None:
         while self.services:  # the listener first: no new mail while the rest stops
             self.services.pop().stop()
+
+    def problems(self) -> list[str]:
+        """The daemon's failing parts besides the store and the dispatcher, for /healthz
+        (from memory: the ingest loop's last failure, while it lasts)."""
+        failing = self._ingest_loop.failing if self._ingest_loop is not None else None
+        return [f"ingest: {failing.last}"] if failing is not None and failing.last else []
 
     def _heartbeat(self, now: float) -> None:
         self.store.heartbeat(self.id, now)

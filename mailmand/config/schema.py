@@ -169,6 +169,8 @@ class DatabaseConfig(Section, frozen=True):
     path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
     dsn: str | None = None  # postgres; may hold a password
     pool_size: Positive | None = None  # postgres connections; None = enough for every part of the daemon
+    # postgres: connecting, each statement, and each call (a server gone dark behind a proxy too)
+    timeout: Duration = 30.0
 
 
 class TlsFilesConfig(Section, frozen=True):

@@ -154,6 +154,7 @@ class SQLiteStore(SQLStore):
         self.path = Path(path)
         self.name = str(self.path)
         self._lock = threading.RLock()
+        self._problem: str | None = None  # the last call's failure, for /healthz (None: it worked)
         try:
             exists = self.path.exists()
         except PermissionError:
@@ -255,6 +256,7 @@ class SQLiteStore(SQLStore):
         try:
             yield self._db
             self._db.execute("COMMIT")
+            self._problem = None
         except BaseException as exc:
             if self._db.in_transaction:
                 try:
@@ -272,14 +274,19 @@ class SQLiteStore(SQLStore):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-        return StoreUnavailable(f"the store at {self.path} cannot be written: {cause(exc)}")
+        self._problem = f"the store at {self.path} cannot be written: {cause(exc)}"
+        return StoreUnavailable(self._problem)
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"the store at {self.path} cannot be read: {cause(exc)}") from exc
+            except (sqlite3.OperationalError, sqlite3.ProgrammingError) as exc:  # (the latter: closed)
+                self._problem = f"the store at {self.path} cannot be read: {cause(exc)}"
+                raise StoreUnavailable(self._problem) from exc
+
+    def problem(self) -> str | None:
+        return self._problem
 
     # -- ingest ----------------------------------------------------------------
 
