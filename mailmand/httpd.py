@@ -8,7 +8,9 @@ one of WORKERS threads only once its request head has arrived whole; a connectio
 sent it within REQUEST_TIMEOUT, or sends more than HEAD_MAX bytes of it, is
 closed, and past MAX_OPEN waiting connections the oldest is closed for the
 newest. A worker then answers with socket timeouts of IO_TIMEOUT: a client
-that stops reading the answer cannot hold it either.
+that stops reading the answer cannot hold it either. Paths that answer from
+memory (`/healthz`) have a worker of their own, so that slow answers (a
+scrape waiting on a store) never hold them up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 WORKERS = 4  # requests answered at once
+FAST_PATHS = (b"/healthz",)  # answered by a worker of their own
 MAX_OPEN = 128  # connections waiting for their request head, at most
 REQUEST_TIMEOUT = 5.0  # seconds to send the request head
 IO_TIMEOUT = 10.0  # seconds for each read and write while answering
@@ -48,6 +51,7 @@ class BoundedWSGIServer(WSGIServer):
         self._wake_r, self._wake_w = socket.socketpair()  # first: a failed bind calls server_close
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="mailmand-http")
+        self._fast = ThreadPoolExecutor(1, thread_name_prefix="mailmand-http-fast")
         self._waiting: OrderedDict[socket.socket, tuple[float, object]] = OrderedDict()  # by arrival
         self._read: dict[socket.socket, bytes] = {}  # what each waiting connection has sent so far
         self.heads: dict[socket.socket, bytes] = {}  # whole request heads, for the handlers
@@ -104,7 +108,9 @@ class BoundedWSGIServer(WSGIServer):
         self.heads[conn] = head
         conn.setblocking(True)
         conn.settimeout(IO_TIMEOUT)
-        self._workers.submit(self._answer, conn, address)
+        path = head.split(b"\n", 1)[0].split(b" ")[1:2]
+        fast = bool(path) and path[0].split(b"?", 1)[0] in FAST_PATHS
+        (self._fast if fast else self._workers).submit(self._answer, conn, address)
 
     def _answer(self, conn: socket.socket, address: object) -> None:
         try:
@@ -136,6 +142,7 @@ class BoundedWSGIServer(WSGIServer):
         self._wake_w.send(b"x")
         self._stopped.wait(timeout=10)
         self._workers.shutdown(wait=False, cancel_futures=True)
+        self._fast.shutdown(wait=False, cancel_futures=True)
 
     def server_close(self) -> None:
         super().server_close()
