@@ -1,41 +1,63 @@
 """The SMTP client transaction as a state machine, without I/O ("sans-I/O").
 
 `Client` is fed the relay's replies one at a time and asked for the bytes to
-write; the socket code around it (`session.py`) only moves bytes. Every rule
-about what a reply means — per-recipient outcomes, what to do when no
-recipient was accepted, a 421 in the middle of a group, a connection lost
-before or after the end of data — is decided here, and so is tested without
-a server (tests/test_pipelining.py).
+write; the socket code around it (`session.py`) only moves bytes, and the
+bytes themselves are built and parsed in `wire.py`. Every rule about what a
+reply means — per-recipient outcomes, what to do when no recipient was
+accepted, a 421 in the middle of a group, a connection lost before or after
+the body — is decided here, and so is tested without a server
+(tests/test_pipelining.py, tests/test_chunking.py).
 
-With ESMTP PIPELINING (RFC 2920) offered and allowed, MAIL, every RCPT and
-DATA of a message go out in one write, and after a 354 the body and its end
-of data go out together with the next message's MAIL/RCPT/DATA: a reused
-session then pays about one round trip per message. Replies are matched to
-commands strictly in the order the commands were written (RFC 2920 §3.1).
-Without PIPELINING one command is written and its reply read before the
-next: the same decisions, taken earlier.
+Three ways to carry messages, the best the relay offers and the
+configuration allows:
 
-At most one message is in its envelope phase (MAIL..DATA sent, replies
-awaited) and at most one in its body phase (end of data sent, reply
-awaited): the relay never holds more than two of our messages, and a
-refusal of the first cannot affect anything beyond the second.
+* **BDAT windows** (CHUNKING, RFC 3030, with PIPELINING, RFC 2920): each
+  message is MAIL, its RCPTs and `BDAT <size> LAST` followed by the whole
+  body, written without waiting for any reply; the next messages follow
+  while earlier ones are unanswered, up to `Window` (messages and body
+  octets). A session then moves up to a window of messages per round trip.
+  Every message after the first in a pipeline opens with RSET, because RFC
+  3030 §2 leaves the session "indeterminate" after a failed BDAT and asks
+  for an RSET before anything else; the client cannot know, when it writes
+  the next message, whether the BDAT before it will fail.
+* **DATA, pipelined** (PIPELINING only): MAIL, every RCPT and DATA in one
+  write; after the 354 the body and its end of data go out together with
+  the next message's MAIL/RCPT/DATA: about one round trip a message. At
+  most one message is in its envelope phase and one in its body phase.
+* **One command at a time** (neither): the same decisions, taken earlier.
+
+Replies are matched to commands strictly in the order the commands were
+written (RFC 2920 §3.1).
 """
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
+
+from .wire import (
+    DATA,
+    END_OF_DATA,
+    MAX_REPLY_LINE,
+    RSET,
+    ProtocolError,
+    Reply,
+    ReplyParser,
+    bdat_last,
+    command,
+    encode_body,
+)
+
+__all__ = ["MAX_REPLY_LINE", "ProtocolError", "Reply", "ReplyParser", "encode_body"]  # re-exported
 
 # RFC 5321 §4.2: "Reply codes" — the classes this module reads.
 REPLY_CLOSING = 421  # §3.8: the server is closing the channel
 REPLY_START_INPUT = 354  # the answer to DATA that asks for the body
+REPLY_OK = 250  # the only good answer to RSET
 # RFC 4954 §6 / RFC 3207 §4: "authenticate (or STARTTLS) first". It says the
 # session lacks something, not that the message is bad: temporary, not 5xx-fatal.
 REPLY_SESSION_REQUIRED = 530
-MAX_REPLY_LINE = 8192  # well past RFC 5321 §4.5.3.1.5's 512 octets: be lenient in what we read
-MAX_REPLY_LINES = 1000  # a multi-line reply longer than this is a broken peer
 
 
 class Kind(StrEnum):
@@ -53,7 +75,11 @@ class Step(Enum):
     RCPT = "RCPT TO"
     DATA = "DATA"
     END = "end of data"
+    BDAT = "BDAT"  # `BDAT <size> LAST` and the body: its reply is the message's final one
     RSET = "RSET"
+
+
+BODY_STEPS = frozenset({Step.END, Step.BDAT})  # replies the relay may take long over (it reads the body)
 
 
 def classify(code: int | None) -> Kind:
@@ -73,12 +99,6 @@ class Envelope:
     mail_from: str
     rcpt_to: tuple[str, ...]
     raw: bytes
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    text: str  # the whole reply on one line, code included: "550 5.1.1 no such user"
 
 
 @dataclass(frozen=True)
@@ -110,62 +130,21 @@ class Extensions:
     pipelining: bool = False
     eightbitmime: bool = False
     smtputf8: bool = False
+    chunking: bool = False  # RFC 3030 BDAT
 
 
-class ProtocolError(Exception):
-    """The relay sent something that is not an SMTP reply."""
+@dataclass(frozen=True)
+class Window:
+    """How much of a BDAT pipeline may be unanswered on one session: at most
+    `messages` messages and, past the first, at most `octets` of their bodies.
+    The default comes from measurement (docs/performance.md, "BDAT windows")."""
 
+    messages: int = 8
+    octets: int = 1 << 20
 
-# -- replies in ---------------------------------------------------------------
-
-
-class ReplyParser:
-    """Reply lines in, whole replies out (RFC 5321 §4.2: "250-..." continues, "250 ..." ends)."""
-
-    def __init__(self) -> None:
-        self._code: int | None = None
-        self._texts: list[str] = []
-
-    def feed(self, line: bytes) -> Reply | None:
-        """One line, with or without its CRLF; the Reply once its last line is in."""
-        if self._code is None and line[3:4] == b" " and line[:3].isdigit():  # most replies: one line
-            code = int(line[:3])
-            text = " ".join(line[4:].decode("utf-8", "replace").split())
-            return Reply(code, f"{code} {text}" if text else str(code))
-        if len(line) < 3 or not line[:3].isdigit():
-            raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
-        code = int(line[:3])
-        if self._code is not None and code != self._code:
-            raise ProtocolError(f"reply code changed within a multi-line reply: {line[:80]!r}")
-        self._code = code
-        self._texts.append(line[4:].decode("utf-8", "replace").strip())
-        if len(self._texts) > MAX_REPLY_LINES:
-            raise ProtocolError("multi-line reply too long")
-        if line[3:4] == b"-":
-            return None
-        text = " ".join(" ".join(self._texts).split())
-        self._code, self._texts = None, []
-        return Reply(code, f"{code} {text}".strip())
-
-
-# -- commands out ---------------------------------------------------------------
-
-_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")  # any line ending: the wire wants CRLF (RFC 5321 §2.3.8)
-END_OF_DATA = b".\r\n"
-RSET = b"RSET\r\n"
-DATA = b"DATA\r\n"
-
-
-def encode_body(raw: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, dots stuffed, end of data appended."""
-    # Composed mail is CRLF already: counting is much cheaper than a regex over every body.
-    crlf = raw.count(b"\r\n")
-    body = raw if raw.count(b"\n") == crlf == raw.count(b"\r") else _EOL.sub(b"\r\n", raw)
-    # A leading dot is doubled (RFC 5321 §4.5.2); every line now starts at the start or after a CRLF.
-    body = (b"." if body.startswith(b".") else b"") + body.replace(b"\r\n.", b"\r\n..")
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + END_OF_DATA
+    def __post_init__(self) -> None:
+        if self.messages < 1 or self.octets < 1:
+            raise ValueError(f"a window holds at least one message and one octet, got {self}")
 
 
 def mail_options(env: Envelope, ext: Extensions) -> tuple[tuple[str, ...], str | None]:
@@ -182,13 +161,6 @@ def mail_options(env: Envelope, ext: Extensions) -> tuple[tuple[str, ...], str |
             return (), "relay does not support SMTPUTF8, needed for a non-ASCII address"
         options.append("SMTPUTF8")  # RFC 6531
     return tuple(options), None
-
-
-def _command(verb: str, address: str, options: tuple[str, ...] = ()) -> bytes:
-    line = f"{verb}:<{address}>"
-    if options:
-        line += " " + " ".join(options)
-    return line.encode("utf-8") + b"\r\n"  # UTF-8 only reaches the wire with SMTPUTF8
 
 
 # -- decisions (pure) -------------------------------------------------------------
@@ -265,12 +237,33 @@ def decide_envelope(env: Envelope, mail: Reply, rcpts: list[Reply], data: Reply 
     return (Plan.EMPTY if go_ahead else Plan.RSET), outcome
 
 
+def decide_chunked(env: Envelope, mail: Reply, rcpts: list[Reply], bdat: Reply) -> Outcome:
+    """A message sent as `BDAT <size> LAST`, once every reply is in. It was
+    delivered only when MAIL, at least one RCPT and the BDAT were accepted: a
+    relay that answers 250 to a BDAT after refusing the envelope (it should
+    not) delivered nothing, whatever it says."""
+    if classify(mail.code) is not Kind.SENT:
+        return mail_refused(env, mail)
+    if not any(classify(r.code) is Kind.SENT for r in rcpts):
+        return none_accepted(env, rcpts)
+    return with_final(env, list(rcpts), bdat.code, bdat.text)
+
+
+def unsettled(outcome: Outcome) -> Outcome:
+    """`outcome` after a failed RSET: whatever was refused may have been refused
+    for the session's state rather than the message's, so nothing is final."""
+    def soften(kind: Kind) -> Kind:
+        return Kind.TEMPORARY if kind is Kind.PERMANENT else kind
+    return replace(outcome, kind=soften(outcome.kind),
+                   recipients=tuple(replace(r, kind=soften(r.kind)) for r in outcome.recipients))
+
+
 # -- the client ------------------------------------------------------------------
 
 
 class Stage(Enum):
-    ENVELOPE = "envelope"  # MAIL/RCPT/DATA written, replies coming
-    BODY = "body"  # the body and its end of data written, the final reply coming
+    ENVELOPE = "envelope"  # MAIL/RCPT/DATA written (with BDAT: the body too), replies coming
+    BODY = "body"  # DATA: the body and its end of data written, the final reply coming
     CLOSING = "closing"  # decided; an RSET or empty end of data still to be answered
 
 
@@ -281,10 +274,13 @@ class Transaction:
     stage: Stage = Stage.ENVELOPE
     mail: Reply | None = None
     rcpts: list[Reply] = field(default_factory=list)
-    data: Reply | None = None
+    data: Reply | None = None  # DATA's reply, or with BDAT the final one
     rcpt_sent: int = 0
     data_sent: bool = False
     unanswered: int = 0  # commands written for it whose reply has not come
+    written: bool = False  # its bytes have been handed to the I/O layer
+    octets: int = 0  # BDAT: the size of its body, counted against the window
+    reset_failed: bool = False  # BDAT: the RSET that opened it was refused
 
 
 @dataclass(frozen=True)
@@ -314,20 +310,25 @@ class Client:
 
     Typical use, per connection (see session.py):
 
-        client = Client(ext, pipelining=True)
+        client = Client(ext, pipelining=True, chunking=True)
         client.add(env)                        # or an Outcome at once: cannot go here
         while client.waiting:
+            while client.ready_for_next and (env := next_message()):
+                client.add(env)                # joins the same write
             sock.sendall(client.outgoing())
             for event in client.receive(read_reply()):
                 ...                             # Done / Unanswered
-            if client.ready_for_next: client.add(next_env)  # rides with the body
 
     After a lost connection, `lost(reason)` settles every message in flight.
     """
 
-    def __init__(self, ext: Extensions, pipelining: bool = True) -> None:
+    def __init__(self, ext: Extensions, pipelining: bool = True, chunking: bool = True,
+                 window: Window | None = None) -> None:
         self.ext = ext
         self.pipelining = pipelining and ext.pipelining
+        # BDAT only pipelined: one at a time it would save a round trip of four, not three of four.
+        self.chunking = chunking and ext.chunking and self.pipelining
+        self.window = window or Window()
         self.closed = False  # the relay closed (421) or a reset failed: no more on this session
         self._out: list[bytes] = []
         self._body_queued = False
@@ -344,22 +345,28 @@ class Client:
 
     @property
     def next_step(self) -> Step | None:
-        """The command whose reply comes next (its timeout: the end of data waits longer)."""
+        """The command whose reply comes next (its timeout: a body's reply waits longer)."""
         return self._expect[0][1] if self._expect else None
 
     @property
     def ready_for_next(self) -> bool:
-        """A new message may join now: not closed, and no message in its envelope phase.
-        Without pipelining, only once every reply is in."""
+        """A new message may join now: not closed, and room for it. With BDAT, room
+        is the window (the first message always fits); with DATA pipelined, no
+        message in its envelope phase; one command at a time, every reply in."""
         if self.closed:
             return False
         if not self.pipelining:
             return not self._expect
-        return not any(tx.stage is Stage.ENVELOPE for tx in self._txs)
+        open_ = [tx for tx in self._txs if tx.stage is Stage.ENVELOPE]
+        if not self.chunking:
+            return not open_
+        return len(open_) < self.window.messages and sum(tx.octets for tx in open_) < self.window.octets
 
     def outgoing(self) -> bytes:
         out, self._out = b"".join(self._out), []
         self.body_pending, self._body_queued = self._body_queued, False
+        for tx in self._txs:
+            tx.written = True
         return out
 
     # -- what the I/O layer tells
@@ -372,12 +379,21 @@ class Client:
         if problem:
             return everyone(env, None, problem, Kind.PERMANENT)
         tx = Transaction(env, options)
+        if self.chunking and any(t.stage is Stage.ENVELOPE for t in self._txs):
+            # A BDAT before this one is unanswered and may fail: RFC 3030 §2 then
+            # wants an RSET before the next command. The reset opens this message.
+            self._send(tx, Step.RSET, RSET)
         self._txs.append(tx)
-        self._send(tx, Step.MAIL, _command("MAIL FROM", env.mail_from, options))
+        self._send(tx, Step.MAIL, command("MAIL FROM", env.mail_from, options))
         if self.pipelining:
             for address in env.rcpt_to:
                 self._send_rcpt(tx, address)
-            self._send(tx, Step.DATA, DATA)
+            if self.chunking:
+                chunk, tx.octets = bdat_last(env.raw)
+                self._send(tx, Step.BDAT, chunk)
+                self._body_queued = True
+            else:
+                self._send(tx, Step.DATA, DATA)
             tx.data_sent = True
         return None
 
@@ -394,7 +410,7 @@ class Client:
             tx.mail = reply
         elif step is Step.RCPT:
             tx.rcpts.append(reply)
-        elif step is Step.DATA:
+        elif step in (Step.DATA, Step.BDAT):
             tx.data = reply
         elif step is Step.END:
             if tx.stage is Stage.BODY:
@@ -402,10 +418,12 @@ class Client:
             self._txs.remove(tx)
             return events
         elif step is Step.RSET:
-            if reply.code != 250:
+            if reply.code != REPLY_OK:
                 self.closed = True  # the session's state is unknown: use a new one
-            self._txs.remove(tx)
-            return events
+                tx.reset_failed = True
+            if tx.stage is Stage.CLOSING:
+                self._txs.remove(tx)
+                return events
         if tx.stage is Stage.ENVELOPE and not tx.unanswered:
             events.extend(self._advance(tx))
         return events
@@ -417,20 +435,22 @@ class Client:
         the relay closed the connection it counts as an attempt (it may be the
         message that makes the relay hang up). One whose envelope the relay
         had accepted when the connection went, at DATA, the same. One never
-        answered is returned Unanswered, to be tried on a new session."""
+        answered is returned Unanswered, to be tried on a new session — but
+        not with BDAT once written: its body went with its MAIL, and the relay
+        may have taken it before its replies were lost, so it is deferred."""
         self.closed = True
         events: list[Event] = []
         for tx in self._txs:
             step = next((s for t, s in self._expect if t is tx), None)
             if tx.stage is Stage.CLOSING or step is None:
                 continue  # decided already
-            text = f"{step.value}: {reason}"
-            if tx.mail is None:
+            text = f"{(Step.MAIL if step is Step.RSET else step).value}: {reason}"
+            if tx.mail is None and not (self.chunking and tx.written):
                 events.append(Unanswered(tx.env, text))
                 continue
-            envelope_accepted = (classify(tx.mail.code) is Kind.SENT
+            envelope_accepted = (tx.mail is not None and classify(tx.mail.code) is Kind.SENT
                                  and any(classify(r.code) is Kind.SENT for r in tx.rcpts))
-            in_data = step in (Step.DATA, Step.END) and envelope_accepted
+            in_data = (step is Step.DATA or step in BODY_STEPS) and envelope_accepted
             rcpts: list[Reply | None] = list(tx.rcpts) + [None] * (len(tx.env.rcpt_to) - len(tx.rcpts))
             events.append(Done(tx.env, with_final(tx.env, rcpts, None, text, Kind.TEMPORARY,
                                                   lost_in_data=in_data and closed_by_relay)))
@@ -447,12 +467,14 @@ class Client:
         tx.unanswered += 1
 
     def _send_rcpt(self, tx: Transaction, address: str) -> None:
-        self._send(tx, Step.RCPT, _command("RCPT TO", address))
+        self._send(tx, Step.RCPT, command("RCPT TO", address))
         tx.rcpt_sent += 1
 
     def _advance(self, tx: Transaction) -> list[Event]:
         """Every command written for `tx` is answered: the next command, or the decision."""
         assert tx.mail is not None
+        if self.chunking:
+            return self._chunk_answered(tx)
         if not self.pipelining and tx.data is None:
             # One at a time: stop at the first refusal that ends the transaction.
             if classify(tx.mail.code) is Kind.SENT:
@@ -475,15 +497,32 @@ class Client:
         assert outcome is not None
         return [Done(tx.env, outcome)]
 
+    def _chunk_answered(self, tx: Transaction) -> list[Event]:
+        """A BDAT message's last reply is in: its outcome. A failed BDAT leaves the
+        session indeterminate (RFC 3030 §2); the message written after it opens
+        with RSET, and when none was, an RSET goes now."""
+        assert tx.mail is not None and tx.data is not None
+        outcome = decide_chunked(tx.env, tx.mail, tx.rcpts, tx.data)
+        if tx.reset_failed:
+            outcome = unsettled(outcome)
+        if classify(tx.data.code) is not Kind.SENT and tx is self._txs[-1]:
+            tx.stage = Stage.CLOSING
+            self._send(tx, Step.RSET, RSET)
+        else:
+            self._txs.remove(tx)
+        return [Done(tx.env, outcome)]
+
     def _closing(self, tx: Transaction, step: Step, reply: Reply) -> list[Event]:
         """421: the relay is closing the session (RFC 5321 §3.8). Whatever it had
-        not answered yet is settled now; nothing more is read or written."""
+        not answered yet is settled now; nothing more is read or written. A
+        message whose MAIL it never answered was not taken, even with its BDAT
+        written: the relay stops reading at the 421."""
         events: list[Event] = []
         untried = f"not tried: relay closed the session ({reply.text})"
         for t in self._txs:
             if t.stage is Stage.CLOSING:
                 continue
-            if t is tx and step is Step.END:
+            if t is tx and step in BODY_STEPS:
                 # The body went out; the relay refused it while closing.
                 events.append(Done(t.env, with_final(t.env, list(t.rcpts), reply.code, reply.text)))
             elif t.mail is None:

@@ -34,6 +34,7 @@ from mailmand import observe
 from mailmand.config import SmtpConfig
 
 from .protocol import (
+    BODY_STEPS,
     MAX_REPLY_LINE,
     REPLY_CLOSING,
     Client,
@@ -44,7 +45,6 @@ from .protocol import (
     ProtocolError,
     Reply,
     ReplyParser,
-    Step,
     Unanswered,
 )
 
@@ -117,6 +117,7 @@ class Session:
         self._context = context
         self._helo = helo
         self._pipelining = cfg.pipelining != "off"
+        self._chunking = cfg.chunking != "off"
         self._smtp: smtplib.SMTP | None = None
         self._ext = Extensions()
         self._idle_since = 0.0
@@ -146,14 +147,15 @@ class Session:
         except (smtplib.SMTPException, OSError) as exc:
             smtp.close()
             raise SessionError(describe(exc, cfg.timeout)) from None
-        self._ext = Extensions(pipelining=smtp.has_extn("pipelining"),
-                               eightbitmime=smtp.has_extn("8bitmime"), smtputf8=smtp.has_extn("smtputf8"))
+        self._ext = Extensions(pipelining=smtp.has_extn("pipelining"), eightbitmime=smtp.has_extn("8bitmime"),
+                               smtputf8=smtp.has_extn("smtputf8"), chunking=smtp.has_extn("chunking"))
         assert smtp.sock is not None
         if smtp.file is None:  # after STARTTLS smtplib drops its reader until the next reply
             smtp.file = smtp.sock.makefile("rb")
         self._timeout = cfg.timeout
-        log.info("connected to %s (tls=%s, pipelining=%s)", cfg.relay, cfg.tls,
-                 "yes" if self._pipelining and self._ext.pipelining else "no")
+        pipelining = self._pipelining and self._ext.pipelining
+        log.info("connected to %s (tls=%s, pipelining=%s, chunking=%s)", cfg.relay, cfg.tls,
+                 "yes" if pipelining else "no", "yes" if pipelining and self._chunking and self._ext.chunking else "no")
         self._smtp = smtp
         observe.observer.session_opened()
         return smtp
@@ -239,7 +241,7 @@ class Session:
         was reused, or it had answered something before). Raises SessionError
         when no session can be opened; `first` is then not attempted."""
         smtp, reused = self._ready()
-        client = Client(self._ext, self._pipelining)
+        client = Client(self._ext, self._pipelining, self._chunking)
         answered = 0
         unanswered: list[Unanswered] = []
 
@@ -268,7 +270,7 @@ class Session:
                 settle(client.receive(reply))
         except (OSError, smtplib.SMTPException, ProtocolError) as exc:
             step = client.next_step
-            timeout = self._cfg.data_timeout if step is Step.END else self._cfg.timeout
+            timeout = self._cfg.data_timeout if step in BODY_STEPS else self._cfg.timeout
             settle(client.lost(describe(exc, timeout), closed_by_relay=isinstance(exc, _HUNG_UP)))
         if client.closed:
             self.close(quit=False)
@@ -289,7 +291,7 @@ class Session:
 
     def _read(self, smtp: smtplib.SMTP, client: Client) -> Reply:
         # The relay may scan the body before it answers the end of data: it gets DATA's timeout.
-        self._settimeout(smtp, self._cfg.data_timeout if client.next_step is Step.END else self._cfg.timeout)
+        self._settimeout(smtp, self._cfg.data_timeout if client.next_step in BODY_STEPS else self._cfg.timeout)
         parser = ReplyParser()
         file = smtp.file
         assert file is not None
