@@ -144,6 +144,20 @@ def test_the_window_is_full_at_its_octet_count_but_always_takes_one() -> None:
     assert not w.client.ready_for_next
 
 
+def test_the_default_window_is_16_messages_or_1_mib() -> None:
+    w = Wire()
+    for i in range(16):
+        assert w.client.ready_for_next
+        w.add(env(i))
+    assert not w.client.ready_for_next
+    w = Wire()
+    w.add(env(1, raw=b"x" * (1 << 20)))  # a body of 1 MiB + CRLF fills it alone
+    assert not w.client.ready_for_next
+    w = Wire()
+    w.add(env(1, raw=b"x" * ((1 << 20) - 100)))
+    assert w.client.ready_for_next
+
+
 def test_window_must_hold_something() -> None:
     with pytest.raises(ValueError):
         Window(messages=0)

@@ -232,24 +232,24 @@ def test_postfix_refusals_in_one_pipelined_session(postfix: Postfix) -> None:
 
 
 def test_postfix_takes_a_whole_window_before_a_reply(postfix: Postfix) -> None:
-    """The client writes 8 messages (the default window) before it reads any
-    reply: the gate holds Postfix's replies until 8 BDATs went through and
+    """The client writes 16 messages (the default window) before it reads any
+    reply: the gate holds Postfix's replies until 16 BDATs went through and
     records how many had when the first reply was let go."""
-    gate = ReplyGate(postfix.port, hold=8)
-    tags = [f"window-{i}" for i in range(20)]
+    gate = ReplyGate(postfix.port, hold=16)
+    tags = [f"window-{i}" for i in range(30)]
     start = len(postfix.log())
     try:
         results = send(gate.port, [envelope(t) for t in tags])
     finally:
         gate.close()
-    assert gate.bdats_before_first_reply == 8
+    assert gate.bdats_before_first_reply == 16
     assert {(r.kind, r.code) for r in results.values()} == {(Kind.SENT, 250)}
     assert wait_for(lambda: all(f"{t}@mailmand.test" in postfix.delivered() for t in tags))
     assert all(postfix.delivered().count(f"{t}@mailmand.test") == 1 for t in tags)
     assert wait_for(lambda: session_commands(postfix.log()[start:])["quit"] == 1)
     used = session_commands(postfix.log()[start:])
     # One session; every message after the first opens with RSET (RFC 3030 §2).
-    assert (used["mail"], used["bdat"], used["rset"], used["data"]) == (20, 20, 19, 0), used
+    assert (used["mail"], used["bdat"], used["rset"], used["data"]) == (30, 30, 29, 0), used
     assert "synchronization" not in postfix.log()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from .protocol import (
     Reply,
     ReplyParser,
     Unanswered,
+    Window,
 )
 
 log = logging.getLogger(__name__)
@@ -112,12 +114,14 @@ class Exchange:
 class Session:
     """One SMTP connection to the relay, used by one worker at a time."""
 
-    def __init__(self, cfg: SmtpConfig, context: ssl.SSLContext | None, helo: str) -> None:
+    def __init__(self, cfg: SmtpConfig, context: ssl.SSLContext | None, helo: str,
+                 window: Window | None = None) -> None:
         self._cfg = cfg
         self._context = context
         self._helo = helo
         self._pipelining = cfg.pipelining != "off"
         self._chunking = cfg.chunking != "off"
+        self._window = window
         self._smtp: smtplib.SMTP | None = None
         self._ext = Extensions()
         self._idle_since = 0.0
@@ -152,6 +156,9 @@ class Session:
         assert smtp.sock is not None
         if smtp.file is None:  # after STARTTLS smtplib drops its reader until the next reply
             smtp.file = smtp.sock.makefile("rb")
+        # Every write is a whole group of commands (with BDAT, whole messages): Nagle's
+        # algorithm would only hold a group back behind one not yet acknowledged.
+        smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._timeout = cfg.timeout
         pipelining = self._pipelining and self._ext.pipelining
         log.info("connected to %s (tls=%s, pipelining=%s, chunking=%s)", cfg.relay, cfg.tls,
@@ -241,7 +248,7 @@ class Session:
         was reused, or it had answered something before). Raises SessionError
         when no session can be opened; `first` is then not attempted."""
         smtp, reused = self._ready()
-        client = Client(self._ext, self._pipelining, self._chunking)
+        client = Client(self._ext, self._pipelining, self._chunking, self._window)
         answered = 0
         unanswered: list[Unanswered] = []
 
