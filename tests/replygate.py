@@ -28,11 +28,17 @@ class ReplyGate:
         self.bdats_before_first_reply: int | None = None
         self._mail_seen = threading.Event()
         self._filled = threading.Event()
+        self._clients: list[socket.socket] = []
         self._listener = socket.create_server((HOST, self.port))
         threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
         self._listener.close()
+
+    def hang_up(self) -> None:
+        """Close the connections open now, as a relay closes an idle one."""
+        for client in self._clients:
+            _shut(client)
 
     def _accept(self) -> None:
         while True:
@@ -41,6 +47,7 @@ class ReplyGate:
             except OSError:
                 return
             server = socket.create_connection((HOST, self.upstream))
+            self._clients.append(client)
             up = threading.Thread(target=self._client_to_server, args=(client, server), daemon=True)
             up.start()
             self._server_to_client(server, client)

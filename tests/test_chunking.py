@@ -115,6 +115,23 @@ def test_the_body_is_counted_not_dot_stuffed_and_gets_crlf_line_ends() -> None:
     assert not out.endswith(b".\r\n")  # no end-of-data marker either
 
 
+def test_a_reused_session_carries_one_message_until_the_relay_answers() -> None:
+    w = Wire(reused=True)
+    w.add(env(1))
+    assert not w.client.ready_for_next  # the relay may have closed it while it sat in the pool
+    [write] = [w.flush()]
+    assert commands(write)[0] == b"MAIL FROM:<from@x.test>"
+    [lost] = w.client.lost("connection closed by relay", closed_by_relay=True)
+    assert isinstance(lost, Done) and lost.env.id == "m1"  # one message undecided, not a window
+    w = Wire(reused=True)
+    w.add(env(1))
+    w.flush()
+    w.answer("250 ok")  # alive: the window opens
+    assert w.client.ready_for_next
+    w.add(*(env(i) for i in range(2, 17)))
+    assert not w.client.ready_for_next
+
+
 def test_the_window_is_full_at_its_message_count() -> None:
     w = Wire(window=Window(messages=3))
     w.add(env(1), env(2), env(3))

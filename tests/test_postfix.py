@@ -318,3 +318,26 @@ def test_connection_lost_with_the_window_half_answered(postfix: Postfix, tmp_pat
     assert wait_for(lambda: all(i in postfix.delivered() for i in ids))
     assert all(postfix.delivered().count(i) == 1 for i in ids)  # at least once, and not twice right away
     store.close()
+
+
+def test_a_pooled_session_the_relay_closed_costs_one_message_not_a_window(postfix: Postfix) -> None:
+    """The relay closes a pooled session while it idles (under the idle probe's
+    5 s). The next run writes one message on it, not a window: that one is
+    deferred (its body went out: it may have been taken), the rest go on a new
+    session."""
+    gate = ReplyGate(postfix.port, hold=1)
+    r = relay(gate.port)
+    try:
+        [[first]] = list(r.send_grouped([envelope("pooled-0")]))
+        assert first.kind is Kind.SENT
+        gate.hang_up()
+        assert wait_for(lambda: "disconnect from" in postfix.log().split("pooled-0")[-1])
+        results = {res.id: res for group in r.send_grouped([envelope(f"pooled-{i}") for i in range(1, 17)])
+                   for res in group}
+    finally:
+        r.close()
+        gate.close()
+    lost = [res for res in results.values() if res.kind is not Kind.SENT]
+    assert [(x.id, x.kind, x.code, x.reply) for x in lost] == [
+        ("pooled-1", Kind.TEMPORARY, None, "MAIL FROM: connection closed by relay")]
+    assert len(results) == 16

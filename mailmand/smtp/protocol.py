@@ -330,12 +330,15 @@ class Client:
     """
 
     def __init__(self, ext: Extensions, pipelining: bool = True, chunking: bool = True,
-                 window: Window | None = None) -> None:
+                 window: Window | None = None, *, reused: bool = False) -> None:
         self.ext = ext
         self.pipelining = pipelining and ext.pipelining
         # BDAT only pipelined: one at a time it would save a round trip of four, not three of four.
         self.chunking = chunking and ext.chunking and self.pipelining
         self.window = window or Window()
+        # A pooled session may have been closed by the relay while idle: until it answers,
+        # one message at a time, so a dead line leaves one message undecided, not a window.
+        self._answered = not reused
         self.closed = False  # the relay closed (421) or a reset failed: no more on this session
         self._out: list[bytes] = []
         self._body_queued = False
@@ -367,6 +370,8 @@ class Client:
         open_ = [tx for tx in self._txs if tx.stage is Stage.ENVELOPE]
         if not self.chunking:
             return not open_
+        if open_ and not self._answered:
+            return False
         return len(open_) < self.window.messages and sum(tx.octets for tx in open_) < self.window.octets
 
     def outgoing(self) -> bytes:
@@ -410,6 +415,7 @@ class Client:
             raise ProtocolError(f"a reply nobody asked for: {reply.text}")
         tx, step = self._expect.popleft()
         tx.unanswered -= 1
+        self._answered = True
         if reply.code == REPLY_CLOSING:
             return self._closing(tx, step, reply)
         events: list[Event] = []

@@ -15,9 +15,11 @@ Decisions worth knowing:
   the Client, so pipelined replies are read strictly in order.
 * A pooled session that went stale while idle is caught by a NOOP when it has
   been idle longer than `IDLE_PROBE`, and otherwise when its first message is
-  not answered at all: that message comes back `Unanswered`, and the pool
-  tries it once more on a new session (safe: nothing of it was accepted).
-* A connection lost after the body was sent but before the final reply is
+  not answered at all: with DATA that message comes back `Unanswered`, and the
+  pool tries it once more on a new session (safe: nothing of it was accepted).
+  With BDAT its body went out with its MAIL, so it is deferred instead; a
+  reused session carries that one message alone until the relay answers.
+* A connection lost after a body was sent but before its final reply is
   temporary: the relay may have queued it, so delivery is at least once.
 """
 
@@ -248,7 +250,7 @@ class Session:
         was reused, or it had answered something before). Raises SessionError
         when no session can be opened; `first` is then not attempted."""
         smtp, reused = self._ready()
-        client = Client(self._ext, self._pipelining, self._chunking, self._window)
+        client = Client(self._ext, self._pipelining, self._chunking, self._window, reused=reused)
         answered = 0
         unanswered: list[Unanswered] = []
 
