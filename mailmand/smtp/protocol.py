@@ -15,7 +15,8 @@ configuration allows:
   message is MAIL, its RCPTs and `BDAT <size> LAST` followed by the whole
   body, written without waiting for any reply; the next messages follow
   while earlier ones are unanswered, up to `Window` (messages and body
-  octets). A session then moves up to a window of messages per round trip.
+  octets; on a reused session, once the relay has answered something). A
+  session then moves up to a window of messages per round trip.
   Every message after the first in a pipeline opens with RSET, because RFC
   3030 §2 leaves the session "indeterminate" after a failed BDAT and asks
   for an RSET before anything else; the client cannot know, when it writes
