@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailmand.record import Record
+
 from .chunking import CLK, Relay, delay_proxy
 from .common import environment, pg_database, workdir
 
@@ -78,6 +80,7 @@ class Settings:
     lease: str = "30s"
     rtt_ms: float = 25.0
     drain_timeout: float = 600.0  # seconds to wait, after the producers stop, for every message
+    log_statements: bool = False  # have PostgreSQL log the daemons' statements, and count them by kind
 
 
 # -- the relay's record -------------------------------------------------------------------
@@ -134,17 +137,19 @@ def recording_relay(base: Path) -> Iterator[tuple[Relay, Recording]]:
 # -- the producers -------------------------------------------------------------------------
 
 
-def template() -> bytes:
-    """The message every producer sends (~2 KB), its Message-ID a placeholder."""
+def template() -> Record:
+    """The record every producer sends (~2 KB, as `Email.to_record` makes it), its
+    Message-ID a placeholder for the record's id."""
     from mailmand.config import ServerConfig
 
     from .common import email
 
-    raw = email().to_record(ServerConfig().max_message_size).raw
-    raw, n = re.subn(rb"(?mi)^Message-ID: <[^>]*>\r\n", b"Message-ID: <{ID}@" + DOMAIN.encode() + b">\r\n", raw)
+    record = email().to_record(ServerConfig().max_message_size)
+    raw, n = re.subn(rb"(?mi)^Message-ID: <[^>]*>\r\n", b"Message-ID: <{ID}@" + DOMAIN.encode() + b">\r\n",
+                     record.raw)
     if n != 1:
         raise RuntimeError("the bench message has no Message-ID header to replace")
-    return raw
+    return record.replace(raw=raw)
 
 
 def produce(conf: str, prefix: str, rate: float, seconds: float, out: str) -> None:
@@ -156,11 +161,8 @@ def produce(conf: str, prefix: str, rate: float, seconds: float, out: str) -> No
     from mailmand.client import Client
     from mailmand.config import load
     from mailmand.errors import QueueError
-    from mailmand.record import Record
 
-    from .common import RCPT, SENDER
-
-    raw = template()
+    base = template()
     client = Client(load(conf, producer=True))
     errors = 0
     n = 0
@@ -173,7 +175,7 @@ def produce(conf: str, prefix: str, rate: float, seconds: float, out: str) -> No
         else:
             behind = max(behind, now - due)
         mid = f"{prefix}-{n:07d}"
-        record = Record(mid, SENDER, (RCPT,), raw.replace(b"{ID}", mid.encode()), created_at=time.time())
+        record = base.replace(id=mid, raw=base.raw.replace(b"{ID}", mid.encode()), created_at=time.time())
         while True:
             try:
                 client.put(record)
@@ -299,6 +301,44 @@ def cpu_ticks(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def pg_counters(dsn: str) -> dict[str, int]:
+    """This database's transactions and rows written so far (pg_stat_database, which lags
+    by up to half a second)."""
+    [row] = query(dsn, "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted"
+                       " FROM pg_stat_database WHERE datname = current_database()")
+    return dict(zip(("commits", "rollbacks", "inserted", "updated", "deleted"), map(int, row), strict=True))
+
+
+PG_LOG = Path("/var/log/postgresql/postgresql-15-main.log")  # Debian's, with log_line_prefix '%m [%p] %q%u@%d '
+KINDS = [("claim", "WITH c AS (SELECT id FROM messages"), ("ingest: messages", "INSERT INTO messages"),
+         ("ingest: bodies", "INSERT INTO bodies"), ("finish: lock rows", "SELECT id FROM messages WHERE id IN"),
+         ("finish: attempts on record", "SELECT message_id, claim FROM attempts"),
+         ("finish: update", "UPDATE messages m SET status = v.status"), ("finish: attempts", "INSERT INTO attempts"),
+         ("notify", "SELECT pg_notify"), ("next due", "SELECT min(due_at)"), ("commit", "COMMIT"), ("begin", "BEGIN"),
+         ("pool check (empty query)", ""), ("set local", "SET LOCAL")]
+
+
+def statements(offset: int, dsn: str) -> Counter[str]:
+    """The daemons' statements in PostgreSQL's log since `offset`, by kind (diagnostic)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    db = str(conninfo_to_dict(dsn)["dbname"])
+    out: Counter[str] = Counter()
+    with PG_LOG.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            text = line.decode(errors="replace")
+            if f"@{db} " not in text:
+                continue
+            m = re.search(r"LOG:  (?:statement|execute [^:]*): (.*)", text)
+            if not m:
+                continue
+            sql = m.group(1).strip()
+            kind = next((k for k, prefix in KINDS if sql.startswith(prefix) and (prefix or not sql)), None)
+            out[kind or sql[:40]] += 1
+    return out
+
+
 def redis_pid() -> int | None:
     import redis
 
@@ -342,7 +382,13 @@ def run(base: Path, s: Settings, log: Any = sys.stderr) -> dict[str, Any]:
         port, proxy_pid = stack.enter_context(delay_proxy(relay.port, s.rtt_ms))
         stack.callback(r.delete, key)
         try:
-            slots = [Slot(daemon_yaml(root / f"d{i}.yaml", i, key, dsn, port, s), root / f"d{i}.log")
+            daemon_dsn = dsn
+            if s.log_statements:
+                from psycopg.conninfo import make_conninfo
+
+                daemon_dsn = make_conninfo(dsn, options="-c log_statement=all")
+                log_at = PG_LOG.stat().st_size if PG_LOG.exists() else 0
+            slots = [Slot(daemon_yaml(root / f"d{i}.yaml", i, key, daemon_dsn, port, s), root / f"d{i}.log")
                      for i in range(s.daemons)]
             for slot in slots:
                 slot.start()
@@ -358,6 +404,7 @@ def run(base: Path, s: Settings, log: Any = sys.stderr) -> dict[str, Any]:
                         "relay": relay.pids(), "proxy": [proxy_pid]}
 
             cpu.sample(groups(), new=False)
+            pg_before = pg_counters(dsn)
             # The producers write their own figures when they end.
             per = s.rate / s.producers
             t0 = time.time()
@@ -401,6 +448,7 @@ def run(base: Path, s: Settings, log: Any = sys.stderr) -> dict[str, Any]:
             expected = {f"{res['prefix']}-{i:07d}" for res in results for i in range(res["sent"])}
             cpu.sample(groups())
             cpu_producing = cpu.seconds()
+            pg_work = {k: v - pg_before[k] for k, v in pg_counters(dsn).items()}
             # Drain: every message must reach the relay.
             deadline = time.monotonic() + s.drain_timeout
             while time.monotonic() < deadline:
@@ -421,8 +469,13 @@ def run(base: Path, s: Settings, log: Any = sys.stderr) -> dict[str, Any]:
         sent = query(dsn, "SELECT m.id, m.created_at, a.at, a.daemon FROM attempts a JOIN messages m"
                           " ON m.id = a.message_id WHERE a.outcome = 'sent'")
         states = dict(query(dsn, "SELECT status, count(*) FROM messages GROUP BY status"))
-    return summarise(s, t0, t_end, t_drained, expected, recording, kills, sent, states, ids, cpu_producing,
-                     results, load, codes)
+    out = summarise(s, t0, t_end, t_drained, expected, recording, kills, sent, states, ids, cpu_producing,
+                    results, load, codes)
+    out["postgres_per_message"] = {k: v / max(1, out["delivered_in_window"]) for k, v in pg_work.items()}
+    if s.log_statements:
+        counts = statements(log_at, dsn)
+        out["statements_per_message"] = {k: v / max(1, out["enqueued"]) for k, v in counts.most_common()}
+    return out
 
 
 def summarise(s: Settings, t0: float, t_end: float, t_drained: float, expected: set[str], recording: Recording,
@@ -449,7 +502,8 @@ def summarise(s: Settings, t0: float, t_end: float, t_drained: float, expected: 
             unknown[daemon] += 1
         else:
             share[slot] += 1
-    per_minute = Counter(int((at - t0) // 60) for _, _, at, _ in in_window)
+    step = 60 if window >= 120 else 10  # seconds a rate is taken over, to show it held
+    per_step = Counter(int((at - t0) // step) for _, _, at, _ in in_window)
     n = len(expected)
     rate = len(in_window) / window
     return {
@@ -462,7 +516,8 @@ def summarise(s: Settings, t0: float, t_end: float, t_drained: float, expected: 
         "msg_s": rate,
         "msgs_per_hour": rate * 3600,
         "target_msg_s": TARGET_MSG_S,
-        "per_minute_msg_s": [per_minute[m] / 60 for m in sorted(per_minute)],
+        "rate_step_s": step,
+        "msg_s_by_step": [per_step[m] / step for m in range(int(window // step))],  # whole steps only
         "drain_s": round(t_drained - t_end, 1),
         "relay_deliveries": recording.deliveries,
         "relay_records": recording.records,
@@ -494,19 +549,26 @@ def report(res: dict[str, Any]) -> str:
     out = [f"## soak: {s['daemons']} daemons, Redis → PostgreSQL → Postfix smtpd (CHUNKING) {s['rtt_ms']:g} ms away; "
            f"{s['minutes']:g} min, {s['rate']:g} msg/s offered by {s['producers']} producers, a SIGKILL every "
            f"{s['kill_every']:g} s (load average {la['min']:.1f}–{la['max']:.1f}, mean {la['mean']:.1f})",
-           f"- delivered while producing: **{res['msg_s']:.0f} msg/s** ({res['msgs_per_hour']:,.0f}/hour; target "
-           f"{res['target_msg_s']:.0f}): {res['delivered_in_window']:,} of {res['enqueued']:,} enqueued in "
-           f"{res['window_s']:g} s ({res['offered_msg_s']:.0f} msg/s offered); the rest drained in {res['drain_s']:g} s",
-           "- per minute: " + ", ".join(f"{x:.0f}" for x in res["per_minute_msg_s"]) + " msg/s",
-           f"- lost **{res['lost']}**; duplicates **{res['duplicates']}** ({res['duplicates_unexplained']} not held by a "
-           f"killed daemon); relay deliveries {res['relay_deliveries']:,} ({res['relay_records']:,} records in its dump)",
+           f"- delivered while producing: **{res['msg_s']:.0f} msg/s** ({res['msgs_per_hour']:,.0f}/hour; "
+           f"target {res['target_msg_s']:.0f}): {res['delivered_in_window']:,} of {res['enqueued']:,} enqueued in "
+           f"{res['window_s']:g} s ({res['offered_msg_s']:.0f} msg/s offered); the rest drained in "
+           f"{res['drain_s']:g} s",
+           f"- by {res['rate_step_s']} s: " + ", ".join(f"{x:.0f}" for x in res["msg_s_by_step"]) + " msg/s",
+           f"- lost **{res['lost']}**; duplicates **{res['duplicates']}** ({res['duplicates_unexplained']} not "
+           f"held by a killed daemon); relay deliveries {res['relay_deliveries']:,} ({res['relay_records']:,} "
+           "records in its dump)",
            "- kills (duplicates / leases held / batch): " + "; ".join(
                f"{k['at_s']:g}s daemon {k['slot']}: {k['duplicates']} / {k['held_count']} / {s['batch']}"
                for k in res["kills"]),
-           f"- enqueue → relay's 250: p50 **{lat['p50']:.0f} ms**, p99 **{lat['p99']:.0f} ms**, max {lat['max']:.0f} ms "
-           f"({lat['messages']:,} messages enqueued while producing)",
+           f"- enqueue → relay's 250: p50 **{lat['p50']:.0f} ms**, p99 **{lat['p99']:.0f} ms**, "
+           f"max {lat['max']:.0f} ms ({lat['messages']:,} messages enqueued while producing)",
            "- share by daemon (restarts summed): " + ", ".join(
                f"{slot}: {n:,} ({n / max(1, sum(res['share'].values())):.0%})" for slot, n in res["share"].items()),
+           "- PostgreSQL per message delivered: " + ", ".join(
+               f"{k} {v:.2f}" for k, v in res.get("postgres_per_message", {}).items()),
+           *(["- statements per message: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                       res["statements_per_message"].items())]
+             if "statements_per_message" in res else []),
            "- CPU µs per message delivered: " + ", ".join(
                f"{k} {v:.0f}" for k, v in sorted(res["cpu_us_per_message"].items(), key=lambda kv: -kv[1])),
            f"- {'PASS' if ok else 'FAIL'}: 0 lost, every duplicate held by a killed daemon, at most a batch a kill"
@@ -532,10 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lease", default=d.lease)
     p.add_argument("--rtt-ms", type=float, default=d.rtt_ms)
+    p.add_argument("--log-statements", action="store_true",
+                   help="diagnostic: PostgreSQL logs the daemons' statements; counted by kind per message")
     p.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="scratch directory on a real disk")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     a = p.parse_args(argv)
-    s = Settings(a.minutes, a.rate, a.daemons, a.producers, a.kill_every, a.connections, a.batch, a.lease, a.rtt_ms)
+    s = Settings(a.minutes, a.rate, a.daemons, a.producers, a.kill_every, a.connections, a.batch, a.lease, a.rtt_ms,
+                 log_statements=a.log_statements)
     res = {"env": environment(), **run(a.dir, s)}
     print(report(res))
     a.out.parent.mkdir(parents=True, exist_ok=True)
