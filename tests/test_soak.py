@@ -3,9 +3,8 @@ stream and one PostgreSQL store deliver to Postfix's smtpd offering CHUNKING,
 25 ms away, while two producer processes enqueue; one daemon is SIGKILLed
 every few seconds, in turn, and started again. The relay's own record (its
 sink's dump, read by Message-ID) must hold every message enqueued, and no
-second copy but of what a killed daemon held under lease: at most 2 × batch a
-kill, the bound configuration.md states (the batch being sent and the one
-claimed ahead). No rate is asserted: the full run (`python -m bench.soak --minutes 10`)
+second copy but of what a killed daemon held under lease, and at most a batch
+a kill. No rate is asserted: the full run (`python -m bench.soak --minutes 10`)
 measures that, on a quiet machine."""
 
 from __future__ import annotations
@@ -35,7 +34,9 @@ def test_three_daemons_killed_in_turn_lose_nothing_and_resend_at_most_a_batch(tm
     assert res["unexpected_at_relay"] == 0
     assert res["relay_records"] == res["relay_deliveries"]  # every message in the dump was counted by its id
     assert res["duplicates_unexplained"] == 0  # a second copy only of what a killed daemon held
-    assert all(k["duplicates"] <= k["held_count"] <= 2 * SHORT.batch for k in kills), \
+    # At most a batch sent twice a kill (what a daemon has out: handed to the relay, not yet recorded),
+    # though it may hold twice that under lease (the batch claimed ahead, not yet handed out).
+    assert all(k["duplicates"] <= SHORT.batch and k["held_count"] <= 2 * SHORT.batch for k in kills), \
         [(k["duplicates"], k["held_count"]) for k in kills]
     assert sorted(res["share"]) == ["0", "1", "2"] and all(n > 0 for n in res["share"].values()), res["share"]
     assert not res["share_unknown_daemons"], res["share_unknown_daemons"]
