@@ -31,7 +31,20 @@ def _redis(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusiv
     return RedisQueue(cfg, daemon=daemon, consumer=consumer, lease=lease, exclusive=exclusive)
 
 
-ENGINES: dict[str, Callable[..., Queue]] = {"spool": _spool, "redis": _redis}
+def _postgres(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
+              readonly: bool) -> Queue:
+    try:
+        from .postgres import PostgresQueue  # imports psycopg
+    except ImportError as exc:
+        if exc.name not in ("psycopg", "psycopg_binary", "psycopg_c"):
+            raise
+        raise ConfigError(f"the postgres queue needs {exc.name}, which is not installed: "
+                          "pip install 'mailmand[postgres]'", "email.queue.default.engine") from None
+
+    return PostgresQueue(cfg, daemon=daemon, lease=lease, readonly=readonly)
+
+
+ENGINES: dict[str, Callable[..., Queue]] = {"spool": _spool, "redis": _redis, "postgres": _postgres}
 # Engines read by one daemon only: it holds a lock file in their directory.
 SINGLE_CONSUMER = {"spool"}
 

@@ -29,11 +29,11 @@ def mask(dsn: str) -> str:
     return _KV_PASSWORD.sub(r"\1***", dsn)
 
 
-def check(dsn: str | None) -> dict[str, str]:
+def check(dsn: str | None, key: str = KEY) -> dict[str, str]:
     """The dsn's parameters, parsed by libpq's own parser; ConfigError naming
-    the key (exit 78) for one that does not parse. Nothing is connected."""
+    `key` (exit 78) for one that does not parse. Nothing is connected."""
     if not dsn:
-        raise ConfigError("required when engine is postgres", KEY)
+        raise ConfigError("required when engine is postgres", key)
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
@@ -43,8 +43,8 @@ def check(dsn: str | None) -> dict[str, str]:
         # libpq quotes the part it choked on, which may be the password: leave quotes out.
         reason = re.sub(r'"[^"]*"', '"…"', str(exc).splitlines()[0] if str(exc) else "")
         raise ConfigError(f"not a PostgreSQL connection string ({reason}); expected "
-                          "postgresql://user@host:5432/database or host=… dbname=… pairs", KEY) from None
+                          "postgresql://user@host:5432/database or host=… dbname=… pairs", key) from None
     port = str(params.get("port", "5432"))
     if not all(p.strip().isdigit() for p in port.split(",")):
-        raise ConfigError("the port is not a number: expected postgresql://user@host:5432/database", KEY)
+        raise ConfigError("the port is not a number: expected postgresql://user@host:5432/database", key)
     return {k: str(v) for k, v in params.items()}
