@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import ConfigError
 from .base import DIR_MODE, Found, Item, Queue, QueueInfo
@@ -31,17 +32,28 @@ def _redis(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusiv
     return RedisQueue(cfg, daemon=daemon, consumer=consumer, lease=lease, exclusive=exclusive)
 
 
-def _postgres(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
-              readonly: bool) -> Queue:
+def _outbox() -> ModuleType:
+    """The postgres engine's module, or a ConfigError that says what to install."""
     try:
-        from .postgres import PostgresQueue  # imports psycopg
+        from . import postgres  # imports psycopg
     except ImportError as exc:
         if exc.name not in ("psycopg", "psycopg_binary", "psycopg_c"):
             raise
         raise ConfigError(f"the postgres queue needs {exc.name}, which is not installed: "
                           "pip install 'mailmand[postgres]'", "email.queue.default.engine") from None
+    return postgres
 
-    return PostgresQueue(cfg, daemon=daemon, lease=lease, readonly=readonly)
+
+def _postgres(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
+              readonly: bool) -> Queue:
+    queue: Queue = _outbox().PostgresQueue(cfg, daemon=daemon, lease=lease)
+    return queue
+
+
+def outbox_sql(table: str) -> str:
+    """The outbox table's DDL for `table`, as an app's migration would run it (`mailmand outbox-sql`)."""
+    postgres = _outbox()
+    return "".join(f"{stmt.as_string(None)};\n" for stmt in postgres.ddl(table))
 
 
 ENGINES: dict[str, Callable[..., Queue]] = {"spool": _spool, "redis": _redis, "postgres": _postgres}
@@ -74,4 +86,4 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
     return engine(cfg, daemon, consumer, lease, exclusive, readonly)
 
 
-__all__ = ["DIR_MODE", "ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue"]
+__all__ = ["DIR_MODE", "ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue", "outbox_sql"]

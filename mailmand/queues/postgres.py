@@ -109,8 +109,7 @@ def _item(row_id: int, text: str) -> Item:
 class PostgresQueue(Queue):
     transactional = True
 
-    def __init__(self, cfg: QueueConfig, *, daemon: bool = False, lease: float = 300.0,
-                 readonly: bool = False) -> None:
+    def __init__(self, cfg: QueueConfig, *, daemon: bool = False, lease: float = 300.0) -> None:
         self.table = str(cfg.table)
         t = identifier(self.table)
         params = dsnmod.check(cfg.dsn, f"{KEY}.dsn")
@@ -254,7 +253,7 @@ class PostgresQueue(Queue):
                 conn.execute(sql.SQL("SELECT id, record::text, created_at FROM {} WHERE false").format(self._t))
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ConfigError(f"cannot use the outbox table {self.where}: {_cause(exc)}; create it (the SQL "
-                              f"`{OUTBOX_SQL}` prints) and GRANT SELECT, DELETE ON it to the daemon's user",
+                              f"`{OUTBOX_SQL}` prints) and GRANT SELECT, UPDATE, DELETE ON it to the daemon's user",
                               f"{KEY}.table") from None
         except psycopg.errors.UndefinedColumn as exc:
             raise ConfigError(f"the table {self.table!r} in {dsnmod.mask(self.dsn)} is not a mailmand outbox "
