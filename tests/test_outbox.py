@@ -399,6 +399,24 @@ def test_a_crash_between_the_store_commit_and_the_delete_stores_each_message_onc
         producer.close()
 
 
+def test_a_connection_lost_while_idle_is_made_again_without_a_failure(shop):
+    cfg = QueueConfig(engine="postgres", dsn=shop)
+    producer, daemon = open_queue(cfg), open_queue(cfg, daemon=True)
+    try:
+        assert daemon.take(10) == []  # connected, and idle (no take open)
+        with psycopg.connect(shop, autocommit=True) as admin:  # a server restart, as the daemon sees it
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                  "application_name = 'mailmand-outbox' AND datname = current_database()").fetchall()
+        assert ended == [(True,)]
+        producer.put({"id": "m1"})
+        items = daemon.take(10)  # no QueueUnavailable: nothing was held, so a new connection takes
+        assert [i.data for i in items] == [{"id": "m1"}]
+        daemon.ack(items)
+    finally:
+        daemon.close()
+        producer.close()
+
+
 def test_kill_9_mid_ingest_still_delivers_each_committed_message_once(shop, smtp_server, tmp_path):
     relay = smtp_server()
     cut = TcpProxy(("127.0.0.1", relay.port))  # the relay unreachable while the first daemon runs

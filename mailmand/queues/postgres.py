@@ -265,21 +265,27 @@ class PostgresQueue(Queue):
         self._table_ready = True
 
     def _on_claim(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        conn = self._claimer()
-        try:
-            return fn(conn)
-        except psycopg.errors.UndefinedTable:
-            self._drop_claim()
-            self._table_ready = False  # dropped under us: made again at the next take
-            raise QueueUnavailable(f"the outbox table {self.where} is gone; it is made again at the next try") \
-                from None
-        except UNAVAILABLE as exc:
-            # The server rolls the open take back: every held row is in the table again.
-            self._drop_claim()
-            raise self._unavailable(what, exc) from None
-        except psycopg.Error as exc:
-            self._drop_claim()
-            raise QueueError(f"outbox {what} failed on {self.where}: {_cause(exc)}") from None
+        for attempt in (1, 2):
+            reused = self._claim is not None and not self._claim.closed
+            conn = self._claimer()
+            idle = not self._held  # no take open on it: nothing to lose by starting over
+            try:
+                return fn(conn)
+            except psycopg.errors.UndefinedTable:
+                self._drop_claim()
+                self._table_ready = False  # dropped under us: made again at the next take
+                raise QueueUnavailable(f"the outbox table {self.where} is gone; it is made again at the next "
+                                       "try") from None
+            except UNAVAILABLE as exc:
+                # The server rolls the open take back: every held row is in the table again.
+                self._drop_claim()
+                if attempt == 1 and reused and idle:
+                    continue  # lost while idle (a server restart, a firewall's timeout): once more, on a new one
+                raise self._unavailable(what, exc) from None
+            except psycopg.Error as exc:
+                self._drop_claim()
+                raise QueueError(f"outbox {what} failed on {self.where}: {_cause(exc)}") from None
+        raise AssertionError("unreachable")
 
     def _drop_claim(self) -> None:
         self._held.clear()
