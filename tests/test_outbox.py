@@ -417,6 +417,21 @@ def test_a_connection_lost_while_idle_is_made_again_without_a_failure(shop):
         producer.close()
 
 
+def test_a_take_held_past_the_lease_goes_back_to_the_other_daemons(shop):
+    cfg = QueueConfig(engine="postgres", dsn=shop)
+    producer = open_queue(cfg)
+    hung, other = open_queue(cfg, daemon=True, lease=1.0), open_queue(cfg, daemon=True)
+    try:
+        producer.put({"id": "m1"})
+        assert len(hung.take(10)) == 1
+        assert other.take(10) == []  # locked by the hung daemon's open take
+        assert wait_until(lambda: len(other.take(10)) == 1, timeout=20), "the server ends a take idle past the lease"
+    finally:
+        other.close()
+        hung.close()
+        producer.close()
+
+
 def test_kill_9_mid_ingest_still_delivers_each_committed_message_once(shop, smtp_server, tmp_path):
     relay = smtp_server()
     cut = TcpProxy(("127.0.0.1", relay.port))  # the relay unreachable while the first daemon runs
