@@ -417,6 +417,23 @@ def test_a_connection_lost_while_idle_is_made_again_without_a_failure(shop):
         producer.close()
 
 
+def test_rows_released_by_a_daemon_whose_store_is_down_are_free_for_another(shop):
+    cfg = QueueConfig(engine="postgres", dsn=shop)
+    producer = open_queue(cfg)
+    stuck, other = open_queue(cfg, daemon=True), open_queue(cfg, daemon=True)
+    try:
+        for i in range(3):
+            producer.put({"id": f"m{i}"})
+        stuck.release(stuck.take(10))  # what ingest does when its store cannot take them
+        items = other.take(10)
+        assert [i.data["id"] for i in items] == ["m0", "m1", "m2"]  # not locked by the first any more
+        other.ack(items)
+    finally:
+        other.close()
+        stuck.close()
+        producer.close()
+
+
 def test_a_take_held_past_the_lease_goes_back_to_the_other_daemons(shop):
     cfg = QueueConfig(engine="postgres", dsn=shop)
     producer = open_queue(cfg)
