@@ -60,7 +60,7 @@ def run(stmt: str, tree: str | None) -> float:
 
 
 def importtime(tree: str | None) -> float:
-    """`python -X importtime`'s cumulative figure for mailmand.config, in ms (what the issue measured)."""
+    """`python -X importtime`'s cumulative figure for mailmand.config, in ms (as docs/configuration.md quotes it)."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import mailmand.config"], env=env_for(tree),
                           cwd="/", capture_output=True, text=True, check=True)
     for line in done.stderr.splitlines():

@@ -1,4 +1,4 @@
-"""Start-up: what one `sendmail` call costs (issue 16), in one run, against
+"""Start-up: what one `sendmail` call costs, in one run, against
 the floors: Postfix's sendmail and `python -c pass`.
 
     python -m bench.startup [--quick] [--dist DIR] [--venv DIR] [--json PATH]
