@@ -252,6 +252,16 @@ def test_a_table_name_is_checked_before_anything_is_made(tmp_path):
         open_queue(QueueConfig(engine="postgres", dsn="dbname=x", table="Orders"))  # built in code: checked too
 
 
+def test_a_database_that_is_not_there_is_a_configuration_error(tmp_path):
+    nowhere = with_password(POSTGRES_DSN, dbname=f"mailmand_nowhere_{uuid.uuid4().hex[:8]}")
+    conf = write_outbox_config(tmp_path / "m.yaml", nowhere, 9)
+    for args in (("run",), ("send", "--from", "a@example.com", "--to", "b@example.com", "--text", "x")):
+        out = run_cli(*args, "-c", str(conf))
+        assert out.returncode == 78, out.stderr  # not a temporary failure: retrying will not mend it
+        assert b"email.queue.default.dsn: the outbox database refused the connection" in out.stderr
+        assert b"does not exist" in out.stderr and b"s3cret-pw" not in out.stderr
+
+
 # -- the caller's transaction --------------------------------------------------------
 
 

@@ -145,8 +145,11 @@ class PostgresQueue(Queue):
 
     def _missing(self) -> NoOutbox:
         return NoOutbox(f"the outbox table {self.table!r} does not exist in {dsnmod.mask(self.dsn)}: "
-                          f"the daemon creates it when it starts; or add the SQL that `{OUTBOX_SQL}` prints "
-                          "to your migrations")
+                        f"the daemon creates it when it starts; or add the SQL that `{OUTBOX_SQL}` prints "
+                        "to your migrations")
+
+    def _refusal(self, exc: psycopg.Error) -> ConfigError:
+        return ConfigError(f"the outbox database refused the connection: {_cause(exc)}", f"{KEY}.dsn")
 
     def _unavailable(self, what: str, exc: BaseException) -> QueueUnavailable:
         return QueueUnavailable(f"cannot {what} the outbox {self.where}: {_cause(exc)}")
@@ -168,6 +171,8 @@ class PostgresQueue(Queue):
                     raise self._missing() from None
                 except UNAVAILABLE as exc:
                     self._close_own()
+                    if _refused(exc):  # credentials, a database that is not there: no retry mends it
+                        raise self._refusal(exc) from None
                     # A statement cut off mid-way may have committed: a second row with
                     # the same record id is harmless (ingest stores an id once).
                     if attempt == 2 or not retry:
@@ -221,8 +226,7 @@ class PostgresQueue(Queue):
             conn = self._connect(application_name="mailmand-outbox")
         except psycopg.Error as exc:
             if _refused(exc):
-                raise ConfigError(f"the outbox database refused the connection: {_cause(exc)}",
-                                  f"{KEY}.dsn") from None
+                raise self._refusal(exc) from None
             raise self._unavailable("reach", exc) from None
         try:
             # A take left open longer than the lease (a daemon hung mid-ingest) is
