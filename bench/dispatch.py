@@ -187,4 +187,4 @@ def run(base: Path, quick: bool, sinks: tuple[str, ...] | None = None) -> dict[s
     logging.getLogger().handlers[:] = []
     return {"messages": n, "rows": rows, "log_lines": log_lines,
             "logging": "mailmand.cli.setup_logging('INFO') as the daemon runs it "
-                       "(a summary line per run; each deferral or failure a WARNING), to a file"}
+                       "(a summary line a minute; each deferral or failure a WARNING), to a file"}

@@ -3,8 +3,6 @@ hot reload, systemd notify."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import signal
@@ -12,20 +10,21 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__, stores, systemd
 from . import config as configmod
+from . import stores, systemd
 from .config import Config
 from .dispatcher import Dispatcher, RunResult, owner_id
-from .errors import AlreadyRunning, ConfigError, StoreUnavailable
+from .errors import ConfigError, StoreUnavailable
 from .ingest import BATCH, Ingester, IngestLoop, IngestResult
+from .locks import InstanceLock
 from .queues import DIR_MODE, Queue, lock_path, open_queue
 from .repeats import Repeats
 from .scheduler import DispatchScheduler
 from .stores import DaemonInfo, Store, open_store
+from .version import __version__
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -33,62 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "mailmand.lock"
-LOCK_MODE = 0o640  # a lock file holds a pid: not for every local user
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
 STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
-
-
-class InstanceLock:
-    """An flock that makes a daemon the only one on a spool (or a store). The
-    kernel drops it when the process dies, so a SIGKILLed daemon never leaves
-    a stale lock."""
-
-    def __init__(self, path: Path, what: str, dir_mode: int | None = None) -> None:
-        self.path = path
-        self.what = what
-        self.dir_mode = dir_mode  # the mode of a directory this lock creates (None: the umask's)
-        self._fd: int | None = None
-        self._made: list[Path] = []  # what acquire() created, removed by discard()
-
-    def acquire(self) -> None:
-        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.dir_mode is not None and missing:
-            os.chmod(self.path.parent, self.dir_mode)
-        existed = self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, LOCK_MODE)
-        self._made = ([] if existed else [self.path]) + missing
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise AlreadyRunning(f"another mailmand daemon (pid {holder}) is already running on {self.what}") from None
-        os.fchmod(fd, LOCK_MODE)  # an older, world-readable lock file too
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-        except OSError as exc:  # a full disk: the flock is what counts, the pid is a courtesy
-            if exc.errno != errno.ENOSPC:
-                os.close(fd)
-                raise
-            log.warning("%s: no space to record the pid; the lock holds all the same", self.path)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def discard(self) -> None:
-        """Release, and remove what acquire() created: a refused start leaves nothing behind."""
-        self.release()
-        for p in self._made:
-            try:
-                p.rmdir() if p.is_dir() else p.unlink()
-            except OSError:
-                pass  # not empty, or gone: leave it
 
 
 @dataclass
@@ -123,7 +68,7 @@ class Daemon:
         self.engine = stores.engine(cfg.server.database)  # refused here, before any file is made
         self.id = owner_id()  # this daemon's id: its leases in the store, its consumer name on a shared queue
         self.started_at = time.time()
-        queue_lock = lock_path(cfg.queue, LOCK_FILE)  # None: a queue many daemons share (Redis)
+        queue_lock = lock_path(cfg.queue)  # None: a queue many daemons share
         # The lock may be the first thing in a new spool: the spool's own mode (setgid, group-writable).
         self.lock = InstanceLock(queue_lock, f"the spool {cfg.queue.path}", dir_mode=DIR_MODE) \
             if queue_lock else None

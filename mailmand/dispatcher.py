@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +33,12 @@ HEARTBEAT = 5.0  # seconds between heartbeats (and lease renewals), at most
 # only the store saying so, and a crash resends at most what was not yet
 # recorded, as before: about one batch.
 COMMIT_LINGER = 0.02
+# How long a claim that found no room (every lease this daemon may hold is out)
+# waits for outcomes to be recorded before the run ends instead. Commits free
+# room within milliseconds; only sessions that hold as many messages as
+# 2 × batch (`connections` near `batch`) could wait this out.
+ROOM_WAIT = HEARTBEAT
+SUMMARY_EVERY = 60.0  # seconds between the INFO lines that say what dispatch did
 
 
 @dataclass
@@ -56,6 +62,31 @@ class RunResult:
             setattr(self, status.value, getattr(self, status.value) + 1)
 
 
+class Summary:
+    """What dispatch did, said once a minute at INFO: a line per run was a flood
+    (hundreds a minute when mail trickles in), and each run is logged at DEBUG.
+    Nothing is said for a minute in which nothing was sent or tried."""
+
+    def __init__(self, every: float = SUMMARY_EVERY) -> None:
+        self.every = every
+        self._since: float | None = None
+        self._done = RunResult()
+
+    def add(self, run: RunResult, now: float) -> None:
+        """Count a run that ended at `now` (the run's own clock); say the minute's
+        figures once it is over."""
+        if self._since is None:
+            self._since = now
+        self._done.add(run)
+        if now - self._since < self.every:
+            return
+        d = self._done
+        if d.sent or d.deferred or d.failed or d.expired:
+            expired = f", expired {d.expired}" if d.expired else ""
+            log.info("sent %d, deferred %d, failed %d%s in the last minute", d.sent, d.deferred, d.failed, expired)
+        self._since, self._done = now, RunResult()
+
+
 def owner_id() -> str:
     """A daemon's id: host, pid and a random part (pids are reused; a restart is a new daemon)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -65,6 +96,45 @@ def owner_id() -> str:
 class _FeedState:
     done: bool = False  # the feed has ended: claim nothing more
     swept: float | None = None  # when expired leases were last swept (monotonic)
+
+
+class Leases:
+    """The leases a dispatcher holds: claimed, and neither recorded nor handed back.
+    Never more than 2 × batch (the batch being sent and the one claimed ahead of it):
+    a claim asks only for the room left, reserved before it is made, so a daemon
+    killed at any moment leaves at most that many messages to be sent again."""
+
+    def __init__(self, held: Callable[[], int]) -> None:
+        self._held = held  # the messages the dispatcher holds now (in flight, kept, to hand back)
+        self._reserved = 0  # claims under way
+        self._changed = threading.Condition()
+
+    def count(self) -> int:
+        return self._held() + self._reserved
+
+    def reserve(self, batch: int, wait: float = 0.0, stop: Callable[[], bool] = lambda: False) -> int:
+        """Room for a claim: up to `batch`, within 2 × batch held. With `wait`, wait
+        that long at most for some room (or until `stop()`). 0: no room. The caller
+        gives the reservation back with `settle`, once what it claimed is held."""
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while self.count() >= 2 * batch and not stop() and time.monotonic() < deadline:
+                self._changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            room = min(batch, 2 * batch - self.count())
+            if room <= 0 or stop():
+                return 0
+            self._reserved += room
+            return room
+
+    def settle(self, room: int) -> None:
+        with self._changed:
+            self._reserved -= room
+            self._changed.notify_all()
+
+    def freed(self) -> None:
+        """Some leases ended (recorded or handed back): a claim waiting for room may go on."""
+        with self._changed:
+            self._changed.notify_all()
 
 
 class Dispatcher:
@@ -81,10 +151,13 @@ class Dispatcher:
         # Answered, but the store could not take the outcome: kept, and committed
         # (fenced by each claim's token) as soon as it can.
         self._unsaved: list[Finished] = []
+        self._unreleased: list[str] = []  # never tried, but the store could not take them back yet
+        self.leases = Leases(lambda: len(self._live) + len(self._unsaved) + len(self._unreleased))
         self._renewed = 0.0
         # Claims the next batch ahead (its thread starts with the first claim ahead).
         self._claimer = futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim")
         self._store_down = Repeats(log, f"store {store.name}")
+        self.summary = Summary()
 
     @property
     def cfg(self) -> ServerConfig:
@@ -138,9 +211,10 @@ class Dispatcher:
                 if self._pending is None or self.stop.is_set():
                     break
         if result.batches:
-            log.info("dispatched %d batch(es): sent %d, deferred %d, failed %d, expired %d, released %d",
-                     result.batches, result.sent, result.deferred, result.failed, result.expired,
-                     result.released)
+            log.debug("dispatched %d batch(es): sent %d, deferred %d, failed %d, expired %d, released %d",
+                      result.batches, result.sent, result.deferred, result.failed, result.expired,
+                      result.released)
+        self.summary.add(result, time.time() if now is None else now)
         return result
 
     def _run(self, cfg: ServerConfig, relay: Relay, now: float | None, result: RunResult) -> None:
@@ -150,17 +224,32 @@ class Dispatcher:
             # The sessions pull from the feed, which claims one batch ahead of
             # them: no session waits at a batch boundary.
             for group in relay.send_grouped(feed, self.stop, COMMIT_LINGER, gather=cfg.batch):
-                self._commit([(live.pop(sent.id), sent) for sent in group], cfg, now, result)
+                self._commit([(live[sent.id], sent) for sent in group], cfg, now, result)
+                for sent in group:  # recorded, or kept in `_unsaved`: held there until it is
+                    del live[sent.id]
+                self.leases.freed()
         finally:
             feed.close()
             if live:  # stopping, a failure, or no relay: hand back what was never tried, at once
                 result.unreachable = not self.stop.is_set() and self._pending is None
-                ids = list(live)
+                self._unreleased += list(live)
                 live.clear()
-                try:
-                    result.released += self.store.release_own(self.owner, ids)
-                except StoreUnavailable as exc:  # their leases run out; a sweep hands them back
-                    self._store_down.failed("cannot hand back %d claimed message(s): %s", len(ids), exc)
+                result.released += self._release()
+
+    def _release(self) -> int:
+        """Hand back the leases on messages never tried; kept (and counted as held)
+        while the store cannot take them: a sweep would hand them back after the lease."""
+        ids = self._unreleased
+        if not ids:
+            return 0
+        try:
+            n = self.store.release_own(self.owner, ids)
+        except StoreUnavailable as exc:
+            self._store_down.failed("cannot hand back %d claimed message(s): %s", len(ids), exc)
+            return 0
+        self._unreleased = []
+        self.leases.freed()
+        return n
 
     def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
               live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
@@ -171,20 +260,23 @@ class Dispatcher:
         claimed and not handed out is in `live` when the generator ends (the
         caller hands it back)."""
         state = _FeedState()
-        ahead: futures.Future[list[Claimed]] | None = None
+        ahead: futures.Future[tuple[list[Claimed], bool]] | None = None
         try:
-            batch = self._claim(cfg, now, result, live, state)
+            batch, more = self._claim(cfg, now, result, live, state, ROOM_WAIT)
             while batch:
-                # A full batch: more is likely due, so claim it while this one is sent.
-                # (Mail that trickles in is claimed when asked for, as it comes.)
-                if len(batch) >= cfg.batch:
+                # The claim found all it asked for: more is likely due, so claim it while
+                # this batch is sent, with the room left (mail that trickles in is claimed
+                # when asked for, as it comes).
+                if more:
                     ahead = self._claimer.submit(self._claim, cfg, now, result, live, state)
                 for msg in batch:
                     yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
                 if ahead is not None:
-                    batch, ahead = ahead.result(), None
-                else:
-                    batch = self._claim(cfg, now, result, live, state)
+                    (batch, more), ahead = ahead.result(), None
+                    if batch or not more:
+                        continue  # the next batch, or nothing more is due
+                # Nothing claimed ahead, or there was no room then: claim now, waiting for room.
+                batch, more = self._claim(cfg, now, result, live, state, ROOM_WAIT)
         finally:
             state.done = True
             if ahead is not None:  # a claim under way lands in `live` before the caller hands it back
@@ -192,45 +284,68 @@ class Dispatcher:
                 futures.wait([ahead])
 
     def _claim(self, cfg: ServerConfig, now: float | None, result: RunResult, live: dict[str, Claimed],
-               state: _FeedState) -> list[Claimed]:
-        """One batch for the feed: what is due and not expired, now in `live`; [] when
-        nothing is (or the run is stopping, or the store cannot be reached)."""
-        while not (state.done or self.stop.is_set() or self._pending is not None or self._unsaved):
-            t = time.time() if now is None else now
-            observe.observer.dispatching()
+               state: _FeedState, wait: float = 0.0) -> tuple[list[Claimed], bool]:
+        """One batch for the feed: what is due and not expired, now in `live`, and
+        whether the claim took all it asked for (more may be due). ([], True): no
+        room now (`wait` 0), ask again, waiting; ([], False): nothing is due, no room
+        came within `wait`, the run is stopping, or the store cannot be reached."""
+        def stopping() -> bool:
+            return state.done or self.stop.is_set() or self._pending is not None or bool(self._unsaved)
+
+        while not stopping():
+            if self._unreleased and not self._release():
+                return [], False
+            room = self.leases.reserve(cfg.batch, wait, stopping)
+            if not room:
+                return [], not wait
             try:
-                if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):
-                    self.renew(t)
-                # Leases that ran out (a crashed peer, or ours left by a failed write); never what we hold.
-                # At the start of each run, then as often as leases are renewed.
-                if state.swept is None or time.monotonic() - state.swept >= min(HEARTBEAT, cfg.lease / 3):
-                    self.store.sweep_expired(t, spare=self.held())
-                    state.swept = time.monotonic()
-                batch = self.store.claim(t, cfg.batch, self.owner, cfg.lease)
-            except StoreUnavailable as exc:  # what is in flight finishes; claims wait for the store
-                self._store_down.failed("claims paused: %s", exc)
-                return []
-            if not batch:
-                return []
-            result.batches += 1
-            expired: list[Finished] = []
-            sendable: list[Claimed] = []
-            for msg in batch:
-                if policy.is_expired(t, msg.send_after, cfg):
-                    outcome = policy.expired_outcome(cfg)
-                    attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
-                    expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome))
-                else:
-                    live[msg.id] = msg
-                    sendable.append(msg)
-            if expired:
-                self._save(expired)
-                result.expired += len(expired)
-                for _ in expired:
-                    observe.observer.outcome(Status.EXPIRED, None, t)
+                got = self._claim_room(cfg, now, result, live, state, room)
+            finally:
+                self.leases.settle(room)  # what it claimed is held now: in `live`, recorded or kept
+            if got is None:
+                return [], False
+            sendable, claimed = got
             if sendable:
-                return sendable
-        return []  # (a batch that had all expired: the next one)
+                return sendable, claimed == room
+        return [], False
+
+    def _claim_room(self, cfg: ServerConfig, now: float | None, result: RunResult, live: dict[str, Claimed],
+                    state: _FeedState, room: int) -> tuple[list[Claimed], int] | None:
+        """Claim up to `room` messages; those past max-time are recorded expired, the
+        rest go to `live`. (those, how many were claimed); None: nothing is due, or no store."""
+        t = time.time() if now is None else now
+        observe.observer.dispatching()
+        try:
+            if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):
+                self.renew(t)
+            # Leases that ran out (a crashed peer, or ours left by a failed write); never what we hold.
+            # At the start of each run, then as often as leases are renewed.
+            if state.swept is None or time.monotonic() - state.swept >= min(HEARTBEAT, cfg.lease / 3):
+                self.store.sweep_expired(t, spare=self.held())
+                state.swept = time.monotonic()
+            batch = self.store.claim(t, room, self.owner, cfg.lease)
+        except StoreUnavailable as exc:  # what is in flight finishes; claims wait for the store
+            self._store_down.failed("claims paused: %s", exc)
+            return None
+        if not batch:
+            return None
+        result.batches += 1
+        expired: list[Finished] = []
+        sendable: list[Claimed] = []
+        for msg in batch:
+            if policy.is_expired(t, msg.send_after, cfg):
+                outcome = policy.expired_outcome(cfg)
+                attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
+                expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome))
+            else:
+                live[msg.id] = msg
+                sendable.append(msg)
+        if expired:
+            self._save(expired)
+            result.expired += len(expired)
+            for _ in expired:
+                observe.observer.outcome(Status.EXPIRED, None, t)
+        return sendable, len(batch)  # none sendable when all had expired: the caller claims again
 
     def _commit(self, done: list[tuple[Claimed, SendResult]], cfg: ServerConfig, now: float | None,
                 result: RunResult) -> None:
@@ -259,6 +374,7 @@ class Dispatcher:
                                     "until then): %s", len(todo), exc)
             return
         self._unsaved = []
+        self.leases.freed()
         notices.send_notices(self.store, self.cfg.notify, todo, held)  # failure notices (off by default)
         if self._store_down.cleared():
             log.info("recorded %d outcome(s) kept while the store could not be written", len(todo))
@@ -272,6 +388,7 @@ class Dispatcher:
             self._save([])
             if self._unsaved:
                 raise StoreUnavailable(f"{len(self._unsaved)} outcome(s) still wait for the store")
+        self._release()
 
     def close(self) -> None:
         self._relay.close()
@@ -279,8 +396,8 @@ class Dispatcher:
 
 
 def _log_outcome(msg: Claimed, outcome: Outcome) -> None:
-    # A delivery is DEBUG (the store records every attempt, and `run_once`
-    # logs a summary); what needs a look, a deferral or a failure, is WARNING.
+    # A delivery is DEBUG (the store records every attempt, and `Summary` says
+    # the minute's figures); what needs a look, a deferral or a failure, is WARNING.
     if outcome.status is Status.SENT:
         log.debug("sent %s to %d recipient(s)", msg.id, len(msg.rcpt_to))
     elif outcome.status is Status.DEFERRED and not outcome.counted:

@@ -29,10 +29,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import __version__, observe
+from . import observe
 from .errors import MailmandError
 from .repeats import Repeats
 from .stores.base import Status
+from .version import __version__
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment

@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import ConfigError, InvalidMessage, MailmandError, QueueError, SpoolPermissionError, UsageError
+from .errors import (
+    ConfigError,
+    InvalidMessage,
+    MailmandError,
+    NoStore,
+    QueueError,
+    SpoolPermissionError,
+    UsageError,
+)
 
 # Options sendmail accepts that mean nothing for a queue: taken and ignored.
 IGNORED_FLAGS = {"-bm", "-v", "-U", "-m", "-n", "-Am", "-Ac"}
@@ -24,7 +32,7 @@ usage: sendmail [options] [recipient ...]   (mailmand's sendmail interface)
   -F NAME       the sender's full name, for the From header when the message has none
   -C FILE       the configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/mailmand.yaml)
   -bp           list the queue, as mailq does
-  -q            deliver deferred mail now, as `mailmand flush` does
+  -q            deliver deferred mail now, as `mailmand flush` does (none yet: exit 0)
   -h, --help    this help
 Accepted and ignored: -oX..., -B TYPE, -N DSN, -R RET, -V ENVID, -X FILE, -v, -bm, -U, -m, -n, -Am, -Ac.
 A message with no header at all is taken as the body. A bare name (root) goes
@@ -141,49 +149,36 @@ def _main(argv: Sequence[str], config: str | None) -> int:
 
     cfg = load_producer(opts.C or config)
     if opts.mode in ("list", "flush"):
-        from .cli.common import load_for_store
+        from .control import load_for_store
 
         cfg = load_for_store(opts.C or config, cfg)
     if opts.mode == "list":
         return mailq(cfg)
     if opts.mode == "flush":
-        from .cli.queue import flush
+        from .control import flush
 
-        n, woke = flush(cfg, None)
+        try:
+            n, woke = flush(cfg, None)
+        except NoStore as exc:  # no daemon has run here yet: no deferred mail either
+            print(f"nothing to deliver: {exc}")
+            return os.EX_OK
         print(f"flushed {n} deferred message(s); {woke}")
         return os.EX_OK
     if not opts.t and not recipients:
         raise SendmailUsage("no recipients given (use -t to take them from the headers)")
     raw = _read_message(not opts.i)
-    # The common message (ASCII headers, plain addresses, a From header, one
-    # part) is queued without the email package: the same record, tens of ms
-    # sooner (quick.py). Anything else, and every error, takes the full path.
-    from .quick import record
-
-    quick = record(raw, sender=opts.f, recipients=None if opts.t else recipients,
-                   extra_recipients=recipients if opts.t else (), max_size=cfg.server.max_message_size,
-                   max_recipients=cfg.server.max_recipients)
-    if quick is not None:
-        from .queues import open_queue
-
-        queue = open_queue(cfg.queue)  # as Client.put does
-        try:
-            queue.put(quick.to_json())
-        finally:
-            queue.close()
-        return os.EX_OK
+    # The common message (ASCII fields, plain addresses, a From field) is parsed and
+    # queued without the email package: tens of ms of start-up (docs/internals.md).
     from .client import Client
-    from .hostname import mail_domain
-    from .message import Email
+    from .raw import RawMessage
 
-    domain = cfg.sendmail.domain or mail_domain()
-    email = Email.from_bytes(
-        raw, sender=opts.f, recipients=None if opts.t else recipients,
-        extra_recipients=recipients if opts.t else (), from_name=opts.F,
-        default_sender=_user(), local_domain=domain, aliases=cfg.sendmail.aliases)
     client = Client(cfg)
     try:
-        client.enqueue(email)
+        message = RawMessage.parse(
+            raw, sender=opts.f, recipients=None if opts.t else recipients,
+            extra_recipients=recipients if opts.t else (), from_name=opts.F,
+            default_sender=_user(), local_domain=client.local_domain, aliases=cfg.sendmail.aliases)
+        client.enqueue(message)
     finally:
         client.close()
     return os.EX_OK
@@ -226,7 +221,7 @@ def mailq(cfg: Config) -> int:
     parentheses; then the recipients; a total at the end."""
     from datetime import datetime
 
-    from .cli.common import store
+    from .control import store
     from .queues import open_queue
     from .stores.base import Status
 
@@ -275,15 +270,15 @@ def mailq_main(argv: Sequence[str]) -> int:
             print(f"mailq: unsupported option {a}\nusage: mailq [-C FILE]", file=sys.stderr)
             return os.EX_USAGE
     try:
-        from .cli.common import load_for_store
         from .config.cache import load_producer
+        from .control import load_for_store
 
         return mailq(load_for_store(config, load_producer(config)))
     except MailmandError as exc:
         print(f"mailq: {exc}", file=sys.stderr)
         return _sysexit(exc) if isinstance(exc, ConfigError) else 1
     except BrokenPipeError:
-        from .cli.format import quiet_broken_pipe
+        from .control import quiet_broken_pipe
 
         quiet_broken_pipe()
         return os.EX_OK

@@ -2,20 +2,23 @@
 
 `email.server.submission.listen` opens it (off when absent). A message is
 answered `250 2.0.0 queued as <id>` only once it is durable in the configured
-queue, and it gets there through the same pipeline as an application's:
-`Email.from_bytes` (the client's validation; a Bcc header is dropped, its
-addresses stay in the envelope) and `Client.enqueue` (the size limit, the
-queue's durability, the spool's free-space floor). The reply codes:
+queue, and it gets there through the same door as an application's:
+`RawMessage.parse` (the message goes out byte for byte; its fields are checked
+as every way in checks them; a Bcc header is dropped, its addresses stay in
+the envelope; a bare name gets `email.sendmail.domain`) and `Client.enqueue`
+(the one record validation, the size limit, the queue's durability, the
+spool's free-space floor). The reply codes:
 
 | when | reply |
 |---|---|
-| an address that does not parse | 553 5.1.7 (sender), 553 5.1.3 (recipient), 501 (syntax) |
+| an envelope address that does not parse | 553 5.1.7 (sender), 553 5.1.3 (recipient), 501 (syntax) |
+| an address field of the message that does not parse | 553 5.1.7 (From, Sender, Reply-To), 553 5.1.3 (others) |
 | over `max-message-size` (SIZE is advertised) | 552 5.3.4 |
 | more than `max-recipients` RCPTs | 452 4.5.3 (RFC 5321 §4.5.3.1.8) |
 | AUTH configured and MAIL before it | 530 5.7.0 |
 | AUTH on a listener off loopback before STARTTLS | 538 5.7.11 |
 | the queue unavailable, its disk nearly full | 451 4.3.0 (the client retries) |
-| a message the client would refuse (e.g. header injection) | 554 5.6.0 |
+| a message the client would refuse (e.g. header injection, an encoded word decoding to CR/LF/NUL) | 554 5.6.0 |
 
 A listener on a loopback address may take AUTH in clear (nothing crosses a
 network); any other listener offers AUTH only after STARTTLS.
@@ -39,15 +42,17 @@ from .client import Client
 from .config import AuthConfig, Config, replace
 from .config.loader import submission_tls as tls_context
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
-from .message import Email
+from .headers import addresses
+from .raw import RawMessage
 from .repeats import Repeats
-from .stdemail import parse_address
 
 log = logging.getLogger(__name__)
 
 PUT_THREADS = 4  # queue writes in flight at once; each waits on an fsync
 IDLE_TIMEOUT = 300.0  # seconds; RFC 5321 §4.5.3.2.7 asks a server to wait at least 5 minutes
 REPLY_MAX = 200  # characters of a reason quoted in a reply line
+# Fields whose bad address is a bad sender's (RFC 3463 X.1.7), not a bad recipient's (X.1.3).
+SENDER_FIELDS = frozenset({"sender", "header from", "header sender", "header reply-to"})
 
 
 def _reason(exc: BaseException) -> str:
@@ -97,7 +102,7 @@ class _Handler:
         if self.listener.auth is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         try:
-            parse_address("sender", address)
+            addresses("sender", address, single=True)
         except InvalidMessage as exc:
             return f"553 5.1.7 bad sender address: {_reason(exc)}"
         envelope.mail_from = address
@@ -110,7 +115,7 @@ class _Handler:
         if len(envelope.rcpt_tos) >= limit:
             return f"452 4.5.3 Too many recipients (max-recipients is {limit})"
         try:
-            parse_address("recipient", address)
+            addresses("recipient", address, single=True)
         except InvalidMessage as exc:
             return f"553 5.1.3 bad recipient address: {_reason(exc)}"
         envelope.rcpt_tos.append(address)
@@ -200,12 +205,14 @@ class SubmissionServer:
     def queue_message(self, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes) -> str:
         """Validate and enqueue; the SMTP reply to the end of DATA. Runs in an executor thread."""
         try:
-            email = Email.from_bytes(raw, sender=mail_from, recipients=rcpt_to)
-            message_id = self.client.enqueue(email)
+            message = RawMessage.parse(raw, sender=mail_from, recipients=rcpt_to,
+                                       local_domain=self.client.local_domain)
+            message_id = self.client.enqueue(message)
         except MessageTooLarge as exc:
             return f"552 5.3.4 message too big: {_reason(exc)}"
         except InvalidAddress as exc:
-            return f"553 5.1.3 {exc.field}: {_reason(exc)}"
+            status = "5.1.7" if exc.field.lower() in SENDER_FIELDS else "5.1.3"
+            return f"553 {status} {exc.field}: {_reason(exc)}"
         except InvalidMessage as exc:
             return f"554 5.6.0 message refused: {exc.field}: {_reason(exc)}"
         except QueueError as exc:

@@ -202,8 +202,8 @@ def test_leases_that_ran_out_go_back(smtp_server, make_config):
 
 
 def test_its_own_lease_that_ran_out_goes_back_too(smtp_server, make_config):
-    """Issue 12 §2: a hand-back that failed (store full) leaves the daemon's own
-    claims `sending` but no longer held; its sweep takes them back past the lease."""
+    """Claims in the daemon's name that none of its runs holds (a restart after a
+    hand-back that failed) go back once their lease has run out: its own sweep takes them."""
     server = smtp_server()
     d = daemon_for(make_config, server, lease=60)
     ids = enqueue(d.cfg, 3)
@@ -346,13 +346,13 @@ def test_sigkill_mid_run_then_restart_delivers_everything(smtp_server, write_con
 
 
 def test_five_sigkills_during_delivery_lose_nothing(smtp_server, write_config):
-    """Issue 12: kill -9 the daemon five times while it delivers 1,500, restarting each time.
+    """Kill -9 the daemon five times while it delivers 1,500, restarting each time.
 
     A copy is sent twice only when the relay took it and the daemon died before
     committing the outcome, and such a message is still `sending` under the
     dead daemon's lease. So every duplicate must be among the leases a killed
     daemon held (read from the store between kill and restart), once per kill
-    that caught it: at most a batch plus what the sessions had in flight, per kill."""
+    that caught it: at most the batch being sent and the one claimed ahead, per kill."""
     total, batch, step = 1500, 50, 200
     server = smtp_server()
     conf = write_config(server.port, extra_server=f"    batch: {batch}\n",
@@ -379,6 +379,7 @@ def test_five_sigkills_during_delivery_lose_nothing(smtp_server, write_config):
             held.append([subject_of[m.id] for m in store.list_messages(Status.SENDING, limit=total)])
             store.close()
             assert held[-1], f"kill {len(at_kill)} left no claim behind: it did not land mid-batch"
+            assert len(held[-1]) <= 2 * batch
             daemon = DaemonProcess(conf).ready()
             # The restart takes the dead daemon's claims back at once (the lease is 5 minutes).
             assert f"and {len(held[-1])} claimed message(s) from a previous run" in daemon.log
@@ -475,7 +476,7 @@ def test_a_batch_slower_than_its_lease_is_not_sent_twice(smtp_server, make_confi
 
 
 def test_an_unreachable_relay_is_retried_ever_later(make_config):
-    """Issue 12 §4, whole path (store → dispatcher → policy): unanswered attempts
+    """The whole path (store → dispatcher → policy): unanswered attempts
     make each wait longer, not `backoff.min` forever; none of them counts as a fail."""
     import socket
     with socket.socket() as s:

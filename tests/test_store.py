@@ -3,14 +3,17 @@ PostgreSQL database of its own per test), through the `database_config` fixture.
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 
 import pytest
 
+from mailmand.config import DatabaseConfig
 from mailmand.errors import InvalidState, NotFound, RecordRejected, StoreError
 from mailmand.message import Record
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Attempt, DaemonInfo, Finished, Outcome, RecipientOutcome
+from mailmand.stores.base import Attempt, Claimed, DaemonInfo, Finished, Outcome, RecipientOutcome
 
 
 @pytest.fixture
@@ -295,39 +298,27 @@ def test_read_only_opening_never_creates_a_store(database_config):
         assert not database_config.path.parent.exists()
 
 
-def test_a_store_from_before_schema_versions_is_migrated_in_place(tmp_path):
-    import sqlite3
+def test_each_store_has_an_id_of_its_own(store, database_config, tmp_path):
+    """The id `migrate` keys a copied store's statistics by: made with each store."""
+    if database_config.engine == "postgres":
+        from tests.conftest import _postgres_admin, postgres_database_dsn
 
-    from mailmand.stores.sqlite import V1, SQLiteStore
-    path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    for stmt in V1:  # the schema as the first release made it, with no version table
-        db.execute(stmt)
-    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
-               " due_at, attempts, updated_at) VALUES ('m1', 'deferred', 'a@x.org', '[\"b@x.org\"]', 's', 10,"
-               " 1, 1, 100, 2, 1)")  # then, `attempts` counted only what max-fails counts
-    db.executemany("INSERT INTO attempts VALUES ('m1', ?, 'r', ?, 'x', 0.1, 'temporary')",
-                   [(2.0, 451), (3.0, None), (4.0, 451)])
-    db.execute("INSERT INTO messages (id, status, mail_from, rcpt_to, subject, size, created_at, send_after,"
-               " due_at, attempts, updated_at, finished_at) VALUES ('m2', 'failed', 'a@x.org', '[\"b@x.org\"]',"
-               " 's', 10, 1, 1, 1, 1, 7300, 7300)")
-    db.execute("INSERT INTO bodies VALUES ('m1', x'00')")
-    db.commit()
-    db.close()
-    store = SQLiteStore(path)
+        name = f"mailmand_test_{uuid.uuid4().hex[:12]}"
+        with _postgres_admin() as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        other_config = DatabaseConfig(engine="postgres", dsn=postgres_database_dsn(name))
+    else:
+        name = ""
+        other_config = DatabaseConfig(path=tmp_path / "other" / "mailmand.db")
+    other = open_store(other_config, create=True)
     try:
-        info = store.get("m1")
-        assert (info.attempts, info.fails) == (3, 2)  # every attempt on record; the fails kept
-        [c] = store.claim(100.0, 10, "me", 60)
-        assert c.token == 1 and c.fails == 2
-        assert [a.daemon for a in store.attempts("m1")] == [None, None, None]
-        assert done(store, c, "me", 101.0, Outcome(Status.SENT, code=250))  # the newest schema's attempt row
-        # Finished messages are a roll-up now, filled from the rows the old store had.
-        assert store.stats(0.0, 8000.0)["messages"] == {"sent": 1, "failed": 1, "expired": 0}
-        assert store.stats(7200.0, 8000.0)["messages"] == {"sent": 0, "failed": 1, "expired": 0}
-        assert store.get("m1").attempts == 4 and len(store.attempts("m1")) == 4
+        assert len({store.store_id(), other.store_id()}) == 2
+        assert len(store.store_id()) == 32
     finally:
-        store.close()
+        other.close()
+        if name:
+            with _postgres_admin() as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_a_claim_leaves_later_commits_durable(store):
@@ -340,3 +331,96 @@ def test_a_claim_leaves_later_commits_durable(store):
             assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
         else:
             assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+# -- races: every engine, real threads on real stores ------------------------------------------
+
+
+@pytest.fixture
+def peers(database_config):
+    """More handles on the test's store, as other daemons would open it (their own connections)."""
+    opened = []
+
+    def peer():
+        s = open_store(database_config, create=True)
+        opened.append(s)
+        return s
+
+    yield peer
+    for s in opened:
+        s.close()
+
+
+def test_claims_made_at_once_never_share_a_message(store, peers):
+    store.insert([rec(i, created=1000.0 + i % 7) for i in range(300)])
+    daemons = [peers() for _ in range(6)]
+    start = threading.Barrier(len(daemons))
+    taken: list[list[Claimed]] = [[] for _ in daemons]
+
+    def claimer(k: int) -> None:
+        start.wait()
+        while batch := daemons[k].claim(2000.0, 7, f"d{k}", 60):
+            taken[k] += batch
+
+    threads = [threading.Thread(target=claimer, args=(k,)) for k in range(len(daemons))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [c.id for got in taken for c in got]
+    assert len(ids) == len(set(ids)) == 300  # each message claimed once, by one daemon
+    assert {c.token for got in taken for c in got} == {1}
+    assert store.counts()[Status.SENDING] == 300
+
+
+def test_a_finish_racing_a_sweep_and_another_daemons_claim_is_dropped(store, peers):
+    """A daemon whose leases ran out records its outcomes while another daemon
+    sweeps those leases and claims the messages: each outcome either lands
+    before the other's claim (the message is sent, and not claimed again) or is
+    dropped (the message is the other daemon's, still sending)."""
+    store.insert([rec(i) for i in range(120)])
+    late = store.claim(2000.0, 120, "late", 10)  # their leases end at 2010
+    thief = peers()
+    stolen: list[str] = []
+    first = threading.Event()
+    answers: dict[str, bool] = {}
+
+    def sweep_and_claim() -> None:
+        while True:
+            thief.sweep_expired(2020.0)
+            got = thief.claim(2020.0, 5, "thief", 60)
+            stolen.extend(c.id for c in got)
+            first.set()
+            if not got and len(answers) == len(late):
+                return
+
+    def finish_late() -> None:
+        first.wait(30)  # the thief's first claim is in: those five are its for sure
+        for c in late:
+            [answers[c.id]] = store.finish([Finished(c.id, "late", c.token, attempt(2021.0),
+                                                     Outcome(Status.SENT, code=250))])
+
+    threads = [threading.Thread(target=sweep_and_claim), threading.Thread(target=finish_late)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert stolen[:5] == [c.id for c in late[:5]]  # claimed in the same order: the first five raced and lost
+    for c in late:
+        info = store.get(c.id)
+        if c.id in stolen:
+            assert answers[c.id] is False, c.id
+            assert (info.status, info.last_code) == (Status.SENDING, None), c.id  # the thief's to decide
+        else:
+            assert answers[c.id] is True and info.status is Status.SENT, c.id
+        assert info.attempts == 1  # the late attempt is history either way
+    assert len(stolen) == len(set(stolen))
+
+
+def test_a_late_outcome_never_reopens_a_message_the_operator_cancelled(store):
+    store.insert([rec(1)])
+    [c] = store.claim(2000.0, 10, "late", 10)
+    assert store.sweep_expired(2020.0) == 1
+    store.cancel("id1", 2021.0)
+    assert not done(store, c, "late", 2022.0, Outcome(Status.SENT, code=250))
+    assert store.get("id1").status is Status.CANCELLED

@@ -14,9 +14,9 @@ import importlib
 import os
 import sys
 
-from .. import __version__
 from .. import config as configmod
 from ..errors import MailmandError, UsageError
+from ..version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # the producer's settings, from the cache when the file has not changed
             cfg = configmod.load_producer(getattr(args, "config", None))
         if args.command in STORE_COMMANDS:
-            from .common import load_for_store
+            from ..control import load_for_store
 
             cfg = load_for_store(getattr(args, "config", None), cfg)
     except MailmandError as exc:
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailmand: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `mailmand list | head`: the reader has all it wanted
-        from .format import quiet_broken_pipe
+        from ..control import quiet_broken_pipe
 
         quiet_broken_pipe()
         return EX_OK

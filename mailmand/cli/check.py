@@ -29,13 +29,15 @@ def _nearest(path: Path) -> Path:
 
 def directory_warnings(cfg: Config) -> list[str]:
     """Directories the daemon needs that this user could not create or write."""
-    wanted = []
-    if cfg.queue.engine == "spool":
-        wanted.append(("spool", cfg.queue.path))
-    if cfg.server.database.engine in ("sqlite3", "sqlite"):
-        wanted.append(("store", cfg.server.database.path.parent))
+    from .. import queues, stores
+
+    queue = queues.engine(cfg.queue)
+    wanted = [(queue.noun, queue.directory(cfg.queue)),
+              ("store", stores.engine(cfg.server.database).directory(cfg.server.database))]
     warnings = []
     for what, path in wanted:
+        if path is None:  # a server's: nothing to make on this host
+            continue
         if path.exists():
             if not os.access(path, os.W_OK | os.X_OK):
                 warnings.append(f"warning: the {what} directory {path} is not writable by this user "
@@ -119,10 +121,10 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
     import ssl
 
     from ..hostname import mail_domain
-    from ..smtp.relays import _tls_context  # the daemon's own: same CA file, same verification
+    from ..smtp.relays import tls_context  # the daemon's own: same CA file, same verification
 
     out: list[str] = []
-    context = _tls_context(cfg)
+    context = tls_context(cfg)
     step = "connect"
     smtp: smtplib.SMTP
     smtp = (smtplib.SMTP_SSL(context=context, timeout=cfg.timeout) if cfg.tls == "ssl"

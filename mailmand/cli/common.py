@@ -1,71 +1,19 @@
-"""What several commands share: opening the store without creating it, and
-finding the daemon that runs on this spool."""
+"""What several subcommands share: durations from flags, the clock, the
+daemons to show. (What sendmail's `-q` and `mailq` share with them is in
+mailmand.control.)"""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ..config.values import parse_duration
+from ..control import load_for_store, local_pid, store
 from ..errors import UsageError
-from ..stores import open_store
 from ..stores.base import DaemonInfo, Store
-
-# The daemon's single-instance lock in the spool (daemon.LOCK_FILE; not
-# imported from there, which would load the scheduler into every command).
-SPOOL_LOCK = "mailmand.lock"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..config import Config
-
-
-@contextmanager
-def store(cfg: Config) -> Iterator[Store]:
-    """The store, for a command. Never creates it (NoStore: "no store yet at
-    PATH (the daemon creates it)"): read-only commands must leave nothing
-    behind for a daemon of another user to trip over."""
-    s = open_store(cfg.server.database)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def load_for_store(path: str | None, cfg: Config) -> Config:
-    """A producer's configuration lacks the daemon's secrets; a command that
-    reads a shared store (PostgreSQL) needs its dsn: load again with them."""
-    if cfg.server.database.engine == "postgres":
-        from .. import config as configmod
-
-        return configmod.load(path)
-    return cfg
-
-
-def local_pid(cfg: Config) -> int | None:
-    """The pid of the daemon holding this spool's lock, or None. Reads the lock
-    file without creating it; a held flock means a live daemon (the kernel
-    drops it when the process dies, so a stale file says nothing)."""
-    if cfg.queue.engine != "spool":
-        return None
-    try:
-        fd = os.open(cfg.queue.path / SPOOL_LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
-        except OSError:
-            return None
-        return None  # we got the lock: nobody holds it
-    finally:
-        os.close(fd)  # drops our shared lock, if we took it
 
 
 def daemons(cfg: Config, s: Store, now: float) -> list[DaemonInfo]:
@@ -90,3 +38,6 @@ def duration(flag: str, value: str) -> float:
 
 def now() -> float:
     return time.time()
+
+
+__all__ = ["daemons", "duration", "load_for_store", "local_pid", "now", "store"]

@@ -1,4 +1,4 @@
-"""What people read: times, ages, tables and JSON, and output that survives `| head`.
+"""What people read: times, ages, tables and JSON.
 
 Text shows local time with the zone offset; JSON keeps epoch seconds (as
 `postqueue -j` does), so that scripts never parse a time zone.
@@ -7,7 +7,6 @@ Text shows local time with the zone offset; JSON keeps epoch seconds (as
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -51,14 +50,3 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: frozenset
         cells[-1] = row[-1]
         print("  ".join(cells).rstrip())
 
-
-def quiet_broken_pipe() -> None:
-    """`mailmand list | head`: the reader left. Point stdout at /dev/null so
-    that the interpreter's final flush does not print "Broken pipe"."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

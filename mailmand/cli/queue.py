@@ -8,16 +8,15 @@ daemon at once.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from ..control import flush
 from ..errors import InvalidState, NoStore, NotFound, UsageError
-from ..queues import open_queue
+from ..queues import engine, open_queue
 from ..stores.base import MessageInfo, Status, Store
 from . import format as fmt
-from .common import duration, local_pid, now, store
+from .common import duration, now, store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def _show_queued(cfg: Config, args: argparse.Namespace) -> int | None:
     if found is None:
         return None
     state = "taken by a daemon, not yet stored" if found.taken else "waiting to be ingested"
-    kind = "spool" if cfg.queue.engine == "spool" else "queue"
+    kind = engine(cfg.queue).noun
     note = (f"taken from the {kind} by a daemon, not stored yet" if found.taken
             else f"queued in the {kind}, not ingested yet (is the daemon running?)")
     if args.json:
@@ -171,43 +170,12 @@ def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
     return _each(cfg, args, (Status.FAILED, Status.EXPIRED), "re-queued", lambda s, i: s.requeue(i, t))
 
 
-def flush(cfg: Config, ids: Sequence[str] | None) -> tuple[int, str]:
-    """Deferred mail (all, or `ids`) due now; then wake the daemon. (flushed, what the wake did)."""
-    t = now()
-    with store(cfg) as s:
-        shared = not s.single_instance  # a shared store wakes its daemons itself (PostgreSQL: NOTIFY)
-        n = s.flush(list(ids) if ids else None, t)
-        for message_id in ids or ():
-            info = s.get(message_id)  # NotFound: exit 1 with "no message with id"
-            if info.status is not Status.DEFERRED:
-                print(f"mailmand: {message_id} is {info.status.value}, not deferred: left as it is",
-                      file=sys.stderr)
-    if not n:
-        return n, "nothing to wake the daemon for"
-    return n, "the store told every daemon" if shared else wake(cfg)
-
-
 def cmd_flush(cfg: Config, args: argparse.Namespace) -> int:
     n, woke = flush(cfg, args.ids)
     print(f"flushed {n} deferred message(s)")
     if n:
         print(woke)
     return 0
-
-
-def wake(cfg: Config) -> str:
-    """Tell the daemon on this spool to dispatch now (SIGUSR1), and say how it went."""
-    pid = local_pid(cfg)
-    if pid is None:
-        return "no daemon is running on this spool: they go out when it starts"
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except PermissionError:
-        return (f"could not wake the daemon (pid {pid}: not this user's): "
-                f"they go out within {cfg.server.interval:g}s")
-    except ProcessLookupError:
-        return "the daemon just stopped: they go out when it starts"
-    return f"woke the daemon (pid {pid})"
 
 
 def cmd_purge(cfg: Config, args: argparse.Namespace) -> int:

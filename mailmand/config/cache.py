@@ -49,8 +49,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailmand import __version__
-
+from ..version import __version__
 from .locate import find_config_path
 
 TYPE_CHECKING = False
@@ -248,12 +247,12 @@ def _referenced(found: Path) -> set[str]:
     """The `${NAME}`s in the part of the file a producer reads (not in the daemon's secrets)."""
     import re
 
-    from .loader import _drop_daemon_secrets, read_yaml
+    from .loader import drop_daemon_secrets, read_yaml
 
     ref = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
     data = read_yaml(found.read_text(encoding="utf-8"), found)
-    _drop_daemon_secrets(data)
+    drop_daemon_secrets(data)
     names: set[str] = set()
 
     def walk(value: object) -> None:

@@ -358,7 +358,7 @@ def read_yaml(text: str, found: Path) -> object:
         raise ConfigError(f"{found}: YAML syntax error: {type(e).__name__}") from None
 
 
-def _drop_daemon_secrets(data: object) -> None:
+def drop_daemon_secrets(data: object) -> None:
     """Producers need the queue, not the relay's credentials: an application
     user who cannot read the SMTP secret must still be able to enqueue."""
     email = data.get("email") if isinstance(data, dict) else None
@@ -384,7 +384,7 @@ def load(path: str | Path | None = None, *, producer: bool = False,
         raise ConfigError(f"cannot read {found}: {getattr(e, 'strerror', None) or e}") from None
     data = read_yaml(text, found)
     if producer:
-        _drop_daemon_secrets(data)
+        drop_daemon_secrets(data)
     return parse(data, found, producer=producer, warnings=warnings)
 
 

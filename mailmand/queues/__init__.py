@@ -1,7 +1,8 @@
 """Queue engines, chosen from one table (literal imports, so PyInstaller sees them).
 
 Nothing above this package names an engine: the daemon, ingest and the CLI
-see `Queue` (its errors, its `wait()`, its `info()`) only.
+see `Queue` (its errors, its `wait()`, its `info()`) and what the table says
+about the configured engine (`engine(cfg)`: its directory, its lock, its name).
 """
 
 from __future__ import annotations
@@ -11,11 +12,31 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ConfigError
+from ..frozen import Frozen
 from .base import DIR_MODE, Found, Item, Queue, QueueInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..config import QueueConfig
+
+KEY = "email.queue.default"
+LOCK_FILE = "mailmand.lock"  # the daemon's single-instance lock, in the directory of a queue one daemon reads
+
+
+class Engine(Frozen):
+    """One queue engine, as the table describes it. (`Frozen`, not a dataclass:
+    a producer's put loads this module, and `dataclasses` costs it tens of ms.)"""
+
+    _fields = ("open", "noun", "directory")
+    open: Callable[[QueueConfig, bool, str, float, bool, bool], Queue]
+    noun: str  # what messages call it: "spool", "queue"
+    # Its directory on this host (which the daemon creates, and holds its lock in), or
+    # None: a queue on a server that many daemons share.
+    directory: Callable[[QueueConfig], Path | None]
+
+    def __init__(self, open: Callable[[QueueConfig, bool, str, float, bool, bool], Queue], noun: str,
+                 directory: Callable[[QueueConfig], Path | None]) -> None:
+        self._set(locals())
 
 
 def _spool(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
@@ -40,7 +61,7 @@ def _outbox() -> ModuleType:
         if exc.name not in ("psycopg", "psycopg_binary", "psycopg_c"):
             raise
         raise ConfigError(f"the postgres queue needs {exc.name}, which is not installed: "
-                          "pip install 'mailmand[postgres]'", "email.queue.default.engine") from None
+                          "pip install 'mailmand[postgres]'", f"{KEY}.engine") from None
     return postgres
 
 
@@ -56,15 +77,27 @@ def outbox_sql(table: str) -> str:
     return "".join(f"{stmt.as_string(None)};\n" for stmt in postgres.ddl(table))
 
 
-ENGINES: dict[str, Callable[..., Queue]] = {"spool": _spool, "redis": _redis, "postgres": _postgres}
-# Engines read by one daemon only: it holds a lock file in their directory.
-SINGLE_CONSUMER = {"spool"}
+ENGINES: dict[str, Engine] = {
+    "spool": Engine(_spool, "spool", lambda cfg: cfg.path),
+    "redis": Engine(_redis, "queue", lambda cfg: None),
+    "postgres": Engine(_postgres, "outbox", lambda cfg: None),
+}
 
 
-def lock_path(cfg: QueueConfig, name: str) -> Path | None:
+def engine(cfg: QueueConfig) -> Engine:
+    """The configured engine (ConfigError for one this build does not know)."""
+    try:
+        return ENGINES[cfg.engine]
+    except KeyError:
+        raise ConfigError(f"unknown queue engine {cfg.engine!r} (this build knows: {', '.join(ENGINES)})",
+                          f"{KEY}.engine") from None
+
+
+def lock_path(cfg: QueueConfig) -> Path | None:
     """Where the daemon's single-instance lock for this queue lives, or None
     for a queue that many daemons share."""
-    return cfg.path / name if cfg.engine in SINGLE_CONSUMER else None
+    directory = engine(cfg).directory(cfg)
+    return None if directory is None else directory / LOCK_FILE
 
 
 def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailmand", lease: float = 300.0,
@@ -78,12 +111,8 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
         so at start it takes back everything left taken, without waiting for the lease.
     readonly: for `status` and `show`: create nothing.
     """
-    try:
-        engine = ENGINES[cfg.engine]
-    except KeyError:
-        raise ConfigError(f"unknown queue engine {cfg.engine!r} (this build knows: {', '.join(ENGINES)})",
-                          "email.queue.default.engine") from None
-    return engine(cfg, daemon, consumer, lease, exclusive, readonly)
+    return engine(cfg).open(cfg, daemon, consumer, lease, exclusive, readonly)
 
 
-__all__ = ["DIR_MODE", "ENGINES", "Found", "Item", "Queue", "QueueInfo", "lock_path", "open_queue", "outbox_sql"]
+__all__ = ["DIR_MODE", "ENGINES", "LOCK_FILE", "Engine", "Found", "Item", "Queue", "QueueInfo", "engine",
+           "lock_path", "open_queue", "outbox_sql"]

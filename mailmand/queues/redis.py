@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 GROUP = "mailmand"  # the consumer group every daemon joins
 FIELD = b"record"  # the entry's one field: the JSON record
 MAX_DELIVERIES = 5  # more deliveries than this without a commit: quarantined
-MAX_BLOCK = 1.0  # seconds one XREADGROUP BLOCK may last (bounds how long a stop waits)
+MAX_BLOCK = 1.0  # seconds one XREADGROUP BLOCK may last: how soon a wait() notices wake()
 READ = 500  # entries read by one wait()
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0  # a slow Redis (appendfsync always on a busy disk) is not a dead one
@@ -101,6 +102,7 @@ class RedisQueue(Queue):
         self._pel_from: str | None = None
         self._group_ready = False
         self._claim_after = 0.0  # monotonic time of the next XAUTOCLAIM pass
+        self._woken = threading.Event()  # wake(): the waiting read ends at its next turn
 
     def __repr__(self) -> str:
         return f"redis {self.url} key {self.key}"
@@ -291,12 +293,22 @@ class RedisQueue(Queue):
         return items
 
     def wait(self, timeout: float) -> bool:
-        # The blocking read is the wake-up: what it returns is pending on us
-        # and waits in the buffer for the take that follows.
-        if self._buffer:
-            return True
-        self._buffer.extend(self._read(READ, min(timeout, MAX_BLOCK)))
-        return bool(self._buffer)
+        # The blocking read is the wake-up: what it returns is pending on us and
+        # waits in the buffer for the take that follows. It blocks MAX_BLOCK at
+        # a time, so that wake() is heard between two reads.
+        deadline = time.monotonic() + timeout
+        while not self._buffer:
+            if self._woken.is_set():
+                self._woken.clear()
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._buffer.extend(self._read(READ, min(left, MAX_BLOCK)))
+        return True
+
+    def wake(self) -> None:
+        self._woken.set()
 
     def ack(self, items: list[Item]) -> None:
         self._unacked.extend(item.token for item in items)

@@ -22,7 +22,24 @@ class Engine:
     open: Callable[[DatabaseConfig, bool], Store]
     check: Callable[[DatabaseConfig], None]  # refuse a configuration before anything is created
     describe: Callable[[DatabaseConfig], str]  # for logs and check-config: never a password
-    lock: Callable[[DatabaseConfig], Path | None]  # the file lock a daemon holds; None: shared by design
+    # The file the store is kept in on this host (the daemon creates its directory
+    # and holds a lock beside it), or None: a server that many daemons share, reached
+    # with credentials only the daemon's view of the configuration holds.
+    file: Callable[[DatabaseConfig], Path | None]
+
+    def lock(self, cfg: DatabaseConfig) -> Path | None:
+        """The file lock a daemon (or `migrate`) holds on the store; None: shared by design."""
+        file = self.file(cfg)
+        return None if file is None else file.with_name(f"{file.name}.lock")
+
+    def directory(self, cfg: DatabaseConfig) -> Path | None:
+        """The store's directory on this host, or None (a server)."""
+        file = self.file(cfg)
+        return None if file is None else file.parent
+
+    def shared(self, cfg: DatabaseConfig) -> bool:
+        """Many daemons use it at once, and commands reach it with the daemon's secrets."""
+        return self.file(cfg) is None
 
 
 def _sqlite(cfg: DatabaseConfig, create: bool) -> Store:
@@ -56,8 +73,7 @@ def _postgres_describe(cfg: DatabaseConfig) -> str:
     return f"postgres {mask(cfg.dsn or '')}"
 
 
-SQLITE = Engine(_sqlite, lambda cfg: None, lambda cfg: str(cfg.path),
-                lambda cfg: cfg.path.with_name(f"{cfg.path.name}.lock"))
+SQLITE = Engine(_sqlite, lambda cfg: None, lambda cfg: str(cfg.path), lambda cfg: cfg.path)
 ENGINES: dict[str, Engine] = {
     "sqlite3": SQLITE,
     "sqlite": SQLITE,
@@ -74,6 +90,13 @@ def engine(cfg: DatabaseConfig) -> Engine:
                           f"{', '.join(sorted(ENGINES))})", f"{KEY}.engine") from None
     found.check(cfg)
     return found
+
+
+def shared(cfg: DatabaseConfig) -> bool:
+    """Many daemons use the store at once, and commands reach it with the daemon's
+    secrets (which a producer's view of the configuration lacks: nothing is checked here)."""
+    found = ENGINES.get(cfg.engine)
+    return found is not None and found.shared(cfg)
 
 
 def open_store(cfg: DatabaseConfig, create: bool = False) -> Store:
@@ -102,4 +125,4 @@ def check_connect(cfg: DatabaseConfig) -> str:
 
 
 __all__ = ["ENGINES", "DaemonInfo", "Engine", "Status", "Store", "check_connect", "describe", "engine",
-           "open_store"]
+           "open_store", "shared"]

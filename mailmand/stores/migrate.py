@@ -12,11 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import DatabaseConfig
 from ..errors import StoreError
-from . import describe, open_store
-from .sql import SQLStore, export_extras, import_extras
+from ..locks import InstanceLock
+from . import SQLITE, describe, engine
+from .sql import SQLStore
 from .sqlite import SQLiteStore
 
 
@@ -38,18 +40,21 @@ class Migrated:
 def migrate(source: Path, target: DatabaseConfig) -> Migrated:
     """Copy the SQLite store at `source` into `target`. Refuses while a daemon
     holds the source (its lock is held for the whole copy, so none can start)."""
-    from ..daemon import InstanceLock  # the daemon's own lock: the same file, the same rule
-
     source = Path(source)
     if not source.is_file():
         raise StoreError(f"no SQLite store at {source}")
-    if target.engine in ("sqlite3", "sqlite") and target.path.resolve() == source.resolve():
+    found = engine(target)
+    file = found.file(target)
+    if file is not None and file.resolve() == source.resolve():
         raise StoreError(f"{source} is the configured store already: nothing to migrate")
-    lock = InstanceLock(source.with_name(f"{source.name}.lock"), f"the store {source}")
+    # The lock a daemon holds beside the store: the same file, the same rule.
+    lock_file = SQLITE.lock(DatabaseConfig(path=source))
+    assert lock_file is not None  # (a file's store always has one)
+    lock = InstanceLock(lock_file, f"the store {source}")
     lock.acquire()  # AlreadyRunning: "another mailmand daemon (pid N) is already running on the store PATH"
     try:
         src = SQLiteStore(source)
-        dst = open_store(target, create=True)
+        dst = found.open(target, True)
         try:
             assert isinstance(dst, SQLStore)
             done = _copy(src, dst)
@@ -76,3 +81,34 @@ def _copy(src: SQLiteStore, dst: SQLStore) -> Migrated:
 def run(source: str, target: DatabaseConfig) -> str:
     """The command: one summary line."""
     return migrate(Path(source), target).summary(Path(source), describe(target))
+
+
+
+# What `stats` reads and the quarantine: copied once per source store (they are sums, not rows).
+ROLLUP_TABLES = {"stats_hourly": "hour, kind, bucket, n", "reasons_hourly": "hour, reason, n",
+                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data"}
+
+
+def export_extras(store: SQLStore) -> dict[str, list[Any]]:
+    """The roll-ups and quarantine of a store, as `migrate` copies them (once per source store)."""
+    return {table: store._read(f"SELECT {cols} FROM {table}") for table, cols in ROLLUP_TABLES.items()}
+
+
+def import_extras(store: SQLStore, source_id: str, extras: dict[str, list[Any]], now: float) -> bool:
+    """Add another store's roll-ups and quarantine, unless this store already has them
+    (keyed by the source's store id). Returns False when they were there already."""
+    with store.tx() as db:
+        got = db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key",
+                         (f"imported:{source_id}", repr(now))).fetchall()
+        if not got:
+            return False
+        for table, cols in ROLLUP_TABLES.items():
+            rows = extras.get(table, [])
+            if table == "quarantine":
+                db.executemany(f"INSERT INTO quarantine ({cols}) VALUES (?, ?, ?)", rows)
+            elif table == "depth_hourly":
+                db.executemany(f"INSERT INTO depth_hourly ({cols}) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE"
+                               f" SET depth = {store.GREATEST}(depth_hourly.depth, excluded.depth)", rows)
+            else:
+                store._write_rollup_rows(db, table, rows)
+    return True

@@ -20,12 +20,14 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import DatabaseConfig
-from ..errors import NoStore, StoreError, StoreUnavailable
+from ..errors import NoStore, StoreUnavailable
 from ..repeats import Repeats
-from . import dsn as dsnmod
 from .base import Claimed, Status
-from .pgschema import MIGRATIONS
-from .sql import Db, SQLStore, cause
+from .dsn import check as check_dsn
+from .dsn import mask
+from .pgschema import OWN, RENUMBERED, WORDS
+from .schema import Db, upgrade, version
+from .sql import LIVE, SQLStore, cause
 
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection, and psycopg every pipeline it could not
@@ -50,9 +52,9 @@ def _pg(sql: str) -> str:
 
 
 class _Cursor:
-    """A cursor in pipeline mode, with `?` parameters."""
+    """A cursor with `?` parameters, in pipeline mode when given the pipeline."""
 
-    def __init__(self, cur: psycopg.Cursor[Any], pipe: psycopg.Pipeline) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any], pipe: psycopg.Pipeline | None = None) -> None:
         self._cur = cur
         self._pipe = pipe
 
@@ -68,7 +70,8 @@ class _Cursor:
 
     @property
     def rowcount(self) -> int:
-        self._pipe.sync()  # in pipeline mode the count is known once the replies are in
+        if self._pipe is not None:
+            self._pipe.sync()  # in pipeline mode the count is known once the replies are in
         return self._cur.rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -84,9 +87,9 @@ class PostgresStore(SQLStore):
     JSON_AGG = "json_agg(address)::text"
 
     def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
-        dsnmod.check(cfg.dsn)
+        check_dsn(cfg.dsn)
         self.dsn = str(cfg.dsn)
-        self.name = f"postgres {dsnmod.mask(self.dsn)}"
+        self.name = f"postgres {mask(self.dsn)}"
         self._me = ""  # the registered daemon: NOTIFY payload, so it can ignore its own
         kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "mailmand"}
         try:
@@ -102,23 +105,17 @@ class PostgresStore(SQLStore):
     def _migrate(self, conn: psycopg.Connection[Any], create: bool) -> None:
         """Bring the schema to the current version, one daemon at a time: the
         advisory lock makes three daemons starting together take turns."""
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        with conn.transaction(), conn.cursor() as cur:
+            db = _Cursor(cur)
+            db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            exists = db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
             if not (exists and exists[0]):
                 if not create:
                     raise NoStore(f"no store yet at {self.name} (the daemon creates it)")
-                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            have = (row[0] if row else None) or 0
-            if have > len(MIGRATIONS):
-                raise StoreError(f"{self.name} has schema version {have}; this mailmand knows up to "
-                                 f"{len(MIGRATIONS)}: upgrade mailmand")
-            for version in range(have + 1, len(MIGRATIONS) + 1):
-                for stmt in MIGRATIONS[version - 1]:
-                    conn.execute(stmt)
-                conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
-                log.info("%s: schema migrated to version %d", self.name, version)
+            elif 0 < version(db) <= RENUMBERED:  # its first version held what both now call 1 and 2
+                db.execute("UPDATE schema_version SET version = version + 1")
+                db.execute("INSERT INTO schema_version VALUES (1)")
+            upgrade(db, self.name, WORDS, OWN)
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[Db]:
@@ -178,20 +175,22 @@ class PostgresStore(SQLStore):
         db.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){conflict}",
                    [list(c) for c in zip(*rows, strict=True)])
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
         # One statement for the group (not one per message): the status-count
-        # trigger then runs once per commit.
+        # trigger then runs once per commit. The fence is its WHERE, as in SQLStore's.
         if not rows:
-            return
+            return []
         cols = list(zip(*rows, strict=True))
-        db.execute(
+        return [(i, at) for i, at in db.execute(
             "UPDATE messages m SET status = v.status, attempts = m.attempts + 1, fails = m.fails + v.counted,"
             " last_code = v.code, last_error = v.reason, due_at = coalesce(v.due_at, m.due_at),"
             " pending_rcpt = coalesce(v.pending, m.pending_rcpt), lease_owner = NULL, lease_until = NULL,"
             " updated_at = v.at, finished_at = v.finished"
             " FROM unnest(?::text[], ?::int[], ?::int[], ?::text[], ?::float8[], ?::text[], ?::float8[],"
-            " ?::float8[], ?::text[]) AS v(status, counted, code, reason, due_at, pending, at, finished, id)"
-            " WHERE m.id = v.id", [list(c) for c in cols])
+            " ?::float8[], ?::text[], ?::bigint[])"
+            " AS v(status, counted, code, reason, due_at, pending, at, finished, id, claim)"
+            f" WHERE m.id = v.id AND m.claims = v.claim AND m.{LIVE} RETURNING m.id, m.send_after",
+            [list(c) for c in cols]).fetchall()]
 
     def watch(self, on_due: Callable[[], None]) -> _Listener:
         return _Listener(self.dsn, self.name, lambda: self._me, on_due)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidState, NotFound, RecordRejected
-from . import rollup
 from .base import (
     DAEMON_TTL,
     FINISHED,
@@ -30,6 +29,8 @@ from .base import (
     Status,
     Store,
 )
+from .rollup import HOUR, Rollup, report
+from .schema import Db
 
 if TYPE_CHECKING:
     from ..message import Record
@@ -49,6 +50,13 @@ DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
 # A lease handed back: queued if never tried, else deferred (due as it was).
 HAND_BACK = ("UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
              " lease_owner = NULL, lease_until = NULL")
+# An outcome's new state (the fenced finish adds its WHERE; stores/postgres.py writes it for a group).
+FINISH = ("UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
+          " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
+          " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ?")
+# A claim's outcome still applies while the message is in flight, or handed back by a
+# sweep but not claimed since (the token says that); never once it has finished.
+LIVE = "status IN ('sending', 'queued', 'deferred')"
 INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32,766 parameters)
 FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
 
@@ -59,14 +67,6 @@ def header_subject(raw: bytes) -> str:
     from ..stdemail import header_subject as subject
 
     return subject(raw)
-
-
-class Db(Protocol):
-    """What `tx()` yields: sqlite3's connection or a psycopg cursor, `?` parameters."""
-
-    def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
 
 
 def _info(row: Sequence[Any]) -> MessageInfo:
@@ -110,7 +110,7 @@ class SQLStore(Store):
     def _due_now(self, db: Db) -> None:
         """Messages became due now (inserted, handed back, re-queued): wake the other daemons."""
 
-    def _write_rollup(self, db: Db, r: rollup.Rollup) -> None:
+    def _write_rollup(self, db: Db, r: Rollup) -> None:
         self._write_rollup_rows(db, "stats_hourly", r.stat_rows())
         self._write_rollup_rows(db, "reasons_hourly", r.reason_rows())
 
@@ -169,47 +169,51 @@ class SQLStore(Store):
     def finish(self, outcomes: Sequence[Finished]) -> list[bool]:
         if not outcomes:
             return []
-        todo = sorted(outcomes, key=lambda f: f.id)  # rows locked in one order by every writer
-        r = rollup.Rollup()
+        todo = sorted(outcomes, key=lambda f: f.id)
+        ids = [f.id for f in todo]
+        r = Rollup()
         with self.tx() as db:
-            # Which claims are still the latest (and each one's send time, for the latency roll-up).
-            leased = {mid: (token, status, sent) for mid, token, status, sent in db.execute(
-                f"SELECT id, claims, status, send_after FROM messages WHERE id IN ({_marks(len(todo))})"
-                f" ORDER BY id{self.LOCK_ROWS}", [f.id for f in todo]).fetchall()}
+            if self.LOCK_ROWS:  # rows locked in one order by every writer: two finishes never deadlock
+                db.execute(f"SELECT id FROM messages WHERE id IN ({_marks(len(ids))}) ORDER BY id{self.LOCK_ROWS}",
+                           ids)
             # An outcome whose attempt is on record was committed before (a COMMIT
             # whose answer was lost, then tried again): it is not applied twice.
             recorded = {(mid, claim) for mid, claim in db.execute(
-                f"SELECT message_id, claim FROM attempts WHERE message_id IN ({_marks(len(todo))})"
-                " AND claim IS NOT NULL", [f.id for f in todo]).fetchall()}
-            again = {f.id for f in todo if (f.id, f.token) in recorded}
-            outcomes_held = {f.id: f.id in leased and leased[f.id][0] == f.token for f in todo if f.id in again}
-            todo = [f for f in todo if f.id not in again]
-            live = ("sending", "queued", "deferred")  # handed back by a sweep but not claimed since: still ours
-            held = {f.id: f.id in leased and leased[f.id][0] == f.token and leased[f.id][1] in live for f in todo}
-            held.update(outcomes_held)
+                f"SELECT message_id, claim FROM attempts WHERE message_id IN ({_marks(len(ids))})"
+                " AND claim IS NOT NULL", ids).fetchall()}
+            again = [f for f in todo if (f.id, f.token) in recorded]
+            todo = [f for f in todo if (f.id, f.token) not in recorded]
+            # The fence is in the write: the new state applies only where the claim is
+            # still the message's latest (whoever swept it since, nobody claimed it).
+            mine = dict(self._update_finished(db, [
+                (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
+                 f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
+                 f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id, f.token)
+                for f in todo]))
+            held = {f.id: f.id in mine for f in todo}
+            if again:
+                latest = dict(db.execute(f"SELECT id, claims FROM messages WHERE id IN ({_marks(len(again))})",
+                                         [f.id for f in again]).fetchall())
+                held.update({f.id: latest.get(f.id) == f.token for f in again})
             self._insert_rows(db, "attempts", ATTEMPT_ROW, [
                 (f.id, a.at, a.relay, a.code, a.reply, a.duration, a.outcome, f.owner, f.token) for f in todo
                 for a in (f.attempt,)])
             # The attempt is history whoever holds the message now; every count follows the attempt rows.
             db.executemany("UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
-                           [(f.id,) for f in todo if not held[f.id] and f.id in leased])
-            mine = [f for f in todo if held[f.id]]
+                           [(f.id,) for f in todo if not held[f.id]])
+            done = [f for f in todo if held[f.id]]
             self._insert_rows(db, "recipients", RECIPIENT_ROW, [
-                (f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in mine for x in f.recipients],
+                (f.id, x.address, x.status, x.code, x.reply, f.attempt.at) for f in done for x in f.recipients],
                 " ON CONFLICT (message_id, address) DO UPDATE SET status = excluded.status, code = excluded.code,"
                 " reply = excluded.reply, updated_at = excluded.updated_at")
-            self._update_finished(db, [
-                (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
-                 f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
-                 f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id) for f in mine])
-            final = [(f.attempt.at, f.id) for f in mine if f.outcome.status in FINAL]
+            final = [(f.attempt.at, f.id) for f in done if f.outcome.status in FINAL]
             if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
                 db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
                                " WHERE message_id = ? AND status = 'deferred'", final)
             for f in todo:
                 r.attempt(f)
-            for f in mine:
-                r.add(f, leased[f.id][2])
+            for f in done:
+                r.add(f, mine[f.id])
             self._write_rollup(db, r)
         return [held[f.id] for f in outcomes]
 
@@ -219,12 +223,15 @@ class SQLStore(Store):
         names = ", ".join(c for c, _ in columns)
         db.executemany(f"INSERT INTO {table} ({names}) VALUES ({_marks(len(columns))}){conflict}", rows)
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Each message's new state: (status, counted, code, reason, due_at, pending, at, finished_at, id)."""
-        db.executemany(
-            "UPDATE messages SET status = ?, attempts = attempts + 1, fails = fails + ?, last_code = ?,"
-            " last_error = ?, due_at = coalesce(?, due_at), pending_rcpt = coalesce(?, pending_rcpt),"
-            " lease_owner = NULL, lease_until = NULL, updated_at = ?, finished_at = ? WHERE id = ?", rows)
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+        """Each message's new state, (status, counted, code, reason, due_at, pending, at,
+        finished_at, id, token), fenced by the token: only a message whose latest claim
+        is still `token`, and that has not finished, changes. Returns (id, send_after) of those."""
+        changed: list[tuple[str, float]] = []
+        for row in rows:
+            changed += db.execute(f"{FINISH} WHERE id = ? AND claims = ? AND {LIVE} RETURNING id, send_after",
+                                  row).fetchall()
+        return changed
 
     def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
         if not ids:
@@ -352,7 +359,7 @@ class SQLStore(Store):
                           args).fetchall()
         taken: dict[tuple[int, str, int], int] = {}
         for at, status in rows:
-            key = (int(at // rollup.HOUR), f"done.{status}", 0)
+            key = (int(at // HOUR), f"done.{status}", 0)
             taken[key] = taken.get(key, 0) - 1
         self._write_rollup_rows(db, "stats_hourly", sorted((*k, n) for k, n in taken.items()))
 
@@ -428,16 +435,16 @@ class SQLStore(Store):
         with self.tx() as db:
             db.execute("INSERT INTO depth_hourly VALUES (?, ?) ON CONFLICT (hour)"
                        f" DO UPDATE SET depth = {self.GREATEST}(depth_hourly.depth, excluded.depth)",
-                       (int(now // rollup.HOUR), depth))
+                       (int(now // HOUR), depth))
 
     def stats(self, since: float, now: float) -> dict[str, Any]:
-        first = int(since // rollup.HOUR)
+        first = int(since // HOUR)
         rows = self._read("SELECT kind, bucket, sum(n) FROM stats_hourly WHERE hour >= ? GROUP BY kind, bucket",
                           (first,))
         reasons = self._read("SELECT reason, sum(n) AS c FROM reasons_hourly WHERE hour >= ?"
                              " GROUP BY reason ORDER BY c DESC, reason LIMIT 10", (first,))
         depth = self._read("SELECT hour, depth FROM depth_hourly WHERE hour >= ? ORDER BY hour", (first,))
-        return rollup.report(since, now, rows, reasons, depth)
+        return report(since, now, rows, reasons, depth)
 
     # -- migrate -----------------------------------------------------------------
 
@@ -493,31 +500,3 @@ class SQLStore(Store):
                 self._due_now(db)
         return [m.row["id"] for m in mine]
 
-
-ROLLUP_TABLES = {"stats_hourly": "hour, kind, bucket, n", "reasons_hourly": "hour, reason, n",
-                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data"}
-
-
-def export_extras(store: SQLStore) -> dict[str, list[Any]]:
-    """The roll-ups and quarantine of a store, as `migrate` copies them (once per source store)."""
-    return {table: store._read(f"SELECT {cols} FROM {table}") for table, cols in ROLLUP_TABLES.items()}
-
-
-def import_extras(store: SQLStore, source_id: str, extras: dict[str, list[Any]], now: float) -> bool:
-    """Add another store's roll-ups and quarantine, unless this store already has them
-    (keyed by the source's store id). Returns False when they were there already."""
-    with store.tx() as db:
-        got = db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key",
-                         (f"imported:{source_id}", repr(now))).fetchall()
-        if not got:
-            return False
-        for table, cols in ROLLUP_TABLES.items():
-            rows = extras.get(table, [])
-            if table == "quarantine":
-                db.executemany(f"INSERT INTO quarantine ({cols}) VALUES (?, ?, ?)", rows)
-            elif table == "depth_hourly":
-                db.executemany(f"INSERT INTO depth_hourly ({cols}) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE"
-                               f" SET depth = {store.GREATEST}(depth_hourly.depth, excluded.depth)", rows)
-            else:
-                store._write_rollup_rows(db, table, rows)
-    return True

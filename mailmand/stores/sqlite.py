@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NoStore, StoreError, StoreUnavailable
+from ..errors import NoStore, StoreUnavailable
 from .base import Claimed, Status
+from .schema import upgrade
 from .sql import SQLStore, cause
 
 if TYPE_CHECKING:
@@ -32,57 +33,18 @@ MiB = 1024 * 1024
 # Data errors: the record, not the store (a value out of range, a constraint).
 RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError)
 
-V1 = [
-    """CREATE TABLE IF NOT EXISTS messages (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        mail_from TEXT NOT NULL,
-        rcpt_to TEXT NOT NULL,           -- JSON list, every envelope recipient
-        pending_rcpt TEXT,               -- JSON list left to try after a partial delivery
-        subject TEXT NOT NULL DEFAULT '',
-        priority INTEGER NOT NULL DEFAULT 0,
-        size INTEGER NOT NULL,
-        idempotency_key TEXT,
-        created_at REAL NOT NULL,
-        send_after REAL NOT NULL,        -- the time asked for
-        due_at REAL NOT NULL,            -- the next attempt
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_code INTEGER,
-        last_error TEXT,
-        lease_owner TEXT,
-        lease_until REAL,
-        updated_at REAL NOT NULL,
-        finished_at REAL
-    )""",
-    # Bodies apart, so listing and counting never read them.
-    "CREATE TABLE IF NOT EXISTS bodies (id TEXT PRIMARY KEY, raw BLOB NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS attempts (
-        message_id TEXT NOT NULL, at REAL NOT NULL, relay TEXT NOT NULL, code INTEGER,
-        reply TEXT NOT NULL, duration REAL NOT NULL, outcome TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS recipients (
-        message_id TEXT NOT NULL, address TEXT NOT NULL, status TEXT NOT NULL,
-        code INTEGER, reply TEXT NOT NULL, updated_at REAL NOT NULL,
-        PRIMARY KEY (message_id, address))""",
-    """CREATE TABLE IF NOT EXISTS quarantine (
-        id INTEGER PRIMARY KEY, at REAL NOT NULL, reason TEXT NOT NULL, data BLOB NOT NULL)""",
+# How SQLite spells the words of the shared schema (stores/schema.py).
+WORDS = {"real": "REAL", "bigint": "INTEGER", "blob": "BLOB", "serial_key": "INTEGER PRIMARY KEY",
+         "random_id": "lower(hex(randomblob(16)))", "hour_of_finished": "CAST(finished_at / 3600 AS INTEGER)"}
+# SQLite's own part of each version: counters and roll-ups updated in place (one writer).
+OWN = {1: [
     """CREATE TABLE IF NOT EXISTS stats_hourly (
         hour INTEGER NOT NULL, kind TEXT NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
         PRIMARY KEY (hour, kind, bucket))""",
     """CREATE TABLE IF NOT EXISTS reasons_hourly (
         hour INTEGER NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (hour, reason))""",
-    "CREATE TABLE IF NOT EXISTS depth_hourly (hour INTEGER PRIMARY KEY, depth INTEGER NOT NULL)",
+    # Messages per status, kept by triggers: `status` never counts a million rows.
     "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-    # The claim walks this index in order and stops at `batch` rows.
-    """CREATE INDEX IF NOT EXISTS ix_due ON messages (priority DESC, due_at)
-        WHERE status IN ('queued', 'deferred')""",
-    # min(due_at) of the waiting rows (status, next send) is one step down this one.
-    """CREATE INDEX IF NOT EXISTS ix_waiting_due ON messages (due_at)
-        WHERE status IN ('queued', 'deferred')""",
-    "CREATE INDEX IF NOT EXISTS ix_lease ON messages (lease_until) WHERE status = 'sending'",
-    "CREATE INDEX IF NOT EXISTS ix_finished ON messages (finished_at) WHERE finished_at IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS ix_status_created ON messages (status, created_at)",
-    "CREATE INDEX IF NOT EXISTS ix_created ON messages (created_at)",
-    "CREATE INDEX IF NOT EXISTS ix_attempts ON attempts (message_id)",
     """CREATE TRIGGER IF NOT EXISTS count_ins AFTER INSERT ON messages BEGIN
         UPDATE status_counts SET n = n + 1 WHERE status = NEW.status; END""",
     """CREATE TRIGGER IF NOT EXISTS count_upd AFTER UPDATE OF status ON messages
@@ -92,33 +54,7 @@ V1 = [
     """CREATE TRIGGER IF NOT EXISTS count_del AFTER DELETE ON messages BEGIN
         UPDATE status_counts SET n = n - 1 WHERE status = OLD.status; END""",
     *(f"INSERT OR IGNORE INTO status_counts VALUES ('{s.value}', 0)" for s in Status),
-]
-V2 = [
-    # The lease token, for the fenced finish; `attempts` now counts every attempt
-    # (as `show` lists them) and `fails` what counts toward max-fails.
-    "ALTER TABLE messages ADD COLUMN claims INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE messages ADD COLUMN fails INTEGER NOT NULL DEFAULT 0",
-    "UPDATE messages SET fails = attempts,"
-    " attempts = (SELECT count(*) FROM attempts WHERE message_id = messages.id)",
-    "ALTER TABLE attempts ADD COLUMN daemon TEXT",
-    """CREATE TABLE daemons (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
-        version TEXT NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL, spool TEXT NOT NULL)""",
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "INSERT INTO meta VALUES ('store_id', lower(hex(randomblob(16))))",  # (no uuid import on `status`)
-]
-V3 = [
-    # The claim an attempt answered: a finish committed once is never applied twice.
-    "ALTER TABLE attempts ADD COLUMN claim INTEGER",
-    "CREATE UNIQUE INDEX ix_attempt_claim ON attempts (message_id, claim) WHERE claim IS NOT NULL",
-]
-V4 = [
-    # Finished messages by hour and final state, a roll-up (`stats` read them from the rows,
-    # seconds on a million), filled from the rows there are.
-    "INSERT INTO stats_hourly (hour, kind, bucket, n) SELECT CAST(finished_at / 3600 AS INTEGER),"
-    " 'done.' || status, 0, count(*) FROM messages WHERE finished_at IS NOT NULL"
-    " AND status IN ('sent', 'failed', 'expired') GROUP BY 1, 2",
-]
-MIGRATIONS = [V1, V2, V3, V4]  # schema version N is MIGRATIONS[:N] applied
+]}
 
 
 def min_free(path: Path) -> int:
@@ -181,16 +117,7 @@ class SQLiteStore(SQLStore):
 
     def _migrate(self) -> None:
         with self.tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-            have = row[0] or 0
-            if have > len(MIGRATIONS):
-                raise StoreError(f"the store at {self.path} has schema version {have}; this mailmand knows "
-                                 f"up to {len(MIGRATIONS)}: upgrade mailmand")
-            for version in range(have + 1, len(MIGRATIONS) + 1):
-                for stmt in MIGRATIONS[version - 1]:
-                    db.execute(stmt)
-                db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+            upgrade(db, f"the store at {self.path}", WORDS, OWN)
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
