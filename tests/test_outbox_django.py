@@ -37,8 +37,8 @@ DATABASES = {{
 }}
 EMAIL_BACKEND = "mailmand.django.EmailBackend"
 DEFAULT_FROM_EMAIL = "shop@example.com"
-MAILMAND_CONFIG = {conf!r}
-MAILMAND_DATABASE = os.environ.get("SHOP_MAILMAND_DATABASE", "default")
+MAILMAND_CONFIG = os.environ.get("SHOP_MAILMAND_CONFIG", {conf!r})
+MAILMAND_DATABASE = os.environ.get("SHOP_MAILMAND_DATABASE", "default") or None
 """
 
 MODELS = """
@@ -216,4 +216,22 @@ def test_a_database_alias_that_is_not_postgresql_is_refused_clearly(project):
     out = django(env, "order", "nowhere", extra={"SHOP_MAILMAND_DATABASE": "local"})
     assert out.returncode != 0
     assert "MAILMAND_DATABASE" in out.stderr and "'local'" in out.stderr and "PostgreSQL" in out.stderr
+    assert orders(dsn) == set()
+
+
+def test_without_the_setting_the_backend_commits_on_its_own_as_before(project):
+    relay, conf, env, dsn = project
+    out = django(env, "order", "refused order", "--fail", extra={"SHOP_MAILMAND_DATABASE": ""})
+    assert out.returncode == 0 and "rolled back refused order" in out.stdout, out.stderr
+    assert orders(dsn) == set()
+    assert "ingested 1, sent 1" in deliver(conf)  # the client's own connection: not the app's transaction
+
+
+def test_the_setting_with_a_queue_that_cannot_join_a_transaction_is_refused_clearly(project, write_config):
+    relay, conf, env, dsn = project
+    spool = write_config(relay.port, name="spool.yaml")
+    out = django(env, "order", "spooled", extra={"SHOP_MAILMAND_CONFIG": str(spool)})
+    assert out.returncode != 0
+    assert "ImproperlyConfigured: MAILMAND_DATABASE = 'default'" in out.stderr
+    assert "cannot join a database transaction" in out.stderr and "engine: postgres" in out.stderr
     assert orders(dsn) == set()
