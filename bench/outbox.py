@@ -57,15 +57,20 @@ def _statements(conn: Any, client: Client, n: int, compose: bool) -> dict[str, f
     return {"outbox_us": a, "plain_insert_us": b, "cost_ratio": a / b, "n": n}
 
 
-def _transactions(conn: Any, client: Client, n: int, outbox: bool) -> float:
-    """Transactions per second: the app's INSERT, the mail, COMMIT."""
+def _transactions(conn: Any, client: Client, n: int, mail: str) -> float:
+    """Transactions per second: the app's INSERT, the mail, COMMIT. `mail`: how
+    the mail is written: "outbox" (Client.put), "plain" (a plain INSERT), or
+    "plain+notify" (a plain INSERT and a pg_notify: what the wake-up costs)."""
     recs = records(n)
     t0 = time.perf_counter()
     for rec in recs:
         with conn.transaction():
             conn.execute("INSERT INTO orders (total) VALUES (%s)", (42,))
-            if outbox:
+            if mail == "outbox":
                 client.put(rec, connection=conn)
+            elif mail == "plain+notify":  # one statement, as the outbox's
+                conn.execute("WITH m AS (INSERT INTO plain (data) VALUES (%s)) SELECT pg_notify('bench', '')",
+                             (_json(rec),))
             else:
                 conn.execute("INSERT INTO plain (data) VALUES (%s)", (_json(rec),))
     return n / (time.perf_counter() - t0)
@@ -90,13 +95,16 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
                 _statements(conn, client, 50, compose=False)  # warm: prepared statements, caches
                 put = _statements(conn, client, n, compose=False)
                 enqueue = _statements(conn, client, n, compose=True)
-                a, b = ab(rounds, lambda: _transactions(conn, client, n, True),
-                          lambda: _transactions(conn, client, n, False))
+                a, b = ab(rounds, lambda: _transactions(conn, client, n, "outbox"),
+                          lambda: _transactions(conn, client, n, "plain"))
+                c, d = ab(rounds, lambda: _transactions(conn, client, n, "plain+notify"),
+                          lambda: _transactions(conn, client, n, "plain"))
         finally:
             client.close()
     return {"statement": {"put": put, "enqueue": enqueue},
             "rows": [row("app transaction + mail, committed: Client.put(record, connection=conn) "
-                         "/ plain INSERT of the same bytes", a, b, unit="tx/s")]}
+                         "/ plain INSERT of the same bytes", a, b, unit="tx/s"),
+                     row("the wake-up's share: plain INSERT + pg_notify / plain INSERT", c, d, unit="tx/s")]}
 
 
 __all__ = ["run"]

@@ -124,11 +124,15 @@ class PostgresQueue(Queue):
         self.daemon = daemon
         self.lease = lease
         self._t = t
-        self._insert = sql.SQL("WITH m AS (INSERT INTO {} (record) VALUES (%s)) SELECT pg_notify(%s, '')").format(t)
+        # Rendered once (the name is checked ASCII): psycopg then caches the statement's
+        # conversion, where a Composed is rendered again at every call (~10 µs of a put).
+        self._insert = sql.SQL("WITH m AS (INSERT INTO {} (record) VALUES (%s)) SELECT pg_notify(%s, '')"
+                               ).format(t).as_string(None)
         self._select = sql.SQL("SELECT id, record::text FROM {} WHERE id <> ALL(%s::bigint[]) ORDER BY id LIMIT %s"
-                               " FOR UPDATE SKIP LOCKED").format(t)
-        self._relock = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s::bigint[]) FOR UPDATE SKIP LOCKED").format(t)
-        self._delete = sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])").format(t)
+                               " FOR UPDATE SKIP LOCKED").format(t).as_string(None)
+        self._relock = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s::bigint[]) FOR UPDATE SKIP LOCKED"
+                               ).format(t).as_string(None)
+        self._delete = sql.SQL("DELETE FROM {} WHERE id = ANY(%s::bigint[])").format(t).as_string(None)
         self._own: psycopg.Connection[Any] | None = None  # a producer's, and readers' (status, metrics)
         self._own_lock = threading.Lock()
         self._claim: psycopg.Connection[Any] | None = None  # the daemon's: its open take
