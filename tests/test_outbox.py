@@ -144,11 +144,12 @@ def test_the_daemon_makes_the_table_and_status_shows_the_backlog(postgres_dsn, t
     assert "s3cret-pw" not in daemon.log and "password=***" in daemon.log
     client = Client(load(conf, producer=True))
     try:
-        for i in range(3):
-            client.enqueue(mail(f"m{i}"))
+        ids = [client.enqueue(mail(f"m{i}")) for i in range(3)]
     finally:
         client.close()
     capsys.readouterr()
+    assert main(["show", "-c", str(conf), ids[1]]) == 0
+    assert "queued in the outbox, not ingested yet" in capsys.readouterr().out
     assert main(["status", "-c", str(conf)]) == 0
     out = capsys.readouterr().out
     assert "outbox     3 waiting to be ingested in " in out and f"table {TABLE}, the oldest for " in out
