@@ -19,7 +19,7 @@ a second enqueue of it is a no-op). After a send, `message.mailmand_id`
 holds the id that `mailmand show` knows.
 
 Settings: `MAILMAND_CONFIG` (a path) chooses the configuration; without it,
-the usual discovery ($MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/).
+the usual discovery ($MAILMAND_CONFIG, /etc/mailmand/; never the working directory).
 `MAILMAND_DATABASE` (a `DATABASES` alias), with the postgres queue engine:
 each message is queued through that Django connection, inside whatever
 transaction is open on it, so `send_mail()` within `transaction.atomic()` is
