@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from mailmand import Client, Email
 from mailmand.cli import main
 from mailmand.config import Config, QueueConfig, load
-from mailmand.errors import ConfigError, NoOutbox
+from mailmand.errors import ConfigError, NoOutbox, QueueUnavailable
 from mailmand.ingest import Ingester
 from mailmand.queues import open_queue
 from mailmand.stores import Status, open_store
@@ -458,6 +458,35 @@ def test_a_take_held_past_the_lease_goes_back_to_the_other_daemons(shop):
         other.close()
         hung.close()
         producer.close()
+
+
+def test_a_database_gone_dark_fails_a_take_within_the_timeout(shop):
+    target = conninfo_to_dict(shop)
+    proxy = TcpProxy((str(target.get("host", "127.0.0.1")), int(target.get("port", 5432)))).up()
+    cfg = QueueConfig(engine="postgres", dsn=make_conninfo(shop, host="127.0.0.1", port=str(proxy.port)), timeout=2.0)
+    producer, daemon = open_queue(QueueConfig(engine="postgres", dsn=shop)), open_queue(cfg, daemon=True)
+    outcome: list[object] = []
+    try:
+        assert daemon.take(10) == []  # connected through the proxy
+        proxy.blackhole()  # TCP still answered, nothing forwarded: no error comes by itself
+        producer.put({"id": "m1"})
+
+        def take() -> None:
+            try:
+                outcome.append(daemon.take(10))
+            except Exception as exc:
+                outcome.append(exc)
+
+        taker = threading.Thread(target=take, daemon=True)
+        taker.start()
+        taker.join(20)
+        assert outcome and isinstance(outcome[0], QueueUnavailable), outcome or "the take hangs"
+        proxy.restore()
+        assert [i.data for i in daemon.take(10)] == [{"id": "m1"}]  # a new connection, and on
+    finally:
+        daemon.close()
+        producer.close()
+        proxy.down()
 
 
 def test_kill_9_mid_ingest_still_delivers_each_committed_message_once(shop, smtp_server, tmp_path):

@@ -117,6 +117,8 @@ class QueueConfig(Section, frozen=True):
     # postgres engine (the outbox): the app's database, and the table producers insert into
     dsn: str | None = None  # may hold a password
     table: SqlTable = "mailmand_outbox"
+    # postgres: connecting, each statement, and each call of the daemon's (as database.timeout)
+    timeout: Duration = 30.0
     password_file: Path | None = None
     # Producers refuse to enqueue while the spool's disk has less free (Postfix's
     # queue_minfree), so the daemon always has room to drain. Parsed default:

@@ -38,6 +38,7 @@ from ..config.values import parse_sql_table
 from ..errors import ConfigError, NoOutbox, QueueError, QueueUnavailable
 from ..repeats import Repeats
 from ..stores import dsn as dsnmod
+from ..stores.deadline import Deadlines
 from .base import Found, Item, Queue, QueueInfo
 
 TYPE_CHECKING = False
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY = "email.queue.default"
-CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout
 LISTEN_TICK = 1.0  # seconds between the listener's looks at its stop flag
 # Server errors that a restart will not fix: credentials (class 28), a database
 # that does not exist (3D), privileges (42501).
@@ -116,7 +116,10 @@ class PostgresQueue(Queue):
         self.dsn = str(cfg.dsn)
         self.where = f"{dsnmod.mask(self.dsn)} table {self.table}"
         self._dbname = params.get("dbname")
-        self._kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
+        # `timeout` bounds every wait, as the store's: connecting, a dead peer (keepalives),
+        # each statement (the server's statement_timeout), and the daemon's calls (Deadlines).
+        self.timeout = cfg.timeout
+        self._kwargs: dict[str, Any] = dsnmod.connect_kwargs(cfg.timeout)
         if cfg.password and not params.get("password"):
             self._kwargs["password"] = cfg.password  # `password` (or `password-file`) with a dsn that has none
         # The wake-up's channel: the table's own name (a quoted identifier to LISTEN).
@@ -141,6 +144,7 @@ class PostgresQueue(Queue):
         self._table_ready = False
         self._listener: _Listener | None = None
         self._woken = threading.Event()
+        self._deadlines = Deadlines(cfg.timeout, f"the outbox {self.where}")  # a thread from the first call on
 
     def __repr__(self) -> str:
         return f"postgres outbox {self.where}"
@@ -161,7 +165,7 @@ class PostgresQueue(Queue):
     # -- producers -----------------------------------------------------------
 
     def _connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.dsn, **self._kwargs, **kwargs)
+        return psycopg.connect(dsnmod.with_statement_timeout(self.dsn, self.timeout), **self._kwargs, **kwargs)
 
     def _on_own(self, what: str, fn: Callable[[psycopg.Connection[Any]], T], retry: bool = True) -> T:
         """Run `fn` on our own autocommit connection, made again once if it was lost."""
@@ -278,7 +282,11 @@ class PostgresQueue(Queue):
             conn = self._claimer()
             idle = not self._held  # no take open on it: nothing to lose by starting over
             try:
-                return fn(conn)
+                # Timed: a server gone dark behind something that still acks TCP fails
+                # the call at `timeout` instead of holding ingest for ever.
+                with self._deadlines.call():
+                    self._deadlines.attach(conn)
+                    return fn(conn)
             except psycopg.errors.UndefinedTable:
                 self._drop_claim()
                 self._table_ready = False  # dropped under us: made again at the next take
@@ -355,7 +363,7 @@ class PostgresQueue(Queue):
 
     def wait(self, timeout: float) -> bool:
         if self._listener is None:
-            self._listener = _Listener(self.dsn, self._kwargs, self.channel, self.where, self._woken)
+            self._listener = _Listener(self.dsn, self._kwargs, self.channel, self.where, self._woken, self.timeout)
             started = time.monotonic()
             self._listener.ready.wait(timeout)  # a commit from here on wakes us
             timeout = max(0.0, timeout - (time.monotonic() - started))
@@ -402,6 +410,7 @@ class PostgresQueue(Queue):
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        self._deadlines.close()
         self._drop_claim()
         with self._own_lock:
             self._close_own()
@@ -412,8 +421,10 @@ class _Listener:
     commit. A lost connection is made again with backoff (polling covers the
     gap), and at reconnection `woken` is set: what was committed meanwhile."""
 
-    def __init__(self, dsn: str, kwargs: dict[str, Any], channel: str, where: str, woken: threading.Event) -> None:
+    def __init__(self, dsn: str, kwargs: dict[str, Any], channel: str, where: str, woken: threading.Event,
+                 timeout: float) -> None:
         self._dsn = dsn
+        self._timeout = timeout
         self._kwargs = kwargs
         self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
         self._woken = woken
@@ -446,4 +457,4 @@ class _Listener:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=LISTEN_TICK + CONNECT_TIMEOUT)
+        self._thread.join(timeout=LISTEN_TICK + self._timeout)
