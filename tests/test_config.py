@@ -320,7 +320,7 @@ def test_yaml_duplicate_key(tmp_path: Path) -> None:
 def test_unknown_key(tmp_path: Path) -> None:
     assert error(smtp(tmp_path, "host: h\nprot: 25\n")) == (
         "email.server.smtp.prot: unknown key (known here: host, port, tls, verify, ca-file, "
-        "connections, rate, timeout, data-timeout, helo, auth, pipelining)"
+        "connections, rate, timeout, data-timeout, helo, auth, pipelining, chunking)"
     )
 
 

@@ -187,7 +187,7 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
 def _offers(smtp: object) -> str:
     features: dict[str, str] = getattr(smtp, "esmtp_features", {})
     shown = []
-    for name in ("size", "pipelining", "starttls", "auth", "smtputf8", "8bitmime"):
+    for name in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8", "8bitmime"):
         if name in features:
             value = features[name].strip()
             if name == "size" and value:
@@ -196,5 +196,5 @@ def _offers(smtp: object) -> str:
                 shown.append(f"AUTH {value or '(no mechanisms)'}")
             else:
                 shown.append(name.upper())
-    missing = [n.upper() for n in ("size", "pipelining", "starttls", "auth", "smtputf8") if n not in features]
+    missing = [n.upper() for n in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8") if n not in features]
     return (", ".join(shown) or "nothing beyond plain SMTP") + (f" (not: {', '.join(missing)})" if missing else "")

@@ -165,6 +165,7 @@ class SmtpConfig(Section, frozen=True):
     helo: str | None = None  # name sent in EHLO; None = hostname.mail_domain()
     auth: AuthConfig | None = None
     pipelining: Literal["auto", "off"] = "auto"  # auto: RFC 2920 when the relay offers it
+    chunking: Literal["auto", "off"] = "auto"  # auto: RFC 3030 BDAT windows when the relay offers it and pipelining
 
     @property
     def relay(self) -> str:
