@@ -196,5 +196,6 @@ def _offers(smtp: object) -> str:
                 shown.append(f"AUTH {value or '(no mechanisms)'}")
             else:
                 shown.append(name.upper())
-    missing = [n.upper() for n in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8") if n not in features]
+    missing = [n.upper() for n in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8")
+               if n not in features]
     return (", ".join(shown) or "nothing beyond plain SMTP") + (f" (not: {', '.join(missing)})" if missing else "")
