@@ -36,15 +36,10 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_outbox_sql(cfg: Config, args: argparse.Namespace) -> int:
     """The outbox table's DDL, for apps whose migrations own their schema (Django, Alembic)."""
-    import sys
-
     from ..queues import outbox_sql
 
     table = args.table or cfg.queue.table
     text = outbox_sql(table)
-    if cfg.queue.engine != "postgres" and not args.table:
-        print(f"note: email.queue.default.engine is {cfg.queue.engine}; this is the table the postgres "
-              "engine would read", file=sys.stderr)
     print(f"-- mailmand's outbox (email.queue.default.table: {table}). Producers need INSERT on it;\n"
           "-- the daemon needs SELECT, UPDATE (for FOR UPDATE) and DELETE, and creates it at start if it may.")
     print(text, end="")
