@@ -26,15 +26,16 @@ class Engine(Frozen):
     """One queue engine, as the table describes it. (`Frozen`, not a dataclass:
     a producer's put loads this module, and `dataclasses` costs it tens of ms.)"""
 
-    _fields = ("open", "noun", "directory")
+    _fields = ("open", "noun", "directory", "describe")
     open: Callable[[QueueConfig, bool, str, float, bool, bool], Queue]
     noun: str  # what messages call it: "spool", "queue"
     # Its directory on this host (which the daemon creates, and holds its lock in), or
     # None: a queue on a server that many daemons share.
     directory: Callable[[QueueConfig], Path | None]
+    describe: Callable[[QueueConfig], str]  # for check-config and logs: never a password
 
     def __init__(self, open: Callable[[QueueConfig, bool, str, float, bool, bool], Queue], noun: str,
-                 directory: Callable[[QueueConfig], Path | None]) -> None:
+                 directory: Callable[[QueueConfig], Path | None], describe: Callable[[QueueConfig], str]) -> None:
         self._set(locals())
 
 
@@ -52,9 +53,15 @@ def _redis(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusiv
     return RedisQueue(cfg, daemon=daemon, consumer=consumer, lease=lease, exclusive=exclusive)
 
 
+def _redis_describe(cfg: QueueConfig) -> str:
+    from .redis import masked, url_of
+
+    return f"redis {masked(url_of(cfg))} key {cfg.name}"
+
+
 ENGINES: dict[str, Engine] = {
-    "spool": Engine(_spool, "spool", lambda cfg: cfg.path),
-    "redis": Engine(_redis, "queue", lambda cfg: None),
+    "spool": Engine(_spool, "spool", lambda cfg: cfg.path, lambda cfg: f"spool {cfg.path}"),
+    "redis": Engine(_redis, "queue", lambda cfg: None, _redis_describe),
 }
 
 
@@ -74,6 +81,11 @@ def lock_path(cfg: QueueConfig) -> Path | None:
     return None if directory is None else directory / LOCK_FILE
 
 
+def describe(cfg: QueueConfig) -> str:
+    """The queue as check-config and logs show it: a spool's path, a server's URL with its password masked."""
+    return engine(cfg).describe(cfg)
+
+
 def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailmand", lease: float = 300.0,
                exclusive: bool = False, readonly: bool = False) -> Queue:
     """Open the configured queue.
@@ -88,5 +100,5 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
     return engine(cfg).open(cfg, daemon, consumer, lease, exclusive, readonly)
 
 
-__all__ = ["DIR_MODE", "ENGINES", "LOCK_FILE", "Engine", "Found", "Item", "Queue", "QueueInfo", "engine",
-           "lock_path", "open_queue"]
+__all__ = ["DIR_MODE", "ENGINES", "LOCK_FILE", "Engine", "Found", "Item", "Queue", "QueueInfo", "describe",
+           "engine", "lock_path", "open_queue"]

@@ -25,6 +25,7 @@ from .base import (
 )
 from .schema import Db
 
+MAX_LIMIT = 2**62  # "no limit" (sys.maxsize) stays a BIGINT after the one more a page asks for
 CHUNK = 500  # ids per statement of a move (SQLite allows 32,766 parameters)
 ESCAPE = "ESCAPE '\\'"
 
@@ -124,13 +125,14 @@ class OperatorSQL:
             where.append("(created_at, id) < (?, ?)")
             args += (after.created_at, after.id)
         rows: list[Any] = []
+        fetch = min(limit, MAX_LIMIT) + 1  # one more than asked: whether there is a next page
         # One walk per status, down (status, created_at, id), merged here: each stops
         # after limit + 1 rows, where one walk over several statuses would sort them all.
         for status in selection.statuses or (None,):
             clauses, values = (where, args) if status is None else (["status = ?", *where], [status.value, *args])
             rows += self._read(f"SELECT {INFO_COLUMNS} FROM messages"
                                + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-                               + " ORDER BY created_at DESC, id DESC LIMIT ?", [*values, limit + 1])
+                               + " ORDER BY created_at DESC, id DESC LIMIT ?", [*values, fetch])
         rows.sort(key=lambda r: (r[7], r[0]), reverse=True)
         page = [info(r) for r in rows[:limit]]
         return Page(page, Key.of(page[-1]) if len(rows) > limit and page else None)
