@@ -326,7 +326,7 @@ class Daemon:
         try:
             new = configmod.load(self.cfg.source)
         except ConfigError as exc:
-            log.error("configuration reload refused, keeping the running one: %s", exc)
+            log.error("configuration reload refused, keeping the running one: %s", "; ".join(str(exc).splitlines()))
             return False
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)

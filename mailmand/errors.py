@@ -50,6 +50,16 @@ class ConfigError(MailmandError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+class ConfigErrors(ConfigError):
+    """Every problem found in one file, each a ConfigError naming its key: one per
+    line, so that a file is fixed in one go, not one run per key."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        MailmandError.__init__(self, "\n".join(str(e) for e in errors))
+        self.key_path = errors[0].key_path
+
+
 class QueueError(MailmandError):
     """The spool (or another queue engine) cannot be written or read."""
 

@@ -296,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             cfg = load_for_store(getattr(args, "config", None), cfg)
     except MailmandError as exc:
-        print(f"mailmand: configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a file's every problem, one line each
+            print(f"mailmand: configuration error: {line}", file=sys.stderr)
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
     setup_logging(level if level in LOG_LEVELS else cfg.server.log_level)

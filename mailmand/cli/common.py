@@ -37,7 +37,7 @@ def daemons(cfg: Config, s: Store, now: float) -> list[DaemonInfo]:
 
 def duration(flag: str, value: str) -> float:
     try:
-        return parse_duration(value)
+        return parse_duration(value, words=True)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{flag}: {exc}") from None
 
@@ -51,7 +51,7 @@ def moment(flag: str, value: str, now: float) -> float:
     except ValueError:
         pass
     try:
-        return now - parse_duration(value)
+        return now - parse_duration(value, words=True)
     except ValueError:
         raise UsageError(f"{flag}: expected a time (2026-11-30T09:00, 2026-11-30 09:00+01:00) or a duration "
                          f"ago (90s, 2h, 1d), got {value!r}") from None

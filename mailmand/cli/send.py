@@ -37,7 +37,7 @@ def _send_after(args: argparse.Namespace) -> float:
         return 0.0
     if args.delay:
         try:
-            seconds, rest = _split(args.delay, parse_duration)
+            seconds, rest = _split(args.delay, lambda text: parse_duration(text, words=True))
         except ValueError:
             raise UsageError(f"--in: expected a duration such as 90s, 5m, 1h30m, 2d or '5 minutes', "
                              f"got {' '.join(args.delay)!r}") from None

@@ -48,3 +48,14 @@ def check(dsn: str | None) -> dict[str, str]:
     if not all(p.strip().isdigit() for p in port.split(",")):
         raise ConfigError("the port is not a number: expected postgresql://user@host:5432/database", KEY)
     return {k: str(v) for k, v in params.items()}
+
+
+def build(host: str | None, port: int | None, user: str | None, password: str | None, dbname: str | None) -> str:
+    """A keyword/value connection string from the Go original's keys, each value
+    quoted as libpq reads it (single quotes; backslash before ' and \\)."""
+    pairs = (("host", host), ("port", port), ("user", user), ("password", password), ("dbname", dbname))
+
+    def quoted(value: object) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{key}={quoted(value)}" for key, value in pairs if value is not None)
