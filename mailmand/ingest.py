@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidMessage, MailmandError, RecordRejected, StoreUnavailable
-from .message import MAX_RECIPIENTS, Record
 from .queues import Item, Queue
+from .record import MAX_RECIPIENTS, Record
 from .repeats import Repeats
 from .stores import Store
 

@@ -139,10 +139,10 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
     import ssl
 
     from ..hostname import mail_domain
-    from ..smtp.relays import _tls_context  # the daemon's own: same CA file, same verification
+    from ..smtp.relays import tls_context  # the daemon's own: same CA file, same verification
 
     out: list[str] = []
-    context = _tls_context(cfg)
+    context = tls_context(cfg)
     step = "connect"
     smtp: smtplib.SMTP
     smtp = (smtplib.SMTP_SSL(context=context, timeout=cfg.timeout) if cfg.tls == "ssl"

@@ -212,7 +212,7 @@ class Relay:
         if cfg.connections < 1:
             raise ConfigError(f"must be at least 1, got {cfg.connections}", "smtp.connections")
         self._cfg = cfg
-        self._context = _tls_context(cfg)
+        self._context = tls_context(cfg)
         self._helo = cfg.helo or mail_domain()
         self._bucket = TokenBucket(cfg.rate) if cfg.rate else None
         self._idle: list[Session] = []
@@ -409,7 +409,7 @@ class Relay:
         session.close()
 
 
-def _tls_context(cfg: SmtpConfig) -> ssl.SSLContext | None:
+def tls_context(cfg: SmtpConfig) -> ssl.SSLContext | None:
     if cfg.tls == "none":
         return None
     try:
