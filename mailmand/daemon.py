@@ -340,14 +340,16 @@ class Daemon:
             return False
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
-        # Keys that need a restart keep their running values: nothing is half-applied.
-        server = configmod.replace(new.server, database=self.cfg.server.database)
+        # Keys that need a restart keep their running values: nothing is half-applied, and
+        # the next reload compares with what runs.
+        running = configmod.keep_running(self.cfg, new)
+        server = running.server
         try:
             self.dispatcher.configure(server)
         except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays
             log.error("configuration reload refused, keeping the running one: %s", exc)
             return False
-        self.cfg = configmod.replace(self.cfg, server=server)
+        self.cfg = running
         sched.reschedule(server.interval, server.retention)
         for service in self.services:
             service.configure(self.cfg)

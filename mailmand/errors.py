@@ -28,7 +28,8 @@ class InvalidMessage(MailmandError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {reason}: {value!r}")
+        # None is "nothing was given": the reason says so, and `: None` would only puzzle.
+        super().__init__(f"{field}: {reason}" if value is None else f"{field}: {reason}: {value!r}")
 
 
 class InvalidAddress(InvalidMessage):

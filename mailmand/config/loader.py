@@ -497,6 +497,18 @@ def open_relay(cfg: SubmissionConfig) -> None:
                               "clients: [CIDR, ...]", "email.server.submission.listen")
 
 
+def keep_running(old: Config, new: Config) -> Config:
+    """`new` with the running values of what needs a restart (the queue, the database,
+    the listeners' addresses): what a daemon runs on after a reload, and what the next
+    reload is compared with (so setting a key back to its running value is no change)."""
+    server = new.server
+    sub, old_sub = server.submission, old.server.submission
+    # A listener turned on waits for a restart (none runs); one turned off runs on as it was.
+    sub = old_sub if sub is None or old_sub is None else replace(sub, listen=old_sub.listen)
+    server = replace(server, database=old.server.database, submission=sub, metrics=old.server.metrics)
+    return replace(new, queue=old.queue, server=server)
+
+
 def submission_tls(cfg: SubmissionConfig) -> ssl.SSLContext | None:
     """The submission listener's TLS context; a ConfigError when its certificate
     and key cannot be loaded (checked when the configuration loads, so `run`
