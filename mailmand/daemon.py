@@ -163,6 +163,15 @@ class Daemon:
         for d in dead:
             store.unregister(d.id)
         store.register(me)
+        # On a shared queue, the consumers of daemons that stopped (or whose heartbeat is
+        # older than the lease) go, so that `status` lists only the live ones; what they
+        # left pending is taken over first.
+        now = time.time()
+        live = {d.id for d in store.daemons() if d.heartbeat_at >= now - self.cfg.server.lease}
+        forgotten = self.queue.forget_consumers(live)
+        if forgotten:
+            log.info("removed %d queue consumer(s) of daemons no longer running: %s", len(forgotten),
+                     ", ".join(forgotten))
         resumed = self.queue.resume()
         if resumed or released:
             log.info("took back %d queue item(s) and %d claimed message(s) from a previous run",

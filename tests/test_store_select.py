@@ -61,6 +61,9 @@ def test_a_selection_matches_every_criterion_given(store):
     assert pick(statuses=(Status.CANCELLED,)) == ["m2"]
     assert pick(statuses=(Status.QUEUED, Status.CANCELLED)) == ["m5", "m4", "m3", "m2", "m1"]
     assert pick(statuses=(Status.SENT,)) == []
+    # `_` is a letter too, not any one character.
+    store.insert([mail("m6", to=("annyx@example.com",), subject="Invoice 2", created=1005.0)])
+    assert pick(to=("ann_x@example.com",)) == ["m3"] and pick(subject="e_2") == ["m3"]
 
 
 def test_pages_go_on_from_the_last_key_and_never_repeat_or_skip(store):

@@ -90,6 +90,12 @@ class Queue:
         """Daemon only, at start: hand back items taken but never acked. Returns how many."""
         raise NotImplementedError
 
+    def forget_consumers(self, live: set[str]) -> list[str]:
+        """Daemon only, at start, on a queue many daemons share: remove the consumers
+        whose names are not in `live` (daemons whose heartbeat is older than the
+        lease), taking over first what each left pending. Returns the names removed."""
+        return []
+
     def wait(self, timeout: float) -> bool:
         """Daemon only: block until something may be there to take, or
         `timeout` seconds pass, or `wake()` is called. True when woken early

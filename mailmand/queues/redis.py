@@ -249,6 +249,28 @@ class RedisQueue(Queue):
             self._pel_from = "0"
         return claimed
 
+    def forget_consumers(self, live: set[str]) -> list[str]:
+        gone = []
+        try:
+            self._call("XGROUP CREATE", self._ensure_group)
+            for c in self._call("XINFO CONSUMERS", self._r.xinfo_consumers, self.key, GROUP):
+                name = _s(c.get("name"))
+                if name == self.consumer or name in live:
+                    continue
+                # Its pending entries first: DELCONSUMER would drop them from the group.
+                pending = self._call("XPENDING", self._r.xpending_range, self.key, GROUP, "-", "+", 1_000_000, name)
+                ids = [row["message_id"] for row in pending]
+                for i in range(0, len(ids), 1000):
+                    self._call("XCLAIM", self._r.xclaim, self.key, GROUP, self.consumer, 0, ids[i:i + 1000],
+                               justid=True)
+                if ids:
+                    self._pel_from = "0"  # read again from what is pending on us
+                self._call("XGROUP DELCONSUMER", self._r.xgroup_delconsumer, self.key, GROUP, name)
+                gone.append(name)
+        except QueueUnavailable:
+            return gone  # Redis away: the idle ones are forgotten by a later read (_forget_idle_consumers)
+        return gone
+
     def _forget_idle_consumers(self) -> None:
         """Consumers of daemons that are gone, with nothing pending: out of `status`."""
         for c in self._call("XINFO CONSUMERS", self._r.xinfo_consumers, self.key, GROUP):
