@@ -35,21 +35,21 @@ def _send_after(args: argparse.Namespace) -> float:
         raise UsageError("give --at or --in, not both")
     if not (args.at or args.delay):
         return 0.0
-    if args.delay:
-        try:
-            seconds, rest = _split(args.delay, lambda text: parse_duration(text, words=True))
-        except ValueError:
-            raise UsageError(f"--in: expected a duration such as 90s, 5m, 1h30m, 2d or '5 minutes', "
-                             f"got {' '.join(args.delay)!r}") from None
-        when = time.time() + seconds
-    else:
-        try:
-            when, rest = _split(args.at, lambda text: datetime.fromisoformat(text).timestamp())
-        except ValueError:
-            raise UsageError(f"--at: not an ISO 8601 time: {' '.join(args.at)!r}") from None
+    flag, words = ("--in", args.delay) if args.delay else ("--at", args.at)
+    expected = ("a duration such as 90s, 5m, 1h30m, 2d or '5 minutes'" if args.delay
+                else "an ISO 8601 time such as 2026-11-30T09:00 or '2026-11-30 09:00+01:00'")
+    try:
+        if args.delay:
+            seconds, rest = _split(words, lambda text: parse_duration(text, words=True))
+            when = time.time() + seconds
+        else:
+            when, rest = _split(words, lambda text: datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        raise UsageError(f"{flag}: expected {expected}, got {' '.join(words)!r}") from None
+    # What is left is the message FILE, if it is one; else the value did not read.
+    if rest and (len(rest) > 1 or args.file is not None or (rest[0] != "-" and not Path(rest[0]).exists())):
+        raise UsageError(f"{flag}: expected {expected}, got {' '.join(words)!r}")
     if rest:
-        if args.file is not None or len(rest) > 1:
-            raise UsageError(f"unexpected {' '.join(rest)!r} after --{'in' if args.delay else 'at'}")
         args.file = rest[0]
     return when
 
