@@ -215,3 +215,32 @@ def test_operator_moves_refuse_other_statuses(store):
         store.requeue("m", 1600.0)
     assert store.flush(["m"], 1600.0) == 0  # held mail is not deferred: flush leaves it held
     assert store.get("m").status is Status.HELD
+
+
+@pytest.mark.parametrize(("window", "windows"), [(1, 1), (2, 3), (3, 2), (7, 1)])
+def test_a_text_filter_past_its_window_scans_and_finds_the_same(store, monkeypatch, window, windows):
+    """A filter on text reads WINDOW rows by index, then scans the rest: the rows, their
+    order and the pages are the same whatever the window."""
+    from mailmand.stores import operator
+
+    store.insert([mail(f"m{i:02d}", to=(f"r{i}@{'a' if i % 3 else 'b'}.example",), subject=f"s{i % 4}",
+                       created=1000.0 + i // 2) for i in range(30)])
+    store.hold([f"m{i:02d}" for i in range(0, 30, 5)], 2000.0)
+    selections = [Selection(to=("@b.example",)), Selection(subject="s1"), Selection(to=("@a.example",), subject="s2"),
+                  Selection(statuses=(Status.QUEUED, Status.HELD), to=("@b.example",)),
+                  Selection(statuses=(Status.HELD,), subject="s0"), Selection(to=("nobody@x.org",))]
+
+    def pages(sel: Selection, size: int) -> list[list[str]]:
+        out, after = [], None
+        while True:
+            page = store.select(sel, size, after)
+            out.append(ids(page))
+            if page.next is None:
+                return out
+            after = page.next
+
+    expected = [(pages(sel, 4), pages(sel, 100)) for sel in selections]
+    assert expected[0][1] == [[f"m{i:02d}" for i in range(29, -1, -1) if i % 3 == 0]]
+    monkeypatch.setattr(operator, "WINDOW", window)
+    monkeypatch.setattr(operator, "WINDOWS", windows)
+    assert [(pages(sel, 4), pages(sel, 100)) for sel in selections] == expected

@@ -25,6 +25,8 @@ from .base import (
 )
 from .schema import Db
 
+NEWEST = " ORDER BY created_at DESC, id DESC"  # what an index on (created_at, id) gives, walked down
+WINDOW, WINDOWS = 5000, 3  # a text filter reads up to 3 x 5,000 rows by index before it scans (_filtered)
 MAX_LIMIT = 2**62  # "no limit" (sys.maxsize) stays a BIGINT after the one more a page asks for
 CHUNK = 500  # ids per statement of a move (SQLite allows 32,766 parameters)
 ESCAPE = "ESCAPE '\\'"
@@ -58,6 +60,10 @@ def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _where_sql(clauses: Sequence[str]) -> str:
+    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
 INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
                 "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails, "
                 "held_at, paused")
@@ -79,6 +85,10 @@ class OperatorSQL:
 
     GREATEST: str  # the dialect's max() of two values
     ILIKE = "LIKE"  # ASCII case ignored (SQLite's LIKE); PostgreSQL: ILIKE
+    # How a text filter's scan past its window reads the table: in the table's order,
+    # not the index's (SQLite would walk the index, row by row at random). PostgreSQL
+    # chooses by its statistics.
+    SCAN_HINT = "NOT INDEXED"
     # A FROM item giving each recipient not yet delivered to of message `m` as `r.value`,
     # and the domain of `r.value`, lower case.
     EACH_RECIPIENT = "json_each(coalesce(m.pending_rcpt, m.rcpt_to)) r"
@@ -96,46 +106,76 @@ class OperatorSQL:
 
     # -- the one listing ---------------------------------------------------------
 
-    def _where(self, sel: Selection) -> tuple[list[str], list[Any]]:
-        """The selection's criteria but its statuses: clauses joined by AND, and their arguments."""
-        where: list[str] = []
-        args: list[Any] = []
+    def _where(self, sel: Selection) -> tuple[list[str], list[Any], list[str], list[Any]]:
+        """The selection's criteria but its statuses, as two lists of clauses (each
+        joined by AND) with their arguments: those an index walk answers (ids, times),
+        and those on text it must read each row for (recipients, sender, subject)."""
+        walk: list[str] = []
+        walk_args: list[Any] = []
         if sel.ids:
-            where.append(f"id IN ({marks(len(sel.ids))})")
-            args += sel.ids
+            walk.append(f"id IN ({marks(len(sel.ids))})")
+            walk_args += sel.ids
+        if sel.since is not None:
+            walk.append("created_at >= ?")
+            walk_args.append(sel.since)
+        if sel.until is not None:
+            walk.append("created_at < ?")
+            walk_args.append(sel.until)
+        text: list[str] = []
+        text_args: list[Any] = []
         for column, given, json_list in (("rcpt_to", sel.to, True), ("mail_from", sel.sender, False)):
             if given:
                 patterns = address_patterns(given, json_list)
-                where.append("(" + " OR ".join(f"{column} {self.ILIKE} ? {ESCAPE}" for _ in patterns) + ")")
-                args += patterns
-        if sel.since is not None:
-            where.append("created_at >= ?")
-            args.append(sel.since)
-        if sel.until is not None:
-            where.append("created_at < ?")
-            args.append(sel.until)
+                text.append("(" + " OR ".join(f"{column} {self.ILIKE} ? {ESCAPE}" for _ in patterns) + ")")
+                text_args += patterns
         if sel.subject:
-            where.append(f"subject {self.ILIKE} ? {ESCAPE}")
-            args.append(f"%{like(sel.subject)}%")
-        return where, args
+            text.append(f"subject {self.ILIKE} ? {ESCAPE}")
+            text_args.append(f"%{like(sel.subject)}%")
+        return walk, walk_args, text, text_args
 
     def select(self, selection: Selection, limit: int, after: Key | None = None) -> Page:
-        where, args = self._where(selection)
+        walk, walk_args, text, text_args = self._where(selection)
         if after is not None:  # a row value: both engines walk the index from there
-            where.append("(created_at, id) < (?, ?)")
-            args += (after.created_at, after.id)
-        rows: list[Any] = []
+            walk.append("(created_at, id) < (?, ?)")
+            walk_args += (after.created_at, after.id)
         fetch = min(limit, MAX_LIMIT) + 1  # one more than asked: whether there is a next page
+        rows: list[Any] = []
         # One walk per status, down (status, created_at, id), merged here: each stops
         # after limit + 1 rows, where one walk over several statuses would sort them all.
         for status in selection.statuses or (None,):
-            clauses, values = (where, args) if status is None else (["status = ?", *where], [status.value, *args])
-            rows += self._read(f"SELECT {INFO_COLUMNS} FROM messages"
-                               + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-                               + " ORDER BY created_at DESC, id DESC LIMIT ?", [*values, fetch])
+            clauses, values = (walk, walk_args) if status is None else (
+                ["status = ?", *walk], [status.value, *walk_args])
+            if text:
+                rows += self._filtered(clauses, values, " AND ".join(text), text_args, fetch)
+            else:
+                rows += self._read(f"SELECT {INFO_COLUMNS} FROM messages{_where_sql(clauses)}{NEWEST}"
+                                   " LIMIT ?", [*values, fetch])
         rows.sort(key=lambda r: (r[7], r[0]), reverse=True)
         page = [info(r) for r in rows[:limit]]
         return Page(page, Key.of(page[-1]) if len(rows) > limit and page else None)
+
+    def _filtered(self, walk: list[str], walk_args: list[Any], text: str, text_args: list[Any],
+                  fetch: int) -> list[Any]:
+        """Up to `fetch` rows of a walk that also match `text`, newest first. The walk's
+        newest rows come by index, WINDOW at a time, up to WINDOWS of them (a filter that
+        many rows match fills its page there, in milliseconds); past them, one scan in
+        the table's own order and a sort of what matches (SCAN_HINT): a filter that few
+        rows match would otherwise read the whole store in index order, row by row at
+        random, seconds on a million."""
+        hits: list[Any] = []
+        edge: list[Any] = []
+        for _ in range(WINDOWS):
+            window = self._read(f"SELECT {INFO_COLUMNS}, CASE WHEN {text} THEN 1 ELSE 0 END FROM messages"
+                                f"{_where_sql([*walk, *(['(created_at, id) < (?, ?)'] if edge else [])])}"
+                                f"{NEWEST} LIMIT {WINDOW}", [*text_args, *walk_args, *edge])
+            hits += [r[:-1] for r in window if r[-1]]
+            if len(hits) >= fetch or len(window) < WINDOW:
+                return hits[:fetch]
+            edge = [window[-1][7], window[-1][0]]
+        return hits + self._read(
+            f"SELECT {INFO_COLUMNS} FROM messages {self.SCAN_HINT}"
+            f"{_where_sql([*walk, '(created_at, id) < (?, ?)', text])}{NEWEST} LIMIT ?",
+            [*walk_args, *edge, *text_args, fetch - len(hits)])
 
     # -- qshape's view -----------------------------------------------------------
 

@@ -108,6 +108,7 @@ class PostgresStore(SQLStore):
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
     ILIKE = "ILIKE"
+    SCAN_HINT = ""
     EACH_RECIPIENT = "json_array_elements_text(coalesce(m.pending_rcpt, m.rcpt_to)::json) AS r(value)"
     DOMAIN = "lower(substring(r.value from '[^@]*$'))"
 
