@@ -320,7 +320,7 @@ def test_yaml_duplicate_key(tmp_path: Path) -> None:
 def test_unknown_key(tmp_path: Path) -> None:
     assert error(smtp(tmp_path, "host: h\nprot: 25\n")) == (
         "email.server.smtp.prot: unknown key (known here: host, port, tls, verify, ca-file, "
-        "connections, rate, timeout, data-timeout, helo, auth, pipelining)"
+        "connections, rate, timeout, data-timeout, helo, auth, pipelining, chunking)"
     )
 
 
@@ -413,7 +413,7 @@ def test_bad_rate_in_the_file(tmp_path: Path) -> None:
         ),
         (
             RELAY + "  queue: {default: {engine: kafka}}\n",
-            'email.queue.default.engine: expected one of spool, redis, got "kafka"',
+            'email.queue.default.engine: expected one of spool, redis, postgres, got "kafka"',
         ),
         (
             RELAY + "    database: {engine: oracle}\n",

@@ -20,7 +20,9 @@ from mailmand.queues import open_queue
 from mailmand.stores import Status, open_store
 from tests.redisutil import redis_url
 
-COMBOS = [("sqlite3", "spool"), ("postgres", "redis"), ("sqlite3", "redis"), ("postgres", "spool")]
+COMBOS = [("sqlite3", "spool"), ("postgres", "redis"), ("sqlite3", "redis"), ("postgres", "spool"),
+          ("sqlite3", "outbox"), ("postgres", "outbox")]
+QUEUE = {"spool": "spool ", "redis": "redis ", "outbox": "postgres outbox "}  # how each says where an item was
 
 
 @dataclass
@@ -79,6 +81,12 @@ def world(request, tmp_path, smtp_server, capsys) -> World:
     queue = f"      path: {tmp_path / 'spool'}\n"
     if queue_engine == "redis":
         queue += f"      engine: redis\n      url: {redis_url()}\n      name: {request.getfixturevalue('redis_key')}\n"
+    elif queue_engine == "outbox":  # the app's database: the store's own when that is PostgreSQL
+        dsn = request.getfixturevalue("postgres_dsn")
+        queue += f"      engine: postgres\n      dsn: \"{dsn}\"\n"
+        from tests.test_outbox import make_table
+
+        make_table(dsn)  # as the app's migration makes it
     relay = smtp_server(rcpt_replies={"slow@late.example": "451 4.2.1 try later"})
     conf = tmp_path / "mailmand.yaml"
     conf.write_text(
@@ -103,7 +111,7 @@ def test_quarantine_list_show_release_and_delete(world):
     assert len(entries) == 2 and {"id", "at", "reason", "source"} <= set(entries[0])
     three, bad = sorted(entries, key=lambda e: e["id"])
     assert "more than max-recipients (2)" in three["reason"] and "record.priority" in bad["reason"]
-    assert three["source"].startswith("spool " if world.queue_engine == "spool" else "redis ")
+    assert three["source"].startswith(QUEUE[world.queue_engine])
     assert abs(three["at"] - time.time()) < 600  # JSON keeps epoch seconds
     code, out, _ = world.run("quarantine", "list")
     assert code == 0 and out.splitlines()[0].split() == ["ID", "AT", "SIZE", "SOURCE", "REASON"]
@@ -294,6 +302,9 @@ def test_check_config_connect_reaches_every_part(world):
     if world.queue_engine == "redis":
         assert "queue redis redis://" in first and "spool" not in first  # no spool directory named
         assert "PING answered" in out
+    elif world.queue_engine == "outbox":
+        assert "queue postgres outbox " in first and "spool" not in first
+        assert "reachable, 0 waiting to be ingested" in out
     else:
         assert "queue spool " in first and "not created yet" in out
         world.send("--from", "a@example.com", "--to", "b@example.com")
@@ -378,3 +389,26 @@ def test_status_says_none_when_nothing_is_due(world):
     code, out, _ = world.run("status")
     assert code == 0 and "oldest due message: none" in out and "- old" not in out
     assert "held       0" in out
+
+
+def test_check_config_connect_reaches_the_outbox(tmp_path, postgres_dsn, smtp_server, capsys):
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from tests.redisutil import free_port
+
+    relay = smtp_server()
+    conf = tmp_path / "mailmand.yaml"
+
+    def write(dsn: str) -> None:
+        conf.write_text(f"email:\n  queue:\n    default:\n      engine: postgres\n      dsn: \"{dsn}\"\n"
+                        f"  server:\n    database:\n      path: {tmp_path / 'store' / 'mailmand.db'}\n"
+                        f"    smtp:\n      host: 127.0.0.1\n      port: {relay.port}\n")
+
+    write(postgres_dsn)
+    assert main(["check-config", "--connect", "-c", str(conf)]) == 0
+    assert "reachable; no table 'mailmand_outbox' yet (the daemon creates it" in capsys.readouterr().out
+    write(make_conninfo(**{**conninfo_to_dict(postgres_dsn), "port": str(free_port()), "connect_timeout": "2"}))
+    assert main(["check-config", "--connect", "-c", str(conf)]) == 69
+    out = capsys.readouterr()
+    assert "queue postgres outbox " in out.out and ": cannot be used: cannot read the outbox" in out.out
+    assert out.err.endswith("mailmand: cannot use: queue\n")

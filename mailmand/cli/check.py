@@ -56,21 +56,22 @@ def directory_warnings(cfg: Config) -> list[str]:
     return warnings
 
 
-def check_engines(cfg: Config) -> None:
-    """Refuse the engines `run` refuses, with its messages, opening nothing."""
+def check_engines(cfg: Config) -> str:
+    """Refuse the engines `run` refuses, with its messages, opening nothing.
+    Returns the queue as logs name it (never a password)."""
     from ..queues import open_queue
     from ..stores import engine
 
     engine(cfg.server.database)  # a missing driver or a dsn that does not parse, as Daemon() says it
-    open_queue(cfg.queue, readonly=True).close()  # an unknown engine or a missing driver, as open_queue says it
+    queue = open_queue(cfg.queue, readonly=True)  # an unknown engine or a missing driver, as open_queue says it
+    queue.close()
+    return repr(queue)
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
-    from ..queues import describe as queue
-
-    check_engines(cfg)  # what `run` refuses, refused with the same message (78)
+    queue = check_engines(cfg)  # what `run` refuses, refused with the same message (78)
     where = cfg.source or "embedded defaults"
-    print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, queue {queue(cfg.queue)}, "
+    print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, queue {queue}, "
           f"store {describe(cfg.server.database)}")
     for warning in directory_warnings(cfg):
         print(warning, file=sys.stderr)
@@ -86,19 +87,17 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
 def _queue(cfg: Config) -> bool:
     """The queue, reached as producers and the daemon reach it (`Queue.probe`)."""
     from ..errors import MailmandError
-    from ..queues import describe as queue
     from ..queues import open_queue
 
+    q = open_queue(cfg.queue, readonly=True)  # opens nothing yet: check_engines did the same
     try:
-        q = open_queue(cfg.queue, readonly=True)
-        try:
-            found = q.probe()
-        finally:
-            q.close()
+        found = q.probe()
     except MailmandError as exc:
-        print(f"queue {queue(cfg.queue)}: cannot be used: {exc}")
+        print(f"queue {q!r}: cannot be used: {exc}")
         return False
-    print(f"queue {queue(cfg.queue)}: {found}")
+    finally:
+        q.close()
+    print(f"queue {q!r}: {found}")
     return True
 
 
@@ -205,7 +204,7 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
 def _offers(smtp: object) -> str:
     features: dict[str, str] = getattr(smtp, "esmtp_features", {})
     shown = []
-    for name in ("size", "pipelining", "starttls", "auth", "smtputf8", "8bitmime"):
+    for name in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8", "8bitmime"):
         if name in features:
             value = features[name].strip()
             if name == "size" and value:
@@ -214,5 +213,6 @@ def _offers(smtp: object) -> str:
                 shown.append(f"AUTH {value or '(no mechanisms)'}")
             else:
                 shown.append(name.upper())
-    missing = [n.upper() for n in ("size", "pipelining", "starttls", "auth", "smtputf8") if n not in features]
+    missing = [n.upper() for n in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8")
+               if n not in features]
     return (", ".join(shown) or "nothing beyond plain SMTP") + (f" (not: {', '.join(missing)})" if missing else "")

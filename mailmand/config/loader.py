@@ -41,6 +41,7 @@ from .schema import (
     Network,
     Rate,
     Size,
+    SqlTable,
 )
 from .values import (
     SECRET_KEYS,
@@ -52,6 +53,7 @@ from .values import (
     parse_network,
     parse_rate,
     parse_size,
+    parse_sql_table,
     printable,
     show,
 )
@@ -215,7 +217,7 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, SqlTable: parse_sql_table}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
@@ -255,6 +257,9 @@ class Parse:
         if smtp.ca_file is not None and not self.producer:  # the daemon connects to the relay; producers never
             self.attempt(lambda: self.check_ca_file(smtp.ca_file), None)
         database = self.attempt(lambda: self.database(server.database, given.get("database", {})), server.database)
+        if queue.engine == "postgres" and not queue.dsn:  # producers too: they insert into it
+            self.errors.append(ConfigError("required when engine is postgres (the database that holds the outbox "
+                                           "table)", "email.queue.default.dsn"))
         submission = server.submission
         if submission is not None:  # the section alone does not open a port
             submission = None if "listen" not in given.get("submission", {}) else replace(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import ConfigError
 from ..frozen import Frozen
@@ -26,16 +27,15 @@ class Engine(Frozen):
     """One queue engine, as the table describes it. (`Frozen`, not a dataclass:
     a producer's put loads this module, and `dataclasses` costs it tens of ms.)"""
 
-    _fields = ("open", "noun", "directory", "describe")
+    _fields = ("open", "noun", "directory")
     open: Callable[[QueueConfig, bool, str, float, bool, bool], Queue]
     noun: str  # what messages call it: "spool", "queue"
     # Its directory on this host (which the daemon creates, and holds its lock in), or
     # None: a queue on a server that many daemons share.
     directory: Callable[[QueueConfig], Path | None]
-    describe: Callable[[QueueConfig], str]  # for check-config and logs: never a password
 
     def __init__(self, open: Callable[[QueueConfig, bool, str, float, bool, bool], Queue], noun: str,
-                 directory: Callable[[QueueConfig], Path | None], describe: Callable[[QueueConfig], str]) -> None:
+                 directory: Callable[[QueueConfig], Path | None]) -> None:
         self._set(locals())
 
 
@@ -53,15 +53,34 @@ def _redis(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusiv
     return RedisQueue(cfg, daemon=daemon, consumer=consumer, lease=lease, exclusive=exclusive)
 
 
-def _redis_describe(cfg: QueueConfig) -> str:
-    from .redis import masked, url_of
+def _outbox() -> ModuleType:
+    """The postgres engine's module, or a ConfigError that says what to install."""
+    try:
+        from . import postgres  # imports psycopg
+    except ImportError as exc:
+        if exc.name not in ("psycopg", "psycopg_binary", "psycopg_c"):
+            raise
+        raise ConfigError(f"the postgres queue needs {exc.name}, which is not installed: "
+                          "pip install 'mailmand[postgres]'", f"{KEY}.engine") from None
+    return postgres
 
-    return f"redis {masked(url_of(cfg))} key {cfg.name}"
+
+def _postgres(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
+              readonly: bool) -> Queue:
+    queue: Queue = _outbox().PostgresQueue(cfg, daemon=daemon, lease=lease)
+    return queue
+
+
+def outbox_sql(table: str) -> str:
+    """The outbox table's DDL for `table`, as an app's migration would run it (`mailmand outbox-sql`)."""
+    postgres = _outbox()
+    return "".join(f"{stmt.as_string(None)};\n" for stmt in postgres.ddl(table))
 
 
 ENGINES: dict[str, Engine] = {
-    "spool": Engine(_spool, "spool", lambda cfg: cfg.path, lambda cfg: f"spool {cfg.path}"),
-    "redis": Engine(_redis, "queue", lambda cfg: None, _redis_describe),
+    "spool": Engine(_spool, "spool", lambda cfg: cfg.path),
+    "redis": Engine(_redis, "queue", lambda cfg: None),
+    "postgres": Engine(_postgres, "outbox", lambda cfg: None),
 }
 
 
@@ -81,11 +100,6 @@ def lock_path(cfg: QueueConfig) -> Path | None:
     return None if directory is None else directory / LOCK_FILE
 
 
-def describe(cfg: QueueConfig) -> str:
-    """The queue as check-config and logs show it: a spool's path, a server's URL with its password masked."""
-    return engine(cfg).describe(cfg)
-
-
 def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailmand", lease: float = 300.0,
                exclusive: bool = False, readonly: bool = False) -> Queue:
     """Open the configured queue.
@@ -100,5 +114,5 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
     return engine(cfg).open(cfg, daemon, consumer, lease, exclusive, readonly)
 
 
-__all__ = ["DIR_MODE", "ENGINES", "LOCK_FILE", "Engine", "Found", "Item", "Queue", "QueueInfo", "describe",
-           "engine", "lock_path", "open_queue"]
+__all__ = ["DIR_MODE", "ENGINES", "LOCK_FILE", "Engine", "Found", "Item", "Queue", "QueueInfo", "engine",
+           "lock_path", "open_queue", "outbox_sql"]
