@@ -35,6 +35,11 @@ class GroupCommit:
         self._busy = False
         self.writes = 0  # how many writes were made (for tests and the bench: records / writes is the grouping)
 
+    @property
+    def waiting(self) -> int:
+        """Records waiting for the next write (the one in flight not counted)."""
+        return len(self._waiting)
+
     async def put(self, record: Record) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()

@@ -58,6 +58,9 @@ _PHRASE = rf"(?:{_ATEXT}|{_QUOTED})(?:[ \t]+(?:{_ATEXT}|{_QUOTED}))*"
 # (a name-addr with no display name, as smtp-source and many scripts write; the spec in group 1 or 2).
 _SPEC_IN_LIST = re.compile(
     rf"[ \t]*(?:({_DOT_ATOM}@{_HOSTNAME})|(?:{_PHRASE}[ \t]*)?<({_DOT_ATOM}@{_HOSTNAME})>)[ \t]*")
+# The address of MAIL FROM:/RCPT TO: as nearly every client writes it, `<local@domain>` in ASCII,
+# then the parameters (no comment: RFC 5321 has none, the email package would drop one).
+ENVELOPE_PATH = re.compile(rf"[ \t]*<({_DOT_ATOM}@{_HOSTNAME})>[ \t]*([^()]*)")
 # A local part an envelope carries: a dot-atom of ASCII atext or UTF-8 (RFC 6531). Quoted
 # local parts are refused: relays and mailboxes disagree about them.
 _LOCAL_ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"

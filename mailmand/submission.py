@@ -46,7 +46,7 @@ from .config.values import is_loopback, split_listen
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
 from .groupcommit import GroupCommit
 from .guard import Gate, Guard, GuardedSmtp
-from .headers import addresses
+from .headers import ENVELOPE_PATH, addresses
 from .raw import RawMessage
 from .repeats import Repeats
 
@@ -317,3 +317,13 @@ class _Smtp(GuardedSmtp):
     def connection_lost(self, error: Exception | None) -> None:
         self._listener._live.discard(self)
         super().connection_lost(error)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of MAIL FROM:/RCPT TO: and the rest of the line. aiosmtpd's own
+        reading (checked against 1.4.6) runs the email package's parser and makes a
+        typing.Protocol class at each call: 15 % of the listener's CPU. A plain
+        `<local@domain>` is read here instead, with the same result (tests say so)."""
+        m = ENVELOPE_PATH.fullmatch(arg)
+        if m is None or (self.local_part_limit and len(m[1].rpartition("@")[0]) > self.local_part_limit):
+            return super()._getaddr(arg)
+        return m[1], m[2]

@@ -235,6 +235,8 @@ class SpoolQueue(Queue):
                 if _disk_full(exc):
                     raise QueueUnavailable(f"spool {what} failed at {self.path}: {exc}") from exc
                 raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:  # the database refused the write (a damaged file, a constraint)
+                raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
 
     def _daemon_sql(self, what: str, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """One statement (one transaction) on the daemon's connection; [] when
