@@ -404,3 +404,33 @@ def test_put_many_refuses_new_mail_below_min_free(tmp_path: Path):
     open_queue(replace(cfg, min_free=0)).put(record(0))  # the table is there: the lean path
     with pytest.raises(QueueUnavailable, match="nearly full"):
         open_queue(cfg).put_many([record(1)])
+
+
+# -- Redis only --------------------------------------------------------------------
+
+
+def test_put_many_on_redis_is_one_multi_exec(redis_key: str):
+    """Redis sees the group as the server's MONITOR shows it: MULTI, one XADD per record,
+    EXEC, from the producer's one connection (one round trip; every entry or none)."""
+    client = require_redis()
+    producer = open_queue(QueueConfig(engine="redis", url=redis_url(), name=redis_key))
+    producer.put({"warm": "up"})  # connected before watching: the group is all that connection says next
+    seen: list[dict[str, object]] = []
+    with client.monitor() as monitor:  # type: ignore[attr-defined]
+        writer = threading.Thread(target=producer.put_many, args=([record(i) for i in range(5)],))
+        writer.start()
+        deadline = time.monotonic() + 20
+        ours: tuple[object, object] | None = None
+        while time.monotonic() < deadline:
+            line = monitor.next_command()
+            seen.append(line)
+            if ours is None and redis_key in str(line["command"]):
+                ours = (line["client_address"], line["client_port"])
+            if ours and (line["client_address"], line["client_port"]) == ours and line["command"] == "EXEC":
+                break
+        writer.join(20)
+    producer.close()
+    assert ours is not None, seen
+    commands = [str(line["command"]).split()[0] for line in seen
+                if (line["client_address"], line["client_port"]) == ours]
+    assert commands == ["MULTI", *["XADD"] * 5, "EXEC"], commands
