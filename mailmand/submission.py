@@ -5,9 +5,11 @@ answered `250 2.0.0 queued as <id>` only once it is durable in the configured
 queue, and it gets there through the same door as an application's:
 `RawMessage.parse` (the message goes out byte for byte; its fields are checked
 as every way in checks them; a Bcc header is dropped, its addresses stay in
-the envelope; a bare name gets `email.sendmail.domain`) and `Client.enqueue`
-(the one record validation, the size limit, the queue's durability, the
-spool's free-space floor). The reply codes:
+the envelope; a bare name gets `email.sendmail.domain`) and the client (the
+one record validation, the size limit, the queue's durability, the spool's
+free-space floor). Messages that finish DATA while a queue write is in flight
+go to the queue together in the next write (`groupcommit.py`: one sync for
+them all); each is answered once its own write returned. The reply codes:
 
 | when | reply |
 |---|---|
@@ -128,6 +130,7 @@ class SubmissionServer:
         # The queue write waits on a sync: off the event loop, one at a time, each
         # for every message that arrived meanwhile.
         self.commits = GroupCommit(self.client.put_many, "mailmand-submission-put")
+        self._domain: str | None = None  # _local_domain, once asked
         self.addresses: list[tuple[str, int]] = []  # bound, with real ports
         self._handler = _Handler(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +155,7 @@ class SubmissionServer:
             return
         self.cfg, self.sub, self.auth, self.tls = cfg, replace(sub, listen=self.sub.listen), sub.auth, context
         self.guard.configure(self.sub)
+        self._domain = None  # email.sendmail.domain may have changed
         if self._owns_client:  # its limits (max-message-size, max-recipients); the queue itself needs a restart
             self.client.config = replace(cfg, queue=self.client.config.queue)
 
@@ -187,13 +191,19 @@ class SubmissionServer:
 
     # -- the message
 
+    def _local_domain(self) -> str:
+        """What a bare name gets, asked once per configuration: the host's mail domain may
+        need a name lookup, which would hold up every session on the event loop."""
+        if self._domain is None:
+            self._domain = self.client.local_domain()
+        return self._domain
+
     async def queue_message(self, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes) -> str:
         """Validate and enqueue, in one write with the messages that arrive meanwhile; the
         SMTP reply to the end of DATA. (The checks run on the event loop: they cost tens of
         microseconds for a plain head, less than a hand-off to a thread.)"""
         try:
-            message = RawMessage.parse(raw, sender=mail_from, recipients=rcpt_to,
-                                       local_domain=self.client.local_domain)
+            message = RawMessage.parse(raw, sender=mail_from, recipients=rcpt_to, local_domain=self._local_domain)
             record = self.client.record(message)
             await self.commits.put(record)
             message_id = record.id
