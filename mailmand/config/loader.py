@@ -40,6 +40,7 @@ from .schema import (
     Network,
     Rate,
     Size,
+    SqlTable,
 )
 from .values import (
     SECRET_KEYS,
@@ -51,6 +52,7 @@ from .values import (
     parse_network,
     parse_rate,
     parse_size,
+    parse_sql_table,
     printable,
     show,
 )
@@ -174,7 +176,7 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, SqlTable: parse_sql_table}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
@@ -205,6 +207,9 @@ class Parse:
             self.check_ca_file(smtp.ca_file)
         if server.database.engine == "postgres" and not server.database.dsn and not self.producer:
             raise ConfigError("required when engine is postgres", "email.server.database.dsn")
+        if queue.engine == "postgres" and not queue.dsn:  # producers too: they insert into it
+            raise ConfigError("required when engine is postgres (the database that holds the outbox table)",
+                              "email.queue.default.dsn")
         submission = server.submission
         if submission is not None:  # the section alone does not open a port
             submission = None if "listen" not in given.get("submission", {}) else replace(
