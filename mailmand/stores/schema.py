@@ -100,7 +100,22 @@ V4 = [
     "INSERT INTO stats_hourly (hour, kind, bucket, n) SELECT {hour_of_finished}, 'done.' || status, 0, count(*)"
     " FROM messages WHERE finished_at IS NOT NULL AND status IN ('sent', 'failed', 'expired') GROUP BY 1, 2",
 ]
-SHARED = [V1, V2, V3, V4]
+V5 = [
+    # Hold and release: when a message was held, and the seconds it spent held
+    # before (its max-time deadline moves on by as much).
+    "ALTER TABLE messages ADD COLUMN held_at {real}",
+    "ALTER TABLE messages ADD COLUMN paused {real} NOT NULL DEFAULT 0",
+    # Where a quarantined item came from (the queue and its entry).
+    "ALTER TABLE quarantine ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+    # Listings page newest first by (created_at, id), with or without a status:
+    # the id in the index orders messages made in the same instant, and a page
+    # goes on from the last row's key without OFFSET.
+    "DROP INDEX ix_status_created",
+    "DROP INDEX ix_created",
+    "CREATE INDEX ix_status_created_id ON messages (status, created_at, id)",
+    "CREATE INDEX ix_created_id ON messages (created_at, id)",
+]
+SHARED = [V1, V2, V3, V4, V5]
 LATEST = len(SHARED)
 
 
