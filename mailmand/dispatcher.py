@@ -272,6 +272,10 @@ class Dispatcher:
                 if more:
                     ahead = self._claimer.submit(self._claim, cfg, now, result, live, state)
                 for msg in batch:
+                    if self._unsaved:
+                        # The store cannot record outcomes: what is in flight finishes, nothing
+                        # more starts (the rest stays claimed and is handed back, as claims stop).
+                        return
                     yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
                 if ahead is not None:
                     (batch, more), ahead = ahead.result(), None
