@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 RECORD_VERSION = 1
+# Tags: the app's own keys on a message (`--tag order=42` finds it; its events carry them).
+MAX_TAGS = 10
+TAG_KEY = re.compile(r"[a-z0-9_.-]{1,32}")
+TAG_VALUE_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PRIORITY_MAX = 1_000_000  # higher goes first; bounded so every store can hold it
 MAX_RECIPIENTS = 1000  # email.server.max-recipients' default
 # An id is a file-name-safe token (ours are 32 hex digits): it goes into logs, URLs and commands.
@@ -50,7 +55,7 @@ class Record(Frozen):
     """What travels on the queue: JSON, never pickle. `raw` is the final message."""
 
     _fields = ("id", "mail_from", "rcpt_to", "raw", "priority", "send_after", "idempotency_key", "created_at",
-               "subject")
+               "subject", "tags")
     id: str
     mail_from: str
     rcpt_to: tuple[str, ...]
@@ -62,10 +67,11 @@ class Record(Frozen):
     # The decoded Subject, carried so ingest need not parse headers; None in
     # records written before it was added (ingest then reads it from `raw`).
     subject: str | None
+    tags: dict[str, str] | None  # checked by check_tags; None: no tags
 
     def __init__(self, id: str, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes, priority: int = 0,
                  send_after: float = 0.0, idempotency_key: str | None = None, created_at: float | None = None,
-                 subject: str | None = None) -> None:
+                 subject: str | None = None, tags: dict[str, str] | None = None) -> None:
         if created_at is None:
             created_at = time.time()
         self._set(locals())
@@ -84,6 +90,8 @@ class Record(Frozen):
         }
         if self.subject is not None:
             data["subject"] = self.subject  # optional: readers of version 1 without it still work
+        if self.tags:
+            data["tags"] = dict(self.tags)  # optional too
         return data
 
     @classmethod
@@ -130,6 +138,7 @@ class Record(Frozen):
                 idempotency_key=data.get("idempotency_key"),
                 created_at=created_at,
                 subject=subject if isinstance(subject, str) else None,
+                tags=check_tags(data.get("tags"), "record.tags"),
             )
         except KeyError as exc:
             raise InvalidMessage(f"record.{exc.args[0]}", None, "missing") from None
@@ -137,6 +146,28 @@ class Record(Frozen):
             if isinstance(exc, InvalidMessage):
                 raise
             raise InvalidMessage("record", str(exc), "malformed field") from None
+
+
+def check_tags(tags: object, name: str = "tags") -> dict[str, str] | None:
+    """Tags as a message carries them: at most MAX_TAGS pairs, each key of 1 to 32 of
+    a-z 0-9 _ . -, each value text of at most TAG_VALUE_MAX characters with no control
+    characters. None (or no pairs): no tags. InvalidMessage names the pair at fault."""
+    if tags is None:
+        return None
+    if not isinstance(tags, dict):
+        raise InvalidMessage(name, type(tags).__name__, "expected a mapping of key to value")
+    if len(tags) > MAX_TAGS:
+        raise InvalidMessage(name, f"{len(tags)} pairs", f"at most {MAX_TAGS} tags")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+            raise InvalidMessage(f"{name} key", key, "expected 1 to 32 of a-z 0-9 _ . -")
+        if not isinstance(value, str):
+            raise InvalidMessage(f"{name}[{key}]", value, "expected text")
+        if len(value) > TAG_VALUE_MAX:
+            raise InvalidMessage(f"{name}[{key}]", value[:40] + "...", f"longer than {TAG_VALUE_MAX} characters")
+        if _CONTROL.search(value):
+            raise InvalidMessage(f"{name}[{key}]", value, "control characters are not allowed")
+    return dict(tags) or None
 
 
 def check_recipients(n: int, limit: int, name: str) -> None:

@@ -85,6 +85,8 @@ class PostgresStore(SQLStore):
     LOCK_ROWS = " FOR UPDATE"
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
+    # Below the oldest transaction still running, every event is committed (events.py).
+    HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1, 9223372036854775807"
 
     def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
         check_dsn(cfg.dsn)
@@ -175,13 +177,13 @@ class PostgresStore(SQLStore):
         db.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){conflict}",
                    [list(c) for c in zip(*rows, strict=True)])
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float, int]]:
         # One statement for the group (not one per message): the status-count
         # trigger then runs once per commit. The fence is its WHERE, as in SQLStore's.
         if not rows:
             return []
         cols = list(zip(*rows, strict=True))
-        return [(i, at) for i, at in db.execute(
+        return [(i, at, n) for i, at, n in db.execute(
             "UPDATE messages m SET status = v.status, attempts = m.attempts + 1, fails = m.fails + v.counted,"
             " last_code = v.code, last_error = v.reason, due_at = coalesce(v.due_at, m.due_at),"
             " pending_rcpt = coalesce(v.pending, m.pending_rcpt), lease_owner = NULL, lease_until = NULL,"
@@ -189,7 +191,7 @@ class PostgresStore(SQLStore):
             " FROM unnest(?::text[], ?::int[], ?::int[], ?::text[], ?::float8[], ?::text[], ?::float8[],"
             " ?::float8[], ?::text[], ?::bigint[])"
             " AS v(status, counted, code, reason, due_at, pending, at, finished, id, claim)"
-            f" WHERE m.id = v.id AND m.claims = v.claim AND m.{LIVE} RETURNING m.id, m.send_after",
+            f" WHERE m.id = v.id AND m.claims = v.claim AND m.{LIVE} RETURNING m.id, m.send_after, m.attempts",
             [list(c) for c in cols]).fetchall()]
 
     def watch(self, on_due: Callable[[], None]) -> _Listener:

@@ -9,7 +9,7 @@ then differ only in SQL text and connection setup (huey's `BaseSqlStorage`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +21,16 @@ from .base import (
     Attempt,
     Claimed,
     DaemonInfo,
+    EventType,
     Exported,
     Finished,
     MessageInfo,
+    NewEvent,
     Quarantined,
     RecipientOutcome,
     Status,
-    Store,
 )
+from .events import EXPORT_EVENT, EventLog, each, finished_event, tags_json, tags_of
 from .rollup import HOUR, Rollup, report
 from .schema import Db
 
@@ -36,10 +38,10 @@ if TYPE_CHECKING:
     from ..message import Record
 
 INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
-                "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails")
+                "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails, tags")
 MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
                    "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
-                   "last_error", "updated_at", "finished_at")
+                   "last_error", "updated_at", "finished_at", "tags")
 ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
 RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
@@ -59,6 +61,7 @@ FINISH = ("UPDATE messages SET status = ?, attempts = attempts + 1, fails = fail
 LIVE = "status IN ('sending', 'queued', 'deferred')"
 INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32,766 parameters)
 FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
+REQUEUED = "retry requested by operator"
 
 
 def header_subject(raw: bytes) -> str:
@@ -74,7 +77,7 @@ def _info(row: Sequence[Any]) -> MessageInfo:
         id=row[0], status=Status(row[1]), mail_from=row[2], rcpt_to=tuple(json.loads(row[3])),
         subject=row[4], priority=row[5], size=row[6], created_at=row[7], send_after=row[8],
         due_at=row[9], attempts=row[10], last_code=row[11], last_error=row[12],
-        updated_at=row[13], finished_at=row[14], idempotency_key=row[15], fails=row[16],
+        updated_at=row[13], finished_at=row[14], idempotency_key=row[15], fails=row[16], tags=tags_of(row[17]),
     )
 
 
@@ -88,7 +91,7 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-class SQLStore(Store):
+class SQLStore(EventLog):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
     LOCK_ROWS = ""  # appended to the fenced finish's read of its leases
@@ -142,16 +145,19 @@ class SQLStore(Store):
                     due = max(r.send_after, r.created_at)
                     subject = header_subject(r.raw) if r.subject is None else r.subject  # older records lack it
                     args += (r.id, r.mail_from, json.dumps(list(r.rcpt_to)), subject, r.priority,
-                             len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at)
+                             len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at, tags_json(r.tags))
                 rows = db.execute(
                     "INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"
-                    " idempotency_key, created_at, send_after, due_at, updated_at) VALUES "
-                    + ",".join(["(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                    " idempotency_key, created_at, send_after, due_at, updated_at, tags) VALUES "
+                    + ",".join(["(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                     + " ON CONFLICT (id) DO NOTHING RETURNING id", args).fetchall()
                 stored = {row[0] for row in rows}
                 if stored:
-                    db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)",
-                                   [(r.id, r.raw) for r in chunk if r.id in stored])
+                    mine = [r for r in chunk if r.id in stored]
+                    db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)", [(r.id, r.raw) for r in mine])
+                    self._tag_rows(db, [(r.id, r.tags) for r in mine if r.tags])
+                    self.record_events(db, [NewEvent(r.id, EventType.QUEUED, r.created_at,
+                                                     recipients=each(r.rcpt_to, EventType.QUEUED)) for r in mine])
                     new += len(stored)
                     due_now = due_now or any(r.send_after <= r.created_at for r in chunk if r.id in stored)
             if due_now:
@@ -185,12 +191,12 @@ class SQLStore(Store):
             todo = [f for f in todo if (f.id, f.token) not in recorded]
             # The fence is in the write: the new state applies only where the claim is
             # still the message's latest (whoever swept it since, nobody claimed it).
-            mine = dict(self._update_finished(db, [
+            mine = {i: (at, n) for i, at, n in self._update_finished(db, [
                 (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
                  f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
                  f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id, f.token)
-                for f in todo]))
-            held = {f.id: f.id in mine for f in todo}
+                for f in todo])}
+            held = {f.id: f.id in mine for f in todo}  # mine: id -> (send_after, attempts)
             if again:
                 latest = dict(db.execute(f"SELECT id, claims FROM messages WHERE id IN ({_marks(len(again))})",
                                          [f.id for f in again]).fetchall())
@@ -210,10 +216,11 @@ class SQLStore(Store):
             if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
                 db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
                                " WHERE message_id = ? AND status = 'deferred'", final)
+            self.record_events(db, [finished_event(f, mine[f.id][1]) for f in done])
             for f in todo:
                 r.attempt(f)
             for f in done:
-                r.add(f, mine[f.id])
+                r.add(f, mine[f.id][0])
             self._write_rollup(db, r)
         return [held[f.id] for f in outcomes]
 
@@ -223,14 +230,15 @@ class SQLStore(Store):
         names = ", ".join(c for c, _ in columns)
         db.executemany(f"INSERT INTO {table} ({names}) VALUES ({_marks(len(columns))}){conflict}", rows)
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float, int]]:
         """Each message's new state, (status, counted, code, reason, due_at, pending, at,
         finished_at, id, token), fenced by the token: only a message whose latest claim
-        is still `token`, and that has not finished, changes. Returns (id, send_after) of those."""
-        changed: list[tuple[str, float]] = []
+        is still `token`, and that has not finished, changes. Returns (id, send_after,
+        attempts) of those."""
+        changed: list[tuple[str, float, int]] = []
         for row in rows:
-            changed += db.execute(f"{FINISH} WHERE id = ? AND claims = ? AND {LIVE} RETURNING id, send_after",
-                                  row).fetchall()
+            changed += db.execute(f"{FINISH} WHERE id = ? AND claims = ? AND {LIVE}"
+                                  " RETURNING id, send_after, attempts", row).fetchall()
         return changed
 
     def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
@@ -320,18 +328,21 @@ class SQLStore(Store):
                           " WHERE message_id = ? ORDER BY address", (message_id,))
         return [RecipientOutcome(*r) for r in rows]
 
-    def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
-        if status is None:
-            rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages ORDER BY created_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages WHERE status = ?"
-                              " ORDER BY created_at DESC LIMIT ?", (Status(status).value, limit))
+    def list_messages(self, status: Status | None = None, limit: int = 50,
+                      tags: Mapping[str, str] | None = None) -> list[MessageInfo]:
+        where, args = self._tagged(tags) if tags else ("", [])
+        if status is not None:
+            where = " AND ".join(filter(None, ["status = ?", where]))
+            args = [Status(status).value, *args]
+        rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages {'WHERE ' + where if where else ''}"
+                          " ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [_info(r) for r in rows]
 
     # -- operator actions --------------------------------------------------------
 
     def _transition(self, message_id: str, allowed: Sequence[Status], verb: str, sql: Sequence[str],
-                    args: Sequence[Sequence[Any]]) -> None:
+                    args: Sequence[Sequence[Any]], event: EventType, now: float, reply: str) -> None:
+        """One operator's action on one message, in a transaction with its event."""
         with self.tx() as db:
             row = db.execute(f"SELECT status FROM messages WHERE id = ?{self.LOCK_ROWS}", (message_id,)).fetchone()
             if row is None:
@@ -343,6 +354,7 @@ class SQLStore(Store):
                 self._unfinish(db, "id = ?", (message_id,))
             for stmt, a in zip(sql, args, strict=True):
                 db.execute(stmt, (*a, message_id))
+            self.record_event(db, message_id, event, now, reply=reply)
             if verb == "retry":
                 self._due_now(db)
 
@@ -351,7 +363,8 @@ class SQLStore(Store):
             "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?,"
             " last_error = 'cancelled by operator' WHERE id = ?",
             "UPDATE recipients SET status = 'failed', reply = 'cancelled by operator', updated_at = ?"
-            " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)))
+            " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)),
+            EventType.CANCELLED, now, "cancelled by operator")
 
     def _unfinish(self, db: Db, where: str, args: Sequence[Any] = ()) -> None:
         """Messages about to leave their final state: out of the finished counts of their hour."""
@@ -365,7 +378,7 @@ class SQLStore(Store):
 
     def _requeue_sql(self, where: str) -> list[str]:
         # A fresh max-fails budget; recipients already delivered to are not sent to again.
-        return [f"UPDATE recipients SET status = 'deferred', reply = 'retry requested by operator', updated_at = ?"
+        return [f"UPDATE recipients SET status = 'deferred', reply = '{REQUEUED}', updated_at = ?"
                 f" WHERE status <> 'sent' AND message_id IN (SELECT id FROM messages WHERE {where})",
                 "UPDATE messages SET status = 'queued', fails = 0, due_at = ?, send_after = ?,"
                 f" pending_rcpt = (SELECT {self.JSON_AGG} FROM recipients"
@@ -375,17 +388,21 @@ class SQLStore(Store):
     def requeue(self, message_id: str | None, now: float) -> int:
         if message_id is not None:
             self._transition(message_id, (Status.FAILED, Status.EXPIRED), "retry",
-                             self._requeue_sql("id = ?"), ((now,), (now, now, now)))
+                             self._requeue_sql("id = ?"), ((now,), (now, now, now)), EventType.QUEUED, now, REQUEUED)
             return 1
         failed = "status IN ('failed', 'expired')"
         with self.tx() as db:
             self._unfinish(db, failed)
             recipients, messages = self._requeue_sql(failed)
             db.execute(recipients, (now,))
-            n = int(db.execute(messages, (now, now, now)).rowcount)
-            if n:
+            rows = db.execute(f"{messages} RETURNING id, attempts, coalesce(pending_rcpt, rcpt_to)",
+                              (now, now, now)).fetchall()
+            self.record_events(db, [NewEvent(i, EventType.QUEUED, now, n, each(json.loads(rcpt), EventType.QUEUED,
+                                                                                 reply=REQUEUED), reply=REQUEUED)
+                                    for i, n, rcpt in rows])
+            if rows:
                 self._due_now(db)
-            return n
+            return len(rows)
 
     def flush(self, ids: Sequence[str] | None, now: float) -> int:
         where, args = "status = 'deferred'", [now, now, *(ids or ())]
@@ -406,8 +423,8 @@ class SQLStore(Store):
                 f"SELECT id FROM messages WHERE finished_at < ? AND status IN ({finished})", (before,)).fetchall()]
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                for table, col in (("bodies", "id"), ("attempts", "message_id"),
-                                   ("recipients", "message_id"), ("messages", "id")):
+                for table, col in (("bodies", "id"), ("attempts", "message_id"), ("recipients", "message_id"),
+                                   ("tags", "message_id"), ("events", "message_id"), ("messages", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {col} IN ({_marks(len(chunk))})", chunk)
             db.execute("DELETE FROM quarantine WHERE at < ?", (before,))
         return len(ids)
@@ -470,6 +487,9 @@ class SQLStore(Store):
             for r in self._read(f"SELECT message_id, {', '.join(RECIPIENT_COLUMNS)} FROM recipients"
                                 f" WHERE message_id IN ({marks})", ids):
                 out[r[0]].recipients.append(dict(zip(RECIPIENT_COLUMNS, r[1:], strict=True)))
+            for r in self._read(f"SELECT message_id, {', '.join(EXPORT_EVENT)} FROM events"
+                                f" WHERE message_id IN ({marks}) ORDER BY txid, seq", ids):
+                out[r[0]].events.append(dict(zip(EXPORT_EVENT, r[1:], strict=True)))
             yield list(out.values())
             after = ids[-1]
 
@@ -496,6 +516,11 @@ class SQLStore(Store):
             db.executemany(f"INSERT INTO recipients (message_id, {', '.join(RECIPIENT_COLUMNS)}) VALUES"
                            f" ({_marks(len(RECIPIENT_COLUMNS) + 1)})",
                            [(m.row["id"], *(x[c] for c in RECIPIENT_COLUMNS)) for m in mine for x in m.recipients])
+            self._tag_rows(db, [(m.row["id"], tags_of(m.row.get("tags"))) for m in mine])
+            # Events keep their ids: a copy of the store is the same history, not a new one.
+            db.executemany(f"INSERT INTO events (message_id, {', '.join(EXPORT_EVENT)}) VALUES"
+                           f" ({_marks(len(EXPORT_EVENT) + 1)})",
+                           [(m.row["id"], *(e[c] for c in EXPORT_EVENT)) for m in mine for e in m.events])
             if any(m.row["status"] in WAITING for m in mine):
                 self._due_now(db)
         return [m.row["id"] for m in mine]

@@ -35,7 +35,8 @@ RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErr
 
 # How SQLite spells the words of the shared schema (stores/schema.py).
 WORDS = {"real": "REAL", "bigint": "INTEGER", "blob": "BLOB", "serial_key": "INTEGER PRIMARY KEY",
-         "random_id": "lower(hex(randomblob(16)))", "hour_of_finished": "CAST(finished_at / 3600 AS INTEGER)"}
+         "random_id": "lower(hex(randomblob(16)))", "hour_of_finished": "CAST(finished_at / 3600 AS INTEGER)",
+         "event_key": "INTEGER PRIMARY KEY AUTOINCREMENT", "txid": "0"}
 # SQLite's own part of each version: counters and roll-ups updated in place (one writer).
 OWN = {1: [
     """CREATE TABLE IF NOT EXISTS stats_hourly (
