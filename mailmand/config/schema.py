@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     Address = str  # local@domain
     Domain = str  # a mail domain, never localhost
     Aliases = dict[str, tuple[str, ...]]
+    Url = str  # http:// or https://
 else:
 
     class Duration(float):
@@ -67,6 +68,9 @@ else:
 
     class Aliases(dict):
         """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to its addresses."""
+
+    class Url(str):
+        """An `http://` or `https://` URL."""
 
 
 def data_dir() -> Path:
@@ -188,6 +192,36 @@ class MetricsConfig(Section, frozen=True):
     listen: Listen = "127.0.0.1:9464"
 
 
+EventTypeName = Literal["queued", "deferred", "sent", "failed", "expired", "cancelled", "suppressed", "held",
+                        "released"]
+
+
+class WebhookConfig(Section, frozen=True):
+    """One of `email.server.events.webhooks`: a URL the events are POSTed to, signed."""
+
+    secret_fields = frozenset({"secret"})
+
+    url: Url
+    secret: str | None = None  # `secret` or `secret-file`: the HMAC key of Mailmand-Signature
+    secret_file: Path | None = None  # read into `secret` by the loader
+    types: tuple[EventTypeName, ...] = ()  # empty: every type
+    timeout: Duration = 10.0  # connect, and each read or write of a POST
+    ca_file: File | None = None  # https: trust this CA bundle instead of the system's
+
+    def __repr__(self) -> str:
+        from .values import mask_url  # a password in the URL is as secret as `secret`
+
+        return super().__repr__().replace(repr(self.url), repr(mask_url(self.url)), 1)
+
+
+class EventsConfig(Section, frozen=True):
+    """`email.server.events`: the webhooks, and how long an event is retried."""
+
+    max_time: Duration = 86400.0  # an event not acknowledged this long after it happened is given up
+    backoff: BackoffConfig = field(default_factory=lambda: BackoffConfig(min=1.0, max=300.0))
+    webhooks: tuple[WebhookConfig, ...] = ()
+
+
 class NotifyConfig(Section, frozen=True):
     """`email.server.notify`: failure notices (RFC 3464), off by default."""
 
@@ -220,6 +254,7 @@ class ServerConfig(Section, frozen=True):
     submission: SubmissionConfig | None = None
     metrics: MetricsConfig | None = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 class EmailSection(Section, frozen=True):

@@ -416,8 +416,9 @@ class Store:
         """Hand back the lease (stopping): another daemon may take it at once."""
         raise NotImplementedError
 
-    def webhook_pending(self, url: str, types: Sequence[EventType] = ()) -> int:
-        """Events of `types` (all when empty) past the webhook's place: not yet acknowledged."""
+    def webhook_pending(self, url: str, types: Sequence[EventType] = (), limit: int | None = None) -> int:
+        """Events of `types` (all when empty) past the webhook's place: not yet
+        acknowledged (counted up to `limit`); 0 for a webhook it does not know."""
         raise NotImplementedError
 
     # -- quarantine --------------------------------------------------------------

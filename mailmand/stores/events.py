@@ -223,12 +223,15 @@ class EventLog(Store):
             db.execute("UPDATE webhooks SET lease_owner = NULL, lease_until = NULL WHERE url = ? AND lease_owner = ?",
                        (url, owner))
 
-    def webhook_pending(self, url: str, types: Sequence[EventType] = ()) -> int:
+    def webhook_pending(self, url: str, types: Sequence[EventType] = (), limit: int | None = None) -> int:
         rows = self._read("SELECT after_txid, after_seq FROM webhooks WHERE url = ?", (url,))
         if not rows:
             return 0
-        sql, args = "SELECT count(*) FROM events WHERE (txid, seq) > (?, ?)", [rows[0][0], rows[0][1]]
+        sql, args = "SELECT 1 FROM events WHERE (txid, seq) > (?, ?)", [rows[0][0], rows[0][1]]
         if types:
             sql += f" AND type IN ({_marks(len(types))})"
             args += [EventType(t).value for t in types]
-        return int(self._read(sql, args)[0][0])
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return int(self._read(f"SELECT count(*) FROM ({sql}) AS pending", args)[0][0])

@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..config import DatabaseConfig
 from ..errors import NoStore, StoreUnavailable
 from ..repeats import Repeats
-from .base import Claimed, Status
+from .base import Claimed, Position, Status
 from .dsn import check as check_dsn
 from .dsn import mask
 from .pgschema import OWN, RENUMBERED, WORDS
@@ -43,6 +43,7 @@ POOL_WAIT = 5.0  # seconds a caller waits for a pooled connection before StoreUn
 DAEMON_POOL = 6
 RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+LAST_SEQ = 2**63 - 1  # BIGINT's largest: a horizon takes every event of its transactions
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,8 +86,6 @@ class PostgresStore(SQLStore):
     LOCK_ROWS = " FOR UPDATE"
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
-    # Below the oldest transaction still running, every event is committed (events.py).
-    HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1, 9223372036854775807"
 
     def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
         check_dsn(cfg.dsn)
@@ -141,6 +140,26 @@ class PostgresStore(SQLStore):
                 return conn.execute(_pg(sql), args).fetchall()
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"{self.name} cannot be read: {cause(exc)}") from exc
+
+    def _horizon(self) -> Position:
+        """Below the oldest transaction still running in this database, every event is
+        committed (events.py). Not the cluster's oldest (`pg_snapshot_xmin`): another
+        database's long transaction would hold every reader of this one back. The
+        snapshot is taken first; the sessions are read after it (a transaction begun in
+        between has a larger id than the snapshot knows, so it cannot lower the horizon)."""
+        try:
+            with self._pool.connection() as conn:
+                snapshot = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+                ours = {int(x) for (x,) in conn.execute(
+                    "SELECT backend_xid::text FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND backend_xid IS NOT NULL").fetchall()}
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"{self.name} cannot be read: {cause(exc)}") from exc
+        assert snapshot is not None
+        _, xmax, xip = snapshot[0].split(":")
+        # pg_stat_activity gives a transaction id's low 32 bits; the snapshot, all 64.
+        running = [int(x) for x in xip.split(",") if x and int(x) % 2**32 in ours]
+        return (min(running) if running else int(xmax)) - 1, LAST_SEQ
 
     def _due_now(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))

@@ -1,0 +1,246 @@
+"""Signed webhooks against a real HTTP(S) receiver on loopback (tests/webhookrecv.py):
+the sender driven one round at a time on a real store, then real daemons."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from mailmand.config import BackoffConfig, EventsConfig, WebhookConfig
+from mailmand.message import Record
+from mailmand.stores import open_store
+from mailmand.stores.base import EventType, Status
+from mailmand.webhooks import BATCH, HEADER, Sender, Webhooks, shown, sign, verify
+
+pytest_plugins = ("tests.webhookrecv",)
+
+SECRET = "whsec_9f8e7d6c5b4a"
+
+
+def rec(i: int, created: float | None = None, tags: dict[str, str] | None = None) -> Record:
+    raw = f"Subject: s{i}\r\n\r\nbody {i}\r\n".encode()
+    return Record(f"m{i:04d}", "a@x.org", ("b@x.org",), raw, 0, 0.0, None,
+                  time.time() if created is None else created, tags=tags)
+
+
+_made: list[Sender] = []
+
+
+@pytest.fixture
+def store(database_config):
+    s = open_store(database_config, create=True)
+    yield s
+    while _made:  # the senders first: each hands its lease back
+        _made.pop().stop()
+    s.close()
+
+
+def hook(url: str, **kw) -> WebhookConfig:
+    return WebhookConfig(url=url, secret=SECRET, **{"timeout": 2.0, **kw})
+
+
+def sender(store, h: WebhookConfig, owner: str = "d1", **events) -> Sender:
+    """A sender driven by the test, one `step` at a time (its thread is never started)."""
+    s = Sender(store, h, EventsConfig(webhooks=(h,), **events), owner)
+    _made.append(s)
+    s.step(time.time())  # the first round registers it: it is sent what happens from now on
+    return s
+
+
+def drain(s: Sender, rounds: int = 20) -> None:
+    """Rounds until nothing is pending (or `rounds` went by)."""
+    for _ in range(rounds):
+        s.step(time.time())
+        if not s.store.webhook_pending(s.key, s.types):
+            return
+
+
+# -- the signature ------------------------------------------------------------------------
+
+
+def test_the_signature_is_stripes_shape_and_verifies():
+    body = b'[{"id":"e1"}]'
+    header = sign(SECRET, body, 1_700_000_000)
+    t, v1 = header.split(",")
+    assert t == "t=1700000000" and len(v1) == len("v1=") + 64
+    import hashlib
+    import hmac
+
+    assert v1 == "v1=" + hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert verify(SECRET, header, body, now=1_700_000_100)
+    assert not verify(SECRET, header, body + b" ", now=1_700_000_100)  # the body, byte for byte
+    assert not verify("whsec_other", header, body, now=1_700_000_100)
+    assert not verify(SECRET, header, body, now=1_700_000_301)  # too old: a replay
+    assert not verify(SECRET, "t=1700000000", body, now=1_700_000_000)
+    rotated = f"{header},v1={'0' * 64}"  # several v1 (a secret being rotated): any one will do
+    assert verify(SECRET, rotated, body, now=1_700_000_000)
+
+
+def test_a_password_in_the_url_is_masked_wherever_it_is_shown():
+    assert shown("https://u:p4ss@app.example/h?x=1") == "https://u:***@app.example/h?x=1"
+    assert shown("https://app.example/h") == "https://app.example/h"
+
+
+# -- one sender, one round at a time, on every store engine -------------------------------------
+
+
+def test_a_batch_is_posted_signed_and_acknowledged(store, receiver):
+    r = receiver()
+    store.insert([rec(0)])  # before the webhook existed: not sent
+    s = sender(store, hook(r.url))
+    store.insert([rec(i, tags={"order": str(i)}) for i in range(1, BATCH + 20)])
+    assert store.webhook_pending(s.key) == BATCH + 19
+    assert s.step(time.time()) == 0  # a full batch: the next one at once
+    s.step(time.time())
+    [first, second] = r.acked()
+    assert (len(first.events), len(second.events)) == (BATCH, 19)
+    assert first.path == "/hooks/mail?k=1" and first.headers["content-type"] == "application/json"
+    assert verify(SECRET, first.headers[HEADER.lower()], first.body)
+    e = first.events[0]
+    assert set(e) == {"id", "type", "message", "tags", "recipients", "relay", "code", "reply", "attempt", "at"}
+    assert (e["type"], e["message"], e["tags"], e["attempt"]) == ("queued", "m0001", {"order": "1"}, 0)
+    assert e["recipients"] == [{"address": "b@x.org", "status": "queued", "code": None, "reply": ""}]
+    assert "m0000" not in {x["message"] for x in r.events()}
+    assert store.webhook_pending(s.key) == 0 and s.counts.failures == 0
+
+
+def test_an_endpoint_that_fails_gets_the_same_events_again_with_backoff(store, receiver):
+    r = receiver()
+    r.status = 500
+    s = sender(store, hook(r.url), backoff=BackoffConfig(min=60.0, max=600.0))
+    store.insert([rec(i) for i in range(3)])
+    now = time.time()
+    s.step(now)
+    assert s.step(now + 1) > 0 and len(r.posts) == 1  # backing off: no second POST before its time
+    claim = store.webhook_claim(s.key, "d1", now + 1, 60)
+    assert claim is not None and claim.fails == 1 and now + 45 <= claim.retry_at <= now + 75  # 60 s ± 25%
+    s.step(claim.retry_at)
+    r.status = 204
+    later = store.webhook_claim(s.key, "d1", now + 1, 60)
+    assert later is not None and later.fails == 2
+    s.step(later.retry_at)
+    assert [p.status for p in r.posts] == [500, 500, 204]
+    assert r.posts[0].ids == r.posts[1].ids == r.posts[2].ids  # the same events, the same ids
+    assert r.posts[0].headers[HEADER.lower()] != r.posts[2].headers[HEADER.lower()]  # signed anew each time
+    assert all(verify(SECRET, p.headers[HEADER.lower()], p.body, now=later.retry_at) for p in r.posts)
+    assert s.counts.failures == 2 and store.webhook_pending(s.key) == 0
+
+
+def test_only_the_types_asked_for_are_sent(store, receiver):
+    r = receiver()
+    s = sender(store, hook(r.url, types=("cancelled",)))
+    store.insert([rec(i) for i in range(3)])
+    drain(s)
+    assert r.posts == [] and store.webhook_pending(s.key, s.types) == 0
+    store.cancel("m0001", time.time())
+    drain(s)
+    assert [(e["type"], e["message"]) for e in r.events()] == [("cancelled", "m0001")]
+
+
+def test_events_older_than_max_time_are_given_up(store, receiver, caplog):
+    r = receiver()
+    r.status = 503
+    s = sender(store, hook(r.url), max_time=3600.0)
+    store.insert([rec(1, created=time.time() - 7200), rec(2)])
+    with caplog.at_level(logging.WARNING, "mailmand.webhooks"):
+        s.step(time.time())
+    assert [x["message"] for x in r.posts[0].events] == ["m0002"]  # the old one is not sent
+    assert "gave up on 1 event(s) older than events.max-time (3600s)" in caplog.text
+
+
+def test_a_hanging_endpoint_costs_one_timeout_per_try(store, receiver):
+    r = receiver()
+    r.hang.set()
+    s = sender(store, hook(r.url, timeout=0.5))
+    store.insert([rec(1)])
+    t = threading.Thread(target=s.step, args=(time.time(),))
+    t.start()
+    t.join(30)  # the endpoint never answers: the sender gives up after its timeout
+    assert not t.is_alive()
+    assert s.counts.failures == 1 and store.webhook_pending(s.key) == 1
+
+
+def test_tls_is_verified_unless_the_ca_is_given(store, receiver, tls_ca, tmp_path, caplog):
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.cert.configure_cert(context)
+    r = receiver(tls=context)
+    s = sender(store, hook(r.url))
+    store.insert([rec(1)])
+    with caplog.at_level(logging.WARNING, "mailmand.webhooks"):
+        s.step(time.time())
+    assert r.acked() == [] and s.counts.failures == 1
+    assert "failed, retrying with backoff: TLS: unable to get local issuer certificate" in caplog.text
+    ca = tmp_path / "ca.pem"
+    tls_ca.ca.cert_pem.write_to_path(str(ca))
+    trusted = sender(store, hook(r.url.replace("/hooks", "/hooks2"), ca_file=ca), owner="d2")
+    store.insert([rec(2)])
+    drain(trusted)
+    assert [e["message"] for e in r.events()] == ["m0002"]
+
+
+def test_the_secret_is_never_logged(store, receiver, caplog):
+    r = receiver()
+    r.status = 500
+    s = sender(store, hook(r.url.replace("127.0.0.1", f"user:{SECRET}@127.0.0.1")))
+    store.insert([rec(1)])
+    with caplog.at_level(logging.DEBUG):
+        s.step(time.time())
+    assert r.posts and "answered 500" in caplog.text
+    assert SECRET not in caplog.text and SECRET not in repr(s.hook) and SECRET not in s.key
+    assert r.posts[0].headers["authorization"].startswith("Basic ")  # credentials in the URL: HTTP Basic
+
+
+def test_two_daemons_share_a_webhook_one_at_a_time(store, receiver, database_config):
+    if database_config.engine != "postgres":
+        pytest.skip("one daemon per SQLite store")
+    r = receiver()
+    other = open_store(database_config, create=True)
+    try:
+        a, b = sender(store, hook(r.url), "d1"), sender(other, hook(r.url), "d2")
+        for i in range(5):
+            store.insert([rec(10 * i + j) for j in range(10)])
+            a.step(time.time())
+            b.step(time.time())  # d1 holds the lease: d2 sends nothing
+        ids = [i for p in r.acked() for i in p.ids]
+        assert len(ids) == len(set(ids)) == 50
+        a.stop()  # hands the lease back: d2 takes it at once
+        b._renew_at = 0.0
+        store.insert([rec(99)])
+        drain(b)
+        assert r.events()[-1]["message"] == "m0099" and len(r.events()) == 51
+    finally:
+        other.close()
+
+
+def test_a_reload_starts_and_stops_senders(store, receiver):
+    r1, r2 = receiver(), receiver()
+    hooks = Webhooks(store, EventsConfig(webhooks=(hook(r1.url),)), "d1").start()
+    try:
+        assert [s.key for s in hooks.senders.values()] == [r1.url]
+
+        class Cfg:
+            class server:  # noqa: N801 (the shape of Config)
+                events = EventsConfig(webhooks=(hook(r2.url),))
+
+        hooks.configure(Cfg)
+        assert [s.key for s in hooks.senders.values()] == [r2.url]
+        store.insert([rec(1)])
+        deadline = time.monotonic() + 20
+        while not r2.events() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [e["message"] for e in r2.events()] == ["m0001"] and r1.posts == []
+    finally:
+        hooks.stop()
+
+
+def test_the_status_a_store_reports_matches_the_last_event(store):
+    store.insert([rec(1)])
+    store.cancel("m0001", time.time())
+    last = store.events(message_id="m0001")[0][-1]
+    assert last.type.value == store.get("m0001").status.value == Status.CANCELLED.value
+    assert EventType(last.type) is EventType.CANCELLED
