@@ -41,13 +41,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retry": ("queue", "cmd_retry"),
     "flush": ("queue", "cmd_flush"),
     "purge": ("queue", "cmd_purge"),
+    "events": ("events", "cmd_events"),
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
     "migrate": ("daemon", "cmd_migrate"),
 }
 DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
 # Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
-STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "flush", "purge"})
+STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "flush", "purge", "events"})
 
 
 def _version() -> str:
@@ -128,6 +129,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = add("list", "list messages, newest first", True)
     sp.add_argument("--status", choices=[s for s in _STATUSES])
     sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _tag_flag(sp, "messages")
     sp = add("show", "a message's envelope, status, attempts and recipients", True)
     sp.add_argument("id")
     sp.add_argument("--raw", action="store_true", help="print the stored message (RFC 5322), like postcat -q")
@@ -140,6 +142,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "ids", nargs="*", metavar="ID", help="only these (default: every deferred message)")
     add("purge", "delete finished mail (sent, failed, expired, cancelled)").add_argument(
         "--older-than", metavar="DURATION", help="default: the configured retention")
+    sp = add("events", "what happened to messages, oldest first: every change of state, as webhooks are sent it",
+             True)
+    sp.add_argument("id", nargs="?", metavar="ID", help="only this message's events")
+    sp.add_argument("-f", "--follow", action="store_true", help="then print new events as they come, until Ctrl-C")
+    sp.add_argument("--since", metavar="WHEN", help="a duration ago (24h) or an ISO 8601 time")
+    sp.add_argument("--type", action="append", default=[], metavar="TYPE",
+                    help="only these types (queued, deferred, sent, failed, expired, cancelled, suppressed, held, "
+                         "released); may repeat, or a comma-separated list")
+    _tag_flag(sp, "events of messages")
+    sp.add_argument("--limit", type=int, default=100, help="the last this many (default 100)")
     add("stats", "messages and attempts by outcome, latency percentiles, failure reasons, depth", True
         ).add_argument("--since", default="24h", metavar="DURATION")
     sp = add("send", "queue one message from flags (body from --text, --text-file or stdin), "
@@ -158,6 +170,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--at", metavar="ISO8601")
     sp.add_argument("--in", dest="delay", metavar="DURATION")
     sp.add_argument("--priority", type=int, default=0)
+    sp.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="a tag of the app's own (at most 10): find it with --tag, events carry it")
     add("check-config", "validate the configuration as `run` would: exit 0, or 78").add_argument(
         "--connect", action="store_true",
         help="also open the store, and connect to the relay (TLS, AUTH): exit 0 if a message could be sent, else 1")
@@ -180,7 +194,13 @@ def _selectors(sp: argparse.ArgumentParser, statuses: str) -> None:
     sp.add_argument("--from", dest="sender", action="append", default=[], metavar="ADDR",
                     help="messages from this envelope sender")
     sp.add_argument("--older-than", metavar="DURATION", help="created more than this long ago")
+    _tag_flag(sp, "messages")
     sp.add_argument("--all", action="store_true", help=f"every {statuses.replace(', ', ' or ')} message")
+
+
+def _tag_flag(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"only {what} tagged so; may repeat (every pair must match)")
 
 
 def _command_index(argv: list[str]) -> int | None:

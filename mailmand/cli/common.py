@@ -40,4 +40,38 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["daemons", "duration", "load_for_store", "local_pid", "now", "store"]
+def tags(pairs: list[str]) -> dict[str, str] | None:
+    """`--tag k=v` (repeatable: every pair must match) as a mapping; None when none given."""
+    if not pairs:
+        return None
+    from ..errors import InvalidMessage
+    from ..record import check_tags
+
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise UsageError(f"--tag: expected KEY=VALUE, got {pair!r}")
+        found[key] = value
+    try:
+        return check_tags(found, "--tag")
+    except InvalidMessage as exc:
+        raise UsageError(str(exc)) from None
+
+
+def since(value: str) -> float:
+    """`--since`: a duration ago (`24h`), or an ISO 8601 time (local time when it has no zone)."""
+    try:
+        return now() - parse_duration(value)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise UsageError(f"--since: expected a duration such as 24h or a time such as 2026-05-01T09:00, "
+                         f"got {value!r}") from None
+
+
+__all__ = ["daemons", "duration", "load_for_store", "local_pid", "now", "since", "store", "tags"]

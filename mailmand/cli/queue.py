@@ -16,7 +16,7 @@ from ..errors import InvalidState, NoStore, NotFound, UsageError
 from ..queues import engine, open_queue
 from ..stores.base import MessageInfo, Status, Store
 from . import format as fmt
-from .common import duration, now, store
+from .common import duration, now, store, tags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,19 +29,28 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit: expected a number above 0, got {args.limit}")
     status = Status(args.status) if args.status else None
+    tagged = tags(args.tag)
     with store(cfg) as s:
-        rows = s.list_messages(status, args.limit)
-        counts = s.counts()
-    total = counts[status] if status else sum(counts.values())
+        if tagged:  # no count per tag: one row more than shown says whether there are more
+            rows = s.list_messages(status, args.limit + 1, tags=tagged)
+            more = "more" if len(rows) > args.limit else ""
+            rows = rows[:args.limit]
+        else:
+            rows = s.list_messages(status, args.limit)
+            counts = s.counts()
+            total = counts[status] if status else sum(counts.values())
+            more = f"{total - len(rows)} more" if total > len(rows) else ""
     if args.json:
         fmt.print_json([m.to_json() for m in rows])
         return 0
-    fmt.table(("ID", "STATUS", "SEND TIME", "TRIES", "RECIPIENTS", "SUBJECT"),
+    tagging = any(m.tags for m in rows)  # a TAGS column only when some message has tags
+    fmt.table(("ID", "STATUS", "SEND TIME", "TRIES", "RECIPIENTS", "SUBJECT", *(("TAGS",) if tagging else ())),
               [(m.id, m.status.value, fmt.when(m.send_after), str(m.attempts),
-                fmt.clip(fmt.recipients(m.rcpt_to), 40), fmt.clip(m.subject, 50)) for m in rows],
+                fmt.clip(fmt.recipients(m.rcpt_to), 40), fmt.clip(m.subject, 50),
+                *((fmt.clip(_tags(m), 40),) if tagging else ())) for m in rows],
               right=frozenset({3}))
-    if total > len(rows):
-        print(f"… {total - len(rows)} more (use --limit)")
+    if more:
+        print(f"… {more} (use --limit)")
     return 0
 
 
@@ -93,6 +102,8 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     print(f"id:        {info.id}\nstatus:    {info.status.value}\nfrom:      {info.mail_from or '<>'}")
     print(f"to:        {', '.join(info.rcpt_to)}\nsubject:   {info.subject}\npriority:  {info.priority}")
     print(f"size:      {info.size} bytes")
+    if info.tags:
+        print(f"tags:      {_tags(info)}")
     print(f"created:   {fmt.when(info.created_at)}\nsend at:   {fmt.when(info.send_after)}")
     if info.status in (Status.QUEUED, Status.DEFERRED):
         print(f"next try:  {fmt.when(info.due_at)}")
@@ -107,12 +118,16 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tags(m: MessageInfo) -> str:
+    return ", ".join(f"{k}={v}" for k, v in m.tags.items())
+
+
 # -- ids or selectors ------------------------------------------------------------------
 
 
 def _selected(s: Store, args: argparse.Namespace, allowed: Sequence[Status]) -> list[str] | None:
     """The ids the selectors pick among `allowed` statuses, or None when no selector was given."""
-    if not (args.status or args.to or args.sender or args.older_than or args.all):
+    if not _any_selector(args):
         return None
     if args.status:
         wanted = [Status(x) for x in args.status]
@@ -124,13 +139,14 @@ def _selected(s: Store, args: argparse.Namespace, allowed: Sequence[Status]) -> 
     before = now() - duration("--older-than", args.older_than) if args.older_than else None
     to = {a.lower() for a in args.to}
     sender = {a.lower() for a in args.sender}
+    tagged = tags(args.tag)
 
     def match(m: MessageInfo) -> bool:
         return ((not to or any(r.lower() in to for r in m.rcpt_to))
                 and (not sender or m.mail_from.lower() in sender)
                 and (before is None or m.created_at < before))
 
-    return [m.id for st in wanted for m in s.list_messages(st, EVERY) if match(m)]
+    return [m.id for st in wanted for m in s.list_messages(st, EVERY, tags=tagged) if match(m)]
 
 
 def _each(cfg: Config, args: argparse.Namespace, allowed: Sequence[Status], verb: str,
@@ -141,7 +157,7 @@ def _each(cfg: Config, args: argparse.Namespace, allowed: Sequence[Status], verb
         ids = args.ids or _selected(s, args, allowed)
         if ids is None:
             raise UsageError(f"{args.command} needs message ids or a selector "
-                             "(--status, --to, --from, --older-than, --all)")
+                             "(--status, --to, --from, --older-than, --tag, --all)")
         done, refused = 0, 0
         for message_id in ids:
             try:
@@ -155,7 +171,7 @@ def _each(cfg: Config, args: argparse.Namespace, allowed: Sequence[Status], verb
 
 
 def _any_selector(args: argparse.Namespace) -> bool:
-    return bool(args.status or args.to or args.sender or args.older_than or args.all)
+    return bool(args.status or args.to or args.sender or args.older_than or args.tag or args.all)
 
 
 def cmd_cancel(cfg: Config, args: argparse.Namespace) -> int:
