@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,submission]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission]"""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import dispatch, enqueue, ingest, latency, scale, submission, wan
+from . import chunking, dispatch, enqueue, ingest, latency, scale, submission, wan
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
-             "latency": latency.run, "scale": scale.run, "wan": wan.run, "submission": submission.run}
+             "latency": latency.run, "scale": scale.run, "wan": wan.run, "chunking": chunking.run,
+             "submission": submission.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -97,6 +98,8 @@ def report(results: dict[str, Any]) -> str:
                              f"| {r['dispatch']['median']:.0f} "
                              f"| {r['postfix']['median']:.0f} | {r['smtplib']['median']:.0f} "
                              f"| **{r['mailmand_vs_postfix']:.2f}** | **{r['mailmand_vs_smtplib']:.2f}** |")
+    if "chunking" in results:
+        parts += ["\n" + chunking.report(results["chunking"])]
     return "\n".join(parts)
 
 

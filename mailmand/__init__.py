@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .errors import InvalidMessage, MailmandError
+from .version import __version__
 
 TYPE_CHECKING = False  # typing itself is not imported: `import mailmand` stays cheap
 if TYPE_CHECKING:
@@ -10,10 +11,9 @@ if TYPE_CHECKING:
 
     from .client import Client
     from .message import Email
+    from .raw import RawMessage
 
-__version__ = "0.1.0"
-
-__all__ = ["Client", "Email", "InvalidMessage", "MailmandError", "__version__"]
+__all__ = ["Client", "Email", "InvalidMessage", "MailmandError", "RawMessage", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from .message import Email
 
         return Email
+    if name == "RawMessage":
+        from .raw import RawMessage
+
+        return RawMessage
     raise AttributeError(f"module 'mailmand' has no attribute {name!r}")

@@ -1,8 +1,10 @@
-"""The producer side: put composed messages on the configured queue.
+"""The producer side: put messages on the configured queue.
 
 There is no synchronous send: mail goes out only through the daemon. A
 Client keeps one queue handle per process (opening the spool per put is 20x
-slower) and reopens it after a fork.
+slower) and reopens it after a fork. It takes anything that makes a record
+(`to_record`: an Email, a RawMessage) and imports no message class, so that
+message.py and raw.py can import it for `Email.enqueue()`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import time
 
 from .config.cache import load_producer
 from .errors import InvalidMessage
-from .message import Email, Record
 from .queues import open_queue
+from .record import validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .queues import Queue
+    from .record import Enqueueable, Record
 
 
 def _delay_seconds(delay: str | float | int | timedelta) -> float:
@@ -50,6 +53,15 @@ class Client:
         self._pid = 0
         self._lock = threading.Lock()
 
+    def local_domain(self) -> str:
+        """The domain a bare local name (`root`) gets on every way in: email.sendmail.domain,
+        else the host's mail domain (which resolves the host name: asked only for a bare name)."""
+        if self.config.sendmail.domain:
+            return self.config.sendmail.domain
+        from .hostname import mail_domain
+
+        return mail_domain()
+
     def _q(self) -> Queue:
         with self._lock:
             if self._queue is None or self._pid != os.getpid():
@@ -58,23 +70,31 @@ class Client:
             return self._queue
 
     def put(self, record: Record) -> str:
-        """Queue an already-built record; durable on return."""
+        """Queue an already-built record, validated as every way in validates one
+        (record.validate); durable on return."""
+        validate(record, max_recipients=self.config.server.max_recipients,
+                 max_size=self.config.server.max_message_size)
+        return self._put(record)
+
+    def _put(self, record: Record) -> str:
         self._q().put(record.to_json())
         return record.id
 
-    def enqueue(self, email: Email, *, send_after: float = 0.0) -> str:
-        """Queue `email` to go out now (or at `send_after`, epoch seconds).
-        Returns its id once the record is durable on disk."""
-        if not isinstance(email, Email):
-            raise InvalidMessage("email", type(email).__name__, "expected a mailmand.Email")
-        return self.put(email.to_record(self.config.server.max_message_size, send_after,
-                                       self.config.server.max_recipients))
+    def enqueue(self, email: Enqueueable, *, send_after: float = 0.0) -> str:
+        """Queue `email` (an Email, or a RawMessage from Email.from_bytes) to go out now
+        (or at `send_after`, epoch seconds). Returns its id once the record is durable."""
+        to_record = getattr(email, "to_record", None)
+        if to_record is None:
+            raise InvalidMessage("email", type(email).__name__, "expected a mailmand.Email or Email.from_bytes(...)")
+        # to_record validates the record it makes (record.validate)
+        return self._put(to_record(self.config.server.max_message_size, send_after,
+                                   self.config.server.max_recipients))
 
-    def send_later(self, email: Email, delay: str | float | timedelta) -> str:
+    def send_later(self, email: Enqueueable, delay: str | float | timedelta) -> str:
         """Queue `email` to go out after `delay` ('90s', '5m', '1h30m', a timedelta)."""
         return self.enqueue(email, send_after=time.time() + max(0.0, _delay_seconds(delay)))
 
-    def send_at(self, email: Email, when: datetime) -> str:
+    def send_at(self, email: Enqueueable, when: datetime) -> str:
         """Queue `email` to go out at `when` (naive = local time; past = now)."""
         from datetime import datetime
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import __version__, stores, systemd
 from . import config as configmod
+from . import stores, systemd
 from .config import Config
 from .dispatcher import Dispatcher, RunResult, owner_id
 from .errors import ConfigError, StoreUnavailable
@@ -24,6 +24,7 @@ from .queues import DIR_MODE, Queue, lock_path, open_queue
 from .repeats import Repeats
 from .scheduler import DispatchScheduler
 from .stores import DaemonInfo, Store, open_store
+from .version import __version__
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STORE_DIR_MODE = 0o700  # the lock may be the first thing in a new store directory: the store's own mode
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
 STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
 
@@ -89,6 +91,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None
         self._ingester: Ingester | None = None
         self._watch: stores.base.Watch | None = None
+        self._ingest_loop: IngestLoop | None = None
         self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
@@ -125,7 +128,8 @@ class Daemon:
         lock_path = self.engine.lock(db)
         if lock_path is not None and self.store_lock is None:
             # One daemon per SQLite store: the take-over below relies on it.
-            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}", dir_mode=0o750)
+            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}",
+                                           dir_mode=STORE_DIR_MODE)
             self.store_lock.acquire()
         try:
             store = open_store(db, create=True)
@@ -251,7 +255,7 @@ class Daemon:
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
-        loop = IngestLoop(self.ingester)
+        loop = self._ingest_loop = IngestLoop(self.ingester)
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)
@@ -303,7 +307,7 @@ class Daemon:
                 from .metrics import MetricsServer
 
                 metrics = MetricsServer(server.metrics.listen, self.store, self.queue,
-                                        lambda: self.dispatcher.cfg.interval)
+                                        lambda: self.dispatcher.cfg.interval, self.problems)
                 metrics.registry.register(webhooks.collector())
                 self.services.append(metrics.start())
             if server.submission is not None:
@@ -318,6 +322,12 @@ class Daemon:
     def _stop_services(self) -> None:
         while self.services:  # the listener first: no new mail while the rest stops
             self.services.pop().stop()
+
+    def problems(self) -> list[str]:
+        """The daemon's failing parts besides the store and the dispatcher, for /healthz
+        (from memory: the ingest loop's last failure, while it lasts)."""
+        failing = self._ingest_loop.failing if self._ingest_loop is not None else None
+        return [f"ingest: {failing.last}"] if failing is not None and failing.last else []
 
     def _heartbeat(self, now: float) -> None:
         self.store.heartbeat(self.id, now)

@@ -4,9 +4,13 @@ Django composes the message exactly as its SMTP backend would
 (`EmailMessage.message()`: from, to, cc, reply-to, subject, body, HTML
 alternatives, attachments including MIMEBase parts, extra headers), and the
 envelope is `from_email` and `recipients()` (to + cc + bcc; Bcc is never a
-header). mailmand takes it from there with `Email.from_bytes`, the same
-validation as every other way in, and enqueues it: `send_messages` returns
-once each message is durable in the queue, never waiting on SMTP.
+header). mailmand takes Django's bytes as they are (`RawMessage.parse`: the
+same checks as every other way in; a bare name such as `tester` gets
+`email.sendmail.domain`, as the sendmail shim gives it) and enqueues them:
+`send_messages` returns once each message is durable in the queue, never
+waiting on SMTP. Lazy strings (`gettext_lazy`) are taken wherever strings
+are. The messages of one `send_messages` call may go out in another order:
+the daemon sends over parallel connections.
 
 Extras, named as django-anymail names them, read from the message when set:
 `send_at` (a datetime, or epoch seconds), `priority` (an int, higher first)
@@ -15,7 +19,7 @@ a second enqueue of it is a no-op). After a send, `message.mailmand_id`
 holds the id that `mailmand show` knows.
 
 Settings: `MAILMAND_CONFIG` (a path) chooses the configuration; without it,
-the usual discovery ($MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/).
+the usual discovery ($MAILMAND_CONFIG, /etc/mailmand/; never the working directory).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from django.core.mail.message import EmailMessage
 
 from .client import Client
 from .errors import InvalidMessage, MailmandError
-from .message import Email
+from .headers import as_text
+from .raw import RawMessage
 
 # Django builds a backend per send_mail() call; a queue handle opened per
 # call is ~20x slower than one kept open, so clients are shared per process.
@@ -97,18 +102,20 @@ class EmailBackend(BaseEmailBackend):
         recipients = message.recipients()
         if not recipients:  # as Django's SMTP backend: nothing to send, not an error
             return False
-        email = to_email(message)
+        email = to_email(message, client)
         message.mailmand_id = client.enqueue(email, send_after=_send_at(message))  # type: ignore[attr-defined]
         return True
 
 
-def to_email(message: EmailMessage) -> Email:
-    """The mailmand Email for a Django message: Django's own composition, our envelope and extras."""
+def to_email(message: EmailMessage, client: Client | None = None) -> RawMessage:
+    """The message to queue for a Django message: Django's own bytes, our envelope and extras.
+    A bare name gets `client`'s email.sendmail.domain (refused without a client)."""
     raw = message.message().as_bytes(linesep="\r\n")
-    return Email.from_bytes(
+    return RawMessage.parse(
         raw,
-        sender=message.from_email,
-        recipients=message.recipients(),
+        sender=as_text(message.from_email),
+        recipients=[as_text(r) or r for r in message.recipients()],
+        local_domain=client.local_domain if client is not None else None,
         priority=_extra(message, "priority", int, 0),
         idempotency_key=_extra(message, "idempotency_key", str, None),
     )

@@ -12,14 +12,17 @@ import os
 
 class MailmandError(Exception):
     """Root of every error mailmand raises on purpose. `exit_code` follows
-    the CLI's convention (1 error, 2 usage, 78 configuration); the sendmail
-    entry point maps errors to sendmail's sysexits itself."""
+    the CLI's convention (1 error, 2 usage, 65 a message refused, 78
+    configuration); the sendmail entry point maps errors to sendmail's
+    sysexits itself."""
 
     exit_code: int = 1
 
 
 class InvalidMessage(MailmandError, ValueError):
     """A message that cannot be queued: names the field and the value."""
+
+    exit_code = os.EX_DATAERR  # 65, as sendmail answers a message it refuses
 
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
@@ -33,7 +36,8 @@ class InvalidAddress(InvalidMessage):
 
 
 class HeaderInjection(InvalidMessage):
-    """CR or LF inside a header value."""
+    """A line break or NUL inside a header value (written, or decoded from an
+    RFC 2047 encoded word): it could start a header of its own."""
 
 
 class MessageTooLarge(InvalidMessage):

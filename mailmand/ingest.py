@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import InvalidMessage, MailmandError, RecordRejected, StoreUnavailable
-from .message import MAX_RECIPIENTS, Record
 from .queues import Item, Queue
+from .record import MAX_RECIPIENTS, Record
 from .repeats import Repeats
 from .stores import Store
 

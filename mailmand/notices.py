@@ -22,7 +22,7 @@ from email.utils import formatdate
 
 from .config import NotifyConfig
 from .errors import StoreError
-from .message import Record, new_id
+from .record import Record, new_id
 from .stores.base import Finished, MessageInfo, RecipientOutcome, Status, Store
 
 log = logging.getLogger(__name__)

@@ -56,8 +56,9 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     reason = _reason(result, refused)
 
     if result.kind is Kind.SENT and not temporary:
-        # Delivered to every recipient the relay accepted; permanent refusals are recorded per recipient.
-        return Outcome(Status.SENT, reason=reason, code=result.code), recipients
+        # Delivered to every recipient the relay accepted; permanent refusals are recorded per
+        # recipient. Not a failed attempt: `fails` counts those only.
+        return Outcome(Status.SENT, reason=reason, code=result.code, counted=False), recipients
     if result.kind is Kind.PERMANENT and not temporary:
         return Outcome(Status.FAILED, reason=reason, code=result.code), recipients
 

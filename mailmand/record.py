@@ -1,8 +1,10 @@
-"""The record that travels on the queue: JSON, never pickle; `raw` is the final message.
+"""The record that travels on the queue (JSON, never pickle; `raw` is the final
+message) and the one validation every way in and ingest share.
 
-Apart from message.py (which composes and parses with the `email` package) so
-that a producer that already has the final bytes (quick.py) and the daemon's
-ingest can make and check records without importing it.
+At the bottom of the producer side with headers.py: it imports no message
+class, so anything that makes a record (an Email, a raw message, an HTTP
+request) and the daemon's ingest check it here, without the `email` package
+for a plain message.
 """
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ import os
 import re
 import time
 
-from .errors import InvalidMessage
+from .errors import InvalidAddress, InvalidMessage, MessageTooLarge
 from .frozen import Frozen
+from .headers import check_head, envelope_problem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
+
+    class Enqueueable(Protocol):
+        """What Client.enqueue takes: anything that makes a validated record (an Email,
+        a RawMessage from Email.from_bytes). (A protocol for the type checker only:
+        `typing` costs a producer's start-up.)"""
+
+        def to_record(self, max_size: int, send_after: float = ..., max_recipients: int = ...) -> Record: ...
 
 RECORD_VERSION = 1
 # Tags: the app's own keys on a message (`--tag order=42` finds it; its events carry them).
@@ -96,8 +106,8 @@ class Record(Frozen):
 
     @classmethod
     def from_json(cls, data: object, *, max_recipients: int = MAX_RECIPIENTS, now: float | None = None) -> Record:
-        """Validate a decoded queue item as the client validates what it queues;
-        InvalidMessage names what is wrong."""
+        """A decoded queue item as a record, validated as every producer validates what it
+        queues (`validate`); InvalidMessage names what is wrong."""
         if not isinstance(data, dict):
             raise InvalidMessage("record", type(data).__name__, "expected a JSON object")
         if data.get("v") != RECORD_VERSION:
@@ -109,34 +119,21 @@ class Record(Frozen):
             for key in ("id", "mail_from", "raw"):
                 if not isinstance(data[key], str):
                     raise InvalidMessage(f"record.{key}", data[key], "expected a string")
-            for key, addr in [("mail_from", data["mail_from"]), *(("rcpt_to", r) for r in rcpt)]:
-                # Envelope addresses go on SMTP command lines: an @, and no CR/LF, spaces or brackets.
-                if key == "mail_from" and addr == "":
-                    continue  # the null sender (a bounce)
-                if "@" not in addr or any(c in addr for c in "\r\n <>"):
-                    raise InvalidMessage(f"record.{key}", addr, "not an envelope address")
-            if not RECORD_ID.fullmatch(data["id"]):
-                raise InvalidMessage("record.id", data["id"][:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
-            check_recipients(len(rcpt), max_recipients, "record.rcpt_to")
             now = time.time() if now is None else now
-            send_after = check_send_after(float(data.get("send_after") or 0.0), now, "record.send_after")
-            created_at = float(data.get("created_at") or now)
-            if not math.isfinite(created_at) or created_at > now + CLOCK_SKEW:
-                raise InvalidMessage("record.created_at", created_at, "expected a time not after now")
             subject = data.get("subject")
             try:
                 raw = base64.b64decode(data["raw"], validate=True)
             except (binascii.Error, ValueError):
                 raise InvalidMessage("record.raw", data["raw"][:40], "not valid base64") from None
-            return cls(
+            record = cls(
                 id=data["id"],
                 mail_from=data["mail_from"],
                 rcpt_to=tuple(rcpt),
                 raw=raw,
-                priority=_priority(data.get("priority")),
-                send_after=send_after,
+                priority=0 if data.get("priority") is None else data["priority"],
+                send_after=float(data.get("send_after") or 0.0),
                 idempotency_key=data.get("idempotency_key"),
-                created_at=created_at,
+                created_at=float(data.get("created_at") or now),
                 subject=subject if isinstance(subject, str) else None,
                 tags=check_tags(data.get("tags"), "record.tags"),
             )
@@ -146,6 +143,49 @@ class Record(Frozen):
             if isinstance(exc, InvalidMessage):
                 raise
             raise InvalidMessage("record", str(exc), "malformed field") from None
+        validate(record, max_recipients=max_recipients, now=now)
+        return record
+
+
+def validate(record: Record, *, max_recipients: int = MAX_RECIPIENTS, max_size: int | None = None,
+             now: float | None = None) -> None:
+    """The one decision whether a record can be delivered. Every way in calls it before a
+    record is queued, and ingest calls it on every item it takes, so what a producer
+    queues the daemon takes, and what the daemon would quarantine no producer queues:
+    the envelope (addresses an SMTP command line carries), the limits, and the head of
+    `raw` (headers.check_head). InvalidMessage names what is wrong."""
+    if not isinstance(record.id, str) or not RECORD_ID.fullmatch(record.id):
+        raise InvalidMessage("record.id", str(record.id)[:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
+    if not isinstance(record.mail_from, str):
+        raise InvalidMessage("record.mail_from", record.mail_from, "expected a string")
+    if record.mail_from:  # "" is the null sender (a bounce)
+        _envelope("record.mail_from", record.mail_from)
+    if not isinstance(record.rcpt_to, tuple) or not record.rcpt_to:
+        raise InvalidMessage("record.rcpt_to", record.rcpt_to, "expected a non-empty list of addresses")
+    for address in record.rcpt_to:
+        _envelope("record.rcpt_to", address)
+    check_recipients(len(record.rcpt_to), max_recipients, "record.rcpt_to")
+    check_priority(record.priority, "record.priority")
+    now = time.time() if now is None else now
+    check_send_after(record.send_after, now, "record.send_after")
+    if not isinstance(record.created_at, float | int) or not math.isfinite(record.created_at) \
+            or record.created_at > now + CLOCK_SKEW:
+        raise InvalidMessage("record.created_at", record.created_at, "expected a time not after now")
+    if record.idempotency_key is not None and (not isinstance(record.idempotency_key, str)
+                                               or not record.idempotency_key):
+        raise InvalidMessage("record.idempotency_key", record.idempotency_key, "expected a non-empty string")
+    if not isinstance(record.raw, bytes):
+        raise InvalidMessage("record.raw", type(record.raw).__name__, "expected bytes")
+    if max_size is not None and len(record.raw) > max_size:
+        raise MessageTooLarge("message", f"{len(record.raw)} bytes",
+                              f"{len(record.raw)} bytes, over max-message-size ({max_size} bytes)")
+    check_head(record.raw)
+
+
+def _envelope(field: str, address: object) -> None:
+    problem = "expected a string" if not isinstance(address, str) else envelope_problem(address)
+    if problem:
+        raise InvalidAddress(field, address, f"not an envelope address: {problem}")
 
 
 def check_tags(tags: object, name: str = "tags") -> dict[str, str] | None:
@@ -177,14 +217,12 @@ def check_recipients(n: int, limit: int, name: str) -> None:
 
 def check_send_after(when: float, now: float, name: str) -> float:
     """A finite time, at most HORIZON ahead (the past means now)."""
-    if not math.isfinite(when) or when > now + HORIZON:
+    if not isinstance(when, float | int) or not math.isfinite(when) or when > now + HORIZON:
         raise InvalidMessage(name, when, "expected a finite time within 10 years of now")
     return when
 
 
-def _priority(value: object) -> int:
-    if value is None:
-        return 0
+def check_priority(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not -PRIORITY_MAX <= value <= PRIORITY_MAX:
-        raise InvalidMessage("record.priority", value, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
+        raise InvalidMessage(name, value, f"expected an integer from -{PRIORITY_MAX} to {PRIORITY_MAX}")
     return value

@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import ConfigError, InvalidMessage, MailmandError, QueueError, SpoolPermissionError, UsageError
+from .errors import (
+    ConfigError,
+    InvalidMessage,
+    MailmandError,
+    NoStore,
+    QueueError,
+    SpoolPermissionError,
+    UsageError,
+)
 
 # Options sendmail accepts that mean nothing for a queue: taken and ignored.
 IGNORED_FLAGS = {"-bm", "-v", "-U", "-m", "-n", "-Am", "-Ac"}
@@ -22,9 +30,9 @@ usage: sendmail [options] [recipient ...]   (mailmand's sendmail interface)
   -i, -oi       a line holding a single dot does not end the message
   -f SENDER     the envelope sender; -f '<>' is the null sender of a bounce (also -r)
   -F NAME       the sender's full name, for the From header when the message has none
-  -C FILE       the configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/mailmand.yaml)
+  -C FILE       the configuration file (default: $MAILMAND_CONFIG, /etc/mailmand/mailmand.yaml)
   -bp           list the queue, as mailq does
-  -q            deliver deferred mail now, as `mailmand flush` does
+  -q            deliver deferred mail now, as `mailmand flush` does (none yet: exit 0)
   -h, --help    this help
 Accepted and ignored: -oX..., -B TYPE, -N DSN, -R RET, -V ENVID, -X FILE, -v, -bm, -U, -m, -n, -Am, -Ac.
 A message with no header at all is taken as the body. A bare name (root) goes
@@ -149,41 +157,28 @@ def _main(argv: Sequence[str], config: str | None) -> int:
     if opts.mode == "flush":
         from .control import flush
 
-        n, woke = flush(cfg, None)
+        try:
+            n, woke = flush(cfg, None)
+        except NoStore as exc:  # no daemon has run here yet: no deferred mail either
+            print(f"nothing to deliver: {exc}")
+            return os.EX_OK
         print(f"flushed {n} deferred message(s); {woke}")
         return os.EX_OK
     if not opts.t and not recipients:
         raise SendmailUsage("no recipients given (use -t to take them from the headers)")
     raw = _read_message(not opts.i)
-    # The common message (ASCII headers, plain addresses, a From header, one
-    # part) is queued without the email package: the same record, tens of ms
-    # sooner (quick.py). Anything else, and every error, takes the full path.
-    from .quick import record
-
-    quick = record(raw, sender=opts.f, recipients=None if opts.t else recipients,
-                   extra_recipients=recipients if opts.t else (), max_size=cfg.server.max_message_size,
-                   max_recipients=cfg.server.max_recipients)
-    if quick is not None:
-        from .queues import open_queue
-
-        queue = open_queue(cfg.queue)  # as Client.put does
-        try:
-            queue.put(quick.to_json())
-        finally:
-            queue.close()
-        return os.EX_OK
+    # The common message (ASCII fields, plain addresses, a From field) is parsed and
+    # queued without the email package: tens of ms of start-up (docs/internals.md).
     from .client import Client
-    from .hostname import mail_domain
-    from .message import Email
+    from .raw import RawMessage
 
-    domain = cfg.sendmail.domain or mail_domain()
-    email = Email.from_bytes(
-        raw, sender=opts.f, recipients=None if opts.t else recipients,
-        extra_recipients=recipients if opts.t else (), from_name=opts.F,
-        default_sender=_user(), local_domain=domain, aliases=cfg.sendmail.aliases)
     client = Client(cfg)
     try:
-        client.enqueue(email)
+        message = RawMessage.parse(
+            raw, sender=opts.f, recipients=None if opts.t else recipients,
+            extra_recipients=recipients if opts.t else (), from_name=opts.F,
+            default_sender=_user(), local_domain=client.local_domain, aliases=cfg.sendmail.aliases)
+        client.enqueue(message)
     finally:
         client.close()
     return os.EX_OK

@@ -1,26 +1,26 @@
-"""The standard library's `email` package behind message.py, imported only
-when a message needs it: a composed message outside what message.py writes
-itself (see `Email._plain`), a message to parse, an address to check that is
-not a plain `local@domain` or `Name <local@domain>`. Importing the package (and
-the `socket`, `urllib`, `calendar` and `random` it brings) is tens of ms of a
-short process's start.
+"""The standard library's `email` package behind message.py and raw.py,
+imported only when a message needs it: a composed message outside what
+message.py writes itself (see `Email._plain`), a raw message whose fields must
+be written anew (a bare name, non-ASCII text) or that has no header at all.
+Importing the package (and the `socket`, `urllib`, `calendar` and `random` it
+brings) is tens of ms of a short process's start.
 """
 
 from __future__ import annotations
 
-from email import errors, headerregistry, policy
+from email import headerregistry, policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
-from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from email.utils import formatdate, make_msgid
 
-from .errors import HeaderInjection, InvalidAddress, InvalidMessage
-from .message import COMPOSED_HEADERS, _idna, _no_crlf
+from .errors import InvalidMessage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
+    from .headers import Mailbox
     from .message import Email
 
 
@@ -43,69 +43,34 @@ SMTP_POLICY = policy.SMTP.clone(header_factory=_HeaderRegistry())
 SMTP_UTF8_POLICY = SMTP_POLICY.clone(utf8=True)
 
 
-def decoded(value: str) -> str:
-    """The value as the email package will see it: RFC 2047 encoded words decoded."""
+def address(mailbox: Mailbox) -> Address:
+    """A checked (display name, local part, domain) as the email package's Address."""
+    display, local, domain = mailbox
+    return Address(display_name=display, username=local, domain=domain)
+
+
+def fold(name: str, value: str | Sequence[Mailbox], utf8: bool = False) -> bytes:
+    """One header field as the email package writes it (encoded words for non-ASCII
+    text, or UTF-8 under SMTPUTF8; folded at 78), CRLF-ended. `value` is text, or the
+    mailboxes of an address field."""
+    chosen = SMTP_UTF8_POLICY if utf8 else SMTP_POLICY
+    header = chosen.header_factory(name, value if isinstance(value, str) else [address(m) for m in value])
     try:
-        return str(SMTP_POLICY.header_factory("X-Decoded", value))
-    except Exception:  # an undecodable word stays encoded on output: nothing to inject
-        return value
+        return header.fold(policy=chosen).encode("utf-8" if utf8 else "ascii")
+    except UnicodeEncodeError:  # a UTF-8 local part has no encoded form (RFC 2047 §5)
+        raise InvalidMessage(f"header {name}", str(header), "a header holds text that cannot be encoded "
+                             "(non-ASCII where only ASCII may go)") from None
 
 
-def _address(name: str, display: str, spec: str, original: object) -> Address:
-    local, at, domain = spec.rpartition("@")
-    if (not at or not local or not domain or " " in domain or domain.startswith(".") or ".." in domain
-            or (isinstance(original, str) and spec not in original)):
-        # (getaddresses drops the space in "ann@exa mple.com": the spec it
-        # returns would then not be in what the caller wrote)
-        raise InvalidAddress(name, original, "not a valid email address")
-    domain = _idna(domain, name, original)
-    _no_crlf(name, display)  # a display name's encoded words are decoded on output
+def body_only(data: bytes) -> bytes:
+    """A message with no header at all (`echo "disk is full" | sendmail root`): the whole
+    input as a text body, with its MIME fields; the caller writes the rest of the head."""
+    msg = EmailMessage(policy=SMTP_POLICY)
     try:
-        # A UTF-8 local part stays as it is: the relay must offer SMTPUTF8 (RFC 6531).
-        if not local.isascii():
-            if any(c in local for c in ' "\\()<>[]:;@,'):
-                raise ValueError("a non-ASCII local part must be a plain dot-atom")
-            return Address(display_name=display, username=local, domain=domain)
-        return Address(display_name=display, addr_spec=f"{local}@{domain}")
-    except (ValueError, IndexError, errors.HeaderParseError) as exc:
-        raise InvalidAddress(name, original, f"not a valid email address ({exc})") from None
-
-
-def parse_address(name: str, value: object) -> Address:
-    """One address, `Name <local@domain>` or `local@domain`, or InvalidAddress."""
-    if not isinstance(value, str):
-        raise InvalidAddress(name, value, "expected a string")
-    display, spec = parseaddr(_no_crlf(name, value))
-    return _address(name, display, spec, value)
-
-
-def parse_addresses(name: str, value: str | Sequence[str] | None) -> list[Address]:
-    """A string (which may hold a comma-separated list) or a list of them."""
-    if value is None:
-        return []
-    out: list[Address] = []
-    for item in [value] if isinstance(value, str) else list(value):
-        if not isinstance(item, str):
-            raise InvalidAddress(name, item, "expected a string")
-        pairs = getaddresses([_no_crlf(name, item)])
-        if not pairs:
-            raise InvalidAddress(name, item, "not a valid email address")
-        out.extend(_address(name, display, spec, item) for display, spec in pairs)
-    return out
-
-
-def realize(simple: dict[str, list[tuple[str, str, str]]]) -> dict[str, Address | list[Address] | None]:
-    """message.py's plain addresses (display name, local part, domain) as the
-    Address objects `parse_address` makes of them."""
-    def made(found: tuple[str, str, str]) -> Address:
-        display, local, domain = found
-        return Address(display_name=display, addr_spec=f"{local}@{domain}")
-
-    out: dict[str, Address | list[Address] | None] = {
-        name: [made(a) for a in simple[name]] for name in ("to", "cc", "bcc", "reply_to")}
-    out["sender"] = made(simple["sender"][0])
-    out["read_receipt"] = made(simple["read_receipt"][0]) if simple["read_receipt"] else None
-    return out
+        msg.set_content(data.decode("utf-8"))
+    except UnicodeDecodeError:  # keep the bytes as they came; say we do not know the charset
+        msg.set_content(data, "text", "plain", params={"charset": "unknown-8bit"})
+    return msg.as_bytes()
 
 
 def build(email: Email) -> EmailMessage:
@@ -134,7 +99,7 @@ def build(email: Email) -> EmailMessage:
 
 
 def set_body(email: Email, msg: EmailMessage) -> None:
-    inline = [p for p in email._parts if p.cid]
+    inline = [p for p in email.parts if p.cid]
     if email.html is not None and email.text is not None:
         msg.set_content(email.text)
         msg.add_alternative(email.html, subtype="html")
@@ -150,7 +115,7 @@ def set_body(email: Email, msg: EmailMessage) -> None:
         for p in inline:
             html_part.add_related(p.data, p.maintype, p.subtype, cid=f"<{p.cid}>",
                                   filename=p.filename, disposition="inline")
-    for p in email._parts:
+    for p in email.parts:
         if not p.cid:
             if p.maintype == "text":
                 msg.add_attachment(p.data, p.maintype, p.subtype, filename=p.filename,
@@ -159,14 +124,11 @@ def set_body(email: Email, msg: EmailMessage) -> None:
                 msg.add_attachment(p.data, p.maintype, p.subtype, filename=p.filename)
 
 
-def no_new_headers(raw: bytes, custom: Mapping[str, str]) -> None:
-    """Refuse a flattened message that gained a header the caller did not give
-    (the last line of defence against a decoded line break, in any part)."""
-    allowed = COMPOSED_HEADERS | {name.lower() for name in custom}
-    for part in BytesParser(policy=policy.compat32).parsebytes(raw).walk():
-        for name in part.keys():
-            if name.lower() not in allowed:
-                raise HeaderInjection("headers", name, "the composed message gained a header nobody gave")
+def part_fields(raw: bytes) -> list[list[str]]:
+    """The field names of each MIME part below the top of a flattened message."""
+    parts = BytesParser(policy=policy.compat32).parsebytes(raw).walk()
+    next(parts)  # the top: the caller reads its head itself
+    return [list(part.keys()) for part in parts]
 
 
 def header_subject(raw: bytes) -> str:
@@ -179,6 +141,11 @@ def header_subject(raw: bytes) -> str:
         # was half of ingest's time, for one value.
         head_msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
         value = next((v for k, v in head_msg.raw_items() if k.lower() == "subject"), None)
-        return "" if value is None else str(policy.default.header_fetch_parse("Subject", value))
+        return "" if value is None else subject_text(value)
     except Exception:  # a header the parser chokes on must not stop ingest
         return ""
+
+
+def subject_text(value: str) -> str:
+    """A Subject field's value as a reader sees it: encoded words decoded, unfolded."""
+    return str(policy.default.header_fetch_parse("Subject", value))

@@ -2,32 +2,35 @@
 
 `email.server.submission.listen` opens it (off when absent). A message is
 answered `250 2.0.0 queued as <id>` only once it is durable in the configured
-queue, and it gets there through the same pipeline as an application's:
-`Email.from_bytes` (the client's validation; a Bcc header is dropped, its
-addresses stay in the envelope) and `Client.enqueue` (the size limit, the
-queue's durability, the spool's free-space floor). The reply codes:
+queue, and it gets there through the same door as an application's:
+`RawMessage.parse` (the message goes out byte for byte; its fields are checked
+as every way in checks them; a Bcc header is dropped, its addresses stay in
+the envelope; a bare name gets `email.sendmail.domain`) and `Client.enqueue`
+(the one record validation, the size limit, the queue's durability, the
+spool's free-space floor). The reply codes:
 
 | when | reply |
 |---|---|
-| an address that does not parse | 553 5.1.7 (sender), 553 5.1.3 (recipient), 501 (syntax) |
+| an envelope address that does not parse | 553 5.1.7 (sender), 553 5.1.3 (recipient), 501 (syntax) |
+| an address field of the message that does not parse | 553 5.1.7 (From, Sender, Reply-To), 553 5.1.3 (others) |
 | over `max-message-size` (SIZE is advertised) | 552 5.3.4 |
 | more than `max-recipients` RCPTs | 452 4.5.3 (RFC 5321 §4.5.3.1.8) |
 | AUTH configured and MAIL before it | 530 5.7.0 |
 | AUTH on a listener off loopback before STARTTLS | 538 5.7.11 |
 | the queue unavailable, its disk nearly full | 451 4.3.0 (the client retries) |
-| a message the client would refuse (e.g. header injection) | 554 5.6.0 |
+| a message the client would refuse (e.g. header injection, an encoded word decoding to CR/LF/NUL) | 554 5.6.0 |
 
 A listener on a loopback address may take AUTH in clear (nothing crosses a
-network); any other listener offers AUTH only after STARTTLS.
+network); any other listener offers AUTH only after STARTTLS, and must have
+`auth` or `clients` (the loader refuses an open relay). Who may connect, how
+many at once, how long and how often AUTH may fail: `guard.py` and `anvil.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,43 +38,29 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from . import hostname
+from .anvil import ACCEPT_BATCH
 from .client import Client
 from .config import AuthConfig, Config, replace
+from .config.loader import open_relay
 from .config.loader import submission_tls as tls_context
+from .config.values import is_loopback, split_listen
 from .errors import ConfigError, InvalidAddress, InvalidMessage, MailmandError, MessageTooLarge, QueueError
-from .message import Email
+from .guard import Gate, Guard, GuardedSmtp
+from .headers import addresses
+from .raw import RawMessage
 from .repeats import Repeats
-from .stdemail import parse_address
 
 log = logging.getLogger(__name__)
 
 PUT_THREADS = 4  # queue writes in flight at once; each waits on an fsync
-IDLE_TIMEOUT = 300.0  # seconds; RFC 5321 §4.5.3.2.7 asks a server to wait at least 5 minutes
 REPLY_MAX = 200  # characters of a reason quoted in a reply line
+# Fields whose bad address is a bad sender's (RFC 3463 X.1.7), not a bad recipient's (X.1.3).
+SENDER_FIELDS = frozenset({"sender", "header from", "header sender", "header reply-to"})
 
 
 def _reason(exc: BaseException) -> str:
     text = exc.reason if isinstance(exc, InvalidMessage) else str(exc)
     return " ".join(text.split())[:REPLY_MAX] or type(exc).__name__
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` (as the configuration validated it) -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address the name stands for is a loopback one."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
 class _Handler:
@@ -97,7 +86,7 @@ class _Handler:
         if self.listener.auth is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         try:
-            parse_address("sender", address)
+            addresses("sender", address, single=True)
         except InvalidMessage as exc:
             return f"553 5.1.7 bad sender address: {_reason(exc)}"
         envelope.mail_from = address
@@ -110,7 +99,7 @@ class _Handler:
         if len(envelope.rcpt_tos) >= limit:
             return f"452 4.5.3 Too many recipients (max-recipients is {limit})"
         try:
-            parse_address("recipient", address)
+            addresses("recipient", address, single=True)
         except InvalidMessage as exc:
             return f"553 5.1.3 bad recipient address: {_reason(exc)}"
         envelope.rcpt_tos.append(address)
@@ -133,10 +122,12 @@ class SubmissionServer:
         sub = cfg.server.submission
         if sub is None:
             raise ConfigError("the submission listener is off (no listen address)", "email.server.submission")
+        open_relay(sub)  # as the loader refuses it, for a Config built in code
         self.cfg = cfg
         self.sub = sub
         self.auth: AuthConfig | None = sub.auth
         self.tls = tls_context(sub)
+        self.guard = Guard(sub)
         self._owns_client = client is None
         self.client = client or Client(cfg)
         self.executor = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="mailmand-submission-put")
@@ -158,16 +149,18 @@ class SubmissionServer:
         sub = cfg.server.submission or self.sub  # turned off: a restart closes it
         try:
             context = tls_context(sub)
+            open_relay(replace(sub, listen=self.sub.listen))
         except ConfigError as exc:
             log.error("submission: reload not applied, keeping the running listener settings: %s", exc)
             return
         self.cfg, self.sub, self.auth, self.tls = cfg, replace(sub, listen=self.sub.listen), sub.auth, context
+        self.guard.configure(self.sub)
         if self._owns_client:  # its limits (max-message-size, max-recipients); the queue itself needs a restart
             self.client.config = replace(cfg, queue=self.client.config.queue)
 
-    def _smtp(self, loopback: bool) -> SMTP:
+    def _smtp(self, loopback: bool, client: str) -> SMTP:
         return _Smtp(
-            self, self._handler,
+            self, self.guard, client, self._handler,
             hostname=self.cfg.server.smtp.helo or hostname.mail_domain(),
             ident="mailmand",
             data_size_limit=self.cfg.server.max_message_size,  # advertised as SIZE; 552 past it
@@ -177,7 +170,7 @@ class SubmissionServer:
             require_starttls=False,
             auth_require_tls=not loopback,  # off loopback, AUTH before STARTTLS gets 538
             authenticator=self._authenticate,
-            timeout=IDLE_TIMEOUT,
+            timeout=self.sub.timeout,  # between commands, once greeted (the Guard times the greeting)
             loop=self._loop,
         )
 
@@ -200,12 +193,14 @@ class SubmissionServer:
     def queue_message(self, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes) -> str:
         """Validate and enqueue; the SMTP reply to the end of DATA. Runs in an executor thread."""
         try:
-            email = Email.from_bytes(raw, sender=mail_from, recipients=rcpt_to)
-            message_id = self.client.enqueue(email)
+            message = RawMessage.parse(raw, sender=mail_from, recipients=rcpt_to,
+                                       local_domain=self.client.local_domain)
+            message_id = self.client.enqueue(message)
         except MessageTooLarge as exc:
             return f"552 5.3.4 message too big: {_reason(exc)}"
         except InvalidAddress as exc:
-            return f"553 5.1.3 {exc.field}: {_reason(exc)}"
+            status = "5.1.7" if exc.field.lower() in SENDER_FIELDS else "5.1.3"
+            return f"553 {status} {exc.field}: {_reason(exc)}"
         except InvalidMessage as exc:
             return f"554 5.6.0 message refused: {exc.field}: {_reason(exc)}"
         except QueueError as exc:
@@ -237,10 +232,7 @@ class SubmissionServer:
         for (host, port), listen in zip(self.addresses, self.sub.listen, strict=True):
             loopback = is_loopback(split_listen(listen)[0])
             log.info("submission listening on %s:%d%s", host, port, "" if loopback else " (AUTH only after STARTTLS)")
-            if not loopback and self.auth is None:
-                log.warning("submission listener %s is not on loopback and has no auth: anyone who "
-                            "can reach it can send mail through your relay", listen)
-            elif not loopback and self.tls is None:
+            if not loopback and self.auth is not None and self.tls is None:
                 log.warning("submission listener %s is not on loopback and has no tls: AUTH will be "
                             "refused (538), so no client can submit there", listen)
         return self
@@ -249,6 +241,7 @@ class SubmissionServer:
         loop = self._loop
         assert loop is not None
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self.guard.loop_errors)
         try:
             loop.run_until_complete(self._bind())
         except BaseException as exc:
@@ -270,8 +263,9 @@ class SubmissionServer:
             host, port = split_listen(listen)
             loopback = is_loopback(host)
             try:
-                server = await loop.create_server(lambda lo=loopback: self._smtp(lo), host, port,  # type: ignore[misc]
-                                                  reuse_address=True)
+                server = await loop.create_server(
+                    lambda lo=loopback: Gate(self.guard, lambda client: self._smtp(lo, client)),  # type: ignore[misc]
+                    host, port, reuse_address=True, backlog=ACCEPT_BATCH)
             except OSError as exc:
                 raise MailmandError(f"email.server.submission.listen: cannot listen on {listen}: "
                                     f"{exc.strerror or exc}") from None
@@ -307,8 +301,9 @@ class SubmissionServer:
             self.client.close()
 
 
-class _Smtp(SMTP):
-    """aiosmtpd's SMTP, known to its listener so that a stop can close live sessions."""
+class _Smtp(GuardedSmtp):
+    """aiosmtpd's SMTP under the listener's limits, known to its listener so that a stop can
+    close live sessions."""
 
     def __init__(self, listener: SubmissionServer, *args: Any, **kwargs: Any) -> None:
         self._listener = listener

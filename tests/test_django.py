@@ -145,3 +145,104 @@ def test_a_missing_configuration_raises_unless_fail_silently(tmp_path):
             message.send()
         # (a new message: Django keeps the first one's connection on it)
         assert mail.EmailMessage("x", "x", to=["ann@example.com"]).send(fail_silently=True) == 0
+
+
+# -- Django's own backend cases (Django's BaseEmailBackendTests), on mailmand's door ----------
+
+SENDMAIL_DOMAIN = "  sendmail:\n    domain: host.example\n"
+
+
+@pytest.fixture
+def named_site(site):
+    """`site`, with email.sendmail.domain set: what a bare name gets."""
+    relay, conf = site
+    conf.write_text(conf.read_text() + SENDMAIL_DOMAIN)
+    from mailmand import django as backend
+
+    backend._clients.clear()  # the configuration changed under the shared client
+    return relay, conf
+
+
+def fields_of(data: bytes) -> list[bytes]:
+    """The head's lines, Date and Message-ID values aside (Django makes them anew per call)."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    return [line.split(b":")[0] + b": -" if line.split(b":")[0] in (b"Date", b"Message-ID") else line
+            for line in head]
+
+
+def test_the_message_goes_out_as_django_composed_it(site):
+    """A non-ASCII display name stays the encoded word Django wrote, where Django wrote it
+    (Django's test_send_verbose_name); so do To, Cc and Reply-To."""
+    relay, conf = site
+    message = mail.EmailMessage("Subject", "Content", '"Firstname Sürname" <from@example.com>',
+                                ['"Ünï Cödé" <to@example.com>'], cc=['"Çç" <cc@example.com>'],
+                                reply_to=['"Rëply" <reply@example.com>'], headers={"X-Order": "after"})
+    assert message.send() == 1
+    deliver(conf)
+    [got] = relay.messages
+    assert fields_of(got.data) == fields_of(message.message().as_bytes(linesep="\r\n"))
+    body = message.message().as_bytes(linesep="\r\n").split(b"\r\n\r\n", 1)[1]
+    assert got.data.split(b"\r\n\r\n", 1)[1] == body + b"\r\n"  # the CRLF that ends DATA (RFC 5321 §4.1.1.4)
+    assert parse(got.data)["From"] == "Firstname Sürname <from@example.com>"
+    assert b"From: =?utf-8?q?Firstname_S=C3=BCrname?= <from@example.com>\r\n" in got.data
+
+
+def test_a_bare_name_gets_the_configured_domain(named_site):
+    """Django's test_recipient_without_domain: queued, not refused; the name gets
+    email.sendmail.domain in the envelope and the fields, as the sendmail shim gives it."""
+    relay, conf = named_site
+    assert mail.send_mail("Subject", "Content", "tester", ["django"]) == 1
+    deliver(conf)
+    [got] = relay.messages
+    assert (got.mail_from, got.rcpt_tos) == ("tester@host.example", ("django@host.example",))
+    msg = parse(got.data)
+    assert (msg["From"], msg["To"], msg["Subject"]) == ("tester@host.example", "django@host.example", "Subject")
+
+
+def test_lazy_addresses_are_taken(named_site):
+    """Django's test_lazy_addresses: gettext_lazy strings wherever strings go, even with
+    fail_silently (which hid a TypeError from deep in the email package)."""
+    from django.utils.translation import gettext_lazy as _
+
+    relay, conf = named_site
+    with override_settings(USE_I18N=False):
+        assert mail.send_mail(_("Subject"), "Content", _("tester"), [_("django")]) == 1
+        message = mail.EmailMessage(_("Lazy"), "x", _("App <app@example.com>"), [_("to1@example.com"), _("to2")],
+                                    cc=[_("cc1")], bcc=[_("bcc@example.com")], reply_to=[_("reply")])
+        assert mail.get_connection(fail_silently=True).send_messages([message]) == 1
+    deliver(conf)
+    first, second = sorted(relay.messages, key=lambda m: len(m.rcpt_tos))
+    assert (first.mail_from, first.rcpt_tos) == ("tester@host.example", ("django@host.example",))
+    assert second.mail_from == "app@example.com"
+    assert sorted(second.rcpt_tos) == ["bcc@example.com", "cc1@host.example", "to1@example.com",
+                                       "to2@host.example"]
+    msg = parse(second.data)
+    assert msg["Reply-To"] == "reply@host.example" and msg["Bcc"] is None
+
+
+def test_an_unquoted_display_name_holding_an_at_is_refused(site):
+    """`to@other.com <to@example.com>`: Django's SMTP backend raises ValueError; two
+    envelope recipients, as the stdlib's getaddresses() makes of it, would be wrong."""
+    relay, conf = site
+    def message() -> mail.EmailMessage:  # a new one each time: Django keeps a message's first connection
+        return mail.EmailMessage("x", "x", to=["ann@example.com"], bcc=["to@other.com <to@example.com>"])
+
+    with pytest.raises(ValueError, match="recipient: not a valid email address"):
+        message().send()
+    assert message().send(fail_silently=True) == 0
+    deliver(conf)
+    assert relay.messages == []
+
+
+def test_an_encoded_word_hiding_a_line_break_is_refused(site):
+    """Django refuses a written line break in a header (BadHeaderError); an encoded word that
+    decodes to one passes Django, and mailmand's door refuses it."""
+    from mailmand.errors import HeaderInjection
+
+    relay, conf = site
+    message = mail.EmailMessage("x", "x", to=["ann@example.com"],
+                                headers={"X-A": "=?utf-8?q?a=0D=0ABcc:_x@evil.example?="})
+    with pytest.raises(HeaderInjection, match="header X-A: an encoded word"):
+        message.send()
+    deliver(conf)
+    assert relay.messages == []

@@ -251,11 +251,20 @@ def test_encoded_words_without_line_breaks_never_add_a_header():
     check()
 
 
-def test_a_flattened_message_that_gains_a_header_is_refused(monkeypatch):
-    """The last line of defence: whatever slipped past the field checks, a new header is refused."""
+@pytest.mark.parametrize("injected,says", [
+    ("X-Injected: 1", "'x-injected' field(s) where 0 were given: it gained a header nobody gave"),
+    ("Bcc: x@evil.example", "'bcc' field(s) where 0 were given"),  # a name mailmand owns
+    ("To: x@evil.example", "2 'to' field(s) where 1 were given"),  # one more of a name that was given
+    ("Reply-To: x@evil.example", "'reply-to' field(s) where 0 were given"),
+])
+def test_a_flattened_message_that_gains_a_header_is_refused(monkeypatch, injected, says):
+    """The last line of defence: whatever slipped past the field checks, the composed head
+    has exactly the fields given, names and counts, the owned ones included."""
     import mailmand.message as m
 
-    monkeypatch.setattr(m, "_no_crlf", lambda name, value: value)  # as if a field check had a gap
-    with pytest.raises(HeaderInjection, match="gained a header"):
-        Email(sender="a@example.com", to="b@example.com", subject="=?utf-8?q?a=0D=0AX-Injected:_1?=",
-              text="x").to_record(10**7)
+    monkeypatch.setattr(m, "check_text", lambda name, value: value)  # as if a field check had a gap
+    word = _word("a\r\n" + injected, "q")
+    for where in ("subject", "header"):
+        with pytest.raises(HeaderInjection) as exc:
+            _field(where, word).to_record(10**7)
+        assert says in str(exc.value), (where, exc.value)

@@ -100,6 +100,7 @@ def test_hang_up_at_data_counts_and_fails_with_the_reason():
 def test_delivered():
     outcome, rcpts = policy.decide(SENT, claimed(), CFG, NOW)
     assert outcome.status is Status.SENT and outcome.reason is None
+    assert not outcome.counted  # `fails` counts failed attempts only
     assert [(r.address, r.status, r.code) for r in rcpts] == [("a@x.org", "sent", 250)]
 
 

@@ -14,9 +14,9 @@ import importlib
 import os
 import sys
 
-from .. import __version__
 from .. import config as configmod
 from ..errors import MailmandError, UsageError
+from ..version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
-                        help="configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, "
+                        help="configuration file (default: $MAILMAND_CONFIG, "
                              "/etc/mailmand/mailmand.yaml)")
     p = argparse.ArgumentParser(
         prog="mailmand", parents=[common],

@@ -98,10 +98,10 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
     import ssl
 
     from ..hostname import mail_domain
-    from ..smtp.relays import _tls_context  # the daemon's own: same CA file, same verification
+    from ..smtp.relays import tls_context  # the daemon's own: same CA file, same verification
 
     out: list[str] = []
-    context = _tls_context(cfg)
+    context = tls_context(cfg)
     step = "connect"
     smtp: smtplib.SMTP
     smtp = (smtplib.SMTP_SSL(context=context, timeout=cfg.timeout) if cfg.tls == "ssl"
@@ -164,7 +164,7 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
 def _offers(smtp: object) -> str:
     features: dict[str, str] = getattr(smtp, "esmtp_features", {})
     shown = []
-    for name in ("size", "pipelining", "starttls", "auth", "smtputf8", "8bitmime"):
+    for name in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8", "8bitmime"):
         if name in features:
             value = features[name].strip()
             if name == "size" and value:
@@ -173,5 +173,5 @@ def _offers(smtp: object) -> str:
                 shown.append(f"AUTH {value or '(no mechanisms)'}")
             else:
                 shown.append(name.upper())
-    missing = [n.upper() for n in ("size", "pipelining", "starttls", "auth", "smtputf8") if n not in features]
+    missing = [n.upper() for n in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8") if n not in features]
     return (", ".join(shown) or "nothing beyond plain SMTP") + (f" (not: {', '.join(missing)})" if missing else "")

@@ -54,12 +54,15 @@ def _body(args: argparse.Namespace) -> str | None:
 def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
     from ..client import Client
     from ..message import Email
+    from ..raw import RawMessage
 
     send_after = _send_after(args)
+    client = Client(cfg)
+    email: Email | RawMessage
     if args.file is not None:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-        email = Email.from_bytes(raw, sender=args.sender, recipients=args.to or None,
-                                 priority=args.priority)
+        email = RawMessage.parse(raw, sender=args.sender, recipients=args.to or None, priority=args.priority,
+                                 local_domain=client.local_domain)
     else:
         if not args.sender:
             raise UsageError("send needs --from (or a message FILE, or - for stdin)")
@@ -70,7 +73,6 @@ def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
                       text=_body(args), html=html, priority=args.priority)
         for path in args.attach:
             email.attach_file(path)
-    client = Client(cfg)
     try:
         print(client.enqueue(email, send_after=send_after))
     finally:

@@ -37,6 +37,7 @@ from .schema import (
     EmailSection,
     File,
     Listen,
+    Network,
     Rate,
     Size,
     Url,
@@ -48,6 +49,7 @@ from .values import (
     parse_domain,
     parse_duration,
     parse_listen,
+    parse_network,
     parse_rate,
     parse_size,
     parse_url,
@@ -174,7 +176,7 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases, Url: parse_url}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, Url: parse_url}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
@@ -211,6 +213,7 @@ class Parse:
                 submission, auth=self.auth(submission.auth, "email.server.submission.auth"))
         if submission is not None and not self.producer:  # refused here, before the daemon makes anything
             submission_tls(submission)
+            open_relay(submission)
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
         events = replace(server.events, webhooks=tuple(
             self.webhook(hook, f"email.server.events.webhooks[{i}]") for i, hook in enumerate(server.events.webhooks)))
@@ -376,7 +379,7 @@ def read_yaml(text: str, found: Path) -> object:
         raise ConfigError(f"{found}: YAML syntax error: {type(e).__name__}") from None
 
 
-def _drop_daemon_secrets(data: object) -> None:
+def drop_daemon_secrets(data: object) -> None:
     """Producers need the queue, not the relay's credentials: an application
     user who cannot read the SMTP secret must still be able to enqueue."""
     email = data.get("email") if isinstance(data, dict) else None
@@ -402,7 +405,7 @@ def load(path: str | Path | None = None, *, producer: bool = False,
         raise ConfigError(f"cannot read {found}: {getattr(e, 'strerror', None) or e}") from None
     data = read_yaml(text, found)
     if producer:
-        _drop_daemon_secrets(data)
+        drop_daemon_secrets(data)
     return parse(data, found, producer=producer, warnings=warnings)
 
 
@@ -427,6 +430,20 @@ def restart_required(old: Config, new: Config) -> list[str]:
             if getattr(a, f.name) != getattr(b, f.name):
                 changed.append(f"{prefix}.{f.encode_name}")
     return changed
+
+
+def open_relay(cfg: SubmissionConfig) -> None:
+    """Refuse a listener anyone on the network could send mail through: off
+    loopback, with no auth and no `clients` naming who may submit."""
+    from .values import is_loopback, split_listen
+
+    if cfg.auth is not None or cfg.clients is not None:
+        return
+    for listen in cfg.listen:
+        if not is_loopback(split_listen(listen)[0]):
+            raise ConfigError(f"{listen} is not on loopback and has no auth: anyone who can reach it could "
+                              "send mail through your relay; set auth, or name who may submit in "
+                              "clients: [CIDR, ...]", "email.server.submission.listen")
 
 
 def submission_tls(cfg: SubmissionConfig) -> ssl.SSLContext | None:

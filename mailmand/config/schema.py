@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     Size = int  # bytes
     File = Path  # a path that must name an existing file
     Listen = str  # host:port
+    Network = str  # an address or CIDR network, such as 10.0.0.0/8
     Address = str  # local@domain
     Domain = str  # a mail domain, never localhost
     Aliases = dict[str, tuple[str, ...]]
@@ -59,6 +60,9 @@ else:
 
     class Listen(str):
         """`host:port`, `[v6]:port`, or a bare port on loopback."""
+
+    class Network(str):
+        """An address or a network in CIDR form: `192.0.2.7`, `10.0.0.0/8`, `2001:db8::/32`."""
 
     class Address(str):
         """An email address such as `ops@example.com`."""
@@ -156,6 +160,7 @@ class SmtpConfig(Section, frozen=True):
     helo: str | None = None  # name sent in EHLO; None = hostname.mail_domain()
     auth: AuthConfig | None = None
     pipelining: Literal["auto", "off"] = "auto"  # auto: RFC 2920 when the relay offers it
+    chunking: Literal["auto", "off"] = "auto"  # auto: RFC 3030 BDAT windows when the relay offers it and pipelining
 
     @property
     def relay(self) -> str:
@@ -169,6 +174,8 @@ class DatabaseConfig(Section, frozen=True):
     path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
     dsn: str | None = None  # postgres; may hold a password
     pool_size: Positive | None = None  # postgres connections; None = enough for every part of the daemon
+    # postgres: connecting, each statement, and each call (a server gone dark behind a proxy too)
+    timeout: Duration = 30.0
 
 
 class TlsFilesConfig(Section, frozen=True):
@@ -184,6 +191,14 @@ class SubmissionConfig(Section, frozen=True):
     listen: Annotated[tuple[Listen, ...], Meta(min_length=1)] = ("127.0.0.1:2525",)
     auth: AuthConfig | None = None  # when set, AUTH PLAIN/LOGIN is required
     tls: TlsFilesConfig | None = None  # when set, STARTTLS is offered
+    # Who may connect at all (Postfix's mynetworks); others get 554 at connect. None: anyone,
+    # and then a listener off loopback must have auth.
+    clients: Annotated[tuple[Network, ...], Meta(min_length=1)] | None = None
+    max_connections: Positive = 100  # in all; past it, 421 4.7.0 and close
+    max_connections_per_client: Positive = 10  # from one address (IPv6: one /64)
+    auth_failures: Positive = 3  # on one connection, then it is closed; each also locks the client out, growing
+    greeting_timeout: Duration = 30.0  # to send HELO/EHLO after connecting, else 421 and close
+    timeout: Duration = 300.0  # idle between commands after that (Postfix's smtpd_timeout)
 
 
 class MetricsConfig(Section, frozen=True):

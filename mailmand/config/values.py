@@ -130,6 +130,39 @@ def parse_listen(value: object) -> str:
     return text
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (as parse_listen returned it) -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address the name stands for is a loopback one."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def parse_network(value: object) -> str:
+    """An address or a CIDR network, in its canonical form (`10.1.2.3/8` is `10.0.0.0/8`)."""
+    import ipaddress
+
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"expected an address or a network such as 10.0.0.0/8, got {show(value)}") from None
+
+
 def parse_address(value: object) -> str:
     text = value.strip() if isinstance(value, str) else ""
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):

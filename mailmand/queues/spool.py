@@ -55,6 +55,7 @@ RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
 # checkpoints it at 1,000 pages (4 MiB), so it stays far below this.
 WAL_SLACK = 64 * 1024 * 1024
 FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a full disk, growing
+SCRUB_EVERY = 1.0  # seconds: the WAL, which still holds what was deleted, is emptied at most this often
 # persist-queue's table for the queue named "default", and its AckStatus.unack:
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
 # status` need not import persist-queue (tests check them against persist-queue).
@@ -160,6 +161,8 @@ class SpoolQueue(Queue):
         self._acks: list[int] = []
         self._flush_at = 0.0  # monotonic time of the next try to delete them
         self._flush_delay = FLUSH_RETRY[0]
+        self._scrub_at = 0.0  # monotonic time after which the WAL may be emptied again
+        self._deleted = False  # rows deleted since the WAL was last emptied
         self.full: Repeats | None = None  # the daemon's "spool disk full" condition (made when first hit)
         self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
         self._direct_lock = threading.Lock()
@@ -202,6 +205,9 @@ class SpoolQueue(Queue):
                     # Deletes need not be durable: a row whose delete is lost is
                     # ingested again, and ingest is idempotent. Producers keep FULL.
                     db.execute("PRAGMA synchronous=NORMAL")
+                    # The daemon alone deletes rows: with secure_delete, SQLite zeroes what a
+                    # delete frees, so an ingested message cannot be read back from the file.
+                    db.execute("PRAGMA secure_delete=ON")
                     if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                         db.execute("PRAGMA journal_mode=WAL")  # as persist-queue sets it
                 except BaseException:
@@ -335,7 +341,21 @@ class SpoolQueue(Queue):
             if rows:
                 self._seen = rows[-1][0]
             items += [_item(rowid, data) for rowid, data in rows]
+            if len(items) < limit:
+                self._scrub()
         return items
+
+    def _scrub(self) -> None:
+        """With nothing more to read: empty the WAL. Its frames still hold the rows
+        as they were put, after secure_delete zeroed them in the database file."""
+        if not self._deleted or self._acks or time.monotonic() < self._scrub_at:
+            return
+        self._scrub_at = time.monotonic() + SCRUB_EVERY
+        try:
+            busy = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            return  # full or locked: the next idle take tries again
+        self._deleted = bool(busy)  # a reader on an older snapshot: not emptied yet
 
     def ack(self, items: list[Item]) -> None:
         self._acks.extend(item.token for item in items)
@@ -367,6 +387,7 @@ class SpoolQueue(Queue):
                                  exc, len(ids))
                 return
             ids = ids[len(chunk):]
+            self._deleted = True
             if step < len(self._acks):
                 self._checkpoint()
         self._acks = []
