@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 RECORD_VERSION = 1
 # Tags: the app's own keys on a message (`--tag order=42` finds it; its events carry them).
+TAG_FIELD = "x-mailmand-tag"  # `X-Mailmand-Tag: order=42` in a raw message: a tag, taken out of the head
 MAX_TAGS = 10
 TAG_KEY = re.compile(r"[a-z0-9_.-]{1,32}")
 TAG_VALUE_MAX = 128
@@ -77,7 +78,7 @@ class Record(Frozen):
     # The decoded Subject, carried so ingest need not parse headers; None in
     # records written before it was added (ingest then reads it from `raw`).
     subject: str | None
-    tags: dict[str, str] | None  # checked by check_tags; None: no tags
+    tags: dict[str, str] | None  # the app's own keys (check_tags); None: no tags
 
     def __init__(self, id: str, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes, priority: int = 0,
                  send_after: float = 0.0, idempotency_key: str | None = None, created_at: float | None = None,
@@ -135,7 +136,7 @@ class Record(Frozen):
                 idempotency_key=data.get("idempotency_key"),
                 created_at=float(data.get("created_at") or now),
                 subject=subject if isinstance(subject, str) else None,
-                tags=check_tags(data.get("tags"), "record.tags"),
+                tags=data.get("tags"),
             )
         except KeyError as exc:
             raise InvalidMessage(f"record.{exc.args[0]}", None, "missing") from None
@@ -152,8 +153,8 @@ def validate(record: Record, *, max_recipients: int = MAX_RECIPIENTS, max_size: 
     """The one decision whether a record can be delivered. Every way in calls it before a
     record is queued, and ingest calls it on every item it takes, so what a producer
     queues the daemon takes, and what the daemon would quarantine no producer queues:
-    the envelope (addresses an SMTP command line carries), the limits, and the head of
-    `raw` (headers.check_head). InvalidMessage names what is wrong."""
+    the envelope (addresses an SMTP command line carries), the limits, the tags, and the
+    head of `raw` (headers.check_head). InvalidMessage names what is wrong."""
     if not isinstance(record.id, str) or not RECORD_ID.fullmatch(record.id):
         raise InvalidMessage("record.id", str(record.id)[:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
     if not isinstance(record.mail_from, str):
@@ -176,6 +177,7 @@ def validate(record: Record, *, max_recipients: int = MAX_RECIPIENTS, max_size: 
         raise InvalidMessage("record.idempotency_key", record.idempotency_key, "expected a non-empty string")
     if not isinstance(record.raw, bytes):
         raise InvalidMessage("record.raw", type(record.raw).__name__, "expected bytes")
+    check_tags(record.tags, "record.tags")
     if max_size is not None and len(record.raw) > max_size:
         raise MessageTooLarge("message", f"{len(record.raw)} bytes",
                               f"{len(record.raw)} bytes, over max-message-size ({max_size} bytes)")

@@ -229,11 +229,18 @@ class WebhookConfig(Section, frozen=True):
         return super().__repr__().replace(repr(self.url), repr(mask_url(self.url)), 1)
 
 
+class WebhookBackoffConfig(BackoffConfig, frozen=True):
+    """`email.server.events.backoff`: as the relay's, with a webhook's own defaults."""
+
+    min: DurationOrZero = 1.0
+    max: Duration = 300.0
+
+
 class EventsConfig(Section, frozen=True):
     """`email.server.events`: the webhooks, and how long an event is retried."""
 
     max_time: Duration = 86400.0  # an event not acknowledged this long after it happened is given up
-    backoff: BackoffConfig = field(default_factory=lambda: BackoffConfig(min=1.0, max=300.0))
+    backoff: WebhookBackoffConfig = field(default_factory=WebhookBackoffConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
 
 
