@@ -4,6 +4,8 @@ the sender driven one round at a time on a real store, then real daemons."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 
@@ -244,3 +246,41 @@ def test_the_status_a_store_reports_matches_the_last_event(store):
     last = store.events(message_id="m0001")[0][-1]
     assert last.type.value == store.get("m0001").status.value == Status.CANCELLED.value
     assert EventType(last.type) is EventType.CANCELLED
+
+
+def test_the_docs_snippets_verify_a_real_signed_post(receiver, tmp_path):
+    """docs/events.md's Python and Node.js checks, run on what a sender really POSTed."""
+    from mailmand.config import DatabaseConfig
+    from tests.test_docs import REPO, blocks
+
+    page = (REPO / "docs" / "events.md").read_text()
+    python = next(b for b in blocks(page, "python") if "def verify_mailmand" in b)
+    js = next(b for b in blocks(page, "js") if "function verifyMailmand" in b)
+    r = receiver()
+    db = open_store(DatabaseConfig(path=tmp_path / "store" / "m.db"), create=True)
+    try:
+        s = sender(db, hook(r.url))
+        db.insert([rec(1, tags={"order": "42"})])
+        s.step(time.time())
+        s.stop()
+    finally:
+        db.close()
+    [post] = r.acked()
+    header = post.headers[HEADER.lower()]
+    (tmp_path / "body").write_bytes(post.body)
+    (tmp_path / "tampered").write_bytes(post.body.replace(b'"42"', b'"43"'))
+    old = sign(SECRET, post.body, int(time.time()) - 600)
+    run_py = python + "\nimport sys\nprint(verify_mailmand(sys.argv[1], sys.argv[2], open(sys.argv[3], 'rb').read()))\n"
+    run_js = js + "\nconsole.log(verifyMailmand(process.argv[1], process.argv[2], " \
+                  "require('fs').readFileSync(process.argv[3])) ? 'True' : 'False');\n"
+    for command in ([sys.executable, "-c", run_py], ["node", "-e", run_js]):
+        def check(secret: str, sig: str, body: str, command=command) -> str:
+            done = subprocess.run([*command, secret, sig, str(tmp_path / body)], capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        assert check(SECRET, header, "body") == "True", command[0]
+        assert check("whsec_wrong", header, "body") == "False"
+        assert check(SECRET, header, "tampered") == "False"
+        assert check(SECRET, old, "body") == "False"  # a replay, ten minutes on
