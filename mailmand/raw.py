@@ -263,7 +263,7 @@ def _tags(fields: list[Field], given: Mapping[str, str] | None) -> dict[str, str
             key, eq, text = value.partition("=")
             if not eq:
                 raise InvalidMessage(f"header {name}", value, "expected key=value")
-            found[key.strip()] = text.strip()
+            found.update(check_tags({key.strip(): text.strip()}, f"header {name}") or {})  # named by its field
     return check_tags(found or None, "tags")
 
 
