@@ -603,3 +603,16 @@ def test_a_webhook_is_sent_its_events_by_one_lease_holder_at_a_time(store, peers
     assert store.webhook_claim("https://app.example/hook", "d1", 2101.0, 60) is not None  # at once, not after the lease
     store.webhook_register("https://app.example/hook")  # again (a restart): its place is kept
     assert store.webhook_pending("https://app.example/hook") == 0
+
+
+def test_a_dead_daemons_webhook_lease_is_taken_over_at_once(store):
+    store.webhook_register("https://a.example/h")
+    store.webhook_register("https://b.example/h")
+    assert store.webhook_claim("https://a.example/h", "dead", 1000.0, 60) is not None
+    assert store.webhook_claim("https://b.example/h", "alive", 1000.0, 60) is not None
+    store.take_over("dead")  # known dead (its spool's lock is ours now): no wait for its lease
+    assert store.webhook_claim("https://a.example/h", "me", 1001.0, 60) is not None
+    assert store.webhook_claim("https://b.example/h", "me", 1001.0, 60) is None  # another's stays its own
+    if store.single_instance:
+        store.take_over(None)
+        assert store.webhook_claim("https://b.example/h", "me", 1002.0, 60) is not None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -284,3 +285,175 @@ def test_the_docs_snippets_verify_a_real_signed_post(receiver, tmp_path):
         assert check("whsec_wrong", header, "body") == "False"
         assert check(SECRET, header, "tampered") == "False"
         assert check(SECRET, old, "body") == "False"  # a replay, ten minutes on
+
+
+# -- real daemons ---------------------------------------------------------------------------------
+
+
+def events_yaml(url: str, secret_file: Path, extra: str = "") -> str:
+    return ("    events:\n      backoff: {min: 200ms, max: 1s}\n      webhooks:\n"
+            f"        - url: \"{url}\"\n          secret-file: {secret_file}\n          timeout: 1s\n{extra}")
+
+
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "webhook.secret"
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The webhook series of /metrics, by name and url."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("mailmand_webhook_")}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def enqueue(conf: Path, n: int, to: str = "ann@example.com", prefix: str = "m") -> list[str]:
+    from mailmand import Email
+    from mailmand.client import Client
+    from mailmand.config import load
+
+    client = Client(load(conf))
+    try:
+        return [client.enqueue(Email(sender="app@example.com", to=to, subject=f"{prefix}{i}", text="x",
+                                     tags={"n": str(i)})) for i in range(n)]
+    finally:
+        client.close()
+
+
+def test_an_endpoint_that_hangs_then_fails_gets_every_event_and_never_holds_delivery(smtp_server, write_config,
+                                                                                       receiver, tmp_path):
+    from mailmand.config import load
+    from tests.daemonproc import DaemonProcess, wait_until
+
+    server, r, metrics = smtp_server(), receiver(), free_port()
+    conf = write_config(server.port, extra_server=events_yaml(r.url, secret_file(tmp_path))
+                        + f"    metrics:\n      listen: 127.0.0.1:{metrics}\n")
+    r.hang.set()  # first it never answers (each POST waits out the 1 s timeout)...
+    daemon = DaemonProcess(conf).ready()
+    try:
+        ids = enqueue(conf, 150)
+        assert wait_until(lambda: len(server.messages) == 150, timeout=60)  # ...and mail goes out meanwhile
+        assert wait_until(lambda: len(r.posts) >= 2, timeout=30)
+        r.status = 500  # ...then it answers 500...
+        r.hang.clear()
+        ids += enqueue(conf, 150, prefix="n")
+        assert wait_until(lambda: len(server.messages) == 300, timeout=60)
+        assert wait_until(lambda: any(p.status == 500 for p in r.posts), timeout=30)
+        assert r.acked() == []  # every message delivered, not one event acknowledged yet
+        url = f'url="{r.url}"'
+        seen = scrape(metrics)
+        assert seen[f"mailmand_webhook_failures_total{{{url}}}"] >= 3
+        assert seen[f"mailmand_webhook_pending{{{url}}}"] == 600  # each message: queued, then sent
+        r.status = 200  # ...and at last it acknowledges
+        assert wait_until(lambda: len(r.events()) == 600, timeout=60)
+        assert wait_until(lambda: scrape(metrics)[f"mailmand_webhook_pending{{{url}}}"] == 0, timeout=30)
+    finally:
+        assert daemon.stop() == 0
+    events = r.events()
+    assert {e["message"] for e in events if e["type"] == "sent"} == set(ids)  # every terminal event
+    assert all(verify(SECRET, p.headers[HEADER.lower()], p.body) for p in r.posts)
+    acked = {i for p in r.acked() for i in p.ids}
+    failed = [p for p in r.posts if p.status != 200]
+    assert all(set(p.ids) <= acked for p in failed)  # what failed came again, with the same ids
+    first_ok = r.acked()[0].ids
+    assert first_ok[:len(failed[-1].ids)] == failed[-1].ids  # the batch retried is the batch that failed
+    assert SECRET not in daemon.log
+    store = open_store(load(conf).server.database)
+    try:
+        assert {e.id for e in store.events(limit=10_000)[0]} == {e["id"] for e in events}
+    finally:
+        store.close()
+
+
+def test_kill_9_loses_no_event_and_invents_none(smtp_server, write_config, receiver, tmp_path):
+    """SIGKILL the daemon while it delivers (and defers) and sends events; restart it.
+    Every event of the store reaches the webhook and the webhook gets no other; each
+    message's events arrive in the order of its state changes, the last one as `show` says."""
+    from mailmand.config import load
+    from tests.daemonproc import DaemonProcess, wait_until
+
+    server = smtp_server(rcpt_replies={"slow@example.com": "451 4.7.1 greylisted"})
+    r = receiver()
+    conf = write_config(server.port, extra_server="    batch: 50\n" + events_yaml(r.url, secret_file(tmp_path)),
+                        smtp_extra="      connections: 4\n")
+    ids = enqueue(conf, 50, to="slow@example.com", prefix="s") + enqueue(conf, 800)  # the slow ones first
+    server.stall = 0.01  # so that the kill lands mid-delivery, with events sent and more to send
+    daemon = DaemonProcess(conf).ready()
+    try:
+        assert wait_until(lambda: len(server.messages) >= 200 and len(r.acked()) >= 2, timeout=60), daemon.log
+        daemon.kill()
+        assert 0 < len(server.messages) < 800, "the kill must land mid-delivery"
+        server.rcpt_replies.clear()  # greylisting ends: the deferred mail goes out on its next try
+        server.stall = 0
+        daemon = DaemonProcess(conf).ready()
+        store = open_store(load(conf).server.database)
+        try:
+            def done() -> bool:
+                return store.counts()[Status.SENT] == len(ids) and \
+                    store.webhook_pending(shown(r.url)) == 0
+            assert wait_until(done, timeout=90), store.counts()
+            mine = {m: store.events(message_id=m, limit=100)[0] for m in ids}
+            info = {m: store.get(m) for m in ids}
+            attempts = {m: store.attempts(m) for m in ids}
+        finally:
+            store.close()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+    got = r.events()
+    recorded = {e.id for events in mine.values() for e in events}
+    assert {e["id"] for e in got} == recorded  # none lost, none invented
+    arrived: dict[str, list[str]] = {}
+    for e in got:
+        arrived.setdefault(e["message"], []).append(e["id"])
+    deferred = 0
+    for m in ids:
+        kinds = [e.type.value for e in mine[m]]
+        n = len(attempts[m])  # every attempt on record applied: its event is there, and no other
+        assert kinds == ["queued", *["deferred"] * (n - 1), "sent"], (m, kinds, n)
+        assert [e.attempt for e in mine[m]] == list(range(n + 1))
+        assert arrived[m] == [e.id for e in mine[m]]  # in the order of its state changes
+        assert kinds[-1] == info[m].status.value and mine[m][-1].attempt == info[m].attempts
+        deferred += n - 1
+    assert deferred >= 50  # the slow ones were deferred, at least once each
+
+
+def test_daemons_sharing_a_postgres_store_send_each_event_once(smtp_server, receiver, postgres_dsn, tmp_path):
+    from mailmand.config import load
+    from tests.conftest import postgres_block, write_store_config
+    from tests.daemonproc import DaemonProcess, wait_until
+
+    server, r = smtp_server(), receiver()
+    secret = secret_file(tmp_path)
+    confs = [write_store_config(tmp_path / f"d{k}.yaml", tmp_path / f"spool{k}", server.port,
+                                postgres_block(postgres_dsn), server=events_yaml(r.url, secret)) for k in (1, 2)]
+    daemons = [DaemonProcess(c).ready() for c in confs]
+    try:
+        ids = enqueue(confs[0], 150) + enqueue(confs[1], 150, prefix="n")
+        assert wait_until(lambda: len(r.events()) == 600, timeout=90)
+        time.sleep(1)  # anything sent twice would come now
+    finally:
+        for d in daemons:
+            assert d.stop() == 0
+    sent = [i for p in r.acked() for i in p.ids]
+    assert len(sent) == len(set(sent)) == 600  # each event once: one daemon at a time holds the webhook
+    assert {e["message"] for e in r.events() if e["type"] == "sent"} == set(ids)
+    store = open_store(load(confs[0]).server.database)
+    try:
+        assert store.webhook_pending(shown(r.url)) == 0
+    finally:
+        store.close()

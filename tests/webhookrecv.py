@@ -52,9 +52,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if receiver.hang.is_set():  # no answer: the client gives up meanwhile
+                    receiver._keep(Post(self.path, headers, body, 0))
                     while receiver.hang.is_set():
                         time.sleep(0.05)
-                    receiver._keep(Post(self.path, headers, body, 0))
                     self.close_connection = True
                     return
                 status = receiver.status

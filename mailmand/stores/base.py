@@ -292,8 +292,8 @@ class Store:
 
     def take_over(self, predecessor: str | None) -> int:
         """Hand back at once every lease `predecessor` held (a daemon known to
-        be dead). None: every lease, which only a `single_instance` store's
-        lock holder may ask."""
+        be dead), its webhooks' too. None: every lease, which only a
+        `single_instance` store's lock holder may ask. Returns how many messages."""
         raise NotImplementedError
 
     def next_due(self) -> float | None:

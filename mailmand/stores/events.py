@@ -223,6 +223,13 @@ class EventLog(Store):
             db.execute("UPDATE webhooks SET lease_owner = NULL, lease_until = NULL WHERE url = ? AND lease_owner = ?",
                        (url, owner))
 
+    def _hand_back_webhooks(self, predecessor: str | None) -> None:
+        """A dead daemon's webhook leases (every one: None), free at once (`take_over`)."""
+        with self.tx(durable=False) as db:
+            db.execute("UPDATE webhooks SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+                       if predecessor else "UPDATE webhooks SET lease_owner = NULL, lease_until = NULL",
+                       (predecessor,) if predecessor else ())
+
     def webhook_pending(self, url: str, types: Sequence[EventType] = (), limit: int | None = None) -> int:
         rows = self._read("SELECT after_txid, after_seq FROM webhooks WHERE url = ?", (url,))
         if not rows:

@@ -271,7 +271,9 @@ class SQLStore(EventLog):
         if predecessor is None:
             if not self.single_instance:
                 raise InvalidState(f"{self.name} is shared: only a known dead daemon's leases can be taken")
+            self._hand_back_webhooks(None)
             return self._hand_back("1 = 1", [])
+        self._hand_back_webhooks(predecessor)
         return self._hand_back("lease_owner = ?", [predecessor])
 
     def next_due(self) -> float | None:
