@@ -126,6 +126,12 @@ V5 = [
         fails INTEGER NOT NULL DEFAULT 0, retry_at {real} NOT NULL DEFAULT 0)""",
 ]
 SHARED = [V1, V2, V3, V4, V5]
+# The columns a store copies (`migrate`) and reads back, by table, as the latest version has them.
+MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
+                   "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
+                   "last_error", "updated_at", "finished_at", "tags")
+ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
+RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 LATEST = len(SHARED)
 
 

@@ -30,20 +30,15 @@ from .base import (
     RecipientOutcome,
     Status,
 )
-from .events import EXPORT_EVENT, EventLog, each, finished_event, tags_json, tags_of
+from .events import EventLog, each, finished_event, tags_json, tags_of
 from .rollup import HOUR, Rollup, report
-from .schema import Db
+from .schema import ATTEMPT_COLUMNS, Db
 
 if TYPE_CHECKING:
     from ..message import Record
 
 INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
                 "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails, tags")
-MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
-                   "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
-                   "last_error", "updated_at", "finished_at", "tags")
-ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
-RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
                ("duration", "float8"), ("outcome", "text"), ("daemon", "text"), ("claim", "int"))
 RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
@@ -472,58 +467,11 @@ class SQLStore(EventLog):
         return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
 
     def export(self, batch: int = 500) -> Iterator[list[Exported]]:
-        after = ""
-        while True:
-            rows = self._read(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                              (after, batch))
-            if not rows:
-                return
-            ids = [r[0] for r in rows]
-            marks = _marks(len(ids))
-            raws = dict(self._read(f"SELECT id, raw FROM bodies WHERE id IN ({marks})", ids))
-            out = {i: Exported(dict(zip(MESSAGE_COLUMNS, r, strict=True)), bytes(raws.get(i, b"")))
-                   for i, r in zip(ids, rows, strict=True)}
-            for r in self._read(f"SELECT message_id, {', '.join(ATTEMPT_COLUMNS)} FROM attempts"
-                                f" WHERE message_id IN ({marks}) ORDER BY at", ids):
-                out[r[0]].attempts.append(dict(zip(ATTEMPT_COLUMNS, r[1:], strict=True)))
-            for r in self._read(f"SELECT message_id, {', '.join(RECIPIENT_COLUMNS)} FROM recipients"
-                                f" WHERE message_id IN ({marks})", ids):
-                out[r[0]].recipients.append(dict(zip(RECIPIENT_COLUMNS, r[1:], strict=True)))
-            for r in self._read(f"SELECT message_id, {', '.join(EXPORT_EVENT)} FROM events"
-                                f" WHERE message_id IN ({marks}) ORDER BY txid, seq", ids):
-                out[r[0]].events.append(dict(zip(EXPORT_EVENT, r[1:], strict=True)))
-            yield list(out.values())
-            after = ids[-1]
+        from .transfer import export  # `migrate` alone copies a store
+
+        return export(self, batch)
 
     def import_messages(self, messages: Sequence[Exported]) -> list[str]:
-        if not messages:
-            return []
-        cols = ", ".join(MESSAGE_COLUMNS)
-        with self.tx() as db:
-            new: set[str] = set()
-            for m in messages:
-                row = dict(m.row)
-                if row["status"] == Status.SENDING:  # the source is stopped: nobody holds that lease
-                    row["status"] = Status.DEFERRED.value if row["attempts"] else Status.QUEUED.value
-                got = db.execute(f"INSERT INTO messages ({cols}) VALUES ({_marks(len(MESSAGE_COLUMNS))})"
-                                 " ON CONFLICT (id) DO NOTHING RETURNING id",
-                                 [row[c] for c in MESSAGE_COLUMNS]).fetchall()
-                if got:
-                    new.add(m.row["id"])
-            mine = [m for m in messages if m.row["id"] in new]
-            db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)", [(m.row["id"], m.raw) for m in mine])
-            db.executemany(f"INSERT INTO attempts (message_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES"
-                           f" ({_marks(len(ATTEMPT_COLUMNS) + 1)})",
-                           [(m.row["id"], *(a[c] for c in ATTEMPT_COLUMNS)) for m in mine for a in m.attempts])
-            db.executemany(f"INSERT INTO recipients (message_id, {', '.join(RECIPIENT_COLUMNS)}) VALUES"
-                           f" ({_marks(len(RECIPIENT_COLUMNS) + 1)})",
-                           [(m.row["id"], *(x[c] for c in RECIPIENT_COLUMNS)) for m in mine for x in m.recipients])
-            self._tag_rows(db, [(m.row["id"], tags_of(m.row.get("tags"))) for m in mine])
-            # Events keep their ids: a copy of the store is the same history, not a new one.
-            db.executemany(f"INSERT INTO events (message_id, {', '.join(EXPORT_EVENT)}) VALUES"
-                           f" ({_marks(len(EXPORT_EVENT) + 1)})",
-                           [(m.row["id"], *(e[c] for c in EXPORT_EVENT)) for m in mine for e in m.events])
-            if any(m.row["status"] in WAITING for m in mine):
-                self._due_now(db)
-        return [m.row["id"] for m in mine]
+        from .transfer import import_messages
 
+        return import_messages(self, messages)
