@@ -73,7 +73,12 @@ def _deliver(template: Path, base: Path, port: int, n: int, hook: WebhookConfig 
         hooks = Webhooks(daemon.store, events, daemon.id).start()  # as `run` starts it
         try:
             t0 = time.perf_counter()
-            result = daemon.once()
+            sent = 0
+            for _ in range(10):  # a run ends early when commits stall (a loaded disk): the next one goes on
+                result = daemon.once()
+                sent += result.dispatched.sent
+                if sent >= n:
+                    break
             dt = time.perf_counter() - t0
             if hook is not None:  # then how long until the webhook has every event
                 key = shown(hook.url)
@@ -83,8 +88,8 @@ def _deliver(template: Path, base: Path, port: int, n: int, hook: WebhookConfig 
         finally:
             hooks.stop()
             daemon.close()
-        if result.dispatched.sent != n:
-            raise RuntimeError(f"sent {result.dispatched.sent} of {n}: {result.summary()}")
+        if sent != n:
+            raise RuntimeError(f"sent {sent} of {n}: {result.summary()}")
         return n / dt
 
 

@@ -43,6 +43,7 @@ EVENT_COLUMNS = ("e.txid, e.seq, e.id, e.type, e.message_id, m.tags, e.recipient
                  " e.attempt, e.at")
 EXPORT_EVENT = ("id", "type", "at", "attempt", "relay", "code", "reply", "recipients")
 TAG_ROW = (("message_id", "text"), ("key", "text"), ("value", "text"))
+LAST: Position = (2**63 - 1, 2**63 - 1)  # past every event (BIGINT's largest)
 # What each recipient of a message reads in an event that gives none of its own.
 RECIPIENT_STATUS = {EventType.QUEUED: "queued", EventType.DEFERRED: "deferred", EventType.SENT: "sent",
                     EventType.RELEASED: "queued", EventType.HELD: "held"}
@@ -99,6 +100,11 @@ class EventLog(Store):
     # The horizon: the last position of the log no running transaction can still
     # write at or below. SQLite: its last event (one writer at a time).
     HORIZON = "SELECT 0, coalesce(max(seq), 0) FROM events"
+    LOG_ORDER = "e.txid{0}, e.seq{0}"  # the log's order ({0}: "" or " DESC"), down ix_events_log
+
+    def _log_range(self, after: Position, upto: Position) -> tuple[str, list[Any]]:
+        """The events of table `e` past `after`, up to `upto` (a row comparison: one index range)."""
+        return "(e.txid, e.seq) > (?, ?) AND (e.txid, e.seq) <= (?, ?)", [*after, *upto]
 
     # What an engine supplies (sql.py's SQLStore, then each engine).
     def tx(self, durable: bool = True) -> AbstractContextManager[Db]:
@@ -152,8 +158,9 @@ class EventLog(Store):
         where: list[str] = []
         args: list[Any] = []
         if after is not None:  # following: only below the horizon (the last `limit` are every one committed)
-            where.append("(e.txid, e.seq) > (?, ?) AND (e.txid, e.seq) <= (?, ?)")
-            args += [*after, *horizon]
+            sql, more = self._log_range(after, horizon)
+            where.append(sql)
+            args += more
         if message_id is not None:
             where.append("e.message_id = ?")
             args.append(message_id)
@@ -168,7 +175,7 @@ class EventLog(Store):
             args += [key, value]
         order = "" if after is not None else " DESC"
         rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events e LEFT JOIN messages m ON m.id = e.message_id"
-                          f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY e.txid{order}, e.seq{order} LIMIT ?",
+                          f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY {self.LOG_ORDER.format(order)} LIMIT ?",
                           [*args, limit])
         found = [_event(r) for r in rows]
         if after is None:
@@ -234,9 +241,10 @@ class EventLog(Store):
         rows = self._read("SELECT after_txid, after_seq FROM webhooks WHERE url = ?", (url,))
         if not rows:
             return 0
-        sql, args = "SELECT 1 FROM events WHERE (txid, seq) > (?, ?)", [rows[0][0], rows[0][1]]
+        after, args = self._log_range((int(rows[0][0]), int(rows[0][1])), LAST)
+        sql = f"SELECT 1 FROM events e WHERE {after}"
         if types:
-            sql += f" AND type IN ({_marks(len(types))})"
+            sql += f" AND e.type IN ({_marks(len(types))})"
             args += [EventType(t).value for t in types]
         if limit is not None:
             sql += " LIMIT ?"

@@ -27,6 +27,7 @@ from .base import Claimed, Position, Status
 from .deadline import Deadlines
 from .dsn import check as check_dsn
 from .dsn import mask
+from .events import LAST
 from .pgschema import OWN, RENUMBERED, WORDS
 from .schema import Db, upgrade, version
 from .sql import LIVE, SQLStore, cause
@@ -44,7 +45,6 @@ POOL_WAIT = 5.0  # seconds a caller waits for a pooled connection before StoreUn
 DAEMON_POOL = 6
 RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
-LAST_SEQ = 2**63 - 1  # BIGINT's largest: a horizon takes every event of its transactions
 STUCK = 5.0  # seconds a call may wait before /healthz names the store (it fails at `timeout`)
 
 
@@ -217,7 +217,7 @@ class PostgresStore(SQLStore):
         _, xmax, xip = snapshot[0].split(":")
         # pg_stat_activity gives a transaction id's low 32 bits; the snapshot, all 64.
         running = [int(x) for x in xip.split(",") if x and int(x) % 2**32 in ours]
-        return (min(running) if running else int(xmax)) - 1, LAST_SEQ
+        return (min(running) if running else int(xmax)) - 1, LAST[1]  # every event of the ones before
 
     def _due_now(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NoStore, StoreError, StoreUnavailable
-from .base import Claimed, Status
+from .base import Claimed, Position, Status
 from .schema import upgrade
 from .sql import SQLStore, cause
 
@@ -85,6 +85,12 @@ def _private(path: Path) -> str:
 class SQLiteStore(SQLStore):
     single_instance = True  # the daemon opens it under a file lock beside it
     WAITING_INDEX = "INDEXED BY ix_waiting_due"  # left alone the planner reads every waiting row
+    # One writer at a time: txid is always 0 and the log is seq alone. (SQLite reads a row
+    # comparison on (txid, seq) as a range on txid: every event, each read.)
+    LOG_ORDER = "e.seq{0}"
+
+    def _log_range(self, after: Position, upto: Position) -> tuple[str, list[Any]]:
+        return "e.seq > ? AND e.seq <= ?", [after[1], upto[1]]
     RECORD_ERRORS = RECORD_ERRORS
 
     def __init__(self, path: Path, create: bool = False) -> None:
