@@ -616,3 +616,16 @@ def test_a_dead_daemons_webhook_lease_is_taken_over_at_once(store):
     if store.single_instance:
         store.take_over(None)
         assert store.webhook_claim("https://b.example/h", "me", 1002.0, 60) is not None
+
+
+def test_following_the_log_reads_only_past_its_place(store):
+    """A webhook reads past its place each second: an index range, not every event again."""
+    if not store.single_instance:
+        pytest.skip("PostgreSQL plans the row comparison as one range of ix_events_log (EXPLAIN by hand)")
+    from mailmand.stores.events import EVENT_COLUMNS
+
+    where, args = store._log_range((0, 5), (0, 100))
+    plan = " ".join(str(r) for r in store._read(
+        f"EXPLAIN QUERY PLAN SELECT {EVENT_COLUMNS} FROM events e LEFT JOIN messages m ON m.id = e.message_id"
+        f" WHERE {where} ORDER BY {store.LOG_ORDER.format('')} LIMIT 100", args))
+    assert "SEARCH e USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in plan, plan
