@@ -629,3 +629,20 @@ def test_following_the_log_reads_only_past_its_place(store):
         f"EXPLAIN QUERY PLAN SELECT {EVENT_COLUMNS} FROM events e LEFT JOIN messages m ON m.id = e.message_id"
         f" WHERE {where} ORDER BY {store.LOG_ORDER.format('')} LIMIT 100", args))
     assert "SEARCH e USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in plan, plan
+
+
+def test_the_json_a_webhook_sends_is_the_event_as_read(store):
+    """events_json (made by the database, for webhooks) says what events().to_json says."""
+    import json
+
+    store.insert([tagged(1, {"order": "42", "note": 'a "quoted" é'}), rec(2)])
+    [c] = store.claim(2000.0, 1, "me", 60)
+    done(store, c, "me", 2001.123456, Outcome(Status.DEFERRED, "451 later", 451, due_at=2100.0), "temporary", 451,
+         [RecipientOutcome("b@x.org", "deferred", 451, "451 4.7.1 try\\later")])
+    texts, upto = store.events_json(START, limit=100)
+    events, same = store.events(after=START, limit=100)
+    assert upto == same and len(texts) == len(events) == 3
+    assert [json.loads(t) for _, t in texts] == [e.to_json() for e in events]
+    assert [at for at, _ in texts] == [e.at for e in events]
+    [(_, only)] = store.events_json(START, [EventType.DEFERRED])[0]
+    assert json.loads(only)["recipients"][0]["reply"] == "451 4.7.1 try\\later"

@@ -188,7 +188,7 @@ class Event:
         """The event as webhooks and `mailmand events --json` give it."""
         return {"id": self.id, "type": self.type.value, "message": self.message, "tags": dict(self.tags),
                 "recipients": [r.__dict__ for r in self.recipients], "relay": self.relay, "code": self.code,
-                "reply": self.reply, "attempt": self.attempt, "at": self.at}
+                "reply": self.reply, "attempt": self.attempt, "at": round(self.at, 6)}
 
 
 @dataclass(frozen=True)
@@ -395,6 +395,12 @@ class Store:
         where that read ended (the last event's position when `limit` were found,
         else the horizon): a reader that goes on from there never passes over an
         event committed late."""
+        raise NotImplementedError
+
+    def events_json(self, after: Position, types: Sequence[EventType] = (),
+                    limit: int = 100) -> tuple[list[tuple[float, str]], Position]:
+        """As `events(after=...)`, each event as (its `at`, the JSON text of its `to_json`):
+        what a webhook POSTs, made without building the events in between."""
         raise NotImplementedError
 
     # -- webhooks: each one's place in the log, under a lease ---------------------------

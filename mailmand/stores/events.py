@@ -58,11 +58,12 @@ def tags_of(text: str | None) -> dict[str, str]:
 
 
 def _recipients_json(recipients: Sequence[RecipientOutcome]) -> str:
-    return json.dumps([[r.address, r.status, r.code, r.reply] for r in recipients], ensure_ascii=False)
+    # As a webhook sends them: the engine puts this text into the event's JSON as it is.
+    return json.dumps([r.__dict__ for r in recipients], ensure_ascii=False)
 
 
 def _recipients(text: str) -> tuple[RecipientOutcome, ...]:
-    return tuple(RecipientOutcome(*r) for r in json.loads(text))
+    return tuple(RecipientOutcome(**r) for r in json.loads(text))
 
 
 def _marks(n: int) -> str:
@@ -101,6 +102,12 @@ class EventLog(Store):
     # write at or below. SQLite: its last event (one writer at a time).
     HORIZON = "SELECT 0, coalesce(max(seq), 0) FROM events"
     LOG_ORDER = "e.txid{0}, e.seq{0}"  # the log's order ({0}: "" or " DESC"), down ix_events_log
+    # An event as Event.to_json gives it, made by the database (a webhook's batch is then
+    # these texts joined: no decoding and encoding per event in the daemon). Its `at` to
+    # the microsecond, as `to_json` rounds it.
+    EVENT_JSON = ("json_object('id', e.id, 'type', e.type, 'message', e.message_id, 'tags',"
+                  " json(coalesce(m.tags, '{}')), 'recipients', json(e.recipients), 'relay', e.relay, 'code', e.code,"
+                  " 'reply', e.reply, 'attempt', e.attempt, 'at', json(printf('%.6f', e.at)))")
 
     def _log_range(self, after: Position, upto: Position) -> tuple[str, list[Any]]:
         """The events of table `e` past `after`, up to `upto` (a row comparison: one index range)."""
@@ -154,6 +161,18 @@ class EventLog(Store):
     def events(self, *, after: Position | None = None, message_id: str | None = None,
                types: Sequence[EventType] = (), tags: Mapping[str, str] | None = None, since: float | None = None,
                limit: int = 100) -> tuple[list[Event], Position]:
+        rows, upto = self._select(EVENT_COLUMNS, after, message_id, types, tags, since, limit)
+        found = [_event(r) for r in rows]
+        return (found[::-1] if after is None else found), upto
+
+    def events_json(self, after: Position, types: Sequence[EventType] = (),
+                    limit: int = 100) -> tuple[list[tuple[float, str]], Position]:
+        rows, upto = self._select(f"e.txid, e.seq, e.at, {self.EVENT_JSON}", after, None, types, None, None, limit)
+        return [(float(r[2]), str(r[3])) for r in rows], upto
+
+    def _select(self, columns: str, after: Position | None, message_id: str | None, types: Sequence[EventType],
+                tags: Mapping[str, str] | None, since: float | None, limit: int) -> tuple[list[Any], Position]:
+        """`columns` of the events `events` describes, each row starting (txid, seq), and the position to go on from."""
         horizon = self._horizon()  # first: whatever lies below it is committed before the read begins
         where: list[str] = []
         args: list[Any] = []
@@ -174,15 +193,14 @@ class EventLog(Store):
             where.append("e.message_id IN (SELECT message_id FROM tags WHERE key = ? AND value = ?)")
             args += [key, value]
         order = "" if after is not None else " DESC"
-        rows = self._read(f"SELECT {EVENT_COLUMNS} FROM events e LEFT JOIN messages m ON m.id = e.message_id"
+        rows = self._read(f"SELECT {columns} FROM events e LEFT JOIN messages m ON m.id = e.message_id"
                           f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY {self.LOG_ORDER.format(order)} LIMIT ?",
                           [*args, limit])
-        found = [_event(r) for r in rows]
         if after is None:
-            return found[::-1], horizon
-        if len(found) == limit:
-            return found, found[-1].position
-        return found, max(horizon, after)
+            return rows, horizon
+        if len(rows) == limit:
+            return rows, (int(rows[-1][0]), int(rows[-1][1]))
+        return rows, max(horizon, after)
 
     @staticmethod
     def _tagged(tags: Mapping[str, str]) -> tuple[str, list[Any]]:

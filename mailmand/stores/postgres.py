@@ -108,6 +108,9 @@ class PostgresStore(SQLStore):
     LOCK_ROWS = " FOR UPDATE"
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
+    EVENT_JSON = ("json_build_object('id', e.id, 'type', e.type, 'message', e.message_id, 'tags',"
+                  " coalesce(m.tags, '{}')::json, 'recipients', e.recipients::json, 'relay', e.relay, 'code', e.code,"
+                  " 'reply', e.reply, 'attempt', e.attempt, 'at', round(e.at::numeric, 6))::text")
 
     def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
         check_dsn(cfg.dsn)
