@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,webhooks]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,outbox,webhooks]"""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chunking, dispatch, enqueue, ingest, latency, scale, submission, wan, webhooks
+from . import chunking, dispatch, enqueue, ingest, latency, outbox, scale, submission, wan, webhooks
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
              "latency": latency.run, "scale": scale.run, "wan": wan.run, "chunking": chunking.run,
-             "submission": submission.run, "webhooks": webhooks.run}
+             "submission": submission.run, "outbox": outbox.run, "webhooks": webhooks.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -85,6 +85,19 @@ def report(results: dict[str, Any]) -> str:
             dd = results["scale"]["daemons"]
             parts.append(f"daemons on one PostgreSQL store, relay {dd['rtt_ms']:g} ms away, {dd['messages']} messages: "
                          + ", ".join(f"{r['daemons']} → {r['msg_s']:.0f} msg/s" for r in dd["runs"]))
+    if "outbox" in results:
+        o = results["outbox"]
+        if "skipped" in o:
+            parts += [f"\n## outbox: skipped ({o['skipped']})"]
+        else:
+            parts += ["\n## outbox (inside an app's PostgreSQL transaction, against a plain INSERT of the same bytes)",
+                      "| call | median µs | plain INSERT median µs | cost ratio |", "|---|---|---|---|"]
+            for name, call in (("put", "Client.put(record, connection=conn)"),
+                               ("enqueue", "Client.enqueue(email, connection=conn), composing")):
+                st = o["statement"][name]
+                parts.append(f"| {call} | {st['outbox_us']:.0f} | {st['plain_insert_us']:.0f} "
+                             f"| **{st['cost_ratio']:.2f}** |")
+            parts += ["", _table(o["rows"])]
     if "wan" in results:
         w = results["wan"]
         if "skipped" in w:

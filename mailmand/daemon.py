@@ -255,7 +255,9 @@ class Daemon:
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
-        loop = self._ingest_loop = IngestLoop(self.ingester)
+        # The queue's wake-up (inotify, a blocking read, NOTIFY) brings mail in at once;
+        # polling, at `interval` at the most, is the floor when one is missed.
+        loop = self._ingest_loop = IngestLoop(self.ingester, poll=min(IngestLoop.POLL, self.cfg.server.interval))
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)

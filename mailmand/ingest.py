@@ -117,7 +117,9 @@ class IngestLoop:
     # readers: after a wake-up that found nothing, look again shortly.
     AFTER_WAKE = (0.002, 0.003, 0.005, 0.01, 0.02, 0.04)
 
-    def __init__(self, ingester: Ingester, poll: float = 2.0) -> None:
+    POLL = 2.0  # seconds between looks when no wake-up came
+
+    def __init__(self, ingester: Ingester, poll: float = POLL) -> None:
         self.ingester = ingester
         self.queue = ingester.queue
         self.poll = poll

@@ -130,7 +130,7 @@ class StateCollector(Collector):
         return (
             GaugeMetricFamily("mailmand_queue_messages", "Messages in the store by state.", labels=["status"]),
             GaugeMetricFamily("mailmand_queue_backlog",
-                              "Records in the queue not yet ingested (spool items, stream entries)."),
+                              "Records in the queue not yet ingested (spool items, stream entries, outbox rows)."),
             GaugeMetricFamily("mailmand_oldest_due_seconds",
                               "Age of the oldest message that is due and unsent (0 when none)."),
         )

@@ -413,7 +413,7 @@ def test_bad_rate_in_the_file(tmp_path: Path) -> None:
         ),
         (
             RELAY + "  queue: {default: {engine: kafka}}\n",
-            'email.queue.default.engine: expected one of spool, redis, got "kafka"',
+            'email.queue.default.engine: expected one of spool, redis, postgres, got "kafka"',
         ),
         (
             RELAY + "    database: {engine: mysql}\n",

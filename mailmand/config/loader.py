@@ -40,6 +40,7 @@ from .schema import (
     Network,
     Rate,
     Size,
+    SqlTable,
     Url,
 )
 from .values import (
@@ -52,6 +53,7 @@ from .values import (
     parse_network,
     parse_rate,
     parse_size,
+    parse_sql_table,
     parse_url,
     printable,
     show,
@@ -176,7 +178,8 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, Url: parse_url}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network,
+                   SqlTable: parse_sql_table, Url: parse_url}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
@@ -207,6 +210,9 @@ class Parse:
             self.check_ca_file(smtp.ca_file)
         if server.database.engine == "postgres" and not server.database.dsn and not self.producer:
             raise ConfigError("required when engine is postgres", "email.server.database.dsn")
+        if queue.engine == "postgres" and not queue.dsn:  # producers too: they insert into it
+            raise ConfigError("required when engine is postgres (the database that holds the outbox table)",
+                              "email.queue.default.dsn")
         submission = server.submission
         if submission is not None:  # the section alone does not open a port
             submission = None if "listen" not in given.get("submission", {}) else replace(

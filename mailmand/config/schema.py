@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     Network = str  # an address or CIDR network, such as 10.0.0.0/8
     Address = str  # local@domain
     Domain = str  # a mail domain, never localhost
+    SqlTable = str  # a PostgreSQL table name, optionally schema.table
     Aliases = dict[str, tuple[str, ...]]
     Url = str  # http:// or https://
 else:
@@ -69,6 +70,9 @@ else:
 
     class Domain(str):
         """A mail domain such as `example.com`, never `localhost`."""
+
+    class SqlTable(str):
+        """A PostgreSQL table such as `mailmand_outbox` or `app.mailmand_outbox`."""
 
     class Aliases(dict):
         """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to its addresses."""
@@ -103,9 +107,9 @@ class Section(msgspec.Struct, frozen=True, rename="kebab", forbid_unknown_fields
 class QueueConfig(Section, frozen=True):
     """`email.queue.default`: where producers put messages."""
 
-    secret_fields = frozenset({"url", "password"})
+    secret_fields = frozenset({"url", "password", "dsn"})
 
-    engine: Literal["spool", "redis"] = "spool"
+    engine: Literal["spool", "redis", "postgres"] = "spool"
     path: Path = field(default_factory=lambda: data_dir() / "spool")
     # redis engine (the Go original's keys, or a url)
     url: str | None = None  # may hold a password
@@ -113,7 +117,12 @@ class QueueConfig(Section, frozen=True):
     port: Port = 6379
     db: NonNegative = 0
     name: str = "mailmand"  # the stream's key
-    password: str | None = None  # `password` or `password-file`
+    password: str | None = None  # `password` or `password-file` (redis, postgres)
+    # postgres engine (the outbox): the app's database, and the table producers insert into
+    dsn: str | None = None  # may hold a password
+    table: SqlTable = "mailmand_outbox"
+    # postgres: connecting, each statement, and each call of the daemon's (as database.timeout)
+    timeout: Duration = 30.0
     password_file: Path | None = None
     # Producers refuse to enqueue while the spool's disk has less free (Postfix's
     # queue_minfree), so the daemon always has room to drain. Parsed default:

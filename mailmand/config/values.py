@@ -207,6 +207,20 @@ def parse_domain(value: object) -> str:
     return text
 
 
+# Lower case, as an unquoted name folds to: the app's own SQL (`CREATE TABLE
+# mailmand_outbox`) and mailmand's quoted name then mean the same table.
+# 63 bytes a part: PostgreSQL's NAMEDATALEN - 1.
+_SQL_NAME = r"[a-z_][a-z0-9_]{0,62}"
+
+
+def parse_sql_table(value: object) -> str:
+    """A table name from the file: checked here, quoted (psycopg.sql) where it is used."""
+    if not isinstance(value, str) or not re.fullmatch(rf"{_SQL_NAME}(\.{_SQL_NAME})?", value):
+        raise ValueError("expected a table name such as mailmand_outbox or app.mailmand_outbox (lower-case "
+                         f"letters, digits and _, up to 63 a name; optionally schema.table), got {show(value)}")
+    return value
+
+
 class Invalid(ValueError):
     """A value refused at `key` below the key being read (`.root`, `[2]`)."""
 

@@ -26,7 +26,7 @@ from ..repeats import Repeats
 from .base import Claimed, Position, Status
 from .deadline import Deadlines
 from .dsn import check as check_dsn
-from .dsn import mask
+from .dsn import connect_kwargs, mask, with_statement_timeout
 from .events import LAST
 from .pgschema import OWN, RENUMBERED, WORDS
 from .schema import Db, upgrade, version
@@ -46,26 +46,6 @@ DAEMON_POOL = 6
 RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 STUCK = 5.0  # seconds a call may wait before /healthz names the store (it fails at `timeout`)
-
-
-def connect_kwargs(timeout: float) -> dict[str, Any]:
-    """libpq's parameters that bound a connection's waits, from `timeout` (seconds):
-    connect_timeout for the whole connection (startup included); TCP keepalives
-    that find a dead peer on an idle connection within about `timeout`; and
-    tcp_user_timeout for data sent and never acknowledged."""
-    whole = max(2, round(timeout))
-    return {"connect_timeout": whole, "keepalives": 1, "keepalives_idle": max(1, whole // 3),
-            "keepalives_interval": max(1, whole // 6), "keepalives_count": 4,
-            "tcp_user_timeout": whole * 1000}
-
-
-def with_statement_timeout(dsn: str, timeout: float) -> str:
-    """The dsn with the server's statement_timeout set (as `options`, after the dsn's own),
-    so that the server stops work no client waits for any more."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    options = str(conninfo_to_dict(dsn).get("options") or "")
-    return make_conninfo(dsn, options=f"{options} -c statement_timeout={round(timeout * 1000)}".strip())
 
 
 @functools.lru_cache(maxsize=256)
