@@ -106,28 +106,29 @@ class Poster:
         """(status, reason); raises OSError or http.client.HTTPException when no answer came."""
         if self.auth:
             headers = {**headers, "Authorization": self.auth}
-        reused = self._conn is not None
-        for _ in range(2):
-            conn = self._busy = self._conn or self._connect()
-            self._conn = None
-            try:
-                conn.request("POST", self.path, body, headers)
-                answer = conn.getresponse()
-                answer.read(ANSWER_MAX)
-                if answer.will_close or not answer.isclosed():  # not all of it read: not reusable
-                    conn.close()
-                else:
-                    self._conn = conn
-                return answer.status, answer.reason
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                if not reused:
-                    raise
-                reused = False  # the server closed a kept connection: once more, on a new one
-            except BaseException:
-                conn.close()
+        kept = self._conn is not None
+        try:
+            return self._post(body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not kept:
                 raise
-        raise AssertionError("unreachable")
+        return self._post(body, headers)  # the server had closed the kept connection: once more, on a new one
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        conn = self._busy = self._conn or self._connect()
+        self._conn = None
+        try:
+            conn.request("POST", self.path, body, headers)
+            answer = conn.getresponse()
+            answer.read(ANSWER_MAX)
+        except BaseException:
+            conn.close()
+            raise
+        if answer.will_close or not answer.isclosed():  # not all of it read: not reusable
+            conn.close()
+        else:
+            self._conn = conn
+        return answer.status, answer.reason
 
     def abort(self) -> None:
         """Cut short the POST under way, from another thread (stopping)."""
@@ -167,6 +168,7 @@ class Sender:
         self._down = Repeats(log, f"webhook {self.key}")
         self._store_down = Repeats(log, f"webhook {self.key}: store")
         self._registered = False
+        self._gave_up: tuple[int, int] | None = None  # the place whose batch was last reported as too old
         self._claim: HookClaim | None = None
         self._renew_at = 0.0  # monotonic: when the lease is renewed next
         self._thread = threading.Thread(target=self._run, name="mailmand-webhook", daemon=True)
@@ -218,7 +220,8 @@ class Sender:
             return min(claim.retry_at - now, POLL)
         events, upto = self.store.events_json(claim.after, self.types, BATCH)
         fresh = [text for at, text in events if at >= now - self.cfg.max_time]
-        if len(fresh) < len(events):
+        if len(fresh) < len(events) and self._gave_up != claim.after:  # said once per batch, not per retry
+            self._gave_up = claim.after
             log.warning("webhook %s: gave up on %d event(s) older than events.max-time (%gs)", self.key,
                         len(events) - len(fresh), self.cfg.max_time)
         if not fresh:  # nothing new, or only what it does not take, or only what is too old

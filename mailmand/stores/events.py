@@ -46,7 +46,7 @@ TAG_ROW = (("message_id", "text"), ("key", "text"), ("value", "text"))
 LAST: Position = (2**63 - 1, 2**63 - 1)  # past every event (BIGINT's largest)
 # What each recipient of a message reads in an event that gives none of its own.
 RECIPIENT_STATUS = {EventType.QUEUED: "queued", EventType.DEFERRED: "deferred", EventType.SENT: "sent",
-                    EventType.RELEASED: "queued", EventType.HELD: "held"}
+                    EventType.RELEASED: "queued", EventType.HELD: "held", EventType.SUPPRESSED: "suppressed"}
 
 
 def tags_json(tags: Mapping[str, str] | None) -> str | None:
