@@ -120,7 +120,9 @@ def report(results: dict[str, Any]) -> str:
         else:
             parts += ["\n## webhooks (delivery with one webhook configured; target ≥ 0.9)", _table(h["rows"]),
                       f"\nthe webhook had every event ({2 * h['messages']}) {h['webhook_drained_s']:.2f} s after "
-                      f"delivery began: {h['webhook_events_s']:.0f} events/s"]
+                      f"delivery began: {h['webhook_events_s']:.0f} events/s; the daemon's CPU per message "
+                      f"{h['cpu_us_per_message']['webhook']:.0f} µs with the webhook, "
+                      f"{h['cpu_us_per_message']['none']:.0f} µs without"]
     return "\n".join(parts)
 
 
