@@ -56,12 +56,7 @@ def report(results: dict[str, Any]) -> str:
             parts.append(f"p50 split: record created → SMTP attempt begins "
                          f"{lat['p50_created_to_attempt_ms']:.1f} ms, SMTP exchange {lat['p50_smtp_ms']:.1f} ms")
     if "submission" in results:
-        sub = results["submission"]
-        parts += ["\n## submission (SMTP listener of a running daemon)", _table(sub["rows"]),
-                  f"\ndaemon CPU per message (ingest + dispatch, + the listener on the SMTP side): "
-                  f"SMTP {sub['daemon_cpu_us_per_message']['smtp']} µs, direct enqueue "
-                  f"{sub['daemon_cpu_us_per_message']['enqueue']} µs: the listener costs "
-                  f"{sub['listener_cpu_us_per_message']} µs/message"]
+        parts += ["\n" + submission.report(results["submission"])]
     if "scale" in results:
         s, r = results["scale"]["store"], results["scale"]["run"]
         parts += [f"\n## scale ({s['messages']:,} messages)", "| operation | median ms (min–max) |", "|---|---|"]

@@ -78,6 +78,15 @@ class Queue:
         durable on disk (spool), or replied to (Redis, per its appendfsync)."""
         raise NotImplementedError
 
+    def put_many(self, records: list[dict[str, Any]]) -> None:
+        """Append several records, durable on return as `put` makes one: in one
+        write where the engine can (one transaction and one fsync on the spool, one
+        MULTI/EXEC on Redis), so that records that arrived together cost one sync.
+        All or none where the engine can say so; when it raises, the caller treats
+        every record as not queued (one that was is then queued twice, never lost)."""
+        for record in records:
+            self.put(record)
+
     def put_in(self, record: dict[str, Any], connection: Any) -> None:
         """Insert one record inside the caller's open transaction on `connection`
         (a connection of the engine's own driver): it is there if and only if

@@ -19,13 +19,13 @@ against persist-queue's own by tests/test_queue.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import sqlite3
 import threading
 import time
-from contextlib import closing
 from pathlib import Path
 
 from ..errors import QueueError, QueueUnavailable, SpoolPermissionError
@@ -235,6 +235,8 @@ class SpoolQueue(Queue):
                 if _disk_full(exc):
                     raise QueueUnavailable(f"spool {what} failed at {self.path}: {exc}") from exc
                 raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:  # the database refused the write (a damaged file, a constraint)
+                raise QueueError(f"spool {what} failed at {self.path}: {exc}") from exc
 
     def _daemon_sql(self, what: str, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """One statement (one transaction) on the daemon's connection; [] when
@@ -266,6 +268,43 @@ class SpoolQueue(Queue):
         in WAL with synchronous=FULL: durable when this returns. False when the
         spool has no table yet (nobody opened it with persist-queue): then
         persist-queue creates it."""
+        db = self._direct_db()
+        if db is None:
+            return False
+        data = json.dumps(record).encode("utf-8")  # persistqueue.serializers.json.dumps
+        with self._direct_lock:
+            db.execute(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, ?)",
+                       (data, time.time(), INITED))
+        return True
+
+    def put_many(self, records: list[dict[str, Any]]) -> None:
+        """The rows `put` writes, in one transaction: one fsync of the WAL for them all,
+        and all or none of them there."""
+        if not records:
+            return
+        self._check_free()
+        if self._retry(self._direct_db, "put") is None and self._opened is None:
+            self._opened = self._retry(self._open, "open")  # persist-queue makes its table; the rows go in directly
+        now = time.time()
+        rows = [(json.dumps(record).encode("utf-8"), now, INITED) for record in records]
+        self._retry(self._insert_many, "put", rows)
+
+    def _insert_many(self, rows: list[tuple[bytes, float, int]]) -> None:
+        db = self._direct_db()
+        assert db is not None
+        with self._direct_lock:
+            db.execute("BEGIN IMMEDIATE")  # the write lock first: nothing to undo when it is busy
+            try:
+                db.executemany(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, ?)", rows)
+                db.execute("COMMIT")  # synchronous=FULL: the WAL is synced before this returns
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the error that brought us here is the one to tell
+                        db.execute("ROLLBACK")
+                raise
+
+    def _direct_db(self) -> sqlite3.Connection | None:
+        """The producer's own connection (WAL, synchronous=FULL), or None while the spool has no table."""
         if self._direct is None:
             db = sqlite3.connect(self.path / DB_FILE, timeout=BUSY_TIMEOUT, isolation_level=None,
                                  check_same_thread=False)
@@ -273,18 +312,14 @@ class SpoolQueue(Queue):
                 if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                               (TABLE,)).fetchone() is None:
                     db.close()
-                    return False
+                    return None
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")  # fsync at commit, as persist-queue's default
             except BaseException:
                 db.close()
                 raise
             self._direct = db
-        data = json.dumps(record).encode("utf-8")  # persistqueue.serializers.json.dumps
-        with self._direct_lock:
-            self._direct.execute(f"INSERT INTO {TABLE} (data, timestamp, status) VALUES (?, ?, ?)",
-                                 (data, time.time(), INITED))
-        return True
+        return self._direct
 
     def _check_free(self) -> None:
         """Postfix's queue_minfree: refuse new mail while the spool's disk is
@@ -446,7 +481,7 @@ class SpoolQueue(Queue):
         if not db_file.exists():
             return []
         try:
-            with closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as db:
+            with contextlib.closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as db:
                 return db.execute(sql, args).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
