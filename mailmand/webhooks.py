@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__, policy
-from .config import EventsConfig, WebhookConfig
+from .config import Config, EventsConfig, WebhookConfig
 from .config.values import mask_url
 from .errors import StoreError
 from .repeats import Repeats
@@ -284,8 +284,8 @@ class Webhooks:
         self._apply(self.cfg)
         return self
 
-    def configure(self, cfg: Any) -> None:
-        """A reload (`cfg`: the whole configuration)."""
+    def configure(self, cfg: Config) -> None:
+        """A reload: webhooks added start, those gone or changed stop (a changed one starts anew)."""
         self._apply(cfg.server.events)
 
     def _apply(self, events: EventsConfig) -> None:

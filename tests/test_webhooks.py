@@ -227,11 +227,9 @@ def test_a_reload_starts_and_stops_senders(store, receiver):
     try:
         assert [s.key for s in hooks.senders.values()] == [r1.url]
 
-        class Cfg:
-            class server:  # noqa: N801 (the shape of Config)
-                events = EventsConfig(webhooks=(hook(r2.url),))
+        from mailmand.config import Config, ServerConfig
 
-        hooks.configure(Cfg)
+        hooks.configure(Config(server=ServerConfig(events=EventsConfig(webhooks=(hook(r2.url),)))))
         assert [s.key for s in hooks.senders.values()] == [r2.url]
         store.insert([rec(1)])
         deadline = time.monotonic() + 20
