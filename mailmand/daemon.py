@@ -164,6 +164,15 @@ class Daemon:
         for d in dead:
             store.unregister(d.id)
         store.register(me)
+        # On a shared queue, the consumers of daemons that stopped (or whose heartbeat is
+        # older than the lease) go, so that `status` lists only the live ones; what they
+        # left pending is taken over first.
+        now = time.time()
+        live = {d.id for d in store.daemons() if d.heartbeat_at >= now - self.cfg.server.lease}
+        forgotten = self.queue.forget_consumers(live)
+        if forgotten:
+            log.info("removed %d queue consumer(s) of daemons no longer running: %s", len(forgotten),
+                     ", ".join(forgotten))
         resumed = self.queue.resume()
         if resumed or released:
             log.info("took back %d queue item(s) and %d claimed message(s) from a previous run",
@@ -346,18 +355,20 @@ class Daemon:
         try:
             new = configmod.load(self.cfg.source)
         except ConfigError as exc:
-            log.error("configuration reload refused, keeping the running one: %s", exc)
+            log.error("configuration reload refused, keeping the running one: %s", "; ".join(str(exc).splitlines()))
             return False
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
-        # Keys that need a restart keep their running values: nothing is half-applied.
-        server = configmod.replace(new.server, database=self.cfg.server.database)
+        # Keys that need a restart keep their running values: nothing is half-applied, and
+        # the next reload compares with what runs.
+        running = configmod.keep_running(self.cfg, new)
+        server = running.server
         try:
             self.dispatcher.configure(server)
         except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays
             log.error("configuration reload refused, keeping the running one: %s", exc)
             return False
-        self.cfg = configmod.replace(self.cfg, server=server)
+        self.cfg = running
         sched.reschedule(server.interval, server.retention)
         for service in self.services:
             service.configure(self.cfg)

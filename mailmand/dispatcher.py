@@ -333,7 +333,7 @@ class Dispatcher:
         expired: list[Finished] = []
         sendable: list[Claimed] = []
         for msg in batch:
-            if policy.is_expired(t, msg.send_after, cfg):
+            if policy.is_expired(t, msg.clock, cfg):
                 outcome = policy.expired_outcome(cfg)
                 attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
                 expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, rcpt_to=msg.rcpt_to))

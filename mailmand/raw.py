@@ -119,7 +119,8 @@ class RawMessage:
                                          *_all(fields, found, "bcc"), *given]
         rcpt_to = tuple(dict.fromkeys(_spec(m) for m in rcpt))
         if not rcpt_to:
-            raise InvalidMessage("to", None, "at least one recipient (to, cc or bcc) is required")
+            raise InvalidMessage("to", None, "no recipient: the message has no To, Cc or Bcc header, and none "
+                                 "was given" if not recipients else "at least one recipient is required")
         mail_from = "" if null_sender else _spec(envelope_from)
         utf8 = not all(a.isascii() for a in (mail_from, *rcpt_to))
 

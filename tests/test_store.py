@@ -22,6 +22,7 @@ from mailmand.stores.base import (
     Finished,
     Outcome,
     RecipientOutcome,
+    Selection,
 )
 
 
@@ -297,7 +298,7 @@ def test_export_and_import_keep_everything_and_copy_nothing_twice(store, databas
             assert target.raw(mid) == store.raw(mid)
             assert target.events(message_id=mid)[0] == store.events(message_id=mid)[0]  # ids kept
         assert target.counts() == store.counts()
-        assert [m.id for m in target.list_messages(tags={"order": "42"})] == ["id2"]
+        assert [m.id for m in target.select(Selection(tags=(("order", "42"),)), 50).messages] == ["id2"]
     finally:
         target.close()
 
@@ -482,7 +483,7 @@ def test_each_state_change_writes_its_event_with_the_change(store):
         1, "retry requested by operator", ["queued", "queued"])
     [_, x] = store.events(message_id="id3")[0]
     assert (x.type, x.reply, [r.status for r in x.recipients]) == (EventType.CANCELLED, "cancelled by operator",
-                                                                   ["failed", "failed"])
+                                                                   ["cancelled", "cancelled"])
     everything = store.events(limit=1000)[0]
     assert len({e.id for e in everything}) == len(everything) == 8 and failed
     assert [e.id for e in store.events(limit=1000)[0]] == [e.id for e in everything]  # ids stay as recorded
@@ -555,9 +556,13 @@ def test_a_reader_never_passes_an_event_committed_late(store, peers):
 
 def test_messages_are_selected_by_tag(store):
     store.insert([tagged(1, {"order": "42", "tenant": "acme"}), tagged(2, {"order": "43", "tenant": "acme"}), rec(3)])
-    assert [m.id for m in store.list_messages(tags={"tenant": "acme"})] == ["id2", "id1"]
-    assert [m.id for m in store.list_messages(tags={"tenant": "acme", "order": "42"})] == ["id1"]
-    assert store.list_messages(Status.SENT, tags={"tenant": "acme"}) == []
+    def ids(*pairs: tuple[str, str], statuses: tuple[Status, ...] = ()) -> list[str]:
+        return [m.id for m in store.select(Selection(statuses=statuses, tags=pairs), 50).messages]
+
+    assert ids(("tenant", "acme")) == ["id2", "id1"]
+    assert ids(("tenant", "acme"), ("order", "42")) == ["id1"]
+    assert ids(("tenant", "acme"), statuses=(Status.SENT,)) == []
+    assert ids(("tenant", "acme"), statuses=(Status.QUEUED, Status.SENT)) == ["id2", "id1"]
     assert store.get("id1").tags == {"order": "42", "tenant": "acme"} and store.get("id3").tags == {}
     assert store.get("id1").to_json()["tags"] == {"order": "42", "tenant": "acme"}
 
@@ -567,7 +572,7 @@ def test_purge_takes_a_message_with_its_events_and_tags(store):
     store.cancel("id1", 2000.0)
     assert store.purge(3000.0) == 1
     assert store.events(message_id="id1")[0] == [] and kinds(store, "id2") == ["queued"]
-    assert [m.id for m in store.list_messages(tags={"order": "42"})] == ["id2"]
+    assert [m.id for m in store.select(Selection(tags=(("order", "42"),)), 50).messages] == ["id2"]
 
 
 def test_a_webhook_is_sent_its_events_by_one_lease_holder_at_a_time(store, peers):
@@ -646,3 +651,20 @@ def test_the_json_a_webhook_sends_is_the_event_as_read(store):
     assert [at for at, _ in texts] == [e.at for e in events]
     [(_, only)] = store.events_json(START, [EventType.DEFERRED])[0]
     assert json.loads(only)["recipients"][0]["reply"] == "451 4.7.1 try\\later"
+
+
+def test_hold_and_release_write_their_events_in_their_transaction(store):
+    store.insert([tagged(1, {"order": "42"}), rec(2), rec(3)])
+    [c] = store.claim(2000.0, 1, "me", 60)
+    done(store, c, "me", 2001.0, Outcome(Status.SENT, code=250))
+    assert sorted(store.hold(["id1", "id2", "id3"], 2100.0)) == ["id2", "id3"]  # id1 was sent: no move, no event
+    assert kinds(store, "id1") == ["queued", "sent"]
+    [_, held] = store.events(message_id="id2")[0]
+    assert (held.type, held.reply, held.attempt, held.at) == (EventType.HELD, "held by operator", 0, 2100.0)
+    assert [(r.address, r.status) for r in held.recipients] == [("b@x.org", "held"), ("c@x.org", "held")]
+    assert store.release(["id2"], 2200.0) == ["id2"]
+    store.cancel("id3", 2300.0)  # cancelling held mail is the third move: its event follows the hold's
+    assert kinds(store, "id2") == ["queued", "held", "released"]
+    assert kinds(store, "id3") == ["queued", "held", "cancelled"]
+    last = store.events(message_id="id2")[0][-1]
+    assert last.reply == "released by operator" and store.get("id2").status is Status.QUEUED

@@ -21,6 +21,7 @@ from mailmand.config.schema import SubmissionConfig
 from mailmand.errors import InvalidMessage
 from mailmand.record import Record, validate
 from mailmand.stores import Status, open_store
+from mailmand.stores.base import Selection
 from tests.conftest import ROOT, mailmand_cmd, run_cli
 
 RELAY = "    max-fails: 1\n"
@@ -100,7 +101,7 @@ def test_tags_come_in_through_every_way_and_are_stored_with_the_message(world, c
         assert by_subject["alert"].tags == {"source": "billing"}
         for m in by_subject.values():  # taken out of the head: the recipients never see them
             assert b"mailmand-tag" not in store.raw(m.id).lower()
-        assert {m.id for m in store.list_messages(tags={"order": "42"}, limit=100)} == {
+        assert {m.id for m in store.select(Selection(tags=(("order", "42"),)), 100).messages} == {
             by_subject[k].id for k in ("api", "raw", "sendmail", "smtp", "cli")}
         events = store.events(tags={"tenant": "acme"}, limit=100)[0]
         assert {(e.type.value, e.tags["tenant"]) for e in events} == {("queued", "acme"), ("sent", "acme")}
@@ -130,7 +131,7 @@ def test_the_django_backend_reads_message_tags(world):
     once(conf)
     store = stored(conf)
     try:
-        [m] = store.list_messages(tags={"via": "django"})
+        [m] = store.select(Selection(tags=(("via", "django"),)), 50).messages
         assert m.tags == {"order": "42", "via": "django"} and m.status is Status.SENT
     finally:
         store.close()
@@ -202,7 +203,7 @@ def test_list_and_show_print_tags_and_list_selects_by_them(tagged, capsys):
     both = json.loads(out(capsys, "list", "-c", str(conf), "--tag", "order=42", "--tag", "tenant=acme", "--json"))
     assert [m["id"] for m in both] == [ids["sent"]]
     text = out(capsys, "list", "-c", str(conf), "--tag", "order=42", "--limit", "1")
-    assert text.splitlines()[0].split()[-1] == "TAGS" and "… more (use --limit)" in text
+    assert text.splitlines()[0].split()[-1] == "TAGS" and "… more: the next page is --after" in text
     assert "order=42" in text
     assert "tags:      order=42, tenant=acme" in out(capsys, "show", "-c", str(conf), ids["sent"])
     assert json.loads(out(capsys, "show", "-c", str(conf), ids["plain"], "--json"))["tags"] == {}
@@ -222,6 +223,15 @@ def test_cancel_and_retry_select_by_tag(tagged, capsys):
         assert store.get(ids["sent"]).status is Status.SENT
     finally:
         store.close()
+
+
+def test_hold_and_release_select_by_tag_and_write_events(tagged, capsys):
+    conf, ids = tagged
+    assert "held 1 message(s)" in out(capsys, "hold", "-c", str(conf), "--tag", "order=43")
+    assert "released 1 message(s)" in out(capsys, "release", "-c", str(conf), "--tag", "order=43")
+    mine = json.loads(out(capsys, "events", "-c", str(conf), ids["later"], "--json"))
+    assert [e["type"] for e in mine] == ["queued", "held", "released"]
+    assert json.loads(out(capsys, "show", "-c", str(conf), ids["plain"], "--json"))["status"] == "queued"
 
 
 def test_events_show_each_state_change_by_message_type_tag_and_time(tagged, capsys):

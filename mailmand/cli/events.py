@@ -13,7 +13,7 @@ import time
 from ..errors import UsageError
 from ..stores.base import Event, EventType
 from . import format as fmt
-from .common import since, store, tags
+from .common import moment, now, store, tags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def cmd_events(cfg: Config, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit: expected a number above 0, got {args.limit}")
     select = {"message_id": args.id, "types": _types(args.type), "tags": tags(args.tag),
-              "since": since(args.since) if args.since else None}
+              "since": moment("--since", args.since, now()) if args.since else None}
     with store(cfg) as s:
         found, upto = s.events(limit=args.limit, **select)
         if not args.follow:

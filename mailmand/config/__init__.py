@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from msgspec.structs import replace
 
     from .cache import load_producer
-    from .loader import IGNORED, PORT_FOR_TLS, load, parse, restart_required
+    from .loader import IGNORED, PORT_FOR_TLS, keep_running, load, parse, restart_required
     from .locate import SYSTEM_CONFIG, find_config_path
     from .schema import (
         LOG_LEVELS,
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "replace": "msgspec.structs",
     "load_producer": ".cache",
-    **dict.fromkeys(("IGNORED", "PORT_FOR_TLS", "load", "parse", "restart_required"), ".loader"),
+    **dict.fromkeys(("IGNORED", "PORT_FOR_TLS", "keep_running", "load", "parse", "restart_required"), ".loader"),
     **dict.fromkeys(("SYSTEM_CONFIG", "find_config_path"), ".locate"),
     **dict.fromkeys(("LOG_LEVELS", "AuthConfig", "BackoffConfig", "Config", "DatabaseConfig", "EventsConfig",
                      "MetricsConfig", "MiB", "NotifyConfig", "QueueConfig", "SendmailConfig", "ServerConfig",
@@ -100,6 +100,7 @@ __all__ = [
     "WebhookConfig",
     "data_dir",
     "find_config_path",
+    "keep_running",
     "load",
     "load_producer",
     "parse",

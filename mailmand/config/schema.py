@@ -177,14 +177,21 @@ class SmtpConfig(Section, frozen=True):
 
 
 class DatabaseConfig(Section, frozen=True):
-    secret_fields = frozenset({"dsn"})
+    secret_fields = frozenset({"dsn", "password"})
 
-    engine: Literal["sqlite3", "postgres"] = "sqlite3"
+    engine: Literal["sqlite3", "postgres"] = "sqlite3"  # the Go original's mysql: refused by loader.REFUSED
     path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
     dsn: str | None = None  # postgres; may hold a password
     pool_size: Positive | None = None  # postgres connections; None = enough for every part of the daemon
     # postgres: connecting, each statement, and each call (a server gone dark behind a proxy too)
     timeout: Duration = 30.0
+    # postgres, the Go original's keys: the loader builds `dsn` from them
+    host: str | None = None
+    port: Port | None = None
+    username: str | None = None
+    password: str | None = None  # `password` or `password-file`
+    password_file: Path | None = None
+    name: str | None = None  # the database
 
 
 class TlsFilesConfig(Section, frozen=True):

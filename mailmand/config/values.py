@@ -13,7 +13,16 @@ import re
 SECRET_KEYS = frozenset({"password", "dsn", "url", "secret"})  # keys whose text is never shown
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The words people write on a command line (`--in 5 minutes`), each the same as its letter.
+# (A configuration file keeps to the letters: one spelling per value.)
+_DURATION_WORDS = {**dict.fromkeys(("sec", "secs", "second", "seconds"), "s"),
+                   **dict.fromkeys(("min", "mins", "minute", "minutes"), "m"),
+                   **dict.fromkeys(("hr", "hrs", "hour", "hours"), "h"),
+                   **dict.fromkeys(("day", "days"), "d"), **dict.fromkeys(("week", "weeks"), "w")}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_WORD_PART = re.compile(r"(\d+(?:\.\d+)?)("
+                                 + "|".join(sorted({*_DURATION_UNITS, *_DURATION_WORDS}, key=len, reverse=True))
+                                 + ")")
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _DURATION_HINT = "a duration such as 90s, 5m, 1h30m or 2d"
 
@@ -49,21 +58,24 @@ def kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from `90s`, `5m`, `1h30m`, `2d`, `1w`, `250ms`, or a plain number of seconds."""
+def parse_duration(value: object, words: bool = False) -> float:
+    """Seconds from `90s`, `5m`, `1h30m`, `2d`, `1w`, `250ms`, or a plain number of seconds;
+    with `words` (a command line), also `5 minutes`, `1 hour 30 min`, `2 days`."""
     seconds: float
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")  # noqa: TRY004
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
+        text = text.lower() if words else text
         if _NUMBER.fullmatch(text):
             seconds = float(text)
         else:
             body = text[1:] if text[:1] in "+-" else text
-            parts = list(_DURATION_PART.finditer(body))
+            parts = list((_DURATION_WORD_PART if words else _DURATION_PART).finditer(body))
             if not body or "".join(p.group(0) for p in parts) != body:
                 raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")
-            seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+            seconds = sum(float(p.group(1)) * _DURATION_UNITS[_DURATION_WORDS.get(p.group(2), p.group(2))]
+                          for p in parts)
             if text.startswith("-"):
                 seconds = -seconds
     else:

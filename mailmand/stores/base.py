@@ -31,6 +31,7 @@ class Status(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    HELD = "held"  # set aside by an operator (`mailmand hold`): never claimed until released
 
 
 class EventType(StrEnum):
@@ -48,8 +49,20 @@ class EventType(StrEnum):
     RELEASED = "released"
 
 
-WAITING = (Status.QUEUED, Status.DEFERRED)
+WAITING = (Status.QUEUED, Status.DEFERRED)  # what a claim may take
 FINISHED = (Status.SENT, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
+UNFINISHED = (Status.QUEUED, Status.SENDING, Status.DEFERRED, Status.HELD)
+# The moves an operator makes, and the statuses each may start from: the one
+# table the CLI (its choices, its refusals) and the stores (their WHEREs) read.
+# (A daemon's own moves, claim, finish and sweep, are the store's SQL: queued or
+# deferred -> sending -> sent, deferred, failed or expired.)
+OPERATOR_MOVES: dict[str, tuple[Status, ...]] = {
+    "cancel": (Status.QUEUED, Status.DEFERRED, Status.HELD),  # -> cancelled
+    "retry": (Status.FAILED, Status.EXPIRED),  # -> queued, with a fresh max-fails budget
+    "hold": (Status.QUEUED, Status.DEFERRED),  # -> held (a message being sent finishes its attempt first)
+    "release": (Status.HELD,),  # -> queued (never tried) or deferred, due when it was
+    "flush": (Status.DEFERRED,),  # due now
+}
 # A daemon whose heartbeat is older than this is not listed as live.
 DAEMON_TTL = 30.0
 
@@ -67,6 +80,12 @@ class Claimed:
     priority: int
     fails: int = 0  # the attempts that count toward max-fails (the relay answered)
     token: int = 0  # the lease token: this claim's number, for the fenced finish
+    paused: float = 0.0  # seconds it spent held: its max-time clock stood still that long
+
+    @property
+    def clock(self) -> float:
+        """When its max-time clock started: the send time, moved on by the time it spent held."""
+        return self.send_after + self.paused
 
 
 @dataclass(frozen=True)
@@ -85,7 +104,7 @@ class Attempt:
 @dataclass(frozen=True)
 class RecipientOutcome:
     address: str
-    status: str  # sent | deferred | failed
+    status: str  # sent | deferred | failed | cancelled
     code: int | None
     reply: str
 
@@ -137,6 +156,8 @@ class MessageInfo:
     finished_at: float | None
     idempotency_key: str | None
     fails: int = 0  # the attempts that count toward max-fails (reset by `retry`)
+    held_at: float | None = None  # when an operator held it (status held)
+    paused: float = 0.0  # seconds spent held before, by which its max-time deadline moved
     tags: Mapping[str, str] = field(default_factory=dict)  # the app's own keys, given at enqueue
 
     def to_json(self) -> dict[str, Any]:
@@ -202,11 +223,85 @@ class HookClaim:
 
 
 @dataclass(frozen=True)
+class Key:
+    """A message's place in a listing, newest first: (created_at, id), which an
+    index orders. A page goes on after the last row's key; the key of a message
+    purged meanwhile still says where that was."""
+
+    created_at: float
+    id: str
+
+    @classmethod
+    def of(cls, info: MessageInfo) -> Key:
+        return cls(info.created_at, info.id)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages a listing or an operator's move takes; every criterion given
+    must hold (an empty one is no criterion). Addresses match whole and without
+    regard to ASCII case; `@example.com` matches every address at that domain."""
+
+    statuses: tuple[Status, ...] = ()  # any of these
+    ids: tuple[str, ...] = ()  # any of these
+    to: tuple[str, ...] = ()  # a recipient (any envelope recipient) is one of these
+    sender: tuple[str, ...] = ()  # the envelope sender is one of these
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    subject: str | None = None  # the subject holds this text (ASCII case ignored)
+    tags: tuple[tuple[str, str], ...] = ()  # carries every one of these (key, value) pairs
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, newest first; `next` is where the next page starts,
+    None when this one reached the end."""
+
+    messages: list[MessageInfo]
+    next: Key | None
+
+
+@dataclass(frozen=True)
 class Quarantined:
+    """A queue item that could not be ingested, kept with why and where it came from."""
+
     id: int
     at: float
     reason: str
     data: bytes
+    source: str = ""  # the queue and its entry (a spool row, a stream entry); "" before it was kept
+
+    def to_json(self, data: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "at": self.at, "reason": self.reason, "source": self.source,
+                               "size": len(self.data)}
+        if data:
+            try:
+                out["data"] = self.data.decode("utf-8")
+            except UnicodeDecodeError:
+                import base64
+
+                out["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        return out
+
+
+# Age buckets of `stats --by-domain`, qshape's: each bound doubles from 5 minutes
+# (0-5, 5-10, 10-20, 20-40 ... minutes), then one for what is older still.
+AGE_BOUNDS = tuple(300.0 * 2 ** i for i in range(9))  # 5 min .. 1280 min
+SCHEDULED = -1  # the bucket of mail whose send time has not come yet
+
+
+@dataclass(frozen=True)
+class DomainShape:
+    """Recipients not yet delivered to, by domain and age (seconds since the send
+    time: the bucket is the index of the first AGE_BOUNDS bound above it,
+    len(AGE_BOUNDS) beyond the last, SCHEDULED before its time)."""
+
+    domain: str
+    buckets: dict[int, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.buckets.values())
 
 
 @dataclass(frozen=True)
@@ -343,10 +438,21 @@ class Store:
     def recipients(self, message_id: str) -> list[RecipientOutcome]:
         raise NotImplementedError
 
-    def list_messages(self, status: Status | None = None, limit: int = 50,
-                      tags: Mapping[str, str] | None = None) -> list[MessageInfo]:
-        """Newest first; never reads message bodies. `tags`: only messages that carry
-        every one of these key=value pairs."""
+    def select(self, selection: Selection, limit: int, after: Key | None = None) -> Page:
+        """The messages `selection` takes, newest first (created_at, then id, both
+        descending), at most `limit`, starting after `after`: the one listing
+        `list`, the operator's moves and the HTTP API page through. Walks an index
+        and stops at `limit` rows; never OFFSET, never reads message bodies."""
+        raise NotImplementedError
+
+    def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
+        """Newest first (one page of `select`)."""
+        return self.select(Selection(statuses=(status,) if status else ()), limit).messages
+
+    def by_domain(self, now: float, statuses: Sequence[Status] = UNFINISHED) -> list[DomainShape]:
+        """Recipients not yet delivered to of the messages in `statuses`, by domain
+        and age bucket at `now` (qshape's view), most recipients first. Reads every
+        such message's recipients: seconds on a backlog of a million."""
         raise NotImplementedError
 
     def counts(self) -> dict[Status, int]:
@@ -361,7 +467,21 @@ class Store:
     # -- operator actions --------------------------------------------------------
 
     def cancel(self, message_id: str, now: float) -> None:
-        """queued/deferred → cancelled (and its event); anything else raises InvalidState."""
+        """queued/deferred/held → cancelled (and its event); anything else raises InvalidState."""
+        raise NotImplementedError
+
+    def hold(self, ids: Sequence[str], now: float) -> list[str]:
+        """queued/deferred → held, in one transaction: never claimed until released,
+        and its max-time clock stands still meanwhile. Returns the ids it held; the
+        others (another status, or no such message) are left as they are. Each writes a
+        `held` event."""
+        raise NotImplementedError
+
+    def release(self, ids: Sequence[str], now: float) -> list[str]:
+        """held → queued (never tried) or deferred, due when it was due before (at
+        once if that time has passed); the time it was held moves its max-time
+        deadline on by as much. Returns the ids it released; others are left alone. Each
+        writes a `released` event."""
         raise NotImplementedError
 
     def requeue(self, message_id: str | None, now: float) -> int:
@@ -435,11 +555,23 @@ class Store:
 
     # -- quarantine --------------------------------------------------------------
 
-    def quarantine(self, reason: str, data: bytes, now: float) -> int:
-        """Keep a spool item that could not be ingested, with its reason."""
+    def quarantine(self, reason: str, data: bytes, now: float, source: str = "") -> int:
+        """Keep a queue item that could not be ingested, with its reason and where it
+        came from (`Queue.origin`). Returns the entry's number."""
         raise NotImplementedError
 
     def quarantined(self, limit: int = 50) -> list[Quarantined]:
+        """The newest entries first."""
+        raise NotImplementedError
+
+    def quarantined_entry(self, entry: int) -> Quarantined:
+        """Raises NotFound."""
+        raise NotImplementedError
+
+    def unquarantine(self, entry: int, records: Sequence[Record] = ()) -> int:
+        """Delete the entry and insert `records` (what it now reads as) in one
+        transaction: the entry is gone exactly when its mail is stored. Returns how
+        many records were new. Raises NotFound (nothing changed), RecordRejected."""
         raise NotImplementedError
 
     def quarantine_count(self) -> int:

@@ -46,7 +46,8 @@ TAG_ROW = (("message_id", "text"), ("key", "text"), ("value", "text"))
 LAST: Position = (2**63 - 1, 2**63 - 1)  # past every event (BIGINT's largest)
 # What each recipient of a message reads in an event that gives none of its own.
 RECIPIENT_STATUS = {EventType.QUEUED: "queued", EventType.DEFERRED: "deferred", EventType.SENT: "sent",
-                    EventType.RELEASED: "queued", EventType.HELD: "held", EventType.SUPPRESSED: "suppressed"}
+                    EventType.RELEASED: "queued", EventType.HELD: "held", EventType.SUPPRESSED: "suppressed",
+                    EventType.CANCELLED: "cancelled"}
 
 
 def tags_json(tags: Mapping[str, str] | None) -> str | None:
@@ -201,12 +202,6 @@ class EventLog(Store):
         if len(rows) == limit:
             return rows, (int(rows[-1][0]), int(rows[-1][1]))
         return rows, max(horizon, after)
-
-    @staticmethod
-    def _tagged(tags: Mapping[str, str]) -> tuple[str, list[Any]]:
-        """The WHERE clause (and its arguments) that keeps messages carrying every pair of `tags`."""
-        where = " AND ".join(["id IN (SELECT message_id FROM tags WHERE key = ? AND value = ?)"] * len(tags))
-        return where, [x for kv in tags.items() for x in kv]
 
     # -- webhooks ----------------------------------------------------------------------
 

@@ -88,6 +88,10 @@ class PostgresStore(SQLStore):
     LOCK_ROWS = " FOR UPDATE"
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
+    ILIKE = "ILIKE"
+    SCAN_HINT = ""
+    EACH_RECIPIENT = "json_array_elements_text(coalesce(m.pending_rcpt, m.rcpt_to)::json) AS r(value)"
+    DOMAIN = "lower(substring(r.value from '[^@]*$'))"
     EVENT_JSON = ("json_build_object('id', e.id, 'type', e.type, 'message', e.message_id, 'tags',"
                   " coalesce(m.tags, '{}')::json, 'recipients', e.recipients::json, 'relay', e.relay, 'code', e.code,"
                   " 'reply', e.reply, 'attempt', e.attempt, 'at', round(e.at::numeric, 6))::text")
@@ -221,11 +225,12 @@ class PostgresStore(SQLStore):
                 " UPDATE messages m SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?,"
                 " claims = m.claims + 1 FROM c WHERE m.id = c.id"
                 " RETURNING m.id, m.mail_from, coalesce(m.pending_rcpt, m.rcpt_to), m.attempts, m.fails,"
-                " m.send_after, m.priority, m.due_at, m.claims, (SELECT raw FROM bodies b WHERE b.id = m.id)",
+                " m.send_after, m.priority, m.due_at, m.claims, m.paused,"
+                " (SELECT raw FROM bodies b WHERE b.id = m.id)",
                 (now, limit, owner, now + lease, now)).fetchall()
             if len(rows) == limit:
                 self._due_now(db)  # more may be due: let the other daemons take their share
-        return self._claimed([r[:9] for r in rows], {r[0]: r[9] for r in rows})
+        return self._claimed([r[:10] for r in rows], {r[0]: r[10] for r in rows})
 
     def _insert_rows(self, db: Db, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
                      conflict: str = "") -> None:

@@ -9,7 +9,7 @@ then differ only in SQL text and connection setup (huey's `BaseSqlStorage`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ from ..errors import InvalidState, NotFound, RecordRejected
 from .base import (
     DAEMON_TTL,
     FINISHED,
-    WAITING,
+    OPERATOR_MOVES,
     Attempt,
     Claimed,
     DaemonInfo,
@@ -30,15 +30,15 @@ from .base import (
     RecipientOutcome,
     Status,
 )
-from .events import EventLog, each, finished_event, tags_json, tags_of
+from .events import EventLog, each, finished_event, tags_json
+from .operator import INFO_COLUMNS, OperatorSQL
+from .operator import info as _info
 from .rollup import HOUR, Rollup, report
 from .schema import ATTEMPT_COLUMNS, Db
 
 if TYPE_CHECKING:
     from ..message import Record
 
-INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
-                "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails, tags")
 ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
                ("duration", "float8"), ("outcome", "text"), ("daemon", "text"), ("claim", "int"))
 RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
@@ -67,15 +67,6 @@ def header_subject(raw: bytes) -> str:
     return subject(raw)
 
 
-def _info(row: Sequence[Any]) -> MessageInfo:
-    return MessageInfo(
-        id=row[0], status=Status(row[1]), mail_from=row[2], rcpt_to=tuple(json.loads(row[3])),
-        subject=row[4], priority=row[5], size=row[6], created_at=row[7], send_after=row[8],
-        due_at=row[9], attempts=row[10], last_code=row[11], last_error=row[12],
-        updated_at=row[13], finished_at=row[14], idempotency_key=row[15], fails=row[16], tags=tags_of(row[17]),
-    )
-
-
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -86,7 +77,7 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-class SQLStore(EventLog):
+class SQLStore(OperatorSQL, EventLog):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
     LOCK_ROWS = ""  # appended to the fenced finish's read of its leases
@@ -129,10 +120,14 @@ class SQLStore(EventLog):
         except self.RECORD_ERRORS as exc:
             raise RecordRejected(cause(exc)) from exc
 
-    def _insert(self, records: Sequence[Record]) -> int:
+    def _insert(self, records: Sequence[Record], quarantined: int | None = None) -> int:
+        """Insert `records`; with `quarantined`, delete that quarantine entry in the same transaction."""
         new = 0
         due_now = False
         with self.tx() as db:
+            if quarantined is not None and not db.execute(
+                    "DELETE FROM quarantine WHERE id = ? RETURNING id", (quarantined,)).fetchall():
+                raise NotFound(f"no quarantine entry {quarantined}")
             for i in range(0, len(records), INSERT_CHUNK):
                 chunk = records[i:i + INSERT_CHUNK]
                 args: list[Any] = []
@@ -162,10 +157,11 @@ class SQLStore(EventLog):
     # -- dispatch --------------------------------------------------------------
 
     def _claimed(self, rows: list[Any], raws: dict[str, bytes]) -> list[Claimed]:
-        """Rows of (id, mail_from, rcpt, attempts, fails, send_after, priority, due_at, token)."""
+        """Rows of (id, mail_from, rcpt, attempts, fails, send_after, priority, due_at, token, paused)."""
         rows.sort(key=lambda r: (-r[6], r[7]))  # RETURNING order is unspecified
         return [Claimed(id=r[0], mail_from=r[1], rcpt_to=tuple(json.loads(r[2])), raw=bytes(raws[r[0]]),
-                        attempts=r[3], send_after=r[5], priority=r[6], fails=r[4], token=r[8]) for r in rows]
+                        attempts=r[3], send_after=r[5], priority=r[6], fails=r[4], token=r[8], paused=r[9])
+                for r in rows]
 
     def finish(self, outcomes: Sequence[Finished]) -> list[bool]:
         if not outcomes:
@@ -325,16 +321,6 @@ class SQLStore(EventLog):
                           " WHERE message_id = ? ORDER BY address", (message_id,))
         return [RecipientOutcome(*r) for r in rows]
 
-    def list_messages(self, status: Status | None = None, limit: int = 50,
-                      tags: Mapping[str, str] | None = None) -> list[MessageInfo]:
-        where, args = self._tagged(tags) if tags else ("", [])
-        if status is not None:
-            where = " AND ".join(filter(None, ["status = ?", where]))
-            args = [Status(status).value, *args]
-        rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages {'WHERE ' + where if where else ''}"
-                          " ORDER BY created_at DESC LIMIT ?", (*args, limit))
-        return [_info(r) for r in rows]
-
     # -- operator actions --------------------------------------------------------
 
     def _transition(self, message_id: str, allowed: Sequence[Status], verb: str, sql: Sequence[str],
@@ -356,10 +342,10 @@ class SQLStore(EventLog):
                 self._due_now(db)
 
     def cancel(self, message_id: str, now: float) -> None:
-        self._transition(message_id, WAITING, "cancel", (
-            "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?,"
+        self._transition(message_id, OPERATOR_MOVES["cancel"], "cancel", (
+            "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?, held_at = NULL,"
             " last_error = 'cancelled by operator' WHERE id = ?",
-            "UPDATE recipients SET status = 'failed', reply = 'cancelled by operator', updated_at = ?"
+            "UPDATE recipients SET status = 'cancelled', reply = 'cancelled by operator', updated_at = ?"
             " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)),
             EventType.CANCELLED, now, "cancelled by operator")
 
@@ -377,14 +363,14 @@ class SQLStore(EventLog):
         # A fresh max-fails budget; recipients already delivered to are not sent to again.
         return [f"UPDATE recipients SET status = 'deferred', reply = '{REQUEUED}', updated_at = ?"
                 f" WHERE status <> 'sent' AND message_id IN (SELECT id FROM messages WHERE {where})",
-                "UPDATE messages SET status = 'queued', fails = 0, due_at = ?, send_after = ?,"
+                "UPDATE messages SET status = 'queued', fails = 0, paused = 0, due_at = ?, send_after = ?,"
                 f" pending_rcpt = (SELECT {self.JSON_AGG} FROM recipients"
                 "   WHERE message_id = messages.id AND status <> 'sent'),"
                 f" updated_at = ?, finished_at = NULL WHERE {where}"]
 
     def requeue(self, message_id: str | None, now: float) -> int:
         if message_id is not None:
-            self._transition(message_id, (Status.FAILED, Status.EXPIRED), "retry",
+            self._transition(message_id, OPERATOR_MOVES["retry"], "retry",
                              self._requeue_sql("id = ?"), ((now,), (now, now, now)), EventType.QUEUED, now, REQUEUED)
             return 1
         failed = "status IN ('failed', 'expired')"
@@ -428,15 +414,28 @@ class SQLStore(EventLog):
 
     # -- quarantine --------------------------------------------------------------
 
-    def quarantine(self, reason: str, data: bytes, now: float) -> int:
+    def quarantine(self, reason: str, data: bytes, now: float, source: str = "") -> int:
         with self.tx() as db:
-            row = db.execute("INSERT INTO quarantine (at, reason, data) VALUES (?, ?, ?) RETURNING id",
-                             (now, reason, data)).fetchone()
+            row = db.execute("INSERT INTO quarantine (at, reason, data, source) VALUES (?, ?, ?, ?) RETURNING id",
+                             (now, reason, data, source)).fetchone()
             return int(row[0])
 
     def quarantined(self, limit: int = 50) -> list[Quarantined]:
-        rows = self._read("SELECT id, at, reason, data FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
-        return [Quarantined(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+        rows = self._read("SELECT id, at, reason, data, source FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+        return [Quarantined(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def quarantined_entry(self, entry: int) -> Quarantined:
+        rows = self._read("SELECT id, at, reason, data, source FROM quarantine WHERE id = ?", (entry,))
+        if not rows:
+            raise NotFound(f"no quarantine entry {entry}")
+        r = rows[0]
+        return Quarantined(r[0], r[1], r[2], bytes(r[3]), r[4])
+
+    def unquarantine(self, entry: int, records: Sequence[Record] = ()) -> int:
+        try:
+            return self._insert(records, quarantined=entry)
+        except self.RECORD_ERRORS as exc:
+            raise RecordRejected(cause(exc)) from exc
 
     def quarantine_count(self) -> int:
         return int(self._read("SELECT count(*) FROM quarantine")[0][0])

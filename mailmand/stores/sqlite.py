@@ -160,6 +160,10 @@ class SQLiteStore(SQLStore):
     def _migrate(self) -> None:
         with self.tx() as db:
             upgrade(db, f"the store at {self.path}", WORDS, OWN)
+            # A counter row for every status this mailmand knows: a status added since the
+            # store was made has had no message in it, so it starts at 0 (the triggers
+            # only update rows, and a missing one would lose its count).
+            db.executemany("INSERT OR IGNORE INTO status_counts VALUES (?, 0)", [(s.value,) for s in Status])
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -245,7 +249,7 @@ class SQLiteStore(SQLStore):
                 "   WHERE status IN ('queued', 'deferred')"
                 "   AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?)"
                 " RETURNING id, mail_from, coalesce(pending_rcpt, rcpt_to), attempts, fails, send_after,"
-                " priority, due_at, claims",
+                " priority, due_at, claims, paused",
                 (owner, now + lease, now, now, limit),
             ).fetchall()
             if not rows:
