@@ -336,7 +336,7 @@ class Dispatcher:
             if policy.is_expired(t, msg.clock, cfg):
                 outcome = policy.expired_outcome(cfg)
                 attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
-                expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome))
+                expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, rcpt_to=msg.rcpt_to))
             else:
                 live[msg.id] = msg
                 sendable.append(msg)
@@ -356,7 +356,7 @@ class Dispatcher:
             # `at` is when the relay answered, so latency runs to its 250.
             attempt = Attempt(sent.started + sent.duration if now is None else now, sent.relay, sent.code,
                               sent.reply, sent.duration, sent.kind)
-            rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients))
+            rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients, msg.rcpt_to))
         self._save(rows)
         for (msg, sent), row in zip(done, rows, strict=True):
             result.count(row.outcome.status)
