@@ -29,6 +29,7 @@ from .version import __version__
 if TYPE_CHECKING:
     from .metrics import MetricsServer
     from .submission import SubmissionServer
+    from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._poke = False  # SIGUSR1 (`mailmand flush`): dispatch now
-        self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
+        self.services: list[MetricsServer | SubmissionServer | Webhooks] = []  # what `run` serves besides dispatch
 
     # -- the store, opened on first use ------------------------------------------
 
@@ -304,15 +305,22 @@ class Daemon:
         return 0
 
     def _start_services(self) -> None:
-        """The integration surface, each only when configured: metrics first (it
-        installs the observer that dispatch reports to), then the submission listener."""
+        """The integration surface: the webhook senders (each in a thread of its own;
+        none until one is configured), then, each only when configured, metrics (it
+        installs the observer that dispatch reports to) and the submission listener."""
         server = self.cfg.server
         try:
+            from .webhooks import Webhooks
+
+            webhooks = Webhooks(self.store, server.events, self.id).start()
+            self.services.append(webhooks)
             if server.metrics is not None:
                 from .metrics import MetricsServer
 
-                self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
-                                                   lambda: self.dispatcher.cfg.interval, self.problems).start())
+                metrics = MetricsServer(server.metrics.listen, self.store, self.queue,
+                                        lambda: self.dispatcher.cfg.interval, self.problems)
+                metrics.registry.register(webhooks.collector())
+                self.services.append(metrics.start())
             if server.submission is not None:
                 from .submission import SubmissionServer
 

@@ -94,7 +94,23 @@ def _port_follows_tls(config: Config) -> bool:
 
 
 # Defaults that are not one literal value, each with the check of what the docs say.
+def _webhook(**given: Any) -> Any:
+    """The one webhook of a configuration that gives these keys, or the ConfigError it raises."""
+    try:
+        return parse(with_key(RELAY, "email.server.events.webhooks", [given])).server.events.webhooks[0]
+    except ConfigError as exc:
+        return exc
+
+
+HOOK = {"url": "https://app.example/mail", "secret": "s"}
 SPECIAL = {
+    "email.server.events.webhooks.url": lambda c: "webhooks[0].url: required" in str(_webhook(secret="s")),
+    "email.server.events.webhooks.secret": lambda c: "webhooks[0].secret: required" in str(
+        _webhook(url=HOOK["url"])),
+    "email.server.events.webhooks.secret-file": lambda c: _webhook(**HOOK).secret_file is None,
+    "email.server.events.webhooks.types": lambda c: _webhook(**HOOK).types == (),  # () is every type
+    "email.server.events.webhooks.timeout": lambda c: _webhook(**HOOK).timeout == 10.0,
+    "email.server.events.webhooks.ca-file": lambda c: _webhook(**HOOK).ca_file is None,
     "email.server.smtp.host": lambda c: Config().server.smtp.host == "localhost",
     "email.server.smtp.port": _port_follows_tls,
     "email.queue.default.min-free": lambda c: c.queue.min_free == 4 * c.server.max_message_size

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flush": ("queue", "cmd_flush"),
     "purge": ("queue", "cmd_purge"),
     "quarantine": ("quarantine", "cmd_quarantine"),
+    "events": ("events", "cmd_events"),
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
     "migrate": ("daemon", "cmd_migrate"),
@@ -52,7 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
 # Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
 STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "hold", "release", "flush",
-                            "purge", "quarantine"})
+                            "purge", "quarantine", "events"})
 
 
 def _version() -> str:
@@ -142,6 +143,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _filter_flags(sp)
     sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     sp.add_argument("--after", metavar="ID", help="the page after this message (the last id of the page before)")
+    _tag_flag(sp, "messages")
     sp = add("show", "a message's envelope, status, attempts and recipients", True)
     sp.add_argument("id")
     sp.add_argument("--raw", action="store_true", help="print the stored message (RFC 5322), like postcat -q")
@@ -155,6 +157,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "ids", nargs="*", metavar="ID", help="only these (default: every deferred message)")
     add("purge", "delete finished mail (sent, failed, expired, cancelled)").add_argument(
         "--older-than", metavar="DURATION", help="default: the configured retention")
+    sp = add("events", "what happened to messages, oldest first: every change of state, as webhooks are sent it",
+             True)
+    sp.add_argument("id", nargs="?", metavar="ID", help="only this message's events")
+    sp.add_argument("-f", "--follow", action="store_true", help="then print new events as they come, until Ctrl-C")
+    sp.add_argument("--since", metavar="WHEN", help="at or after: a time (ISO 8601) or a duration ago (2h)")
+    sp.add_argument("--type", action="append", default=[], metavar="TYPE",
+                    help="only these types (queued, deferred, sent, failed, expired, cancelled, suppressed, held, "
+                         "released); may repeat, or a comma-separated list")
+    _tag_flag(sp, "events of messages")
+    sp.add_argument("--limit", type=int, default=100, help="the last this many (default 100)")
     sp = add("stats", "messages and attempts by outcome, latency percentiles, failure reasons, depth; "
                       "--by-domain: recipients waiting by domain and age (qshape)", True)
     sp.add_argument("--since", default="24h", metavar="DURATION", help="how far back (default 24h)")
@@ -195,6 +207,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                     help="send after this long: 90s, 5m, 1h30m, 2d, 5 minutes")
     sp.add_argument("--priority", type=int, default=0,
                     help="higher is sent first when mail waits (default 0; may be negative)")
+    sp.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="a tag of the app's own (at most 10): find it with --tag, events carry it")
     add("check-config", "validate the configuration as `run` would: exit 0, or 78").add_argument(
         "--connect", action="store_true",
         help="also reach each part it uses: the queue, the store, the relay (TLS, AUTH); "
@@ -237,8 +251,14 @@ def _move_flags(sp: argparse.ArgumentParser, move: str) -> None:
     sp.add_argument("--from", dest="sender", action="append", default=[], metavar="ADDR",
                     help="messages from this envelope sender, or from anyone @domain (may repeat)")
     sp.add_argument("--older-than", metavar="DURATION", help="created more than this long ago")
+    _tag_flag(sp, "messages")
     sp.add_argument("--all", action="store_true", help=f"every {' or '.join(allowed)} message")
     sp.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+
+
+def _tag_flag(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"only {what} tagged so; may repeat (every pair must match)")
 
 
 def _command_index(argv: list[str]) -> int | None:

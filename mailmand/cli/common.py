@@ -61,6 +61,25 @@ def now() -> float:
     return time.time()
 
 
+def tags(pairs: list[str]) -> dict[str, str] | None:
+    """`--tag k=v` (repeatable: every pair must match) as a mapping; None when none given."""
+    if not pairs:
+        return None
+    from ..errors import InvalidMessage
+    from ..record import check_tags
+
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise UsageError(f"--tag: expected KEY=VALUE, got {pair!r}")
+        found[key] = value
+    try:
+        return check_tags(found, "--tag")
+    except InvalidMessage as exc:
+        raise UsageError(str(exc)) from None
+
+
 def selection(args: argparse.Namespace, statuses: Sequence[Status], t: float) -> Selection:
     """The Selection the flags of `list` or of a move ask for (`statuses`: those they allow)."""
     from ..stores.base import Selection, Status
@@ -75,7 +94,8 @@ def selection(args: argparse.Namespace, statuses: Sequence[Status], t: float) ->
             if not address.strip() or address.strip() == "@":
                 raise UsageError(f"{flag}: expected an address or @domain, got {address!r}")
     return Selection(statuses=wanted, ids=tuple(getattr(args, "ids", None) or ()), to=tuple(args.to),
-                     sender=tuple(args.sender), since=since, until=until, subject=getattr(args, "subject", None))
+                     sender=tuple(args.sender), since=since, until=until, subject=getattr(args, "subject", None),
+                     tags=tuple((tags(getattr(args, "tag", None) or []) or {}).items()))
 
 
 def pages(s: Store, sel: Selection, size: int = PAGE) -> Iterator[list[MessageInfo]]:
@@ -91,4 +111,5 @@ def pages(s: Store, sel: Selection, size: int = PAGE) -> Iterator[list[MessageIn
         after = page.next
 
 
-__all__ = ["daemons", "duration", "load_for_store", "local_pid", "moment", "now", "pages", "selection", "store"]
+__all__ = ["daemons", "duration", "load_for_store", "local_pid", "moment", "now", "pages", "selection", "store",
+           "tags"]

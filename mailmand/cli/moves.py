@@ -2,7 +2,7 @@
 `postsuper -d`, `-r`, `-h`, `-H`).
 
 Each takes message ids or selectors (`--status`, `--to`, `--from`,
-`--older-than`, `--all`), never both. Selectors walk the store's one
+`--older-than`, `--tag`, `--all`), never both. Selectors walk the store's one
 selection a page at a time, among the statuses the move starts from
 (`OPERATOR_MOVES`), and change each page before reading the next; `--dry-run`
 walks the same pages and prints what it would change. An id that cannot be
@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 # `many` changes a batch in one transaction and returns the ids it changed.
 One = Callable[[Store, str, float], object]
 Many = Callable[[Store, Sequence[str], float], list[str]]
-SELECTORS = "--status, --to, --from, --older-than, --all"
+SELECTORS = "--status, --to, --from, --older-than, --tag, --all"
 
 
 def _any_selector(args: argparse.Namespace) -> bool:
-    return bool(args.status or args.to or args.sender or args.older_than or args.all)
+    return bool(args.status or args.to or args.sender or args.older_than or args.tag or args.all)
 
 
 def _refusal(s: Store, move: str, message_id: str) -> str:

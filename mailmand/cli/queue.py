@@ -13,7 +13,7 @@ import sys
 from ..control import flush
 from ..errors import NoStore, NotFound, UsageError
 from ..queues import engine, open_queue
-from ..stores.base import Key, Status
+from ..stores.base import Key, MessageInfo, Status
 from . import format as fmt
 from .common import duration, now, selection, store
 
@@ -36,10 +36,13 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         fmt.print_json([m.to_json() for m in page.messages])
         return 0
-    fmt.table(("ID", "STATUS", "SEND TIME", "NEXT TRY", "TRIES", "RECIPIENTS", "SUBJECT"),
+    tagging = any(m.tags for m in page.messages)  # a TAGS column only when some message has tags
+    fmt.table(("ID", "STATUS", "SEND TIME", "NEXT TRY", "TRIES", "RECIPIENTS", "SUBJECT",
+               *(("TAGS",) if tagging else ())),
               [(m.id, m.status.value, fmt.when(m.send_after),
                 fmt.when(m.due_at) if m.status is Status.DEFERRED else "-", str(m.attempts),
-                fmt.clip(fmt.recipients(m.rcpt_to), 40), fmt.clip(m.subject, 50)) for m in page.messages],
+                fmt.clip(fmt.recipients(m.rcpt_to), 40), fmt.clip(m.subject, 50),
+                *((fmt.clip(_tags(m), 40),) if tagging else ())) for m in page.messages],
               right=frozenset({4}))
     if page.next is not None:
         print(f"… more: the next page is --after {page.next.id}")
@@ -94,6 +97,8 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     print(f"id:        {info.id}\nstatus:    {info.status.value}\nfrom:      {info.mail_from or '<>'}")
     print(f"to:        {', '.join(info.rcpt_to)}\nsubject:   {info.subject}\npriority:  {info.priority}")
     print(f"size:      {info.size} bytes")
+    if info.tags:
+        print(f"tags:      {_tags(info)}")
     print(f"created:   {fmt.when(info.created_at)}\nsend at:   {fmt.when(info.send_after)}")
     if info.status in (Status.QUEUED, Status.DEFERRED):
         print(f"next try:  {fmt.when(info.due_at)}")
@@ -111,6 +116,10 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
         for r in recipients:
             print(f"  {r.address:<30} {r.status:<9} {r.reply}")
     return 0
+
+
+def _tags(m: MessageInfo) -> str:
+    return ", ".join(f"{k}={v}" for k, v in m.tags.items())
 
 
 def cmd_flush(cfg: Config, args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config.values import parse_duration
 from ..errors import InvalidMessage, UsageError
+from .common import tags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,12 +83,13 @@ def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
     from ..raw import RawMessage
 
     send_after = _send_after(args)
+    tagged = tags(args.tag)
     client = Client(cfg)
     email: Email | RawMessage
     if args.file is not None:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
         email = RawMessage.parse(raw, sender=args.sender, recipients=args.to or None, priority=args.priority,
-                                 local_domain=client.local_domain)
+                                 local_domain=client.local_domain, tags=tagged)
     else:
         if not args.sender:
             raise UsageError("send needs --from (or a message FILE, or - for stdin)")
@@ -95,7 +97,7 @@ def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
             raise UsageError("send needs --to, --cc or --bcc (or a message FILE whose headers name them)")
         html = _text(f"--html-file {args.html_file}", Path(args.html_file).read_bytes()) if args.html_file else None
         email = Email(sender=args.sender, to=args.to, cc=args.cc, bcc=args.bcc, subject=args.subject,
-                      text=_body(args), html=html, priority=args.priority)
+                      text=_body(args), html=html, priority=args.priority, tags=tagged)
         for path in args.attach:
             email.attach_file(path)
     try:

@@ -42,6 +42,7 @@ from .schema import (
     Rate,
     Size,
     SqlTable,
+    Url,
 )
 from .values import (
     SECRET_KEYS,
@@ -54,6 +55,7 @@ from .values import (
     parse_rate,
     parse_size,
     parse_sql_table,
+    parse_url,
     printable,
     show,
 )
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
 
     import yaml
 
-    from .schema import SubmissionConfig
+    from .schema import SubmissionConfig, WebhookConfig
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ class Parse:
     def prepare(self, value: Any, key: str) -> Any:
         """`${ENV}` filled in, null and empty values dropped: a copy of `value`."""
         if isinstance(value, str):
-            if key.rpartition(".")[2] == "password" and _is_literal(value):
+            if key.rpartition(".")[2] in ("password", "secret") and _is_literal(value):
                 self.literal.add(key)
             return interpolate(value, key)
         if isinstance(value, list):
@@ -217,7 +219,8 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, SqlTable: parse_sql_table}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network,
+                   SqlTable: parse_sql_table, Url: parse_url}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
@@ -270,7 +273,16 @@ class Parse:
             self.attempt(lambda: open_relay(submission), None)
         self.failed()
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
-        server = replace(server, smtp=smtp, submission=submission, metrics=metrics, database=database)
+        events = replace(server.events, webhooks=tuple(
+            self.webhook(hook, f"email.server.events.webhooks[{i}]") for i, hook in enumerate(server.events.webhooks)))
+        seen: set[str] = set()
+        for i, hook in enumerate(events.webhooks):
+            if hook.url in seen:
+                raise ConfigError("the same URL twice: give each webhook once, with every type it takes",
+                                  f"email.server.events.webhooks[{i}].url")
+            seen.add(hook.url)
+        server = replace(server, smtp=smtp, submission=submission, metrics=metrics, database=database,
+                         events=events)
         if "min-free" not in data.get("queue", {}).get("default", {}):
             queue = replace(queue, min_free=4 * server.max_message_size)
         return Config(queue=queue, server=server, sendmail=email.sendmail, source=self.source)
@@ -305,6 +317,18 @@ class Parse:
             self.check_private(f"{key}.password")
         return section
 
+    def webhook(self, hook: WebhookConfig, key: str) -> WebhookConfig:
+        """`secret` or `secret-file`, one of them; the file read into `secret`."""
+        if hook.secret_file is not None and hook.secret is not None:
+            raise ConfigError("give secret or secret-file, not both", key)
+        if hook.secret_file is not None:
+            return replace(hook, secret=self.read_secret(hook.secret_file, f"{key}.secret-file"))
+        if hook.secret is None:
+            raise ConfigError("required: the key that signs each POST (secret or secret-file)", f"{key}.secret")
+        if f"{key}.secret" in self.literal:
+            self.check_private(f"{key}.secret")
+        return hook
+
     def auth(self, auth: AuthConfig | None, key: str) -> AuthConfig | None:
         """Both halves or none: no username and no password is no AUTH."""
         if auth is None:
@@ -333,9 +357,10 @@ class Parse:
         except OSError:  # parse() given a source that is not (or no longer) a file
             shared = False
         if shared:
+            kind = key.rpartition(".")[2]  # password, or a webhook's secret
             raise ConfigError(
-                f"{self.source} is readable by every user and holds a literal password: "
-                f"run `chmod o-r {self.source}`, or use password-file or ${{ENV_VAR}} instead",
+                f"{self.source} is readable by every user and holds a literal {kind}: "
+                f"run `chmod o-r {self.source}`, or use {kind}-file or ${{ENV_VAR}} instead",
                 key,
             )
 
@@ -441,7 +466,7 @@ def drop_daemon_secrets(data: object) -> None:
     if not isinstance(server, dict):
         return
     for section, secrets in (("smtp", ("auth",)), ("database", ("dsn", "password", "password-file")),
-                             ("submission", ("auth",))):
+                             ("submission", ("auth",)), ("events", ("webhooks",))):
         if isinstance(server.get(section), dict):
             for secret in secrets:
                 server[section].pop(secret, None)

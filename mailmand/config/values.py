@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-SECRET_KEYS = frozenset({"password", "dsn", "url"})  # keys whose text is never shown
+SECRET_KEYS = frozenset({"password", "dsn", "url", "secret"})  # keys whose text is never shown
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # The words people write on a command line (`--in 5 minutes`), each the same as its letter.
@@ -180,6 +180,33 @@ def parse_address(value: object) -> str:
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):
         raise ValueError(f"expected an address such as ops@example.com, got {show(value)}")
     return text
+
+
+def parse_url(value: object) -> str:
+    """An `http://` or `https://` URL with a host (a webhook's)."""
+    from urllib.parse import urlsplit  # here: producers never read one
+
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("expected an http:// or https:// URL such as https://app.example.com/mail-events")
+    return text
+
+
+def mask_url(url: str) -> str:
+    """A URL as logs, metrics and error messages show it: any password in it masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"

@@ -114,6 +114,9 @@ class TokenBucket:
         return True
 
 
+_END = Envelope("", "", (), b"")  # the source is over (next() default: a feed may yield None)
+
+
 class _Batch:
     """One call to `send_grouped`: the shared source of work, the results, and the workers.
 
@@ -125,9 +128,9 @@ class _Batch:
     work: an idle tick with `connections: 100` starts one thread, not 100,
     and a busy one reaches 100 within a few messages."""
 
-    def __init__(self, envelopes: Iterable[Envelope], stop: threading.Event | None, limit: int,
+    def __init__(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None, limit: int,
                  target: Callable[[_Batch], None], gather: int = 0, most: int = 0):
-        self._source: Iterator[Envelope] = iter(envelopes)
+        self._source: Iterator[Envelope | None] = iter(envelopes)
         self._most = most  # messages out at once (taken, their results not yet settled by the caller); 0: any
         self._out = 0
         self._settled = threading.Condition()
@@ -169,24 +172,33 @@ class _Batch:
             return len(self.threads)
 
     def take(self, block: bool = True) -> Envelope | None:
-        """The next envelope, or None when there is none (the source is done, or
-        the batch stopped). With `most` messages out, not `block`ing: None at once
-        (the session reads its replies meanwhile); `block`ing: once one is settled."""
-        if not self._room(block):
-            return None
-        with self._lock:  # one reader at a time: a feed is a generator
-            if self.stopped() or self.broken or (self.given_up and not self.finite):
+        """The next message, or None when there is none. A lazy source may answer
+        None for "nothing now" (the dispatcher's feed, with no room for a claim
+        until outcomes in flight are recorded): a blocking take asks again, a
+        non-blocking one returns None, so its session goes on with what it holds.
+        With `most` messages out, the same: None at once, or (blocking) once the
+        caller has settled one."""
+        while True:
+            if not self._room(block):
                 return None
-            try:
-                env = next(self._source, None)
-            except Exception:  # the feed failed (store trouble): messages in flight still finish
-                log.exception("the dispatch feed failed; this run takes no more messages")
-                self.broken = True
+            with self._lock:  # one reader at a time: a feed is a generator
+                if self.stopped() or self.broken or (self.given_up and not self.finite):
+                    return None
+                try:
+                    env = next(self._source, _END)
+                except Exception:  # the feed failed (store trouble): messages in flight still finish
+                    log.exception("the dispatch feed failed; this run takes no more messages")
+                    self.broken = True
+                    return None
+            if env is _END:
                 return None
-        if env is not None and self._most:
-            with self._settled:
-                self._out += 1
-        return env
+            if env is not None:
+                if self._most:
+                    with self._settled:
+                        self._out += 1
+                return env
+            if not block:
+                return None
 
     def _room(self, block: bool) -> bool:
         if not self._most:
@@ -260,8 +272,9 @@ class Relay:
         """The name sent in EHLO."""
         return self._helo
 
-    def send_grouped(self, envelopes: Iterable[Envelope], stop: threading.Event | None = None,
-                     linger: float = 0.0, gather: int = 0, most: int = 0) -> Generator[list[SendResult], None, None]:
+    def send_grouped(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None = None,
+                     linger: float = 0.0, gather: int = 0,
+                     most: int = 0) -> Generator[list[SendResult], None, None]:
         """Deliver `envelopes`; each step yields every result that has come back
         since the last one (never an empty list). A caller that commits outcomes
         can commit each list in one transaction. Without `linger` a step never
@@ -404,7 +417,7 @@ class Relay:
         if not block:
             if self._bucket.try_take() > 0:
                 return None
-            env = batch.take(False)
+            env = batch.take(block=False)
             if env is None:
                 self._bucket.give_back()
             return env

@@ -17,19 +17,26 @@ from .base import (
     SCHEDULED,
     UNFINISHED,
     DomainShape,
+    EventType,
     Key,
     MessageInfo,
+    NewEvent,
     Page,
     Selection,
     Status,
 )
+from .events import each
 from .schema import Db
+
+TYPE_CHECKING = False
 
 NEWEST = " ORDER BY created_at DESC, id DESC"  # what an index on (created_at, id) gives, walked down
 WINDOW, WINDOWS = 5000, 3  # a text filter reads up to 3 x 5,000 rows by index before it scans (_filtered)
 MAX_LIMIT = 2**62  # "no limit" (sys.maxsize) stays a BIGINT after the one more a page asks for
 CHUNK = 500  # ids per statement of a move (SQLite allows 32,766 parameters)
 ESCAPE = "ESCAPE '\\'"
+# What a move's UPDATE says of each message it changed: for its answer, and its event.
+RETURNING = " RETURNING id, due_at, attempts, coalesce(pending_rcpt, rcpt_to)"
 
 
 def like(text: str) -> str:
@@ -66,7 +73,7 @@ def _where_sql(clauses: Sequence[str]) -> str:
 
 INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
                 "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails, "
-                "held_at, paused")
+                "held_at, paused, tags")
 
 
 def info(row: Sequence[Any]) -> MessageInfo:
@@ -76,7 +83,7 @@ def info(row: Sequence[Any]) -> MessageInfo:
         subject=row[4], priority=row[5], size=row[6], created_at=row[7], send_after=row[8],
         due_at=row[9], attempts=row[10], last_code=row[11], last_error=row[12],
         updated_at=row[13], finished_at=row[14], idempotency_key=row[15], fails=row[16],
-        held_at=row[17], paused=row[18],
+        held_at=row[17], paused=row[18], tags=json.loads(row[19]) if row[19] else {},
     )
 
 
@@ -104,6 +111,9 @@ class OperatorSQL:
     def _due_now(self, db: Db) -> None:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # events.py's, in SQLStore (declared here only: a stub would hide it)
+        def record_events(self, db: Db, events: Sequence[NewEvent]) -> None: ...
+
     # -- the one listing ---------------------------------------------------------
 
     def _where(self, sel: Selection) -> tuple[list[str], list[Any], list[str], list[Any]]:
@@ -121,6 +131,9 @@ class OperatorSQL:
         if sel.until is not None:
             walk.append("created_at < ?")
             walk_args.append(sel.until)
+        for key, value in sel.tags:  # an index lookup each (ix_tags)
+            walk.append("id IN (SELECT message_id FROM tags WHERE key = ? AND value = ?)")
+            walk_args += (key, value)
         text: list[str] = []
         text_args: list[Any] = []
         for column, given, json_list in (("rcpt_to", sel.to, True), ("mail_from", sel.sender, False)):
@@ -193,23 +206,29 @@ class OperatorSQL:
 
     # -- hold and release --------------------------------------------------------
 
-    def _move(self, ids: Sequence[str], sql: str, args: Sequence[Any], now: float) -> list[tuple[str, Any]]:
+    def _move(self, ids: Sequence[str], sql: str, args: Sequence[Any], now: float,
+              event: EventType, wake: bool = True) -> list[tuple[str, Any]]:
         """`sql` (an UPDATE whose `{ids}` is the id list, RETURNING id, due_at) over
-        `ids` in chunks, in one transaction; (id, due_at) of the rows it changed.
-        Wakes the daemons when one of them is due at `now`."""
+        `ids` in chunks, in one transaction with each changed message's `event`;
+        (id, due_at) of the rows it changed. With `wake`, wakes the daemons when one
+        of them is due at `now`."""
         changed: list[tuple[str, Any]] = []
+        reply = f"{event.value} by operator"
         with self.tx() as db:
             for i in range(0, len(ids), CHUNK):
                 chunk = list(ids[i:i + CHUNK])
-                changed += db.execute(sql.format(ids=marks(len(chunk))), [*args, *chunk]).fetchall()
-            if any(due is not None and due <= now for _, due in changed):
+                rows = db.execute(sql.format(ids=marks(len(chunk))) + RETURNING, [*args, *chunk]).fetchall()
+                self.record_events(db, [NewEvent(m, event, now, n, each(json.loads(rcpt), event, reply=reply),
+                                                 reply=reply) for m, _, n, rcpt in rows])
+                changed += [(m, due) for m, due, _, _ in rows]
+            if wake and any(due is not None and due <= now for _, due in changed):
                 self._due_now(db)
         return changed
 
     def hold(self, ids: Sequence[str], now: float) -> list[str]:
         held = self._move(ids, "UPDATE messages SET status = 'held', held_at = ?, updated_at = ?"
-                               f" WHERE status IN ({statuses_sql(OPERATOR_MOVES['hold'])}) AND id IN ({{ids}})"
-                               " RETURNING id, NULL", [now, now], now)
+                               f" WHERE status IN ({statuses_sql(OPERATOR_MOVES['hold'])}) AND id IN ({{ids}})",
+                          [now, now], now, EventType.HELD, wake=False)
         return [i for i, _ in held]
 
     def release(self, ids: Sequence[str], now: float) -> list[str]:
@@ -218,6 +237,6 @@ class OperatorSQL:
         released = self._move(
             ids, "UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
                  f" paused = paused + {self.GREATEST}(0, ? - coalesce(held_at, ?)), held_at = NULL, updated_at = ?"
-                 f" WHERE status IN ({statuses_sql(OPERATOR_MOVES['release'])}) AND id IN ({{ids}})"
-                 " RETURNING id, due_at", [now, now, now], now)
+                 f" WHERE status IN ({statuses_sql(OPERATOR_MOVES['release'])}) AND id IN ({{ids}})",
+            [now, now, now], now, EventType.RELEASED)
         return [i for i, _ in released]
