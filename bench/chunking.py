@@ -106,7 +106,8 @@ class Meter:
 class Relay:
     """Postfix smtpd offering CHUNKING, and (receiver `sink`) a C smtp-sink behind it."""
 
-    def __init__(self, receiver: str) -> None:
+    def __init__(self, receiver: str, sink_options: tuple[str, ...] = ()) -> None:
+        """`sink_options`: smtp-sink's own (receiver `sink`), e.g. ("-D", path) to keep a dump."""
         from tests.postfix import SMTP_SINK, Postfix, wait_listening
 
         self.receiver = receiver
@@ -114,7 +115,8 @@ class Relay:
         main: dict[str, str] = {"smtpd_client_connection_count_limit": "0"}
         if receiver == "sink":
             sink_port = free_port()
-            self.sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", "-c", f"127.0.0.1:{sink_port}", "1000"],
+            self.sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", *sink_options, "-c",
+                                          f"127.0.0.1:{sink_port}", "1000"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_listening(sink_port, lambda: self.sink is not None and self.sink.poll() is None)
             # speed_adjust: smtpd takes the whole message before it talks to the filter (fewer

@@ -224,8 +224,10 @@ class Dispatcher:
         feed = self._feed(cfg, now, result, live)
         try:
             # The sessions pull from the feed, which claims one batch ahead of
-            # them: no session waits at a batch boundary.
-            for group in relay.send_grouped(feed, self.stop, COMMIT_LINGER, gather=cfg.batch):
+            # them: no session waits at a batch boundary. At most a batch is out
+            # (handed to the relay, its outcome not yet recorded): what a crash
+            # can send twice, though 2 × batch are held under lease.
+            for group in relay.send_grouped(feed, self.stop, COMMIT_LINGER, gather=cfg.batch, most=cfg.batch):
                 self._commit([(live[sent.id], sent) for sent in group], cfg, now, result)
                 for sent in group:  # recorded, or kept in `_unsaved`: held there until it is
                     del live[sent.id]
@@ -282,6 +284,10 @@ class Dispatcher:
                 if more:
                     ahead = self._claimer.submit(self._claim, cfg, now, result, live, state)
                 for msg in batch:
+                    if self._unsaved:
+                        # The store cannot record outcomes: what is in flight finishes, nothing
+                        # more starts (the rest stays claimed and is handed back, as claims stop).
+                        return
                     yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
                 if ahead is not None:
                     (batch, more), ahead = ahead.result(), None

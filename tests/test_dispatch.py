@@ -687,3 +687,25 @@ def test_a_refused_start_leaves_no_lock_behind(write_config, tmp_path):
     out = run_cli("run", "-c", str(conf), timeout=30)
     assert out.returncode == 1 and b"schema version 99" in out.stderr and b"upgrade mailmand" in out.stderr
     assert not (tmp_path / "mailmand.db.lock").exists()
+
+
+def test_at_most_a_batch_is_out_while_the_relay_has_not_answered(smtp_server, make_config):
+    """A daemon has at most `batch` messages out (handed to the relay, their outcome
+    not yet recorded): what a kill could make it send twice. Eight sessions could
+    carry more; while the relay holds every end of data, at most a batch reach it."""
+    import threading
+
+    gate = threading.Event()
+    server = smtp_server(gate=gate)
+    d = daemon_for(make_config, server, batch=3, smtp_kw={"connections": 8})
+    enqueue(d.cfg, 12)
+    runner = threading.Thread(target=d.once)
+    runner.start()
+    try:
+        assert wait_until(lambda: server.held >= 1, timeout=30)
+        assert not wait_until(lambda: server.held > 3, timeout=2.0), server.held
+    finally:
+        gate.set()
+        runner.join(60)
+    assert len(server.messages) == 12 and d.store.counts()[Status.SENT] == 12
+    d.close()

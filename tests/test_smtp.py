@@ -229,6 +229,38 @@ def test_linger_ends_once_gather_results_are_in(smtp_server: Start, relays: Rela
     assert [(r.id, r.kind) for g in groups for r in g] == [("m2", "sent"), ("m3", "sent")]
 
 
+def out_at_most(relay: Relay, most: int, n: int = 60) -> tuple[int, int]:
+    """Send `n` from a lazy feed while the caller records each list slowly; the
+    most messages ever out at once (handed out, not yet dealt with), and how many came back."""
+    lock = threading.Lock()
+    taken = dealt = worst = 0
+
+    def feed() -> Iterator[Envelope]:
+        nonlocal taken, worst
+        for i in range(n):
+            with lock:
+                worst = max(worst, taken + 1 - dealt)
+                taken += 1
+            yield envelope(i)
+
+    for group in relay.send_grouped(feed(), linger=0.005, most=most):
+        time.sleep(0.02)  # the caller's commit: the sessions must wait for it, not run ahead
+        with lock:
+            dealt += len(group)
+    return worst, dealt
+
+
+def test_most_bounds_what_is_out_until_the_caller_has_dealt_with_it(smtp_server: Start, relays: Relays) -> None:
+    """With `most`, no more than that many messages are handed to sessions and not
+    yet dealt with by the caller (recorded): what a daemon killed then could send
+    twice. Without it, eight sessions have more out than that."""
+    server = smtp_server(stall=0.01)
+    relay = relays(config(server, connections=8))
+    assert out_at_most(relay, most=0)[0] > 5  # the control: unbounded, the sessions run ahead
+    worst, dealt = out_at_most(relay, most=5)
+    assert dealt == 60 and worst <= 5, worst
+
+
 # -- classification
 
 

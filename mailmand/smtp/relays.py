@@ -129,8 +129,11 @@ class _Batch:
     and a busy one reaches 100 within a few messages."""
 
     def __init__(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None, limit: int,
-                 target: Callable[[_Batch], None], gather: int = 0):
+                 target: Callable[[_Batch], None], gather: int = 0, most: int = 0):
         self._source: Iterator[Envelope | None] = iter(envelopes)
+        self._most = most  # messages out at once (taken, their results not yet settled by the caller); 0: any
+        self._out = 0
+        self._settled = threading.Condition()
         self.finite = isinstance(envelopes, Sequence)
         self.results: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()  # None: a worker is done
         self.stop = stop
@@ -172,8 +175,12 @@ class _Batch:
         """The next message, or None when there is none. A lazy source may answer
         None for "nothing now" (the dispatcher's feed, with no room for a claim
         until outcomes in flight are recorded): a blocking take asks again, a
-        non-blocking one returns None, so its session goes on with what it holds."""
+        non-blocking one returns None, so its session goes on with what it holds.
+        With `most` messages out, the same: None at once, or (blocking) once the
+        caller has settled one."""
         while True:
+            if not self._room(block):
+                return None
             with self._lock:  # one reader at a time: a feed is a generator
                 if self.stopped() or self.broken or (self.given_up and not self.finite):
                     return None
@@ -185,8 +192,30 @@ class _Batch:
                     return None
             if env is _END:
                 return None
-            if env is not None or not block:
+            if env is not None:
+                if self._most:
+                    with self._settled:
+                        self._out += 1
                 return env
+            if not block:
+                return None
+
+    def _room(self, block: bool) -> bool:
+        if not self._most:
+            return True
+        with self._settled:
+            while self._out >= self._most:
+                if not block or self.stopped():
+                    return False
+                self._settled.wait(0.1)
+            return True
+
+    def settle(self, n: int) -> None:
+        """The caller has dealt with `n` results (recorded them): as many more may go out."""
+        if self._most:
+            with self._settled:
+                self._out -= n
+                self._settled.notify_all()
 
     def put(self, result: SendResult) -> None:
         with self._count_lock:
@@ -244,7 +273,8 @@ class Relay:
         return self._helo
 
     def send_grouped(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None = None,
-                     linger: float = 0.0, gather: int = 0) -> Generator[list[SendResult], None, None]:
+                     linger: float = 0.0, gather: int = 0,
+                     most: int = 0) -> Generator[list[SendResult], None, None]:
         """Deliver `envelopes`; each step yields every result that has come back
         since the last one (never an empty list). A caller that commits outcomes
         can commit each list in one transaction. Without `linger` a step never
@@ -257,14 +287,20 @@ class Relay:
         Never raises for a delivery problem. Once `stop` is set, workers finish
         the messages they hold and take no other; envelopes never attempted are
         not yielded. Closing the generator early does the same, and the results
-        still in flight are then dropped."""
+        still in flight are then dropped.
+
+        With `most`, at most that many messages are out at once: handed to a
+        session and not yet dealt with by the caller (a list counts as dealt
+        with once the caller asks for the next). A caller that records each
+        list before asking for the next has then never more than `most` messages
+        delivered and not recorded: what a crash can make it send twice."""
         if isinstance(envelopes, Sequence):
             if not envelopes:
                 return
             limit = min(self._cfg.connections, len(envelopes))
         else:
             limit = self._cfg.connections
-        batch = _Batch(envelopes, stop, limit, self._work, gather)
+        batch = _Batch(envelopes, stop, limit, self._work, gather, most)
         batch.spawn()
         try:
             finished = 0
@@ -288,6 +324,7 @@ class Relay:
                 batch.read(len(group))
                 if group:
                     yield group
+                    batch.settle(len(group))
         finally:
             batch.abandoned.set()  # no worker is started after this
             joined = 0
