@@ -21,7 +21,7 @@ from mailmand import Client, Email
 from mailmand import config as configmod
 from mailmand.config import Config
 from mailmand.errors import InvalidMessage
-from mailmand.ingest import Ingester
+from mailmand.ingest import Ingester, IngestLoop
 from mailmand.queues import open_queue
 from mailmand.queues import spool as spoolmod
 from mailmand.stores import Status, open_store
@@ -393,3 +393,32 @@ def test_the_spool_backlog_count_matches_persist_queue(make_config):
     assert open_queue(cfg.queue).pending() == daemon_side.pending() == 3
     daemon_side.ack(taken)
     assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2
+
+
+class LongPauses(IngestLoop):
+    """After a wake-up that found nothing the loop looks again shortly, then
+    pauses long: 30 s, and as long between its polls."""
+
+    AFTER_WAKE = (0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 30.0)
+
+
+def test_a_producer_ends_the_pause_after_the_daemons_own_write(make_config):
+    """The daemon's own delete of what it ingested wakes its watcher, finds
+    nothing, and starts the look-again pauses; a producer's message that comes
+    during a pause is taken at once, not when the pause ends (30 s here)."""
+    cfg = make_config()
+    client = Client(cfg)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    loop = LongPauses(Ingester(queue, store), poll=30.0)
+    loop.start()
+    try:
+        first = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="1"))
+        assert wait_until(lambda: first in ids_in_store(cfg), timeout=20)
+        time.sleep(1.5)  # the short looks are over: the loop is in its 30 s pause
+        second = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="2"))
+        assert wait_until(lambda: second in ids_in_store(cfg), timeout=10)
+    finally:
+        loop.stop()
+        client.close()
+        queue.close()
+        store.close()
