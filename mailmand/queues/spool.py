@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import persistqueue
 
     from ..repeats import Repeats
+    from .wake import Wake
 
 
 def _log() -> logging.Logger:
@@ -127,19 +128,6 @@ def _prepare_dir(path: Path) -> None:
 
 
 
-class _Wake:
-    """watchdog handler: sets an event when a producer's commit writes the spool."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def dispatch(self, event: Any) -> None:
-        # A commit writes the WAL: modified (or created/moved for a new file).
-        # Opens, reads and attribute changes are not news.
-        if not event.is_directory and event.event_type in ("modified", "created", "moved"):
-            self.event.set()
-
-
 class SpoolQueue(Queue):
     """persist-queue behind our Queue contract. Producers open it with
     auto_resume=False: only the daemon may hand back in-flight items."""
@@ -151,8 +139,8 @@ class SpoolQueue(Queue):
         self._dir, self._wal = str(self.path), str(self.path / f"{DB_FILE}-wal")  # for a put's free-space check
         self._opened: persistqueue.SQLiteAckQueue | None = None  # producers: persist-queue
         self._db: sqlite3.Connection | None = None  # the daemon: its own connection
-        self._woken = threading.Event()
-        self._observer: Any = None
+        self._woken = threading.Event()  # woken before the first wait()
+        self._watch: Wake | None = None
         # The daemon's hold: the last row read, rows released back to it (read
         # again before the rest), and acks not yet written (the disk was full).
         self._seen = 0
@@ -401,18 +389,19 @@ class SpoolQueue(Queue):
         return int(rows[0][0]) if rows else 0
 
     def wait(self, timeout: float) -> bool:
-        if self._observer is None:
-            from watchdog.observers import Observer
+        if self._watch is None:
+            from .wake import watch  # the daemon's alone: producers never wait
 
-            self._observer = Observer()
-            self._observer.schedule(_Wake(self._woken), str(self.path), recursive=False)
-            self._observer.start()
-        woken = self._woken.wait(timeout)
-        self._woken.clear()
-        return woken
+            self._watch = watch(self.path)
+        if self._woken.is_set():
+            self._woken.clear()
+            return True
+        return self._watch.wait(timeout)
 
     def wake(self) -> None:
         self._woken.set()
+        if self._watch is not None:
+            self._watch.wake()
 
     def pending(self) -> int:
         """Rows in the spool not yet ingested (what the daemon holds in memory included)."""
@@ -453,10 +442,9 @@ class SpoolQueue(Queue):
         if self._db is not None:
             self._db.close()
             self._db = None
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._opened is not None:
             self._opened.close()
             self._opened = None

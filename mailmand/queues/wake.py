@@ -90,8 +90,9 @@ class WatchdogWake:
         from watchdog.observers import Observer
 
         self._event = threading.Event()
-        self._observer: Any = Observer()  # Any: it takes our duck-typed handler
-        self._observer.schedule(_Handler(self._event), str(path), recursive=False)
+        handler: Any = _Handler(self._event)  # duck-typed: watchdog calls only its `dispatch`
+        self._observer = Observer()
+        self._observer.schedule(handler, str(path), recursive=False)
         self._observer.start()
 
     def wait(self, timeout: float) -> bool:
