@@ -312,6 +312,7 @@ class SpoolQueue(Queue):
     # -- the daemon --------------------------------------------------------------
 
     def take(self, limit: int) -> list[Item]:
+        self._watching()
         items, self._again = self._again[:limit], self._again[limit:]
         if len(items) < limit:
             self._flush_acks()
@@ -389,14 +390,20 @@ class SpoolQueue(Queue):
         return int(rows[0][0]) if rows else 0
 
     def wait(self, timeout: float) -> bool:
+        watch = self._watching()
+        if self._woken.is_set():
+            self._woken.clear()
+            return True
+        return watch.wait(timeout)
+
+    def _watching(self) -> Wake:
+        """The wake-up, made at the first take: a write after it is reported, one before
+        it is read by that take, so none waits for the poll (a daemon's first message did)."""
         if self._watch is None:
             from .wake import watch  # the daemon's alone: producers never wait
 
             self._watch = watch(self.path)
-        if self._woken.is_set():
-            self._woken.clear()
-            return True
-        return self._watch.wait(timeout)
+        return self._watch
 
     def wake(self) -> None:
         self._woken.set()
