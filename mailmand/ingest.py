@@ -68,11 +68,12 @@ class Ingester:
         except Exception:
             self.queue.release(items)  # the store is not taking anything now: keep them for later
             raise
-        self.queue.ack(items)
-        result = IngestResult(new, len(records) - new, len(items) - len(records))
         if new and self.on_stored:
+            # Committed: dispatch may start before the queue's ack, which on the spool waits
+            # for the write lock behind producers' puts (SQLite's busy sleeps: 1, 2, 5 ms...).
             self.on_stored(min(r.send_after for r in records))
-        return result
+        self.queue.ack(items)
+        return IngestResult(new, len(records) - new, len(items) - len(records))
 
     def _store(self, items: list[Item]) -> tuple[list[Record], int]:
         """Insert what decodes, quarantine what does not; returns the records and how many were new."""
