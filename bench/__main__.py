@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,submission]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,outbox]"""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import dispatch, enqueue, ingest, latency, scale, submission, wan
+from . import chunking, dispatch, enqueue, ingest, latency, outbox, scale, submission, wan
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
-             "latency": latency.run, "scale": scale.run, "wan": wan.run, "submission": submission.run}
+             "latency": latency.run, "scale": scale.run, "wan": wan.run, "chunking": chunking.run,
+             "submission": submission.run, "outbox": outbox.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -55,12 +56,7 @@ def report(results: dict[str, Any]) -> str:
             parts.append(f"p50 split: record created → SMTP attempt begins "
                          f"{lat['p50_created_to_attempt_ms']:.1f} ms, SMTP exchange {lat['p50_smtp_ms']:.1f} ms")
     if "submission" in results:
-        sub = results["submission"]
-        parts += ["\n## submission (SMTP listener of a running daemon)", _table(sub["rows"]),
-                  f"\ndaemon CPU per message (ingest + dispatch, + the listener on the SMTP side): "
-                  f"SMTP {sub['daemon_cpu_us_per_message']['smtp']} µs, direct enqueue "
-                  f"{sub['daemon_cpu_us_per_message']['enqueue']} µs: the listener costs "
-                  f"{sub['listener_cpu_us_per_message']} µs/message"]
+        parts += ["\n" + submission.report(results["submission"])]
     if "scale" in results:
         s, r = results["scale"]["store"], results["scale"]["run"]
         parts += [f"\n## scale ({s['messages']:,} messages)", "| operation | median ms (min–max) |", "|---|---|"]
@@ -84,6 +80,19 @@ def report(results: dict[str, Any]) -> str:
             dd = results["scale"]["daemons"]
             parts.append(f"daemons on one PostgreSQL store, relay {dd['rtt_ms']:g} ms away, {dd['messages']} messages: "
                          + ", ".join(f"{r['daemons']} → {r['msg_s']:.0f} msg/s" for r in dd["runs"]))
+    if "outbox" in results:
+        o = results["outbox"]
+        if "skipped" in o:
+            parts += [f"\n## outbox: skipped ({o['skipped']})"]
+        else:
+            parts += ["\n## outbox (inside an app's PostgreSQL transaction, against a plain INSERT of the same bytes)",
+                      "| call | median µs | plain INSERT median µs | cost ratio |", "|---|---|---|---|"]
+            for name, call in (("put", "Client.put(record, connection=conn)"),
+                               ("enqueue", "Client.enqueue(email, connection=conn), composing")):
+                st = o["statement"][name]
+                parts.append(f"| {call} | {st['outbox_us']:.0f} | {st['plain_insert_us']:.0f} "
+                             f"| **{st['cost_ratio']:.2f}** |")
+            parts += ["", _table(o["rows"])]
     if "wan" in results:
         w = results["wan"]
         if "skipped" in w:
@@ -97,6 +106,8 @@ def report(results: dict[str, Any]) -> str:
                              f"| {r['dispatch']['median']:.0f} "
                              f"| {r['postfix']['median']:.0f} | {r['smtplib']['median']:.0f} "
                              f"| **{r['mailmand_vs_postfix']:.2f}** | **{r['mailmand_vs_smtplib']:.2f}** |")
+    if "chunking" in results:
+        parts += ["\n" + chunking.report(results["chunking"])]
     return "\n".join(parts)
 
 

@@ -1,38 +1,82 @@
-"""Scenario: SMTP submission. 4 clients submit 2 KB messages over SMTP to the
-listener of a real `mailmand run`, against 4 processes calling `Client.enqueue`
-directly, with the same daemon running (ingesting and delivering to a sink) on
-both sides. Target: the listener at least 0.5 x direct enqueue."""
+"""Scenario: SMTP submission against Postfix's smtpd, in the same run.
+
+Postfix's own load generator, `smtp-source`, sends 2 KB messages over 10
+sessions (one message after another on each, no pipelining: smtp-source has
+none) to two listeners, round after round, in turn (ABBA):
+
+- mailmand's listener, in a real `mailmand run` (spool queue, SQLite store),
+  which meanwhile ingests and delivers what it takes to Postfix's C
+  smtp-sink: its normal life. A fresh daemon each round;
+- Postfix's smtpd (a private instance, tests/postfix.py) taking every message
+  into its hold queue: cleanup writes a queue file and fsyncs it before the
+  250, and nothing is delivered.
+
+A 250 means durable on both sides; each round checks that every message got
+there (mailmand's store holds them all sent; Postfix's hold queue holds them
+all). Before each timed round, 100 messages warm each side up (a fresh
+spool's table, Postfix's smtpd and cleanup processes).
+
+Reported: each side's msg/s (median of rounds, min–max), mailmand / Postfix
+(target >= 0.5), the 1-minute load average around each round (the machine
+is shared: rerun on a quiet one), and CPU µs per message of mailmand's daemon
+(listener, ingest and delivery, up to the last message sent) and of Postfix's
+processes (smtpd, cleanup; a floor: processes that exit are not counted).
+
+    python -m bench.submission [--quick] [--rounds N] [--messages N] [--sessions N]
+    python -m bench --only submission [--quick]
+"""
 
 from __future__ import annotations
 
-import multiprocessing
+import argparse
+import json
 import os
+import shutil
 import smtplib
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailmand.client import Client
+from .chunking import Meter, Relay, cpu_of
+from .common import Series, config, environment, free_port, have_smtp_sink, sink, workdir, write_yaml
 
-from .common import RCPT, SENDER, ab, config, email, free_port, have_smtp_sink, row, sink, workdir, write_yaml
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SESSIONS = 10
+SIZE = 2048  # smtp-source's -l: body bytes, headers aside
+WARM_UP = 100
+TARGET = 0.5  # mailmand's listener at least this x Postfix's smtpd
+ROOT = Path(__file__).resolve().parent.parent
 
-CLIENTS = 4
+
+def smtp_source(port: int, n: int, sessions: int) -> float:
+    """Send `n` messages with Postfix's smtp-source; msg/s over its whole run. It stops
+    at the first reply that is not the expected 2xx/3xx, and so fails the round."""
+    t0 = time.perf_counter()
+    done = subprocess.run([SMTP_SOURCE, "-s", str(sessions), "-m", str(n), "-l", str(SIZE), "-d",
+                           "-f", "bench@example.com", "-t", "sink@example.com", "-M", "bench.example",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=600)
+    dt = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"smtp-source exited {done.returncode}: {done.stderr[-2000:]}")
+    return n / dt
 
 
-class _Daemon:
-    """`mailmand run` with the submission listener on, for one round."""
+class Daemon:
+    """`mailmand run` with the submission listener on, delivering to `relay`."""
 
-    def __init__(self, root: Path, relay: int) -> None:
+    def __init__(self, root: Path, relay: int, sessions: int) -> None:
         self.cfg = config(root, port=relay)
         self.port = free_port()
         conf = write_yaml(self.cfg, root / "mailmand.yaml")
-        with conf.open("a") as f:
-            f.write(f"    submission:\n      listen: 127.0.0.1:{self.port}\n")
+        with conf.open("a") as f:  # the smtp section is the file's last: this goes back to `server`
+            f.write(f"    submission:\n      listen: 127.0.0.1:{self.port}\n"
+                    f"      max-connections-per-client: {max(10, sessions)}\n")
+        self.log = (root / "daemon.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "mailmand", "run", "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT)
         deadline = time.monotonic() + 30
         while True:  # ready when the listener answers
             try:
@@ -44,105 +88,138 @@ class _Daemon:
                     raise RuntimeError("the daemon's listener never answered") from None
                 time.sleep(0.05)
 
-    def cpu(self) -> float:
-        """Seconds of CPU the daemon used so far (/proc: utime + stime)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def sent(self) -> int:
+        from mailmand.stores import Status, open_store
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-
-
-def _smtp_child(port: int, raws: list[bytes], start: Any, out: Any) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        s.ehlo()
-        start.wait()
-        t0 = time.time()
-        for raw in raws:
-            s.sendmail(SENDER, [RCPT], raw)  # raises unless every reply was 2xx
-        out.put((t0, time.time(), len(raws)))
-
-
-def _enqueue_child(root: Path, n: int, start: Any, out: Any) -> None:
-    client = Client(config(root))
-    client.put(email().to_record(25 * 2**20))  # open the handle, as a long-lived app has it open
-    emails = [email(i) for i in range(n)]
-    start.wait()
-    t0 = time.time()
-    for e in emails:
-        client.enqueue(e)  # composes and puts: what an application calls
-    out.put((t0, time.time(), n))
-    client.close()
-
-
-# The daemon's CPU per message in each round: the difference between the two kinds
-# is what the listener costs, a figure that a loaded machine disturbs less than a rate.
-DAEMON_CPU: dict[str, list[float]] = {"smtp": [], "enqueue": []}
-
-
-def _round(kind: str, base: Path, relay: int, n: int) -> float:
-    ctx = multiprocessing.get_context("fork")
-    share = n // CLIENTS
-    with workdir(base) as root:
-        daemon = _Daemon(root, relay)
         try:
-            start, out = ctx.Event(), ctx.Queue()
-            if kind == "smtp":
-                raws = [email(i).build().as_bytes() for i in range(share)]
-                children = [ctx.Process(target=_smtp_child, args=(daemon.port, raws, start, out))
-                            for _ in range(CLIENTS)]
-            else:
-                children = [ctx.Process(target=_enqueue_child, args=(root, share, start, out))
-                            for _ in range(CLIENTS)]
-            for c in children:
-                c.start()
-            time.sleep(0.5)  # every child is connected or has its queue open
-            cpu0 = daemon.cpu()
-            start.set()
-            got = [out.get(timeout=600) for _ in children]
-            for c in children:
-                c.join()
-            _drained(daemon.cfg, n + CLIENTS * (kind == "enqueue"))  # ingested and sent: the same work on both sides
-            DAEMON_CPU[kind].append((daemon.cpu() - cpu0) / n * 1e6)
-        finally:
-            daemon.stop()
-    return sum(k for _, _, k in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
-
-
-def _drained(cfg: Any, total: int, timeout: float = 300) -> None:
-    """Wait until the store holds `total` messages and none is waiting or in flight."""
-    from mailmand.stores import Status, open_store
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            store = open_store(cfg.server.database)
-        except Exception:
-            time.sleep(0.2)
-            continue
+            store = open_store(self.cfg.server.database)
+        except Exception:  # not made yet
+            return 0
         try:
             counts = store.counts()
         finally:
             store.close()
-        if counts[Status.SENT] + counts[Status.FAILED] >= total:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the daemon did not deliver everything in time")
+        return counts[Status.SENT] + counts[Status.FAILED]
+
+    def drained(self, total: int, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sent() < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon delivered {self.sent()} of {total} in {timeout:g}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
 
 
-def run(base: Path, quick: bool) -> dict[str, Any]:
-    n, rounds = (800, 2) if quick else (4000, 5)
-    kind = "smtp-sink" if have_smtp_sink() else "aiosmtpd"
-    with sink(kind) as relay:
-        a, b = ab(rounds, lambda: _round("smtp", base, relay, n), lambda: _round("enqueue", base, relay, n))
-    size = len(email().build().as_bytes())
-    cpu = {k: statistics.median(v) for k, v in DAEMON_CPU.items()}
-    return {"rows": [row(f"submission {CLIENTS} SMTP clients / {CLIENTS} processes Client.enqueue "
-                         f"({size} B, target >= 0.5)", a, b)],
-            "messages": n, "size_bytes": size, "relay": kind,
-            "daemon_cpu_us_per_message": {k: round(v) for k, v in cpu.items()},
-            "listener_cpu_us_per_message": round(cpu["smtp"] - cpu["enqueue"])}
+def mailmand_round(base: Path, relay: int, n: int, sessions: int) -> dict[str, float]:
+    with workdir(base) as root:
+        daemon = Daemon(root, relay, sessions)
+        try:
+            smtp_source(daemon.port, WARM_UP, sessions)
+            daemon.drained(WARM_UP)
+            load0, cpu0 = os.getloadavg()[0], cpu_of(daemon.proc.pid)
+            rate = smtp_source(daemon.port, n, sessions)
+            daemon.drained(WARM_UP + n)  # every message taken was delivered: 250 meant queued
+            cpu = cpu_of(daemon.proc.pid) - cpu0
+            return {"msg_s": rate, "cpu_us": cpu / n * 1e6, "load": (load0 + os.getloadavg()[0]) / 2}
+        finally:
+            daemon.stop()
 
 
-__all__ = ["run"]
+def held(relay: Relay) -> int:
+    hold = relay.pf.root / "queue" / "hold"
+    return sum(1 for _, _, files in os.walk(hold) for _ in files)
+
+
+def postfix_round(relay: Relay, n: int, sessions: int) -> dict[str, float]:
+    relay.clear()
+    smtp_source(relay.port, WARM_UP, sessions)
+    relay.clear()
+    meter = Meter(relay.pids)
+    load0 = os.getloadavg()[0]
+    meter.start()
+    rate = smtp_source(relay.port, n, sessions)
+    cpu = meter.stop()
+    if held(relay) != n:
+        raise RuntimeError(f"Postfix's hold queue has {held(relay)} of {n} messages")
+    relay.clear()
+    return {"msg_s": rate, "cpu_us": cpu / n * 1e6, "load": (load0 + os.getloadavg()[0]) / 2}
+
+
+def _side(runs: list[dict[str, float]]) -> dict[str, Any]:
+    series = Series([r["msg_s"] for r in runs])
+    return {**series.summary(), "cpu_us": Series([r["cpu_us"] for r in runs]).median,
+            "load": [round(r["load"], 2) for r in runs], "rates": [round(r["msg_s"]) for r in runs]}
+
+
+def run(base: Path, quick: bool, rounds: int | None = None, messages: int | None = None,
+        sessions: int = SESSIONS) -> dict[str, Any]:
+    from tests.postfix import missing
+
+    if not have_smtp_sink() or not os.access(SMTP_SOURCE, os.X_OK) or missing():
+        return {"skipped": missing() or "no smtp-sink or smtp-source (Debian package postfix)"}
+    rounds = rounds or (2 if quick else 5)
+    n = messages or (1000 if quick else 2000)
+    got: dict[str, list[dict[str, float]]] = {"mailmand": [], "postfix": []}
+    relay = Relay("hold")
+    try:
+        with sink("smtp-sink") as delivery:
+            sides: dict[str, Callable[[], dict[str, float]]] = {
+                "mailmand": lambda: mailmand_round(base, delivery, n, sessions),
+                "postfix": lambda: postfix_round(relay, n, sessions),
+            }
+            for r in range(rounds):
+                order = ["mailmand", "postfix"] if r % 2 == 0 else ["postfix", "mailmand"]
+                for name in order:
+                    got[name].append(sides[name]())
+                    last = got[name][-1]
+                    print(f"  round {r + 1} {name}: {last['msg_s']:.0f} msg/s, {last['cpu_us']:.0f} µs CPU/msg, "
+                          f"load {last['load']:.1f}", file=sys.stderr, flush=True)
+    finally:
+        relay.close()
+    m, p = _side(got["mailmand"]), _side(got["postfix"])
+    ratios = [a["msg_s"] / b["msg_s"] for a, b in zip(got["mailmand"], got["postfix"], strict=True)]
+    loads = [r["load"] for side in got.values() for r in side]
+    return {"messages": n, "sessions": sessions, "body_bytes": SIZE, "rounds": rounds,
+            "mailmand": m, "postfix": p, "ratio": m["median"] / p["median"],
+            "ratio_by_round": [round(x, 3) for x in ratios], "target": TARGET,
+            "load_average": {"median": Series(loads).median, "min": min(loads), "max": max(loads)}}
+
+
+def report(results: dict[str, Any]) -> str:
+    if "skipped" in results:
+        return f"## submission: skipped ({results['skipped']})"
+    m, p, la = results["mailmand"], results["postfix"], results["load_average"]
+    return "\n".join([
+        f"## submission (smtp-source, {results['sessions']} sessions, {results['messages']} messages of "
+        f"{results['body_bytes']} B, {results['rounds']} rounds each, interleaved; load average median "
+        f"{la['median']:.1f}, {la['min']:.1f}–{la['max']:.1f})",
+        "| listener | msg/s median (min–max) | CPU µs/message | ratio (target) |", "|---|---|---|---|",
+        f"| mailmand run (delivering meanwhile) | {m['median']:.0f} ({m['min']:.0f}–{m['max']:.0f}) "
+        f"| {m['cpu_us']:.0f} | **{results['ratio']:.2f}** (≥ {results['target']}) |",
+        f"| Postfix smtpd → hold queue | {p['median']:.0f} ({p['min']:.0f}–{p['max']:.0f}) | {p['cpu_us']:.0f} | |",
+        f"\nratio round by round: {', '.join(f'{x:.2f}' for x in results['ratio_by_round'])}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.submission", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2 rounds of 1,000 messages (about a minute)")
+    p.add_argument("--rounds", type=int, help="rounds for each side (default 5; quick 2)")
+    p.add_argument("--messages", type=int, help="messages per round (default 2,000; quick 1,000)")
+    p.add_argument("--sessions", type=int, default=SESSIONS, help=f"smtp-source sessions (default {SESSIONS})")
+    p.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="scratch directory on a real disk")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "submission.json")
+    args = p.parse_args(argv)
+    results = {"env": environment(), **run(args.dir, args.quick, args.rounds, args.messages, args.sessions)}
+    print(report(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

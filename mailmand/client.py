@@ -20,8 +20,10 @@ from .record import validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime, timedelta
     from pathlib import Path
+    from typing import Any
 
     from .config import Config
     from .queues import Queue
@@ -69,38 +71,60 @@ class Client:
                 self._pid = os.getpid()
             return self._queue
 
-    def put(self, record: Record) -> str:
+    def put(self, record: Record, *, connection: Any = None) -> str:
         """Queue an already-built record, validated as every way in validates one
-        (record.validate); durable on return."""
+        (record.validate); durable on return. With `connection`, see `enqueue`."""
         validate(record, max_recipients=self.config.server.max_recipients,
                  max_size=self.config.server.max_message_size)
-        return self._put(record)
+        return self._put(record, connection)
 
-    def _put(self, record: Record) -> str:
-        self._q().put(record.to_json())
+    def put_many(self, records: Sequence[Record]) -> list[str]:
+        """Queue records as `put` queues one, in one write of the queue (one sync for them
+        all); each validated first. Their ids once every one is durable; when it raises,
+        none is known to be queued."""
+        for record in records:
+            validate(record, max_recipients=self.config.server.max_recipients,
+                     max_size=self.config.server.max_message_size)
+        self._q().put_many([record.to_json() for record in records])
+        return [record.id for record in records]
+
+    def _put(self, record: Record, connection: Any = None) -> str:
+        if connection is None:
+            self._q().put(record.to_json())
+        else:
+            self._q().put_in(record.to_json(), connection)  # TypeError from a queue that cannot join
         return record.id
 
-    def enqueue(self, email: Enqueueable, *, send_after: float = 0.0) -> str:
-        """Queue `email` (an Email, or a RawMessage from Email.from_bytes) to go out now
-        (or at `send_after`, epoch seconds). Returns its id once the record is durable."""
+    def record(self, email: Enqueueable, *, send_after: float = 0.0) -> Record:
+        """The validated record `enqueue` would queue for `email`, under this client's limits."""
         to_record = getattr(email, "to_record", None)
         if to_record is None:
             raise InvalidMessage("email", type(email).__name__, "expected a mailmand.Email or Email.from_bytes(...)")
         # to_record validates the record it makes (record.validate)
-        return self._put(to_record(self.config.server.max_message_size, send_after,
-                                   self.config.server.max_recipients))
+        record: Record = to_record(self.config.server.max_message_size, send_after, self.config.server.max_recipients)
+        return record
 
-    def send_later(self, email: Enqueueable, delay: str | float | timedelta) -> str:
+    def enqueue(self, email: Enqueueable, *, send_after: float = 0.0, connection: Any = None) -> str:
+        """Queue `email` (an Email, or a RawMessage from Email.from_bytes) to go out now
+        (or at `send_after`, epoch seconds). Returns its id once the record is durable.
+
+        `connection`: a psycopg 3 connection to the outbox's database (the postgres
+        queue engine). The record is inserted inside the transaction open on it and
+        is queued if and only if that transaction commits; nothing is committed here.
+        Other engines cannot join a transaction: TypeError."""
+        return self._put(self.record(email, send_after=send_after), connection)
+
+    def send_later(self, email: Enqueueable, delay: str | float | timedelta, *, connection: Any = None) -> str:
         """Queue `email` to go out after `delay` ('90s', '5m', '1h30m', a timedelta)."""
-        return self.enqueue(email, send_after=time.time() + max(0.0, _delay_seconds(delay)))
+        return self.enqueue(email, send_after=time.time() + max(0.0, _delay_seconds(delay)), connection=connection)
 
-    def send_at(self, email: Enqueueable, when: datetime) -> str:
+    def send_at(self, email: Enqueueable, when: datetime, *, connection: Any = None) -> str:
         """Queue `email` to go out at `when` (naive = local time; past = now)."""
         from datetime import datetime
 
         if not isinstance(when, datetime):
             raise InvalidMessage("when", when, "expected a datetime")
-        return self.enqueue(email, send_after=when.timestamp())  # naive → local, per datetime
+        return self.enqueue(email, send_after=when.timestamp(), connection=connection)  # naive → local
 
     def close(self) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STORE_DIR_MODE = 0o700  # the lock may be the first thing in a new store directory: the store's own mode
 STORE_WAIT_MAX = 30.0  # seconds between tries for a store that cannot be reached at start
 STORE_TRY_MARGIN = 60.0  # seconds a try to open the store may take (a connect timeout), at most
 
@@ -89,6 +90,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None
         self._ingester: Ingester | None = None
         self._watch: stores.base.Watch | None = None
+        self._ingest_loop: IngestLoop | None = None
         self._open_lock = threading.Lock()
         self._stop = False
         self._reload = False
@@ -125,7 +127,8 @@ class Daemon:
         lock_path = self.engine.lock(db)
         if lock_path is not None and self.store_lock is None:
             # One daemon per SQLite store: the take-over below relies on it.
-            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}", dir_mode=0o750)
+            self.store_lock = InstanceLock(lock_path, f"the store {lock_path.with_suffix('')}",
+                                           dir_mode=STORE_DIR_MODE)
             self.store_lock.acquire()
         try:
             store = open_store(db, create=True)
@@ -253,7 +256,9 @@ class Daemon:
         sched = DispatchScheduler(self.dispatcher, self.cfg.server.retention, heartbeat=self._heartbeat)
         self.ingester.on_stored = sched.wake_at
         self._watch = self.store.watch(sched.poke)  # other daemons' NOTIFY (a shared store)
-        loop = IngestLoop(self.ingester)
+        # The queue's wake-up (inotify, a blocking read, NOTIFY) brings mail in at once;
+        # polling, at `interval` at the most, is the floor when one is missed.
+        loop = self._ingest_loop = IngestLoop(self.ingester, poll=min(IngestLoop.POLL, self.cfg.server.interval))
         watcher = None
         if self.cfg.source is not None:
             watcher = configmod.ConfigWatcher(self.cfg.source, self._request_reload)
@@ -300,7 +305,7 @@ class Daemon:
                 from .metrics import MetricsServer
 
                 self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
-                                                   lambda: self.dispatcher.cfg.interval).start())
+                                                   lambda: self.dispatcher.cfg.interval, self.problems).start())
             if server.submission is not None:
                 from .submission import SubmissionServer
 
@@ -313,6 +318,12 @@ class Daemon:
     def _stop_services(self) -> None:
         while self.services:  # the listener first: no new mail while the rest stops
             self.services.pop().stop()
+
+    def problems(self) -> list[str]:
+        """The daemon's failing parts besides the store and the dispatcher, for /healthz
+        (from memory: the ingest loop's last failure, while it lasts)."""
+        failing = self._ingest_loop.failing if self._ingest_loop is not None else None
+        return [f"ingest: {failing.last}"] if failing is not None and failing.last else []
 
     def _heartbeat(self, now: float) -> None:
         self.store.heartbeat(self.id, now)

@@ -19,7 +19,11 @@ a second enqueue of it is a no-op). After a send, `message.mailmand_id`
 holds the id that `mailmand show` knows.
 
 Settings: `MAILMAND_CONFIG` (a path) chooses the configuration; without it,
-the usual discovery ($MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/).
+the usual discovery ($MAILMAND_CONFIG, /etc/mailmand/; never the working directory).
+`MAILMAND_DATABASE` (a `DATABASES` alias), with the postgres queue engine:
+each message is queued through that Django connection, inside whatever
+transaction is open on it, so `send_mail()` within `transaction.atomic()` is
+queued if and only if the block commits (docs/outbox.md).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class EmailBackend(BaseEmailBackend):
     def __init__(self, fail_silently: bool = False, config: str | None = None, **kwargs: Any) -> None:
         super().__init__(fail_silently=fail_silently, **kwargs)
         self.config = config or getattr(settings, "MAILMAND_CONFIG", None)
+        self.database: str | None = getattr(settings, "MAILMAND_DATABASE", None)
         self.client: Client | None = None
 
     def open(self) -> bool:
@@ -103,8 +108,41 @@ class EmailBackend(BaseEmailBackend):
         if not recipients:  # as Django's SMTP backend: nothing to send, not an error
             return False
         email = to_email(message, client)
-        message.mailmand_id = client.enqueue(email, send_after=_send_at(message))  # type: ignore[attr-defined]
+        connection = self._connection()
+        try:
+            msg_id = client.enqueue(email, send_after=_send_at(message), connection=connection)
+        except TypeError as exc:
+            if connection is None:
+                raise
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(f"MAILMAND_DATABASE = {self.database!r}: {exc}") from None
+        message.mailmand_id = msg_id  # type: ignore[attr-defined]
         return True
+
+    def _connection(self) -> Any:
+        """The psycopg connection under MAILMAND_DATABASE (in Django's transaction when one
+        is open: `atomic()` turned its autocommit off), or None without the setting."""
+        if not self.database:
+            return None
+        from django.core.exceptions import ImproperlyConfigured
+        from django.db import connections
+        from django.db.utils import ConnectionDoesNotExist
+
+        try:
+            wrapper = connections[self.database]
+        except ConnectionDoesNotExist:
+            raise ImproperlyConfigured(f"MAILMAND_DATABASE = {self.database!r} is not in DATABASES") from None
+        if wrapper.vendor != "postgresql":
+            raise ImproperlyConfigured(f"MAILMAND_DATABASE = {self.database!r} is a {wrapper.vendor} database: "
+                                       "the outbox is a table in a PostgreSQL one") from None
+        wrapper.ensure_connection()
+        raw = wrapper.connection
+        if type(raw).__module__.split(".")[0] != "psycopg":  # Django's backend on psycopg2
+            raise ImproperlyConfigured(f"MAILMAND_DATABASE = {self.database!r} runs on {type(raw).__module__}; the "
+                                       "outbox needs psycopg 3 (pip install 'mailmand[postgres]': Django uses it "
+                                       "when it is installed)")
+        return raw
 
 
 def to_email(message: EmailMessage, client: Client | None = None) -> RawMessage:

@@ -73,6 +73,11 @@ class QueueUnavailable(QueueError):
     full): a temporary condition; the caller may retry (sendmail: EX_TEMPFAIL)."""
 
 
+class NoOutbox(QueueError):
+    """The outbox table does not exist yet: the daemon creates it at start, or
+    an app's migrations do, with the SQL `mailmand outbox-sql` prints."""
+
+
 class StoreError(MailmandError):
     """The store refused an operation."""
 

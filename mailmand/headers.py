@@ -54,8 +54,13 @@ PLAIN_ADDRESS = re.compile(rf"(?:({_ATEXT}(?: {_ATEXT})*) <)?({_DOT_ATOM})@({_HO
 PLAIN_NAME = re.compile(rf"(?!.*=\?)(?:{_ATEXT}(?: {_ATEXT})*)?")
 _QUOTED = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
 _PHRASE = rf"(?:{_ATEXT}|{_QUOTED})(?:[ \t]+(?:{_ATEXT}|{_QUOTED}))*"
-# One address of a header as written: `local@domain` or `Phrase <local@domain>` (the spec in group 1 or 2).
-_SPEC_IN_LIST = re.compile(rf"[ \t]*(?:({_DOT_ATOM}@{_HOSTNAME})|{_PHRASE}[ \t]*<({_DOT_ATOM}@{_HOSTNAME})>)[ \t]*")
+# One address of a header as written: `local@domain`, `Phrase <local@domain>` or `<local@domain>`
+# (a name-addr with no display name, as smtp-source and many scripts write; the spec in group 1 or 2).
+_SPEC_IN_LIST = re.compile(
+    rf"[ \t]*(?:({_DOT_ATOM}@{_HOSTNAME})|(?:{_PHRASE}[ \t]*)?<({_DOT_ATOM}@{_HOSTNAME})>)[ \t]*")
+# The address of MAIL FROM:/RCPT TO: as nearly every client writes it, `<local@domain>` in ASCII,
+# then the parameters (no comment: RFC 5321 has none, the email package would drop one).
+ENVELOPE_PATH = re.compile(rf"[ \t]*<({_DOT_ATOM}@{_HOSTNAME})>[ \t]*([^()]*)")
 # A local part an envelope carries: a dot-atom of ASCII atext or UTF-8 (RFC 6531). Quoted
 # local parts are refused: relays and mailboxes disagree about them.
 _LOCAL_ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
@@ -227,7 +232,7 @@ def _parsed(field: str, value: str, bare: bool) -> list[Mailbox]:
 
 def header_specs(value: str) -> list[str] | None:
     """The addr-specs of a header's address list when every address is plainly
-    written (`local@domain` or `Phrase <local@domain>`, ASCII); else None."""
+    written (`local@domain`, `Phrase <local@domain>` or `<local@domain>`, ASCII); else None."""
     specs, pos = [], 0
     while True:
         m = _SPEC_IN_LIST.match(value, pos)

@@ -121,7 +121,9 @@ class IngestLoop:
     # only a timer ended held a producer's new message up to 40 ms.
     AFTER_WAKE = (0.001, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.04)
 
-    def __init__(self, ingester: Ingester, poll: float = 2.0) -> None:
+    POLL = 2.0  # seconds between looks when no wake-up came
+
+    def __init__(self, ingester: Ingester, poll: float = POLL) -> None:
         self.ingester = ingester
         self.queue = ingester.queue
         self.poll = poll

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from email.headerregistry import Address
     from email.message import EmailMessage
     from pathlib import Path
+    from typing import Any
 
     from .client import Client
     from .headers import Mailbox
@@ -308,14 +309,17 @@ class Email:
 
     # -- queueing through the default client --------------------------------
 
-    def enqueue(self, client: Client | None = None) -> str:
-        return (client or default_client()).enqueue(self)
+    # `connection`: the app's psycopg connection, to queue inside its transaction (Client.enqueue).
 
-    def send_later(self, delay: str | float | timedelta, client: Client | None = None) -> str:
-        return (client or default_client()).send_later(self, delay)
+    def enqueue(self, client: Client | None = None, *, connection: Any = None) -> str:
+        return (client or default_client()).enqueue(self, connection=connection)
 
-    def send_at(self, when: datetime, client: Client | None = None) -> str:
-        return (client or default_client()).send_at(self, when)
+    def send_later(self, delay: str | float | timedelta, client: Client | None = None, *,
+                   connection: Any = None) -> str:
+        return (client or default_client()).send_later(self, delay, connection=connection)
+
+    def send_at(self, when: datetime, client: Client | None = None, *, connection: Any = None) -> str:
+        return (client or default_client()).send_at(self, when, connection=connection)
 
     def __repr__(self) -> str:
         return f"Email(sender={self.envelope_from!r}, to={self.envelope_recipients!r}, subject={self.subject!r})"

@@ -11,7 +11,16 @@ postfix_exporter's where they overlap. Two kinds of source:
   three small queries, and the dispatch path costs nothing.
 
 `/healthz` answers 200 `ok` when the dispatcher ran within 3 × `interval`
-and the store answers a query; otherwise 503 with the reason.
+and no part of the daemon is failing; otherwise 503 with one line per
+failing part (`store: ...`, `ingest: ...`). It answers from what the daemon
+already knows (the store's last call, a call waiting too long, the ingest
+loop's last failure), never by asking the store: a store gone dark cannot
+hold it up. /metrics leaves the store's series out while the store is
+failing (the daemon's own calls find when it is back).
+
+The HTTP server (`httpd.py`) holds a few threads, and only for requests
+that have arrived whole: idle connections wait in one selector and are
+closed after a few seconds.
 """
 
 from __future__ import annotations
@@ -21,9 +30,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
@@ -31,6 +39,7 @@ from prometheus_client.registry import Collector
 
 from . import observe
 from .errors import MailmandError
+from .httpd import BoundedWSGIServer, HeadHandler
 from .repeats import Repeats
 from .stores.base import Status
 from .version import __version__
@@ -121,7 +130,7 @@ class StateCollector(Collector):
         return (
             GaugeMetricFamily("mailmand_queue_messages", "Messages in the store by state.", labels=["status"]),
             GaugeMetricFamily("mailmand_queue_backlog",
-                              "Records in the queue not yet ingested (spool items, stream entries)."),
+                              "Records in the queue not yet ingested (spool items, stream entries, outbox rows)."),
             GaugeMetricFamily("mailmand_oldest_due_seconds",
                               "Age of the oldest message that is due and unsent (0 when none)."),
         )
@@ -135,6 +144,9 @@ class StateCollector(Collector):
         # A source that fails leaves its series out of this scrape (Prometheus
         # then sees them absent) rather than failing the whole scrape; /healthz says why.
         try:
+            problem = self.store.problem()
+            if problem:  # a failing store would hold the scrape up: leave its series out
+                raise MailmandError(problem)
             now = self.clock()
             counts = self.store.counts()
             due = self.store.oldest_due(now)
@@ -158,34 +170,33 @@ class StateCollector(Collector):
 
 
 class Health:
-    """What /healthz answers."""
+    """What /healthz answers, from state the daemon keeps (no I/O)."""
 
-    def __init__(self, metrics: Metrics, store: Store, interval: Callable[[], float]) -> None:
+    def __init__(self, metrics: Metrics, store: Store, interval: Callable[[], float],
+                 parts: Callable[[], list[str]] = list) -> None:
         self.metrics = metrics
         self.store = store
         self.interval = interval
+        self.parts = parts  # the daemon's other failing parts, "ingest: ..." each
 
     def check(self) -> tuple[bool, str]:
+        problems = []
         limit = HEALTH_RUNS * self.interval()
         idle = time.monotonic() - self.metrics.last_dispatch
         if idle > limit:
-            return False, f"dispatcher has not run for {idle:.0f}s (limit {limit:g}s: 3 x interval)"
-        try:
-            self.store.next_due()
-        except Exception as exc:
-            return False, f"store does not answer: {_one_line(exc)}"
-        return True, "ok"
+            problems.append(f"dispatcher has not run for {idle:.0f}s (limit {limit:g}s: 3 x interval)")
+        store = self.store.problem()
+        if store:
+            problems.append(f"store: {_one_line(store)}")
+        problems += [_one_line(p) for p in self.parts()]
+        return (False, "\n".join(problems)) if problems else (True, "ok")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or type(text).__name__
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a stuck scrape must not hold up the daemon's exit
-
-
-class _QuietHandler(WSGIRequestHandler):
+class _QuietHandler(HeadHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         pass  # a scrape every 15 s is not news
 
@@ -193,14 +204,15 @@ class _QuietHandler(WSGIRequestHandler):
 class MetricsServer:
     """The HTTP endpoint: /metrics (Prometheus text format) and /healthz."""
 
-    def __init__(self, listen: str, store: Store, queue: Queue, interval: Callable[[], float]) -> None:
+    def __init__(self, listen: str, store: Store, queue: Queue, interval: Callable[[], float],
+                 parts: Callable[[], list[str]] = list) -> None:
         self.listen = listen
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.registry.register(StateCollector(store, queue))
-        self.health = Health(self.metrics, store, interval)
+        self.health = Health(self.metrics, store, interval, parts)
         self._prometheus = make_wsgi_app(self.registry)
-        self._httpd: _Server | None = None
+        self._httpd: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._previous: observe.Observer | None = None
 
@@ -226,7 +238,7 @@ class MetricsServer:
     def start(self) -> MetricsServer:
         host, _, port_text = self.listen.rpartition(":")  # as the configuration validated it
         host, port = host.strip("[]"), int(port_text)
-        server_class = type("_Server", (_Server,), {"address_family": _family(host)})
+        server_class = type("_Server", (BoundedWSGIServer,), {"address_family": _family(host)})
         try:
             self._httpd = make_server(host, port, self.app, server_class, _QuietHandler)
         except OSError as exc:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime, timedelta
     from email.message import EmailMessage
+    from typing import Any
 
     from .client import Client
     from .headers import Field, Mailbox
@@ -148,14 +149,17 @@ class RawMessage:
 
     # -- queueing through the default client --------------------------------
 
-    def enqueue(self, client: Client | None = None) -> str:
-        return (client or default_client()).enqueue(self)
+    # `connection`: the app's psycopg connection, to queue inside its transaction (Client.enqueue).
 
-    def send_later(self, delay: str | float | timedelta, client: Client | None = None) -> str:
-        return (client or default_client()).send_later(self, delay)
+    def enqueue(self, client: Client | None = None, *, connection: Any = None) -> str:
+        return (client or default_client()).enqueue(self, connection=connection)
 
-    def send_at(self, when: datetime, client: Client | None = None) -> str:
-        return (client or default_client()).send_at(self, when)
+    def send_later(self, delay: str | float | timedelta, client: Client | None = None, *,
+                   connection: Any = None) -> str:
+        return (client or default_client()).send_later(self, delay, connection=connection)
+
+    def send_at(self, when: datetime, client: Client | None = None, *, connection: Any = None) -> str:
+        return (client or default_client()).send_at(self, when, connection=connection)
 
     def __repr__(self) -> str:
         return (f"RawMessage(sender={self.envelope_from!r}, to={self.envelope_recipients!r}, "

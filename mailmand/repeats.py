@@ -37,6 +37,7 @@ class Repeats:
         self._count = 0  # failures since the last line logged
         self._total = 0
         self._last = 0.0
+        self.last: str | None = None  # the last failure, as logged (for /healthz); None once cleared
 
     @property
     def active(self) -> bool:
@@ -48,6 +49,7 @@ class Repeats:
         with self._lock:
             now = self.clock()
             self._total += 1
+            self.last = msg % args if args else msg
             if self._since is None:
                 self._since = self._last = now
                 self._count = 0
@@ -67,6 +69,6 @@ class Repeats:
             if self._since is None:
                 return False
             lasted, total = self.clock() - self._since, self._total
-            self._since, self._count, self._total = None, 0, 0
+            self._since, self._count, self._total, self.last = None, 0, 0, None
         self.log.info("%s: cleared after %.0fs (%d failure(s))", self.what, lasted, total)
         return True

@@ -30,7 +30,7 @@ usage: sendmail [options] [recipient ...]   (mailmand's sendmail interface)
   -i, -oi       a line holding a single dot does not end the message
   -f SENDER     the envelope sender; -f '<>' is the null sender of a bounce (also -r)
   -F NAME       the sender's full name, for the From header when the message has none
-  -C FILE       the configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, /etc/mailmand/mailmand.yaml)
+  -C FILE       the configuration file (default: $MAILMAND_CONFIG, /etc/mailmand/mailmand.yaml)
   -bp           list the queue, as mailq does
   -q            deliver deferred mail now, as `mailmand flush` does (none yet: exit 0)
   -h, --help    this help

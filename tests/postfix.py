@@ -109,8 +109,10 @@ class Sink:
             raise
 
     def messages(self) -> list[bytes]:
-        """Each dumped message (smtp-sink's own X- headers first, then the message)."""
-        return [p.read_bytes() for p in sorted(self.dir.iterdir()) if p.is_file()]
+        """Each dumped message (smtp-sink's own X- headers first, then the message).
+        smtp-sink opens a dump file at MAIL and removes it a moment after a
+        transaction that ended before DATA: an empty one is no message."""
+        return [data for p in sorted(self.dir.iterdir()) if p.is_file() and (data := p.read_bytes())]
 
     def stop(self) -> None:
         if self._proc.poll() is None:

@@ -11,7 +11,11 @@ from pathlib import Path
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target`. `down()` closes every forwarded
-    connection and refuses new ones (the port is closed); `up()` listens again."""
+    connection and refuses new ones (the port is closed); `up()` listens again.
+    `blackhole()` keeps the port open but forwards nothing, either way, on the
+    connections there are and on new ones (a server gone dark behind a proxy or
+    a NAT that still answers TCP); `restore()` ends it, closing the connections
+    that lost data meanwhile, as a peer would reset them."""
 
     def __init__(self, target: tuple[str, int], port: int = 0) -> None:
         self.target = target
@@ -19,6 +23,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._dark = threading.Event()
+        self._darkened: set[socket.socket] = set()  # connections that were open in the dark
 
     def up(self) -> TcpProxy:
         sock = socket.socket()
@@ -48,12 +54,30 @@ class TcpProxy:
         for c in conns:
             _close(c)
 
+    def blackhole(self) -> None:
+        with self._lock:
+            self._dark.set()
+            self._darkened |= self._conns
+
+    def restore(self) -> None:
+        with self._lock:
+            self._dark.clear()
+            darkened, self._darkened = self._darkened, set()
+            self._conns -= darkened
+        for c in darkened:
+            _close(c)
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return  # closed by down()
+            if self._dark.is_set():  # taken, and never answered
+                with self._lock:
+                    self._darkened.add(client)
+                    self._conns.add(client)
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -67,13 +91,14 @@ class TcpProxy:
                     return
                 self._conns |= {client, server}
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=_pump, args=(a, b, self._dark), daemon=True).start()
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, dark: threading.Event) -> None:
     try:
         while data := src.recv(65536):
-            dst.sendall(data)
+            if not dark.is_set():  # in the dark, what is sent is lost
+                dst.sendall(data)
     except OSError:
         pass
     finally:

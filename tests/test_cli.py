@@ -613,6 +613,7 @@ def test_check_config_connect(smtp_server, write_config, capsys):
         assert "STARTTLS: OK, certificate verified" in out
         offers = next(line for line in out.splitlines() if line.startswith("offers: "))
         assert "SIZE" in offers and "SMTPUTF8" in offers and "AUTH" in offers and "PLAIN" in offers
+        assert "CHUNKING" in offers.partition("(not: ")[2]  # aiosmtpd offers no BDAT: said, not hidden
         assert "login: OK as app" in out and out.rstrip().endswith("a message could be sent")
         os.environ["SMTP_PASSWORD"] = "wrong"
         assert main(["check-config", "--connect", "-c", str(conf)]) == 1

@@ -222,7 +222,8 @@ LISTEN_HINT = "expected host:port (e.g. 127.0.0.1:2525 or [::1]:2525)"
         ("email.server.submission", {"listen": 2525, "auth": {"username": "u"}},
          "email.server.submission.auth.password: required with a username: give password or password-file"),
         ("email.server.submission.bind", "x",
-         "email.server.submission.bind: unknown key (known here: listen, auth, tls)"),
+         "email.server.submission.bind: unknown key (known here: listen, auth, tls, clients, max-connections, "
+         "max-connections-per-client, auth-failures, greeting-timeout, timeout)"),
         ("email.server.metrics.listen", "9464:metrics",
          f'email.server.metrics.listen: {LISTEN_HINT}, got "9464:metrics"'),
         ("email.server.metrics.listen", True, f"email.server.metrics.listen: {LISTEN_HINT}, got true"),

@@ -626,21 +626,23 @@ def test_store_files_are_private_whatever_the_umask(make_config, tmp_path, umask
         d.close()
     finally:
         os.umask(old)
-    assert modes == {"dir": 0o750, "mailmand.db": 0o640, "mailmand.db-wal": 0o640, "mailmand.db-shm": 0o640,
+    assert modes == {"dir": 0o700, "mailmand.db": 0o600, "mailmand.db-wal": 0o600, "mailmand.db-shm": 0o600,
                      "mailmand.db.lock": 0o640}
 
 
-def test_an_existing_world_readable_store_is_warned_about(make_config, caplog):
+def test_an_existing_store_others_can_read_is_made_private(make_config, caplog):
+    import stat
     d = Daemon(make_config())
     d.store.counts()
     d.close()
     db = d.cfg.server.database.path
-    db.chmod(0o644)
+    db.chmod(0o644)  # as an older mailmand made it (0640), or worse
     d = Daemon(make_config())
     with caplog.at_level("WARNING"):
         d.store.counts()
     d.close()
-    assert f"{db} is readable by every local user (mode 644)" in caplog.text
+    assert f"{db} was open to other users (mode 644): made it 600, the daemon's alone" in caplog.text
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
 def test_a_refused_start_leaves_no_lock_behind(write_config, tmp_path):

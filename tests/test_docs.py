@@ -133,7 +133,8 @@ def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MAILMAND_CACHE_DIR", "none")
-    monkeypatch.delenv("MAILMAND_CONFIG", raising=False)
+    # Client() finds the file as the daemon does: never in the working directory, so it is named.
+    monkeypatch.setenv("MAILMAND_CONFIG", str(tmp_path / "mailmand.yaml"))
     (tmp_path / "mailmand.yaml").write_text(
         f"email:\n  queue:\n    default: {{path: {tmp_path / 'spool'}}}\n"
         f"  server:\n    database: {{path: {tmp_path / 'store' / 'mailmand.db'}}}\n    smtp: {{host: localhost}}\n")

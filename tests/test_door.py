@@ -156,6 +156,9 @@ def test_what_ingest_quarantines_put_refuses_with_the_same_reason(door):
         else:
             assert (result.ingested, result.quarantined) == (0, 1)
             assert refused.split(": ", 1)[1] == store.quarantined(1)[0].reason
+        # The listener's group write is the same door.
+        assert reason(lambda: client.put_many([record.replace(id=new_id())])) == refused
+        assert ingester.drain().ingested == (refused is None)
 
     check()
 

@@ -44,8 +44,11 @@ def test_nothing_above_the_engine_tables_names_an_engine(path):
 def test_what_the_tables_say(tmp_path):
     spool = QueueConfig(engine="spool", path=tmp_path / "spool")
     stream = QueueConfig(engine="redis", url="redis://127.0.0.1:6379/0")
+    outbox = QueueConfig(engine="postgres", dsn="postgresql://app@db.example/app")
     assert lock_path(spool) == tmp_path / "spool" / LOCK_FILE and lock_path(stream) is None
-    assert (queue_engine(spool).noun, queue_engine(stream).noun) == ("spool", "queue")
+    assert lock_path(outbox) is None  # a table many daemons share
+    assert (queue_engine(spool).noun, queue_engine(stream).noun, queue_engine(outbox).noun) == (
+        "spool", "queue", "outbox")
     sqlite = DatabaseConfig(path=tmp_path / "store" / "mailmand.db")
     postgres = DatabaseConfig(engine="postgres", dsn="postgresql://mailmand:secret@db.example/mailmand")
     assert store_engine(sqlite).lock(sqlite) == tmp_path / "store" / "mailmand.db.lock"

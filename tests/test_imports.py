@@ -32,7 +32,8 @@ def _dump():
 atexit.register(_dump)
 """
 
-MESSAGE = b"From: app@example.com\nTo: ops@example.com\nSubject: lean\n\nhello\n"
+# `<local@domain>` as smtp-source and many scripts write it: plain too, read without the email package.
+MESSAGE = b"From: app@example.com\nTo: <ops@example.com>\nSubject: lean\n\nhello\n"
 
 
 def run_fresh(tmp_path: Path, code: str, conf: Path, stdin: bytes = b"") -> set[str]:

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailmand import Client, Email, __version__
 from mailmand.config import load
+from mailmand.errors import StoreUnavailable
 from mailmand.message import Record
 from mailmand.metrics import MetricsServer
 from mailmand.queues import open_queue
@@ -166,9 +167,12 @@ def test_healthz_503_when_the_dispatcher_stalls_or_the_store_is_gone(state):
     assert "dispatcher has not run for" in text and "3 x interval" in text
     srv.metrics.dispatching()
     assert get(base + "/healthz")[0] == 200
-    store.close()  # the store stops answering
+    store.close()  # the store stops answering...
+    assert get(base + "/healthz")[0] == 200  # ...which /healthz knows once a call finds it (it asks nothing)
+    with pytest.raises(StoreUnavailable):
+        store.next_due()  # the dispatcher's next call, say
     status, text = get(base + "/healthz")
-    assert status == 503 and text.startswith("store does not answer"), text
+    assert status == 503 and text.startswith(f"store: the store at {store.path} cannot be read"), text
     assert get(base + "/metrics")[0] == 200, "a scrape goes on without the store's series"
     assert value(scrape(base), "mailmand_queue_messages", status="queued") is None
 

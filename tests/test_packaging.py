@@ -252,7 +252,8 @@ def test_every_unit_setting_says_why():
     for setting in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "User=mailmand",
                     "ProtectSystem=strict", "ReadWritePaths=/var/spool/mailmand /var/lib/mailmand",
                     "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes", "UMask=0007",
-                    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "Restart=on-failure"):
+                    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "Restart=on-failure",
+                    "LimitNOFILE=65536"):
         assert f"\n{setting}\n" in text, setting
 
 
@@ -439,7 +440,7 @@ def test_spool_permissions_with_real_users(binary, users, smtp_server, notify_so
         mm = users["mailmand"]
         assert (spool.stat().st_uid, spool.stat().st_gid) == (mm.pw_uid, mm.pw_gid)
         assert stat.S_IMODE(spool.stat().st_mode) == 0o2770
-        assert stat.S_IMODE(lib.stat().st_mode) == 0o750
+        assert stat.S_IMODE(lib.stat().st_mode) == 0o700
 
         conf = base / "mailmand.yaml"  # no secret in it: every user may read it
         conf.write_text(
@@ -506,7 +507,7 @@ def test_spool_permissions_with_real_users(binary, users, smtp_server, notify_so
             assert st.st_uid != users["stranger"].pw_uid, path
             assert st.st_gid == mm.pw_gid, path  # setgid directory
             assert st.st_mode & 0o007 == 0, f"{path} is open to other users"
-        # The store is the daemon's (0750): an admin asks as mailmand.
+        # The store is the daemon's (0700): an admin asks as mailmand.
         status = run(as_user("mailmand", [bindir / "mailmand", "status", "--json"]),
                      env=user_env("mailmand"))
         assert status.returncode == 0, status.stderr
@@ -612,9 +613,9 @@ def test_deb_installs(deb, tmp_path):
     spool = (root / "var/spool/mailmand").stat()
     assert (spool.st_uid, spool.st_gid, stat.S_IMODE(spool.st_mode)) == (uid, gid, 0o2770)
     lib = (root / "var/lib/mailmand").stat()
-    assert (lib.st_uid, stat.S_IMODE(lib.st_mode)) == (uid, 0o750)
+    assert (lib.st_uid, stat.S_IMODE(lib.st_mode)) == (uid, 0o700)
     cache = (root / "var/cache/mailmand").stat()  # the producers' settings cache
-    assert (cache.st_uid, cache.st_gid, stat.S_IMODE(cache.st_mode)) == (0, gid, 0o2770)
+    assert (cache.st_uid, cache.st_gid, stat.S_IMODE(cache.st_mode)) == (0, gid, 0o3770)
     conf = (root / "etc/mailmand/mailmand.yaml").stat()
     assert (conf.st_uid, conf.st_gid, stat.S_IMODE(conf.st_mode)) == (0, gid, 0o640)
     assert os.readlink(root / "usr/sbin/sendmail") == "/etc/alternatives/sendmail"

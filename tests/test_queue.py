@@ -1,4 +1,4 @@
-"""The queue contract, run against every engine (spool, redis) through one fixture.
+"""The queue contract, run against every engine (spool, redis, postgres) through one fixture.
 
 A new engine is proven by adding it to `ENGINE_PARAMS` and `QueueFactory`.
 """
@@ -30,7 +30,19 @@ class QueueFactory:
         self.opened: list[Queue] = []
 
     def producer(self) -> Queue:
+        if self.engine == "postgres":
+            self.migrate()
         return self._keep(open_queue(self.cfg))
+
+    def migrate(self) -> None:
+        """The outbox's table, as an app's migration makes it (before any daemon ran)."""
+        import psycopg
+
+        from mailmand.queues.postgres import ddl
+
+        with psycopg.connect(str(self.cfg.dsn)) as conn:
+            for stmt in ddl(self.cfg.table):
+                conn.execute(stmt)
 
     def daemon(self, consumer: str = "d1", lease: float = 300.0, exclusive: bool = True) -> Queue:
         return self._keep(open_queue(self.cfg, daemon=True, consumer=consumer, lease=lease, exclusive=exclusive))
@@ -45,6 +57,12 @@ class QueueFactory:
             self.daemon("raw").take(10)  # ...and that item out of the way, unacked
             with sqlite3.connect(self.cfg.path / spoolmod.DB_FILE) as db:
                 db.execute(f"INSERT INTO {spoolmod.TABLE} (data, timestamp, status) VALUES (?, 0, 0)", (data,))
+        elif self.engine == "postgres":
+            import psycopg
+
+            self.migrate()
+            with psycopg.connect(str(self.cfg.dsn)) as conn:
+                conn.execute("INSERT INTO mailmand_outbox (record) VALUES (%s)", (data.decode(errors="replace"),))
         else:
             client = require_redis()
             client.xadd(self.cfg.name, {b"record": data})  # type: ignore[attr-defined]
@@ -58,10 +76,12 @@ class QueueFactory:
             q.close()
 
 
-@pytest.fixture(params=["spool", "redis"])
+@pytest.fixture(params=["spool", "redis", "postgres"])
 def queues(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueFactory]:
     if request.param == "spool":
         cfg = QueueConfig(engine="spool", path=tmp_path / "spool", min_free=0)
+    elif request.param == "postgres":
+        cfg = QueueConfig(engine="postgres", dsn=request.getfixturevalue("postgres_dsn"), table="mailmand_outbox")
     else:
         key = request.getfixturevalue("redis_key")
         cfg = QueueConfig(engine="redis", url=redis_url(), name=key)
@@ -88,6 +108,28 @@ def test_put_take_ack_keeps_the_json_in_order(queues: QueueFactory):
     d.ack(items)
     assert d.take(10) == []
     assert p.pending() == p.info().waiting == 0
+
+
+def test_put_many_queues_each_record_in_order_between_single_puts(queues: QueueFactory):
+    p, d = queues.producer(), queues.daemon()
+    d.resume()
+    p.put_many([])  # nothing to write: nothing written, no error
+    p.put(record(0))
+    p.put_many([record(1), record(2), record(3)])
+    p.put(record(4))
+    assert p.pending() == 5
+    items = d.take(10)
+    assert [i.data for i in items] == [record(i) for i in range(5)]
+    d.ack(items)
+    assert p.pending() == 0
+
+
+def test_put_many_into_a_queue_nobody_wrote_to_makes_it(queues: QueueFactory):
+    """The listener's first write may be the queue's first: the spool's table is made then."""
+    p, d = queues.producer(), queues.daemon()
+    p.put_many([record(1), record(2)])
+    d.resume()
+    assert [i.data for i in d.take(10)] == [record(1), record(2)]
 
 
 def test_taken_items_are_not_taken_again_until_released(queues: QueueFactory):
@@ -131,11 +173,40 @@ def test_a_daemon_that_died_holding_items_gets_them_back_at_restart(queues: Queu
     second = queues.daemon("alive", exclusive=True)
     # Redis knows what was pending on the dead consumer; the spool never marks
     # what its daemon takes (it reads every row not yet deleted again).
+    # (The outbox's dead daemon held its rows in a transaction, which ended with its connection.)
     assert second.resume() == (4 if queues.engine == "redis" else 0)
     back = second.take(10)
     assert sorted(i.data["n"] for i in back) == [0, 1, 2, 3]
     second.ack(back)
     assert second.take(10) == [] and p.pending() == 0
+
+
+def test_daemons_taking_at_once_take_each_item_once(queues: QueueFactory):
+    if queues.engine == "spool":
+        pytest.skip("a spool has one daemon (its lock file): there is no other taker")
+    p = queues.producer()
+    for i in range(120):
+        p.put(record(i))
+    takers = [queues.daemon(f"d{n}", exclusive=False) for n in range(3)]
+    got: list[list[int]] = [[] for _ in takers]
+    start = threading.Barrier(len(takers))
+
+    def drain(n: int) -> None:
+        d = takers[n]
+        d.resume()
+        start.wait()
+        while items := d.take(7):
+            got[n].extend(i.data["n"] for i in items)
+            d.ack(items)
+
+    threads = [threading.Thread(target=drain, args=(n,)) for n in range(len(takers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    every = sorted(n for share in got for n in share)
+    assert every == list(range(120))  # each once: none lost, none taken twice
+    assert p.pending() == 0
 
 
 def test_wait_wakes_when_a_producer_puts(queues: QueueFactory):
@@ -186,6 +257,20 @@ def test_wake_ends_a_wait_early(queues: QueueFactory):
 
 def test_an_item_that_is_not_json_comes_back_with_the_reason(queues: QueueFactory):
     planted = pickle.dumps({"x": 1})  # a pickle is bytes like any other: never unpickled
+    if queues.engine == "postgres":
+        import psycopg
+
+        # The outbox's column is json: PostgreSQL refuses anything else at the INSERT.
+        for data in (b"{not json", planted):
+            with pytest.raises(psycopg.DataError):  # invalid JSON; NUL bytes (refused by psycopg already)
+                queues.put_raw(data)
+        queues.put_raw(b'["json", "but not a record"]')  # comes back as it is: ingest quarantines it
+        d = queues.daemon()
+        items = d.take(10)
+        assert [(i.data, i.raw, i.error) for i in items] == [
+            (["json", "but not a record"], b'["json", "but not a record"]', None)]
+        d.ack(items)
+        return
     queues.put_raw(b"{not json")
     queues.put_raw(planted)
     d = queues.daemon()
@@ -217,6 +302,11 @@ def test_a_reader_on_a_queue_nobody_wrote_to_creates_nothing(queues: QueueFactor
     assert info.waiting == 0 and info.engine == queues.engine
     if queues.engine == "spool":
         assert not queues.cfg.path.exists()
+    elif queues.engine == "postgres":
+        import psycopg
+
+        with psycopg.connect(str(queues.cfg.dsn)) as conn:
+            assert conn.execute("SELECT to_regclass('mailmand_outbox')").fetchone() == (None,)
     else:
         assert not require_redis().exists(queues.cfg.name)  # type: ignore[attr-defined]
 
@@ -271,15 +361,19 @@ from pathlib import Path
 from mailmand.config import QueueConfig
 from mailmand.queues import open_queue
 queue = open_queue(QueueConfig(engine="spool", path=Path(sys.argv[1]), min_free=0))
-queue.put({"id": sys.argv[2]})
+many = int(sys.argv[3])
+if many:
+    queue.put_many([{"id": f"{sys.argv[2]}-{i}", "pad": "x" * 3000} for i in range(many)])
+else:
+    queue.put({"id": sys.argv[2]})
 os.write(1, b"put returned\\n")
 queue.close()
 """
 
 
-def synced_before_return(tmp_path: Path, spool: Path, name: str) -> tuple[bool, list[str]]:
-    """Run one producer's put under strace: (the spool's write-ahead log was written
-    and then synced to disk before `put` returned, the calls seen)."""
+def synced_before_return(tmp_path: Path, spool: Path, name: str, many: int = 0) -> tuple[bool, list[str]]:
+    """Run one producer's put (or put_many of `many` records) under strace: (the spool's
+    write-ahead log was written and then synced to disk before it returned, the calls seen)."""
     import shutil
     import subprocess
     import sys
@@ -292,7 +386,8 @@ def synced_before_return(tmp_path: Path, spool: Path, name: str) -> tuple[bool, 
         pytest.skip("strace is not installed")
     trace = tmp_path / f"{name}.strace"
     subprocess.run(["strace", "-f", "-qq", "-y", "-e", "trace=write,pwrite64,fsync,fdatasync", "-o", str(trace),
-                    sys.executable, "-c", PUT_AND_SAY, str(spool), name], check=True, capture_output=True)
+                    sys.executable, "-c", PUT_AND_SAY, str(spool), name, str(many)], check=True,
+                   capture_output=True)
     calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()
              if "data.db-wal" in line or "put returned" in line]
     returned = next(i for i, c in enumerate(calls) if "put returned" in c)
@@ -319,3 +414,91 @@ def test_a_put_returns_only_once_the_spool_has_it_on_disk(tmp_path: Path):
         assert [i.data for i in daemon.take(10)] == [{"id": "first"}, {"id": "lean"}]
     finally:
         daemon.close()
+
+
+def test_put_many_syncs_once_for_all_its_records_before_it_returns(tmp_path: Path):
+    """What the listener's group commit relies on: records written together cost one sync
+    of the write-ahead log (one transaction), taken after the last of them was written."""
+    spool = tmp_path / "spool"
+
+    def syncs(calls: list[str]) -> int:
+        return sum(c.startswith(("fsync", "fdatasync")) for c in calls)
+
+    synced, calls = synced_before_return(tmp_path, spool, "first")  # the table, made by persist-queue
+    assert synced, calls
+    synced, one = synced_before_return(tmp_path, spool, "one")  # one record, on the same path
+    assert synced, one
+    synced, calls = synced_before_return(tmp_path, spool, "group", many=20)
+    assert synced, calls
+    # What one record costs (a fresh write-ahead log's header is synced too): not 20 times it.
+    assert syncs(calls) == syncs(one), calls
+    daemon = open_queue(QueueConfig(engine="spool", path=spool), daemon=True)
+    try:
+        assert [i.data["id"] for i in daemon.take(30)] == ["first", "one", *(f"group-{i}" for i in range(20))]
+    finally:
+        daemon.close()
+
+
+def test_put_many_on_the_spool_is_all_or_none(tmp_path: Path):
+    """A write that fails on one record leaves none of its records in the spool (one
+    transaction), says why, and the next write goes in. The failure is the database's
+    own: a trigger refuses a row, as a constraint or a full disk would mid-write."""
+    from mailmand.errors import QueueError
+
+    cfg = QueueConfig(engine="spool", path=tmp_path / "spool", min_free=0)
+    producer = open_queue(cfg)
+    producer.put(record(0))
+    with sqlite3.connect(cfg.path / spoolmod.DB_FILE) as db:
+        db.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON {spoolmod.TABLE} "
+                   "WHEN instr(NEW.data, 'poison') > 0 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    with pytest.raises(QueueError, match="refused by the test"):
+        producer.put_many([record(1), {"id": "poison"}, record(3)])
+    producer.put_many([record(4)])
+    daemon = open_queue(cfg, daemon=True)
+    try:
+        assert [i.data for i in daemon.take(10)] == [record(0), record(4)]
+    finally:
+        daemon.close()
+        producer.close()
+
+
+def test_put_many_refuses_new_mail_below_min_free(tmp_path: Path):
+    import os
+
+    from mailmand.errors import QueueUnavailable
+
+    st = os.statvfs(tmp_path)
+    cfg = QueueConfig(path=tmp_path / "spool", min_free=st.f_bavail * st.f_frsize * 2)
+    open_queue(replace(cfg, min_free=0)).put(record(0))  # the table is there: the lean path
+    with pytest.raises(QueueUnavailable, match="nearly full"):
+        open_queue(cfg).put_many([record(1)])
+
+
+# -- Redis only --------------------------------------------------------------------
+
+
+def test_put_many_on_redis_is_one_multi_exec(redis_key: str):
+    """Redis sees the group as the server's MONITOR shows it: MULTI, one XADD per record,
+    EXEC, from the producer's one connection (one round trip; every entry or none)."""
+    client = require_redis()
+    producer = open_queue(QueueConfig(engine="redis", url=redis_url(), name=redis_key))
+    producer.put({"warm": "up"})  # connected before watching: the group is all that connection says next
+    seen: list[dict[str, object]] = []
+    with client.monitor() as monitor:  # type: ignore[attr-defined]
+        writer = threading.Thread(target=producer.put_many, args=([record(i) for i in range(5)],))
+        writer.start()
+        deadline = time.monotonic() + 20
+        ours: tuple[object, object] | None = None
+        while time.monotonic() < deadline:
+            line = monitor.next_command()
+            seen.append(line)
+            if ours is None and redis_key in str(line["command"]):
+                ours = (line["client_address"], line["client_port"])
+            if ours and (line["client_address"], line["client_port"]) == ours and line["command"] == "EXEC":
+                break
+        writer.join(20)
+    producer.close()
+    assert ours is not None, seen
+    commands = [str(line["command"]).split()[0] for line in seen
+                if (line["client_address"], line["client_port"]) == ours]
+    assert commands == ["MULTI", *["XADD"] * 5, "EXEC"], commands

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
     "migrate": ("daemon", "cmd_migrate"),
+    "outbox-sql": ("daemon", "cmd_outbox_sql"),
 }
 DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
 # Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
@@ -101,7 +102,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
-                        help="configuration file (default: $MAILMAND_CONFIG, ./mailmand.yaml, "
+                        help="configuration file (default: $MAILMAND_CONFIG, "
                              "/etc/mailmand/mailmand.yaml)")
     p = argparse.ArgumentParser(
         prog="mailmand", parents=[common],
@@ -163,6 +164,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="also open the store, and connect to the relay (TLS, AUTH): exit 0 if a message could be sent, else 1")
     add("migrate", "copy an SQLite store into the configured store (stop the daemon first)").add_argument(
         "--from", dest="source", metavar="PATH", required=True, help="the SQLite database file")
+    add("outbox-sql", "print the SQL that creates the postgres queue's outbox table (for an app's migrations)"
+        ).add_argument("--table", metavar="NAME", help="this table instead of email.queue.default.table")
     add("demo", "show the whole pipeline on a loopback SMTP server")
     add("sendmail", "sendmail-compatible: reads a message on stdin; "
         "-t (recipients from headers), -i, -f SENDER, -F NAME, RECIPIENT... (see mailmand sendmail -h)")

@@ -52,19 +52,40 @@ def directory_warnings(cfg: Config) -> list[str]:
     return warnings
 
 
-def check_engines(cfg: Config) -> None:
-    """Refuse the engines `run` refuses, with its messages, opening nothing."""
+def check_engines(cfg: Config) -> str:
+    """Refuse the engines `run` refuses, with its messages, opening nothing.
+    Returns the queue as logs name it (never a password)."""
     from ..queues import open_queue
     from ..stores import engine
 
     engine(cfg.server.database)  # a missing driver or a dsn that does not parse, as Daemon() says it
-    open_queue(cfg.queue, readonly=True).close()  # an unknown engine or a missing driver, as open_queue says it
+    queue = open_queue(cfg.queue, readonly=True)  # an unknown engine or a missing driver, as open_queue says it
+    queue.close()
+    return repr(queue)
+
+
+def check_queue(cfg: Config) -> tuple[bool, str]:
+    """`--connect`: read the queue as `status` does; (reachable, what to print)."""
+    from ..errors import QueueError
+    from ..queues import open_queue
+
+    queue = open_queue(cfg.queue, readonly=True)
+    try:
+        info = queue.info()
+    except QueueError as exc:
+        return False, f"queue: {exc}"
+    finally:
+        queue.close()
+    from .format import age
+
+    oldest = "" if info.oldest_s is None or not info.waiting else f", the oldest for {age(info.oldest_s)}"
+    return True, f"queue {info.where}: reachable, {info.waiting} waiting to be ingested{oldest}"
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
-    check_engines(cfg)  # what `run` refuses, refused with the same message (78)
+    queue = check_engines(cfg)  # what `run` refuses, refused with the same message (78)
     where = cfg.source or "embedded defaults"
-    print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, spool {cfg.queue.path}, "
+    print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, queue {queue}, "
           f"store {describe(cfg.server.database)}")
     for warning in directory_warnings(cfg):
         print(warning, file=sys.stderr)
@@ -77,10 +98,12 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
         print(check_connect(cfg.server.database))
     except NoStore as exc:  # the daemon makes it at its first start
         print(f"store: {exc}")
+    queue_ok, line = check_queue(cfg)
+    print(line)
     ok, lines = connect(cfg.server.smtp)
     for line in lines:
         print(line)
-    return 0 if ok else 1
+    return 0 if ok and queue_ok else 1
 
 
 def _hint(cfg: SmtpConfig) -> str:
@@ -164,7 +187,7 @@ def connect(cfg: SmtpConfig) -> tuple[bool, list[str]]:
 def _offers(smtp: object) -> str:
     features: dict[str, str] = getattr(smtp, "esmtp_features", {})
     shown = []
-    for name in ("size", "pipelining", "starttls", "auth", "smtputf8", "8bitmime"):
+    for name in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8", "8bitmime"):
         if name in features:
             value = features[name].strip()
             if name == "size" and value:
@@ -173,5 +196,6 @@ def _offers(smtp: object) -> str:
                 shown.append(f"AUTH {value or '(no mechanisms)'}")
             else:
                 shown.append(name.upper())
-    missing = [n.upper() for n in ("size", "pipelining", "starttls", "auth", "smtputf8") if n not in features]
+    missing = [n.upper() for n in ("size", "pipelining", "chunking", "starttls", "auth", "smtputf8")
+               if n not in features]
     return (", ".join(shown) or "nothing beyond plain SMTP") + (f" (not: {', '.join(missing)})" if missing else "")

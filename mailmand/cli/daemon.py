@@ -1,4 +1,4 @@
-"""`mailmand run`, `mailmand --once` and `mailmand demo`: the daemon's side."""
+"""`mailmand run`, `mailmand --once`, `mailmand demo`, and the schemas: `migrate`, `outbox-sql`."""
 
 from __future__ import annotations
 
@@ -31,4 +31,16 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     from ..stores.migrate import run
 
     print(run(args.source, cfg.server.database))
+    return 0
+
+
+def cmd_outbox_sql(cfg: Config, args: argparse.Namespace) -> int:
+    """The outbox table's DDL, for apps whose migrations own their schema (Django, Alembic)."""
+    from ..queues import outbox_sql
+
+    table = args.table or cfg.queue.table
+    text = outbox_sql(table)
+    print(f"-- mailmand's outbox (email.queue.default.table: {table}). Producers need INSERT on it;\n"
+          "-- the daemon needs SELECT, UPDATE (for FOR UPDATE) and DELETE, and creates it at start if it may.")
+    print(text, end="")
     return 0

@@ -58,8 +58,9 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     else:
         for st, n in data["counts"].items():
             print(f"{st:<10} {n}")
-    if qinfo.length is None:
-        print(f"{'spool':<10} {spool} waiting to be ingested")
+    if qinfo.length is None:  # a spool or an outbox: how much waits, and since when where it is known
+        since = "" if qinfo.oldest_s is None or not spool else f", the oldest for {fmt.age(qinfo.oldest_s)}"
+        print(f"{qinfo.label:<10} {spool} waiting to be ingested in {qinfo.where}{since}")
     else:  # a shared queue: what each daemon holds
         print(f"{'queue':<10} {qinfo.where}: length {qinfo.length} (not yet ingested), "
               f"pending {qinfo.pending}, consumers {len(qinfo.consumers)}")

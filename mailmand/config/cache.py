@@ -25,16 +25,21 @@ Security:
 - an entry never holds a secret: a configuration whose producer view has one
   (a Redis password or URL) is not cached, and the daemon's secrets (AUTH
   passwords, the database DSN) are never part of a producer's view;
-- an entry is read only if it is a regular file owned by this user or root
-  and writable by nobody else, checked on the open file (no symlink is
-  followed); anything else is ignored, as if there were no entry. Each user
-  has its own entry (the uid is in its name): whoever else can write the
+- an entry is opened without following a symlink and without blocking (a
+  FIFO planted at its name would hang the open), then read only if the open
+  file is a regular file of this user's, with one link, that nobody else can
+  write; anything else is ignored, as if there were no entry. Each user has
+  its own entry (the uid is in its name): whoever else can write the
   directory (the mailmand group, in /var/cache/mailmand) cannot feed this
   user settings (a spool, an alias that redirects root's mail);
+- the shared directory is sticky (3770): a member can neither remove nor
+  rename another member's entry. At worst a member can squat the name of
+  another's entry that does not exist yet, and that user then reads the
+  file in full each time: slower, never wrong;
 - entries are written 0600 to a temporary file and renamed into place.
 
 Where: $MAILMAND_CACHE_DIR (empty or `none`: no cache); else
-/var/cache/mailmand when it exists (the .deb makes it, 2770 root:mailmand,
+/var/cache/mailmand when it exists (the .deb makes it, 3770 root:mailmand,
 so the daemon's group, PHP's www-data among them, can write it); else
 $XDG_CACHE_HOME/mailmand, or ~/.cache/mailmand when the home directory is
 this user's (a service user's home that is not, such as www-data's /var/www,
@@ -190,14 +195,15 @@ def _fresh(entry: dict[str, Any]) -> bool:
 
 
 def _read(where: str) -> dict[str, Any] | None:
-    """The entry, if it is a regular file of ours (or root's) that nobody else can write."""
+    """The entry, if it is a regular file of ours, with one link, that nobody else can write."""
     try:
-        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if (st.st_mode & 0o170000) != 0o100000 or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        if not _private(st):
             return None
         chunks = []
         while chunk := os.read(fd, 1 << 16):
@@ -211,6 +217,12 @@ def _read(where: str) -> dict[str, Any] | None:
     except (EOFError, ValueError, TypeError):
         return None
     return entry if isinstance(entry, dict) else None
+
+
+def _private(st: os.stat_result) -> bool:
+    """A regular file, this user's, one link (not a hard link to a file planted elsewhere), mode 0600 or less."""
+    return (st.st_mode & 0o170000) == 0o100000 and st.st_uid == os.geteuid() and st.st_nlink == 1 \
+        and not st.st_mode & 0o077
 
 
 def _write(where: str, found: Path | None, before: tuple[int, ...] | None, cfg: Config) -> None:

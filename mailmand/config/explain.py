@@ -18,7 +18,7 @@ import msgspec
 
 from mailmand.errors import ConfigError
 
-from .schema import EmailSection, Listen
+from .schema import EmailSection, Listen, Network
 from .values import SECRET_KEYS, Invalid, kind, printable, show
 
 AT = re.compile(r"(.*) - at `\$(.*)`", re.DOTALL)
@@ -98,6 +98,8 @@ def describe(t: Any) -> str:
         return "a list"
     if t is Listen:
         return "host:port"
+    if t is Network:
+        return "address or network (such as 10.0.0.0/8)"
     return "a mapping"
 
 

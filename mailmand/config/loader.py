@@ -37,8 +37,10 @@ from .schema import (
     EmailSection,
     File,
     Listen,
+    Network,
     Rate,
     Size,
+    SqlTable,
 )
 from .values import (
     SECRET_KEYS,
@@ -47,8 +49,10 @@ from .values import (
     parse_domain,
     parse_duration,
     parse_listen,
+    parse_network,
     parse_rate,
     parse_size,
+    parse_sql_table,
     printable,
     show,
 )
@@ -172,7 +176,7 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, SqlTable: parse_sql_table}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
@@ -203,12 +207,16 @@ class Parse:
             self.check_ca_file(smtp.ca_file)
         if server.database.engine == "postgres" and not server.database.dsn and not self.producer:
             raise ConfigError("required when engine is postgres", "email.server.database.dsn")
+        if queue.engine == "postgres" and not queue.dsn:  # producers too: they insert into it
+            raise ConfigError("required when engine is postgres (the database that holds the outbox table)",
+                              "email.queue.default.dsn")
         submission = server.submission
         if submission is not None:  # the section alone does not open a port
             submission = None if "listen" not in given.get("submission", {}) else replace(
                 submission, auth=self.auth(submission.auth, "email.server.submission.auth"))
         if submission is not None and not self.producer:  # refused here, before the daemon makes anything
             submission_tls(submission)
+            open_relay(submission)
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
         server = replace(server, smtp=smtp, submission=submission, metrics=metrics)
         if "min-free" not in data.get("queue", {}).get("default", {}):
@@ -404,6 +412,20 @@ def restart_required(old: Config, new: Config) -> list[str]:
             if getattr(a, f.name) != getattr(b, f.name):
                 changed.append(f"{prefix}.{f.encode_name}")
     return changed
+
+
+def open_relay(cfg: SubmissionConfig) -> None:
+    """Refuse a listener anyone on the network could send mail through: off
+    loopback, with no auth and no `clients` naming who may submit."""
+    from .values import is_loopback, split_listen
+
+    if cfg.auth is not None or cfg.clients is not None:
+        return
+    for listen in cfg.listen:
+        if not is_loopback(split_listen(listen)[0]):
+            raise ConfigError(f"{listen} is not on loopback and has no auth: anyone who can reach it could "
+                              "send mail through your relay; set auth, or name who may submit in "
+                              "clients: [CIDR, ...]", "email.server.submission.listen")
 
 
 def submission_tls(cfg: SubmissionConfig) -> ssl.SSLContext | None:

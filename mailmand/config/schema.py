@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     Size = int  # bytes
     File = Path  # a path that must name an existing file
     Listen = str  # host:port
+    Network = str  # an address or CIDR network, such as 10.0.0.0/8
     Address = str  # local@domain
     Domain = str  # a mail domain, never localhost
+    SqlTable = str  # a PostgreSQL table name, optionally schema.table
     Aliases = dict[str, tuple[str, ...]]
 else:
 
@@ -59,11 +61,17 @@ else:
     class Listen(str):
         """`host:port`, `[v6]:port`, or a bare port on loopback."""
 
+    class Network(str):
+        """An address or a network in CIDR form: `192.0.2.7`, `10.0.0.0/8`, `2001:db8::/32`."""
+
     class Address(str):
         """An email address such as `ops@example.com`."""
 
     class Domain(str):
         """A mail domain such as `example.com`, never `localhost`."""
+
+    class SqlTable(str):
+        """A PostgreSQL table such as `mailmand_outbox` or `app.mailmand_outbox`."""
 
     class Aliases(dict):
         """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to its addresses."""
@@ -95,9 +103,9 @@ class Section(msgspec.Struct, frozen=True, rename="kebab", forbid_unknown_fields
 class QueueConfig(Section, frozen=True):
     """`email.queue.default`: where producers put messages."""
 
-    secret_fields = frozenset({"url", "password"})
+    secret_fields = frozenset({"url", "password", "dsn"})
 
-    engine: Literal["spool", "redis"] = "spool"
+    engine: Literal["spool", "redis", "postgres"] = "spool"
     path: Path = field(default_factory=lambda: data_dir() / "spool")
     # redis engine (the Go original's keys, or a url)
     url: str | None = None  # may hold a password
@@ -105,7 +113,12 @@ class QueueConfig(Section, frozen=True):
     port: Port = 6379
     db: NonNegative = 0
     name: str = "mailmand"  # the stream's key
-    password: str | None = None  # `password` or `password-file`
+    password: str | None = None  # `password` or `password-file` (redis, postgres)
+    # postgres engine (the outbox): the app's database, and the table producers insert into
+    dsn: str | None = None  # may hold a password
+    table: SqlTable = "mailmand_outbox"
+    # postgres: connecting, each statement, and each call of the daemon's (as database.timeout)
+    timeout: Duration = 30.0
     password_file: Path | None = None
     # Producers refuse to enqueue while the spool's disk has less free (Postfix's
     # queue_minfree), so the daemon always has room to drain. Parsed default:
@@ -152,6 +165,7 @@ class SmtpConfig(Section, frozen=True):
     helo: str | None = None  # name sent in EHLO; None = hostname.mail_domain()
     auth: AuthConfig | None = None
     pipelining: Literal["auto", "off"] = "auto"  # auto: RFC 2920 when the relay offers it
+    chunking: Literal["auto", "off"] = "auto"  # auto: RFC 3030 BDAT windows when the relay offers it and pipelining
 
     @property
     def relay(self) -> str:
@@ -165,6 +179,8 @@ class DatabaseConfig(Section, frozen=True):
     path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
     dsn: str | None = None  # postgres; may hold a password
     pool_size: Positive | None = None  # postgres connections; None = enough for every part of the daemon
+    # postgres: connecting, each statement, and each call (a server gone dark behind a proxy too)
+    timeout: Duration = 30.0
 
 
 class TlsFilesConfig(Section, frozen=True):
@@ -180,6 +196,14 @@ class SubmissionConfig(Section, frozen=True):
     listen: Annotated[tuple[Listen, ...], Meta(min_length=1)] = ("127.0.0.1:2525",)
     auth: AuthConfig | None = None  # when set, AUTH PLAIN/LOGIN is required
     tls: TlsFilesConfig | None = None  # when set, STARTTLS is offered
+    # Who may connect at all (Postfix's mynetworks); others get 554 at connect. None: anyone,
+    # and then a listener off loopback must have auth.
+    clients: Annotated[tuple[Network, ...], Meta(min_length=1)] | None = None
+    max_connections: Positive = 100  # in all; past it, 421 4.7.0 and close
+    max_connections_per_client: Positive = 10  # from one address (IPv6: one /64)
+    auth_failures: Positive = 3  # on one connection, then it is closed; each also locks the client out, growing
+    greeting_timeout: Duration = 30.0  # to send HELO/EHLO after connecting, else 421 and close
+    timeout: Duration = 300.0  # idle between commands after that (Postfix's smtpd_timeout)
 
 
 class MetricsConfig(Section, frozen=True):

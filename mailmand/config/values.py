@@ -130,6 +130,39 @@ def parse_listen(value: object) -> str:
     return text
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (as parse_listen returned it) -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address the name stands for is a loopback one."""
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def parse_network(value: object) -> str:
+    """An address or a CIDR network, in its canonical form (`10.1.2.3/8` is `10.0.0.0/8`)."""
+    import ipaddress
+
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"expected an address or a network such as 10.0.0.0/8, got {show(value)}") from None
+
+
 def parse_address(value: object) -> str:
     text = value.strip() if isinstance(value, str) else ""
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):
@@ -145,6 +178,20 @@ def parse_domain(value: object) -> str:
     if not re.fullmatch(rf"{_LABEL}(\.{_LABEL})*", text) or text == "localhost":
         raise ValueError(f"expected a domain such as example.com (not localhost), got {show(value)}")
     return text
+
+
+# Lower case, as an unquoted name folds to: the app's own SQL (`CREATE TABLE
+# mailmand_outbox`) and mailmand's quoted name then mean the same table.
+# 63 bytes a part: PostgreSQL's NAMEDATALEN - 1.
+_SQL_NAME = r"[a-z_][a-z0-9_]{0,62}"
+
+
+def parse_sql_table(value: object) -> str:
+    """A table name from the file: checked here, quoted (psycopg.sql) where it is used."""
+    if not isinstance(value, str) or not re.fullmatch(rf"{_SQL_NAME}(\.{_SQL_NAME})?", value):
+        raise ValueError("expected a table name such as mailmand_outbox or app.mailmand_outbox (lower-case "
+                         f"letters, digits and _, up to 63 a name; optionally schema.table), got {show(value)}")
+    return value
 
 
 class Invalid(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import ConfigError
 from ..frozen import Frozen
@@ -52,9 +53,34 @@ def _redis(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusiv
     return RedisQueue(cfg, daemon=daemon, consumer=consumer, lease=lease, exclusive=exclusive)
 
 
+def _outbox() -> ModuleType:
+    """The postgres engine's module, or a ConfigError that says what to install."""
+    try:
+        from . import postgres  # imports psycopg
+    except ImportError as exc:
+        if exc.name not in ("psycopg", "psycopg_binary", "psycopg_c"):
+            raise
+        raise ConfigError(f"the postgres queue needs {exc.name}, which is not installed: "
+                          "pip install 'mailmand[postgres]'", f"{KEY}.engine") from None
+    return postgres
+
+
+def _postgres(cfg: QueueConfig, daemon: bool, consumer: str, lease: float, exclusive: bool,
+              readonly: bool) -> Queue:
+    queue: Queue = _outbox().PostgresQueue(cfg, daemon=daemon, lease=lease)
+    return queue
+
+
+def outbox_sql(table: str) -> str:
+    """The outbox table's DDL for `table`, as an app's migration would run it (`mailmand outbox-sql`)."""
+    postgres = _outbox()
+    return "".join(f"{stmt.as_string(None)};\n" for stmt in postgres.ddl(table))
+
+
 ENGINES: dict[str, Engine] = {
     "spool": Engine(_spool, "spool", lambda cfg: cfg.path),
     "redis": Engine(_redis, "queue", lambda cfg: None),
+    "postgres": Engine(_postgres, "outbox", lambda cfg: None),
 }
 
 
@@ -89,4 +115,4 @@ def open_queue(cfg: QueueConfig, *, daemon: bool = False, consumer: str = "mailm
 
 
 __all__ = ["DIR_MODE", "ENGINES", "LOCK_FILE", "Engine", "Found", "Item", "Queue", "QueueInfo", "engine",
-           "lock_path", "open_queue"]
+           "lock_path", "open_queue", "outbox_sql"]

@@ -30,17 +30,21 @@ class Item(Frozen):
 class QueueInfo(Frozen):
     """What `mailmand status` shows about a queue. Plain data (`to_json()`)."""
 
-    _fields = ("engine", "where", "waiting", "length", "pending", "consumers")
+    _fields = ("engine", "where", "waiting", "length", "pending", "consumers", "label", "oldest_s")
     engine: str
-    where: str  # the spool's path, or the Redis URL (password masked) and key
+    where: str  # the spool's path, or the Redis URL / PostgreSQL dsn (password masked) and key / table
     waiting: int  # not yet ingested: in the queue, taken by a daemon or not
     length: int | None  # Redis: entries in the stream (waiting + pending)
     pending: int | None  # Redis: delivered to a daemon, not yet acked
     consumers: list[dict[str, Any]]  # Redis: name, pending, idle_s
+    label: str  # what `status` calls the queue: spool, stream, outbox
+    oldest_s: float | None  # age of the oldest item waiting, where the engine knows it
 
     def __init__(self, engine: str, where: str, waiting: int, length: int | None = None, pending: int | None = None,
-                 consumers: list[dict[str, Any]] | None = None) -> None:
+                 consumers: list[dict[str, Any]] | None = None, label: str | None = None,
+                 oldest_s: float | None = None) -> None:
         consumers = [] if consumers is None else consumers
+        label = label or ("spool" if length is None else "stream")
         self._set(locals())
 
     def to_json(self) -> dict[str, Any]:
@@ -66,10 +70,30 @@ class Queue:
     One daemon thread calls take/ack/release/wait; producers call put from any
     thread (the client keeps one handle per process)."""
 
+    # put_in() joins the caller's own database transaction (the outbox).
+    transactional = False
+
     def put(self, record: dict[str, Any]) -> None:
         """Append one JSON-able record. Returns only when the engine has it:
         durable on disk (spool), or replied to (Redis, per its appendfsync)."""
         raise NotImplementedError
+
+    def put_many(self, records: list[dict[str, Any]]) -> None:
+        """Append several records, durable on return as `put` makes one: in one
+        write where the engine can (one transaction and one fsync on the spool, one
+        MULTI/EXEC on Redis), so that records that arrived together cost one sync.
+        All or none where the engine can say so; when it raises, the caller treats
+        every record as not queued (one that was is then queued twice, never lost)."""
+        for record in records:
+            self.put(record)
+
+    def put_in(self, record: dict[str, Any], connection: Any) -> None:
+        """Insert one record inside the caller's open transaction on `connection`
+        (a connection of the engine's own driver): it is there if and only if
+        that transaction commits, and the commit wakes the daemon. Nothing is
+        committed here. Engines that are not `transactional` raise TypeError."""
+        raise TypeError(f"this queue ({self!r}) cannot join a database transaction: connection= needs "
+                        "the postgres queue engine (email.queue.default.engine: postgres)")
 
     def take(self, limit: int) -> list[Item]:
         """Take up to `limit` items without blocking. Taken items stay in the

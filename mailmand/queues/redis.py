@@ -101,6 +101,8 @@ class RedisQueue(Queue):
         # this one read, which is what counts deliveries (XREADGROUP from an id).
         self._pel_from: str | None = None
         self._group_ready = False
+        self._had_group = False  # this process saw the group: finding it gone means Redis lost it
+        self._added = 0  # the stream's entries-added, as last seen: it never goes down unless Redis lost data
         self._claim_after = 0.0  # monotonic time of the next XAUTOCLAIM pass
         self._woken = threading.Event()  # wake(): the waiting read ends at its next turn
 
@@ -155,6 +157,16 @@ class RedisQueue(Queue):
         data = json.dumps(record, separators=(",", ":")).encode("utf-8")
         self._call("XADD", self._r.xadd, self.key, {FIELD: data})
 
+    def put_many(self, records: list[dict[str, Any]]) -> None:
+        # One round trip, in MULTI/EXEC: every entry or none (with appendfsync always,
+        # Redis syncs its log once for the lot before it replies).
+        if not records:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        for record in records:
+            pipe.xadd(self.key, {FIELD: json.dumps(record, separators=(",", ":")).encode("utf-8")})
+        self._call("XADD", pipe.execute)
+
     # -- the daemon ----------------------------------------------------------
 
     def _ensure_group(self) -> None:
@@ -166,7 +178,27 @@ class RedisQueue(Queue):
         except self._errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        else:
+            if self._had_group:
+                self._lost("its consumer group was gone (made again)")
+        self._group_ready = self._had_group = True
+
+    def _lost(self, what: str) -> None:
+        log.warning("the Redis queue %s key %r lost its state: %s. Redis restarted without its data, or the "
+                    "key was deleted or flushed: messages queued and not yet ingested may be lost. Check "
+                    "Redis persistence (appendonly yes, appendfsync; docs/redis.md)", self.url, self.key, what)
+
+    def _check_stream(self) -> None:
+        """Find a stream that went back in time: its entries-added counter (Redis 7)
+        only grows, unless Redis came back from older data."""
+        try:
+            info = self._r.xinfo_stream(self.key)
+        except self._errors.ResponseError:
+            return  # no stream (the group check says so) or no XINFO
+        added = int(info.get("entries-added", 0) or 0)
+        if added < self._added:
+            self._lost(f"the stream's entries-added went back from {self._added} to {added}")
+        self._added = added
 
     def check(self) -> None:
         """At daemon start: the key is a stream (or absent), the credentials and db work.
@@ -237,6 +269,7 @@ class RedisQueue(Queue):
         if self.daemon and time.monotonic() >= self._claim_after:
             # Take over what a dead daemon left pending, at most every lease/4.
             self._claim_after = time.monotonic() + max(1.0, self.lease / 4)
+            self._call("XINFO STREAM", self._check_stream)
             if self._claim(self.lease):
                 log.info("took over stream entries left pending longer than the lease (%.0fs) by another daemon",
                          self.lease)

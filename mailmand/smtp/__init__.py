@@ -1,7 +1,10 @@
 """SMTP delivery to the relay: sans-I/O protocol, sessions, and the pool.
 
 - `protocol.py`: the client transaction as a state machine (commands out as
-  bytes, replies in), pipelining (RFC 2920), and every classification rule;
+  bytes, replies in), pipelining (RFC 2920), BDAT windows (RFC 3030), and
+  every classification rule;
+- `outcomes.py`: what replies mean: the outcome values and the pure decisions;
+- `wire.py`: the bytes themselves: reply parsing, command and body encoding;
 - `session.py`: one connection: sockets, TLS, AUTH, timeouts;
 - `relays.py`: the pool of `connections` sessions, the rate limit, the feed.
 """

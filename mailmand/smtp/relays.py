@@ -40,7 +40,7 @@ from mailmand.errors import ConfigError
 from mailmand.hostname import mail_domain
 from mailmand.repeats import Repeats
 
-from .protocol import Envelope, Kind, Outcome, RecipientResult, everyone
+from .protocol import Envelope, Kind, Outcome, RecipientResult, Window, everyone
 from .session import Exchange, Session, SessionError
 
 log = logging.getLogger(__name__)
@@ -206,12 +206,13 @@ class _Batch:
 class Relay:
     """Sessions to one relay, pooled across calls to `send_grouped`. Thread-safe."""
 
-    def __init__(self, cfg: SmtpConfig) -> None:
+    def __init__(self, cfg: SmtpConfig, window: Window | None = None) -> None:
         if cfg.tls not in TLS_MODES:
             raise ConfigError(f"must be one of {', '.join(TLS_MODES)}, got {cfg.tls!r}", "smtp.tls")
         if cfg.connections < 1:
             raise ConfigError(f"must be at least 1, got {cfg.connections}", "smtp.connections")
         self._cfg = cfg
+        self._window = window  # BDAT: the protocol's default unless a benchmark sweeps it
         self._context = tls_context(cfg)
         self._helo = cfg.helo or mail_domain()
         self._bucket = TokenBucket(cfg.rate) if cfg.rate else None
@@ -399,7 +400,7 @@ class Relay:
         with self._lock:
             if self._idle:
                 return self._idle.pop()  # most recently used: least likely stale
-        return Session(self._cfg, self._context, self._helo)
+        return Session(self._cfg, self._context, self._helo, self._window)
 
     def _checkin(self, session: Session) -> None:
         with self._lock:

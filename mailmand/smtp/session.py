@@ -15,9 +15,11 @@ Decisions worth knowing:
   the Client, so pipelined replies are read strictly in order.
 * A pooled session that went stale while idle is caught by a NOOP when it has
   been idle longer than `IDLE_PROBE`, and otherwise when its first message is
-  not answered at all: that message comes back `Unanswered`, and the pool
-  tries it once more on a new session (safe: nothing of it was accepted).
-* A connection lost after the body was sent but before the final reply is
+  not answered at all: with DATA that message comes back `Unanswered`, and the
+  pool tries it once more on a new session (safe: nothing of it was accepted).
+  With BDAT its body went out with its MAIL, so it is deferred instead; a
+  reused session carries that one message alone until the relay answers.
+* A connection lost after a body was sent but before its final reply is
   temporary: the relay may have queued it, so delivery is at least once.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from mailmand import observe
 from mailmand.config import SmtpConfig
 
 from .protocol import (
+    BODY_STEPS,
     MAX_REPLY_LINE,
     REPLY_CLOSING,
     Client,
@@ -44,8 +48,8 @@ from .protocol import (
     ProtocolError,
     Reply,
     ReplyParser,
-    Step,
     Unanswered,
+    Window,
 )
 
 log = logging.getLogger(__name__)
@@ -112,11 +116,14 @@ class Exchange:
 class Session:
     """One SMTP connection to the relay, used by one worker at a time."""
 
-    def __init__(self, cfg: SmtpConfig, context: ssl.SSLContext | None, helo: str) -> None:
+    def __init__(self, cfg: SmtpConfig, context: ssl.SSLContext | None, helo: str,
+                 window: Window | None = None) -> None:
         self._cfg = cfg
         self._context = context
         self._helo = helo
         self._pipelining = cfg.pipelining != "off"
+        self._chunking = cfg.chunking != "off"
+        self._window = window
         self._smtp: smtplib.SMTP | None = None
         self._ext = Extensions()
         self._idle_since = 0.0
@@ -146,14 +153,18 @@ class Session:
         except (smtplib.SMTPException, OSError) as exc:
             smtp.close()
             raise SessionError(describe(exc, cfg.timeout)) from None
-        self._ext = Extensions(pipelining=smtp.has_extn("pipelining"),
-                               eightbitmime=smtp.has_extn("8bitmime"), smtputf8=smtp.has_extn("smtputf8"))
+        self._ext = Extensions(pipelining=smtp.has_extn("pipelining"), eightbitmime=smtp.has_extn("8bitmime"),
+                               smtputf8=smtp.has_extn("smtputf8"), chunking=smtp.has_extn("chunking"))
         assert smtp.sock is not None
         if smtp.file is None:  # after STARTTLS smtplib drops its reader until the next reply
             smtp.file = smtp.sock.makefile("rb")
+        # Every write is a whole group of commands (with BDAT, whole messages): Nagle's
+        # algorithm would only hold a group back behind one not yet acknowledged.
+        smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._timeout = cfg.timeout
-        log.info("connected to %s (tls=%s, pipelining=%s)", cfg.relay, cfg.tls,
-                 "yes" if self._pipelining and self._ext.pipelining else "no")
+        pipelining = self._pipelining and self._ext.pipelining
+        log.info("connected to %s (tls=%s, pipelining=%s, chunking=%s)", cfg.relay, cfg.tls,
+                 "yes" if pipelining else "no", "yes" if pipelining and self._chunking and self._ext.chunking else "no")
         self._smtp = smtp
         observe.observer.session_opened()
         return smtp
@@ -239,7 +250,7 @@ class Session:
         was reused, or it had answered something before). Raises SessionError
         when no session can be opened; `first` is then not attempted."""
         smtp, reused = self._ready()
-        client = Client(self._ext, self._pipelining)
+        client = Client(self._ext, self._pipelining, self._chunking, self._window, reused=reused)
         answered = 0
         unanswered: list[Unanswered] = []
 
@@ -268,7 +279,7 @@ class Session:
                 settle(client.receive(reply))
         except (OSError, smtplib.SMTPException, ProtocolError) as exc:
             step = client.next_step
-            timeout = self._cfg.data_timeout if step is Step.END else self._cfg.timeout
+            timeout = self._cfg.data_timeout if step in BODY_STEPS else self._cfg.timeout
             settle(client.lost(describe(exc, timeout), closed_by_relay=isinstance(exc, _HUNG_UP)))
         if client.closed:
             self.close(quit=False)
@@ -289,7 +300,7 @@ class Session:
 
     def _read(self, smtp: smtplib.SMTP, client: Client) -> Reply:
         # The relay may scan the body before it answers the end of data: it gets DATA's timeout.
-        self._settimeout(smtp, self._cfg.data_timeout if client.next_step is Step.END else self._cfg.timeout)
+        self._settimeout(smtp, self._cfg.data_timeout if client.next_step in BODY_STEPS else self._cfg.timeout)
         parser = ReplyParser()
         file = smtp.file
         assert file is not None

@@ -225,6 +225,12 @@ class Store:
         """The earliest due_at of a waiting message, or None."""
         raise NotImplementedError
 
+    def problem(self) -> str | None:
+        """What is wrong with the store now, as this process last saw it: its last
+        call's failure, or a call waiting too long for an answer; None when fine.
+        From memory only, never blocking (`/healthz` asks it)."""
+        return None
+
     def watch(self, on_due: Callable[[], None]) -> Watch | None:
         """Call `on_due` whenever another daemon stores something due now.
         None: the engine has no such signal (one daemon: it knows itself)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,8 +24,9 @@ from ..config import DatabaseConfig
 from ..errors import NoStore, StoreUnavailable
 from ..repeats import Repeats
 from .base import Claimed, Status
+from .deadline import Deadlines
 from .dsn import check as check_dsn
-from .dsn import mask
+from .dsn import connect_kwargs, mask, with_statement_timeout
 from .pgschema import OWN, RENUMBERED, WORDS
 from .schema import Db, upgrade, version
 from .sql import LIVE, SQLStore, cause
@@ -37,12 +39,12 @@ logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 CHANNEL = "mailmand_due"
 MIGRATION_LOCK = 0x6D61696C6D616E64  # pg_advisory_xact_lock key: "mailmand"
-CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout
 POOL_WAIT = 5.0  # seconds a caller waits for a pooled connection before StoreUnavailable
 # Ingest, the dispatch feed and its commits, heartbeat and housekeeping, a reader (status, metrics).
 DAEMON_POOL = 6
 RECORD_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+STUCK = 5.0  # seconds a call may wait before /healthz names the store (it fails at `timeout`)
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,17 +92,47 @@ class PostgresStore(SQLStore):
         check_dsn(cfg.dsn)
         self.dsn = str(cfg.dsn)
         self.name = f"postgres {mask(self.dsn)}"
+        self.timeout = cfg.timeout
         self._me = ""  # the registered daemon: NOTIFY payload, so it can ignore its own
-        kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "mailmand"}
+        self._problem: str | None = None  # the last call's failure, for /healthz (None: it worked)
+        self._deadlines = Deadlines(cfg.timeout, self.name)
+        kwargs: dict[str, Any] = {**connect_kwargs(cfg.timeout), "application_name": "mailmand"}
         try:
-            with psycopg.connect(self.dsn, **kwargs) as conn:  # the real reason, if it cannot connect
+            # The real reason, if it cannot connect. No statement_timeout here: a migration may take long.
+            with psycopg.connect(self.dsn, **kwargs) as conn:
                 self._migrate(conn, create)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot reach {self.name}: {cause(exc)}") from exc
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            self.dsn, kwargs=kwargs, min_size=1, max_size=cfg.pool_size or (DAEMON_POOL if create else 2),
-            open=False, timeout=POOL_WAIT, check=ConnectionPool.check_connection, name="mailmand")
+            with_statement_timeout(self.dsn, cfg.timeout), kwargs=kwargs, min_size=1,
+            max_size=cfg.pool_size or (DAEMON_POOL if create else 2), open=False, timeout=POOL_WAIT,
+            check=self._check, name="mailmand")
         self._pool.open()
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out, timed as part of the call."""
+        self._deadlines.attach(conn)
+        ConnectionPool.check_connection(conn)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, the whole call timed (Deadlines): past `timeout`, it fails."""
+        call = None
+        try:
+            with self._deadlines.call() as call, self._pool.connection() as conn:
+                self._deadlines.attach(conn)
+                yield conn
+        except UNAVAILABLE as exc:
+            if call is not None and call.cut:
+                raise psycopg.OperationalError(f"no answer within {self.timeout:g}s "
+                                               "(email.server.database.timeout): closed the connection") from exc
+            raise
+
+    def problem(self) -> str | None:
+        waited = self._deadlines.waiting()
+        if waited >= min(STUCK, self.timeout):
+            return f"{self.name}: a call has waited {waited:.0f}s for an answer (timeout {self.timeout:g}s)"
+        return self._problem
 
     def _migrate(self, conn: psycopg.Connection[Any], create: bool) -> None:
         """Bring the schema to the current version, one daemon at a time: the
@@ -124,21 +156,26 @@ class PostgresStore(SQLStore):
         try:
             # Pipeline mode: statements go out without waiting for each reply (a
             # finish is several), the connection syncs where a result is read.
-            with self._pool.connection() as conn, conn.pipeline() as pipe, conn.cursor() as cur:
+            with self._connection() as conn, conn.pipeline() as pipe, conn.cursor() as cur:
                 if not durable:
                     cur.execute("SET LOCAL synchronous_commit = off")
                 yield _Cursor(cur, pipe)
         except RECORD_ERRORS:
             raise
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"{self.name} cannot be written: {cause(exc)}") from exc
+            self._problem = f"{self.name} cannot be written: {cause(exc)}"
+            raise StoreUnavailable(self._problem) from exc
+        self._problem = None
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
-            with self._pool.connection() as conn:
-                return conn.execute(_pg(sql), args).fetchall()
+            with self._connection() as conn:
+                rows = conn.execute(_pg(sql), args).fetchall()
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"{self.name} cannot be read: {cause(exc)}") from exc
+            self._problem = f"{self.name} cannot be read: {cause(exc)}"
+            raise StoreUnavailable(self._problem) from exc
+        self._problem = None
+        return rows
 
     def _due_now(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))
@@ -193,7 +230,7 @@ class PostgresStore(SQLStore):
             [list(c) for c in cols]).fetchall()]
 
     def watch(self, on_due: Callable[[], None]) -> _Listener:
-        return _Listener(self.dsn, self.name, lambda: self._me, on_due)
+        return _Listener(self.dsn, self.name, lambda: self._me, on_due, self.timeout)
 
     # -- daemons, counts, upkeep ----------------------------------------------------
 
@@ -219,6 +256,7 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._pool.close()
+        self._deadlines.close()
 
 
 class _Listener:
@@ -226,8 +264,11 @@ class _Listener:
     others mid-wait), calling `on_due` for each other daemon's NOTIFY. Lost
     connections are re-made with backoff; polling at `interval` covers the gap."""
 
-    def __init__(self, dsn: str, name: str, me: Callable[[], str], on_due: Callable[[], None]) -> None:
+    def __init__(self, dsn: str, name: str, me: Callable[[], str], on_due: Callable[[], None],
+                 timeout: float) -> None:
         self._dsn = dsn
+        self._timeout = timeout
+        self._deadlines = Deadlines(timeout, f"LISTEN on {name}")
         self._me = me
         self._on_due = on_due
         self._stop = threading.Event()
@@ -239,16 +280,20 @@ class _Listener:
         wait = 1.0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                     application_name="mailmand-listen") as conn:
+                with psycopg.connect(self._dsn, autocommit=True, application_name="mailmand-listen",
+                                     **connect_kwargs(self._timeout)) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     if self._down.cleared():
                         self._on_due()  # what was stored while we could not hear it
                     wait = 1.0
+                    pinged = time.monotonic()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if note.payload != self._me():
                                 self._on_due()
+                        if time.monotonic() - pinged >= self._timeout:
+                            self._ping(conn)
+                            pinged = time.monotonic()
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return
@@ -256,7 +301,21 @@ class _Listener:
                 self._stop.wait(wait)
                 wait = min(wait * 2, 30.0)
 
+    def _ping(self, conn: psycopg.Connection[Any]) -> None:
+        """A LISTEN that hears nothing cannot tell a quiet server from one gone dark
+        behind a proxy: ask it something, within the timeout."""
+        with self._deadlines.call() as call:
+            self._deadlines.attach(conn)
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                if call.cut:
+                    raise psycopg.OperationalError(f"no answer within {self._timeout:g}s "
+                                                   "(email.server.database.timeout)") from exc
+                raise
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._deadlines.close()
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NoStore, StoreUnavailable
+from ..errors import NoStore, StoreError, StoreUnavailable
 from .base import Claimed, Status
 from .schema import upgrade
 from .sql import SQLStore, cause
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DIR_MODE = 0o750  # stored mail is private to the daemon's user and group
-FILE_MODE = 0o640  # the database; SQLite gives its -wal and -shm files the same mode
+# Stored mail is the daemon user's alone: its group holds the applications, which
+# may enqueue but not read what others sent. Operators read it as that user or root.
+DIR_MODE = 0o700
+FILE_MODE = 0o600  # the database; SQLite gives its -wal and -shm files the same mode
 MiB = 1024 * 1024
 # Data errors: the record, not the store (a value out of range, a constraint).
 RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError)
@@ -64,6 +66,21 @@ def min_free(path: Path) -> int:
     return min(64 * MiB, st.f_blocks * st.f_frsize // 8)
 
 
+def _private(path: Path) -> str:
+    """Why this user cannot read the store, and whom to run as instead."""
+    import pwd
+
+    owner = "the daemon's user"
+    for p in (path, *path.parents):
+        try:
+            owner = pwd.getpwuid(p.stat().st_uid).pw_name
+            break
+        except (OSError, KeyError):
+            continue
+    return (f"cannot read the store at {path}: permission denied (stored mail is private to the daemon's "
+            f"user): run this as {owner} or root, e.g. sudo -u {owner} mailmand status")
+
+
 class SQLiteStore(SQLStore):
     single_instance = True  # the daemon opens it under a file lock beside it
     WAITING_INDEX = "INDEXED BY ix_waiting_due"  # left alone the planner reads every waiting row
@@ -73,7 +90,12 @@ class SQLiteStore(SQLStore):
         self.path = Path(path)
         self.name = str(self.path)
         self._lock = threading.RLock()
-        if not self.path.exists() and not create:
+        self._problem: str | None = None  # the last call's failure, for /healthz (None: it worked)
+        try:
+            exists = self.path.exists()
+        except PermissionError:
+            raise StoreError(_private(self.path)) from None
+        if not exists and not create:
             raise NoStore(f"no store yet at {self.path} (the daemon creates it)")
         try:
             if create:
@@ -89,6 +111,8 @@ class SQLiteStore(SQLStore):
             self._db.execute(f"PRAGMA journal_size_limit={wal * 4096}")
             self._migrate()
         except sqlite3.Error as exc:
+            if not create and not os.access(self.path, os.R_OK | os.W_OK):
+                raise StoreError(_private(self.path)) from None
             raise StoreUnavailable(f"cannot open the store at {self.path}: {cause(exc)}") from exc
         self._floor = min_free(self.path.parent)
 
@@ -97,8 +121,10 @@ class SQLiteStore(SQLStore):
         return st.f_blocks * st.f_frsize
 
     def _prepare(self) -> None:
-        """Create the directory 0750 and the database 0640, whatever the umask;
-        warn about an existing store that every local user can read."""
+        """Create the directory 0700 and the database 0600, whatever the umask. An
+        existing database of ours that others may read (an older mailmand made it
+        0640) is made 0600, its -wal and -shm with it; a directory that every
+        local user may read is warned about (it may hold more than the store)."""
         folder = self.path.parent
         if not folder.exists():
             folder.mkdir(parents=True, mode=DIR_MODE)
@@ -110,10 +136,19 @@ class SQLiteStore(SQLStore):
                 pass  # made meanwhile by another opener: as good
             os.chmod(self.path, FILE_MODE)
             return
-        for p in (folder, self.path):
-            if p.stat().st_mode & stat.S_IROTH:
-                log.warning("%s is readable by every local user (mode %o): stored mail is private; "
-                            "chmod o-rwx it", p, stat.S_IMODE(p.stat().st_mode))
+        for p in (self.path, self.path.with_name(self.path.name + "-wal"),
+                  self.path.with_name(self.path.name + "-shm")):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.chmod(p, FILE_MODE)
+                log.warning("%s was open to other users (mode %o): made it %o, the daemon's alone",
+                            p, stat.S_IMODE(st.st_mode), FILE_MODE)
+        if folder.stat().st_mode & stat.S_IROTH:
+            log.warning("%s is readable by every local user (mode %o): stored mail is private; "
+                        "chmod o-rwx it", folder, stat.S_IMODE(folder.stat().st_mode))
 
     def _migrate(self) -> None:
         with self.tx() as db:
@@ -148,6 +183,7 @@ class SQLiteStore(SQLStore):
         try:
             yield self._db
             self._db.execute("COMMIT")
+            self._problem = None
         except BaseException as exc:
             if self._db.in_transaction:
                 try:
@@ -165,14 +201,19 @@ class SQLiteStore(SQLStore):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-        return StoreUnavailable(f"the store at {self.path} cannot be written: {cause(exc)}")
+        self._problem = f"the store at {self.path} cannot be written: {cause(exc)}"
+        return StoreUnavailable(self._problem)
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"the store at {self.path} cannot be read: {cause(exc)}") from exc
+            except (sqlite3.OperationalError, sqlite3.ProgrammingError) as exc:  # (the latter: closed)
+                self._problem = f"the store at {self.path} cannot be read: {cause(exc)}"
+                raise StoreUnavailable(self._problem) from exc
+
+    def problem(self) -> str | None:
+        return self._problem
 
     # -- ingest ----------------------------------------------------------------
 
