@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -420,5 +421,32 @@ def test_a_producer_ends_the_pause_after_the_daemons_own_write(make_config):
     finally:
         loop.stop()
         client.close()
+        queue.close()
+        store.close()
+
+
+def test_ingest_does_not_wait_for_a_producer_holding_the_spools_write_lock(make_config):
+    """The ack (the delete of what was ingested) waits for no producer: with the spool's
+    write lock held, the drain stores the records and returns, and the rows are deleted
+    by a later take once the lock is free (else ingest, and the next message, wait)."""
+    cfg = make_config()
+    ids = [Client(cfg).enqueue(Email(sender="a@example.com", to="b@example.com", text=f"{i}")) for i in range(3)]
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    producer = sqlite3.connect(cfg.queue.path / spoolmod.DB_FILE, isolation_level=None)
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(Ingester(queue, store).drain()))
+    try:
+        producer.execute("BEGIN IMMEDIATE")  # a put in progress: holds the write lock
+        t.start()
+        t.join(20)  # (the lock's busy timeout is 30 s: a drain that waited for it is still here)
+        assert not t.is_alive(), "the drain waited for the producer's lock"
+        assert result[0].ingested == 3  # type: ignore[attr-defined]
+        assert sorted(ids_in_store(cfg)) == sorted(ids)
+        assert queue.pending() == 3  # still in the spool, not read again
+        producer.execute("COMMIT")
+        assert queue.take(10) == [] and queue.pending() == 0  # the next take deletes them
+    finally:
+        producer.close()  # the lock is free: a drain that waited goes on
+        t.join(60)
         queue.close()
         store.close()

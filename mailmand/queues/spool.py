@@ -56,6 +56,11 @@ RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
 # checkpoints it at 1,000 pages (4 MiB), so it stays far below this.
 WAL_SLACK = 64 * 1024 * 1024
 FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a full disk, growing
+# How long acked rows may wait for a moment when no producer holds the spool's write lock.
+# Until then a delete does not wait for the lock: at 200 puts a second SQLite's busy
+# handler (sleeps of 1, 2, 5 ... 100 ms) held a delete up to half a second, and the
+# ingest thread, and so the next message, with it. After it, the delete waits as any write.
+ACK_PATIENCE = 1.0
 SCRUB_EVERY = 1.0  # seconds: the WAL, which still holds what was deleted, is emptied at most this often
 # persist-queue's table for the queue named "default", and its AckStatus.unack:
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
@@ -151,6 +156,7 @@ class SpoolQueue(Queue):
         self._flush_delay = FLUSH_RETRY[0]
         self._scrub_at = 0.0  # monotonic time after which the WAL may be emptied again
         self._deleted = False  # rows deleted since the WAL was last emptied
+        self._acked_at = 0.0  # monotonic time of the oldest ack not yet deleted
         self.full: Repeats | None = None  # the daemon's "spool disk full" condition (made when first hit)
         self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
         self._direct_lock = threading.Lock()
@@ -353,7 +359,6 @@ class SpoolQueue(Queue):
     # -- the daemon --------------------------------------------------------------
 
     def take(self, limit: int) -> list[Item]:
-        self._watching()
         items, self._again = self._again[:limit], self._again[limit:]
         if len(items) < limit:
             self._flush_acks()
@@ -382,8 +387,28 @@ class SpoolQueue(Queue):
         self._deleted = bool(busy)  # a reader on an older snapshot: not emptied yet
 
     def ack(self, items: list[Item]) -> None:
+        if not self._acks:
+            self._acked_at = time.monotonic()
         self._acks.extend(item.token for item in items)
         self._flush_acks()
+
+    def _delete_now(self) -> bool | None:
+        """Delete the acked rows if no producer holds the spool's write lock now:
+        True if deleted, False if it is held, None on any other error (which the
+        careful path in `_flush_acks` reports)."""
+        db = self._conn()
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute(f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))",
+                           (json.dumps(self._acks),))
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        except sqlite3.OperationalError as exc:
+            return False if _locked(exc) else None
+        self._acks = []
+        self._deleted = True
+        return True
 
     def _flush_acks(self) -> None:
         """Delete acked rows (persist-queue would keep them, and scan past them).
@@ -393,6 +418,8 @@ class SpoolQueue(Queue):
         those rows already: a restart meanwhile ingests them again, as no-ops."""
         if not self._acks or time.monotonic() < self._flush_at:
             return  # after a failure, wait before the next try: a failed write wakes the watcher, do not spin
+        if time.monotonic() - self._acked_at < ACK_PATIENCE and self._delete_now() is not None:
+            return  # deleted, or a producer holds the lock: the next take or ack tries again
         ids, step = self._acks, len(self._acks)
         while ids:
             chunk = ids[:step]
@@ -453,8 +480,8 @@ class SpoolQueue(Queue):
         return watch.wait(timeout)
 
     def _watching(self) -> Wake:
-        """The wake-up, made at the first take: a write after it is reported, one before
-        it is read by that take, so none waits for the poll (a daemon's first message did)."""
+        """The wake-up, made at the first wait (the ingest loop waits once before it first
+        reads: a write after that is reported, one before it is read)."""
         if self._watch is None:
             from .wake import watch  # the daemon's alone: producers never wait
 
@@ -503,6 +530,12 @@ class SpoolQueue(Queue):
             self._direct.close()
             self._direct = None
         if self._db is not None:
+            if self._acks:  # acked rows still waiting for a free moment: delete them now, waiting
+                self._acked_at = -ACK_PATIENCE
+                try:
+                    self._flush_acks()
+                except QueueError:
+                    pass  # left in the spool: the next daemon ingests them again, as no-ops
             self._db.close()
             self._db = None
         if self._watch is not None:
