@@ -136,10 +136,12 @@ class IngestLoop:
 
     def _run(self) -> None:
         delay = self.RETRY_MIN
-        woken = False
         look_again: Iterator[float] = iter(())
+        woken = armed = False
         while not self.stopping.is_set():
             try:
+                if not armed:  # the wake-up, before the first read: a write after the read is reported
+                    woken, armed = self.queue.wait(0), True
                 if not self._drain() and woken:
                     look_again = iter(self.AFTER_WAKE)  # each wake-up that found nothing starts over
                 woken = self.queue.wait(next(look_again, self.poll))
