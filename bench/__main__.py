@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,outbox]"""
+"""python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,outbox,webhooks]"""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chunking, dispatch, enqueue, ingest, latency, outbox, scale, submission, wan
+from . import chunking, dispatch, enqueue, ingest, latency, outbox, scale, submission, wan, webhooks
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
              "latency": latency.run, "scale": scale.run, "wan": wan.run, "chunking": chunking.run,
-             "submission": submission.run, "outbox": outbox.run}
+             "submission": submission.run, "outbox": outbox.run, "webhooks": webhooks.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -108,6 +108,16 @@ def report(results: dict[str, Any]) -> str:
                              f"| **{r['mailmand_vs_postfix']:.2f}** | **{r['mailmand_vs_smtplib']:.2f}** |")
     if "chunking" in results:
         parts += ["\n" + chunking.report(results["chunking"])]
+    if "webhooks" in results:
+        h = results["webhooks"]
+        if "skipped" in h:
+            parts += [f"\n## webhooks: skipped ({h['skipped']})"]
+        else:
+            parts += ["\n## webhooks (delivery with one webhook configured; target ≥ 0.9)", _table(h["rows"]),
+                      f"\nthe webhook had every event ({2 * h['messages']}) {h['webhook_drained_s']:.2f} s after "
+                      f"delivery began: {h['webhook_events_s']:.0f} events/s; the daemon's CPU per message "
+                      f"{h['cpu_us_per_message']['webhook']:.0f} µs with the webhook, "
+                      f"{h['cpu_us_per_message']['none']:.0f} µs without"]
     return "\n".join(parts)
 
 

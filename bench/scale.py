@@ -46,10 +46,11 @@ MIX = [(Status.SENT, 0.90), (Status.FAILED, 0.03), (Status.EXPIRED, 0.01), (Stat
 REASON = {Status.FAILED: "550 5.1.1 no such user", Status.EXPIRED: "expired: max-time passed"}
 
 
-def _chunks(n: int, now: float, stats: Counter, reasons: Counter,
+def _chunks(n: int, now: float, stats: Counter, reasons: Counter, domains: int = 0,
             chunk: int = 50_000) -> Iterator[tuple[list[tuple], list[tuple], list[tuple]]]:
     """The bench store's rows, `chunk` messages at a time: (messages, bodies, attempts).
-    The hourly roll-ups are added to `stats` and `reasons` as finish() would have."""
+    The hourly roll-ups are added to `stats` and `reasons` as finish() would have.
+    `domains`: recipients spread over that many domains (0: all to sink@example.com)."""
     raw = email().to_record(MAX_SIZE).raw
     rng = random.Random(6)
     statuses = [s for s, _ in MIX]
@@ -69,7 +70,8 @@ def _chunks(n: int, now: float, stats: Counter, reasons: Counter,
             else:
                 due = created
             tries = 0 if status in (Status.QUEUED, Status.CANCELLED) else 1
-            msgs.append((mid, status.value, "bench@example.com", '["sink@example.com"]', f"bench message {i}",
+            rcpt = f'["u{i}@d{i % domains}.example"]' if domains else '["sink@example.com"]'
+            msgs.append((mid, status.value, "bench@example.com", rcpt, f"bench message {i}",
                          0, len(raw), None, created, created, due, tries, REASON.get(status), created,
                          finished))
             bodies.append((mid, raw))
@@ -95,7 +97,7 @@ MESSAGE_COLS = ("id, status, mail_from, rcpt_to, subject, priority, size, idempo
 ATTEMPT_COLS = "message_id, at, relay, code, reply, duration, outcome"
 
 
-def generate(path: Path, n: int, now: float) -> float:
+def generate(path: Path, n: int, now: float, domains: int = 0) -> float:
     """Bulk-load `n` messages through the real schema (triggers keep status_counts).
     Returns seconds taken."""
     t0 = time.perf_counter()
@@ -104,7 +106,7 @@ def generate(path: Path, n: int, now: float) -> float:
     reasons: Counter = Counter()
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    for msgs, bodies, attempts in _chunks(n, now, stats, reasons):
+    for msgs, bodies, attempts in _chunks(n, now, stats, reasons, domains):
         db.execute("BEGIN")
         db.executemany(f"INSERT INTO messages ({MESSAGE_COLS}) VALUES ({','.join('?' * 15)})", msgs)
         db.executemany("INSERT INTO bodies VALUES (?, ?)", bodies)
@@ -119,7 +121,7 @@ def generate(path: Path, n: int, now: float) -> float:
     return time.perf_counter() - t0
 
 
-def pg_generate(dsn: str, n: int, now: float) -> float:
+def pg_generate(dsn: str, n: int, now: float, domains: int = 0) -> float:
     """The same store in PostgreSQL, loaded with COPY through the daemon's own schema."""
     import psycopg
 
@@ -131,7 +133,7 @@ def pg_generate(dsn: str, n: int, now: float) -> float:
     stats: Counter = Counter()
     reasons: Counter = Counter()
     with psycopg.connect(dsn) as conn:
-        for msgs, bodies, attempts in _chunks(n, now, stats, reasons):
+        for msgs, bodies, attempts in _chunks(n, now, stats, reasons, domains):
             with conn.cursor() as cur:
                 for table, cols, rows in (("messages", MESSAGE_COLS, msgs), ("bodies", "id, raw", bodies),
                                           ("attempts", ATTEMPT_COLS, attempts)):
@@ -316,9 +318,71 @@ def daemons_far_relay(base: Path, quick: bool, rtt_ms: float = 25.0) -> dict[str
     return out
 
 
+def operator_views(conf: Path, store: Any, now: float) -> dict[str, Any]:
+    """The operator's reads on a big store, in-process through the CLI (`--json`):
+    `list` pages (the first, one after a message halfway down, by status, by a
+    recipient's domain), the scans a filter with few matches costs, a walk of ten
+    pages through the store's selection, and `stats --by-domain`."""
+    from mailmand.stores.base import Key, Selection
+
+    [middle] = store.select(Selection(), 1, Key(now - 15 * DAY, "")).messages
+    out: dict[str, Any] = {
+        "list_first_page": _ms(lambda: _cli(conf, "list")),
+        "list_after_a_middle_id": _ms(lambda: _cli(conf, "list", "--after", middle.id)),
+        "list_status_deferred": _ms(lambda: _cli(conf, "list", "--status", "deferred")),
+        "list_status_queued_and_deferred": _ms(lambda: _cli(conf, "list", "--status", "queued", "--status",
+                                                            "deferred")),
+        "list_to_a_domain": _ms(lambda: _cli(conf, "list", "--to", "@d7.example")),
+        "list_to_a_domain_deferred": _ms(lambda: _cli(conf, "list", "--to", "@d7.example", "--status", "deferred")),
+        "list_since_1h": _ms(lambda: _cli(conf, "list", "--since", "1h")),
+        "list_to_nobody_full_scan": _ms(lambda: _cli(conf, "list", "--to", "nobody@nowhere.example"), 3),
+        "list_subject_full_scan": _ms(lambda: _cli(conf, "list", "--subject", "no such subject"), 3),
+    }
+
+    def walk() -> None:
+        after = None
+        for _ in range(10):
+            after = store.select(Selection(), 50, after).next
+
+    out["select_walk_10_pages_of_50"] = _ms(walk)
+    out["stats_by_domain"] = _ms(lambda: _cli(conf, "stats", "--by-domain"), 3)
+    out["waiting_messages"] = sum(n for s, n in store.counts().items() if s.value in ("queued", "deferred"))
+    return out
+
+
+def operator_big_store(base: Path, n: int) -> dict[str, Any]:
+    """`list` and `stats --by-domain` on stores of `n` messages (recipients over 100
+    domains), SQLite and, when there is one, PostgreSQL."""
+    from mailmand.config import DatabaseConfig
+    from mailmand.stores.postgres import PostgresStore
+
+    now = time.time()
+    out: dict[str, Any] = {"messages": n}
+    with workdir(base) as root:
+        cfg = config(root, port=9, connections=4)
+        conf = write_yaml(cfg, root / "mailmand.yaml")
+        out["sqlite_load_s"] = generate(cfg.server.database.path, n, now, domains=100)
+        store = SQLiteStore(cfg.server.database.path)
+        try:
+            out["sqlite"] = operator_views(conf, store, now)
+        finally:
+            store.close()
+    if have_postgres():
+        with workdir(base) as root, pg_database() as dsn:
+            out["postgres_load_s"] = pg_generate(dsn, n, now, domains=100)
+            conf = write_pg_yaml(pg_config(root, dsn), root / "mailmand.yaml")
+            pg = PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn))
+            try:
+                out["postgres"] = operator_views(conf, pg, now)
+            finally:
+                pg.close()
+    return out
+
+
 def run(base: Path, quick: bool) -> dict[str, Any]:
     out = {"store": big_store(base, 100_000 if quick else 1_000_000),
-           "run": rss_run(base, 10_000 if quick else 100_000)}
+           "run": rss_run(base, 10_000 if quick else 100_000),
+           "operator": operator_big_store(base, 100_000 if quick else 1_000_000)}
     if have_postgres():
         out["postgres"] = pg_big_store(base, 100_000 if quick else 1_000_000)
         if have_smtp_sink():

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .metrics import MetricsServer
     from .scheduler import DispatchScheduler
     from .submission import SubmissionServer
+    from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._poke = False  # SIGUSR1 (`mailmand flush`): dispatch now
-        self.services: list[MetricsServer | SubmissionServer] = []  # what `run` serves besides dispatch
+        self.services: list[MetricsServer | SubmissionServer | Webhooks] = []  # what `run` serves besides dispatch
 
     # -- the store, opened on first use ------------------------------------------
 
@@ -163,6 +164,15 @@ class Daemon:
         for d in dead:
             store.unregister(d.id)
         store.register(me)
+        # On a shared queue, the consumers of daemons that stopped (or whose heartbeat is
+        # older than the lease) go, so that `status` lists only the live ones; what they
+        # left pending is taken over first.
+        now = time.time()
+        live = {d.id for d in store.daemons() if d.heartbeat_at >= now - self.cfg.server.lease}
+        forgotten = self.queue.forget_consumers(live)
+        if forgotten:
+            log.info("removed %d queue consumer(s) of daemons no longer running: %s", len(forgotten),
+                     ", ".join(forgotten))
         resumed = self.queue.resume()
         if resumed or released:
             log.info("took back %d queue item(s) and %d claimed message(s) from a previous run",
@@ -297,15 +307,22 @@ class Daemon:
         return 0
 
     def _start_services(self) -> None:
-        """The integration surface, each only when configured: metrics first (it
-        installs the observer that dispatch reports to), then the submission listener."""
+        """The integration surface: the webhook senders (each in a thread of its own;
+        none until one is configured), then, each only when configured, metrics (it
+        installs the observer that dispatch reports to) and the submission listener."""
         server = self.cfg.server
         try:
+            from .webhooks import Webhooks
+
+            webhooks = Webhooks(self.store, server.events, self.id).start()
+            self.services.append(webhooks)
             if server.metrics is not None:
                 from .metrics import MetricsServer
 
-                self.services.append(MetricsServer(server.metrics.listen, self.store, self.queue,
-                                                   lambda: self.dispatcher.cfg.interval, self.problems).start())
+                metrics = MetricsServer(server.metrics.listen, self.store, self.queue,
+                                        lambda: self.dispatcher.cfg.interval, self.problems)
+                metrics.registry.register(webhooks.collector())
+                self.services.append(metrics.start())
             if server.submission is not None:
                 from .submission import SubmissionServer
 
@@ -340,18 +357,20 @@ class Daemon:
         try:
             new = configmod.load(self.cfg.source)
         except ConfigError as exc:
-            log.error("configuration reload refused, keeping the running one: %s", exc)
+            log.error("configuration reload refused, keeping the running one: %s", "; ".join(str(exc).splitlines()))
             return False
         for key in configmod.restart_required(self.cfg, new):
             log.warning("%s changed: it needs a restart to take effect; keeping the running value", key)
-        # Keys that need a restart keep their running values: nothing is half-applied.
-        server = configmod.replace(new.server, database=self.cfg.server.database)
+        # Keys that need a restart keep their running values: nothing is half-applied, and
+        # the next reload compares with what runs.
+        running = configmod.keep_running(self.cfg, new)
+        server = running.server
         try:
             self.dispatcher.configure(server)
         except Exception as exc:  # e.g. a CA file that is not PEM: the running configuration stays
             log.error("configuration reload refused, keeping the running one: %s", exc)
             return False
-        self.cfg = configmod.replace(self.cfg, server=server)
+        self.cfg = running
         sched.reschedule(server.interval, server.retention)
         for service in self.services:
             service.configure(self.cfg)

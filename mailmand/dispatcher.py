@@ -33,11 +33,13 @@ HEARTBEAT = 5.0  # seconds between heartbeats (and lease renewals), at most
 # only the store saying so, and a crash resends at most what was not yet
 # recorded, as before: about one batch.
 COMMIT_LINGER = 0.02
-# How long a claim that found no room (every lease this daemon may hold is out)
-# waits for outcomes to be recorded before the run ends instead. Commits free
-# room within milliseconds; only sessions that hold as many messages as
-# 2 × batch (`connections` near `batch`) could wait this out.
-ROOM_WAIT = HEARTBEAT
+# A claim that finds no room (every lease this daemon may hold is out) waits
+# this long for a commit to free some, then the feed answers "nothing now" (None):
+# a session with messages in flight goes on with them (their outcomes are what
+# frees room) instead of waiting inside the feed, and an idle one asks again.
+ROOM_WAIT = 0.05
+# No room for this long in a row: the run ends (a store that records nothing).
+ROOM_GIVE_UP = HEARTBEAT
 SUMMARY_EVERY = 60.0  # seconds between the INFO lines that say what dispatch did
 
 
@@ -252,18 +254,28 @@ class Dispatcher:
         return n
 
     def _feed(self, cfg: ServerConfig, now: float | None, result: RunResult,
-              live: dict[str, Claimed]) -> Generator[Envelope, None, None]:
+              live: dict[str, Claimed]) -> Generator[Envelope | None, None, None]:
         """Claim up to `batch` due messages at a time, expire those past
         max-time, and hand out the rest. Read by the sessions' threads, one at
         a time; after a full batch the next is claimed in a thread of its own
-        while this one is sent, so no session waits for the store. Whatever was
-        claimed and not handed out is in `live` when the generator ends (the
-        caller hands it back)."""
+        while this one is sent, so no session waits for the store. None: no room
+        for a claim yet (see ROOM_WAIT). Whatever was claimed and not handed out
+        is in `live` when the generator ends (the caller hands it back)."""
         state = _FeedState()
         ahead: futures.Future[tuple[list[Claimed], bool]] | None = None
+        no_room: float | None = None  # since when claims have found no room (monotonic)
         try:
             batch, more = self._claim(cfg, now, result, live, state, ROOM_WAIT)
-            while batch:
+            while batch or more:
+                if not batch:
+                    # No room: the sessions' messages in flight must be recorded first.
+                    no_room = no_room if no_room is not None else time.monotonic()
+                    if time.monotonic() - no_room >= ROOM_GIVE_UP:
+                        break
+                    yield None
+                    batch, more = self._claim(cfg, now, result, live, state, ROOM_WAIT)
+                    continue
+                no_room = None
                 # The claim found all it asked for: more is likely due, so claim it while
                 # this batch is sent, with the room left (mail that trickles in is claimed
                 # when asked for, as it comes).
@@ -275,7 +287,7 @@ class Dispatcher:
                     (batch, more), ahead = ahead.result(), None
                     if batch or not more:
                         continue  # the next batch, or nothing more is due
-                # Nothing claimed ahead, or there was no room then: claim now, waiting for room.
+                # Nothing claimed ahead, or there was no room then: claim now, waiting a little for room.
                 batch, more = self._claim(cfg, now, result, live, state, ROOM_WAIT)
         finally:
             state.done = True
@@ -287,8 +299,8 @@ class Dispatcher:
                state: _FeedState, wait: float = 0.0) -> tuple[list[Claimed], bool]:
         """One batch for the feed: what is due and not expired, now in `live`, and
         whether the claim took all it asked for (more may be due). ([], True): no
-        room now (`wait` 0), ask again, waiting; ([], False): nothing is due, no room
-        came within `wait`, the run is stopping, or the store cannot be reached."""
+        room came within `wait`, ask again; ([], False): nothing is due, the run is
+        stopping, or the store cannot be reached."""
         def stopping() -> bool:
             return state.done or self.stop.is_set() or self._pending is not None or bool(self._unsaved)
 
@@ -297,7 +309,7 @@ class Dispatcher:
                 return [], False
             room = self.leases.reserve(cfg.batch, wait, stopping)
             if not room:
-                return [], not wait
+                return [], not stopping()
             try:
                 got = self._claim_room(cfg, now, result, live, state, room)
             finally:
@@ -333,10 +345,10 @@ class Dispatcher:
         expired: list[Finished] = []
         sendable: list[Claimed] = []
         for msg in batch:
-            if policy.is_expired(t, msg.send_after, cfg):
+            if policy.is_expired(t, msg.clock, cfg):
                 outcome = policy.expired_outcome(cfg)
                 attempt = Attempt(t, cfg.smtp.relay, None, outcome.reason or "", 0.0, "expired")
-                expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome))
+                expired.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, rcpt_to=msg.rcpt_to))
             else:
                 live[msg.id] = msg
                 sendable.append(msg)
@@ -356,7 +368,7 @@ class Dispatcher:
             # `at` is when the relay answered, so latency runs to its 250.
             attempt = Attempt(sent.started + sent.duration if now is None else now, sent.relay, sent.code,
                               sent.reply, sent.duration, sent.kind)
-            rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients))
+            rows.append(Finished(msg.id, self.owner, msg.token, attempt, outcome, recipients, msg.rcpt_to))
         self._save(rows)
         for (msg, sent), row in zip(done, rows, strict=True):
             result.count(row.outcome.status)

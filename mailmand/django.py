@@ -13,10 +13,12 @@ are. The messages of one `send_messages` call may go out in another order:
 the daemon sends over parallel connections.
 
 Extras, named as django-anymail names them, read from the message when set:
-`send_at` (a datetime, or epoch seconds), `priority` (an int, higher first)
-and `idempotency_key` (a str: the same key gives the same message id, and
-a second enqueue of it is a no-op). After a send, `message.mailmand_id`
-holds the id that `mailmand show` knows.
+`send_at` (a datetime, or epoch seconds), `priority` (an int, higher first),
+`idempotency_key` (a str: the same key gives the same message id, and
+a second enqueue of it is a no-op) and `tags` (a dict such as `{"order": "42"}`,
+keyed, as anymail's `metadata`: `mailmand list --tag order=42` finds the message,
+its events carry them). After a send, `message.mailmand_id` holds the id that
+`mailmand show` knows.
 
 Settings: `MAILMAND_CONFIG` (a path) chooses the configuration; without it,
 the usual discovery ($MAILMAND_CONFIG, /etc/mailmand/; never the working directory).
@@ -156,6 +158,7 @@ def to_email(message: EmailMessage, client: Client | None = None) -> RawMessage:
         local_domain=client.local_domain if client is not None else None,
         priority=_extra(message, "priority", int, 0),
         idempotency_key=_extra(message, "idempotency_key", str, None),
+        tags=_extra(message, "tags", dict, None),
     )
 
 

@@ -28,7 +28,8 @@ class InvalidMessage(MailmandError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {reason}: {value!r}")
+        # None is "nothing was given": the reason says so, and `: None` would only puzzle.
+        super().__init__(f"{field}: {reason}" if value is None else f"{field}: {reason}: {value!r}")
 
 
 class InvalidAddress(InvalidMessage):
@@ -52,6 +53,16 @@ class ConfigError(MailmandError):
     def __init__(self, message: str, path: str | None = None) -> None:
         self.key_path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one file, each a ConfigError naming its key: one per
+    line, so that a file is fixed in one go, not one run per key."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        MailmandError.__init__(self, "\n".join(str(e) for e in errors))
+        self.key_path = errors[0].key_path
 
 
 class QueueError(MailmandError):

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import InvalidMessage, MailmandError, RecordRejected, StoreUnavailable
 from .queues import Item, Queue
@@ -35,6 +36,26 @@ class IngestResult:
         self.quarantined += other.quarantined
 
 
+def decode(data: Any, max_recipients: int, now: float) -> Record | str:
+    """A queue item's JSON as a record, or the reason it cannot be one: the one
+    check ingest makes, and `mailmand quarantine release` makes again."""
+    try:
+        return Record.from_json(data, max_recipients=max_recipients, now=now)
+    except InvalidMessage as exc:
+        return str(exc)
+
+
+def decode_bytes(raw: bytes, max_recipients: int, now: float) -> Record | str:
+    """`decode` of an item's bytes, as a queue reads them (a quarantined entry's)."""
+    import json
+
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"not valid JSON: {exc}"
+    return decode(data, max_recipients, now)
+
+
 class Ingester:
     def __init__(self, queue: Queue, store: Store, on_stored: Callable[[float], None] | None = None,
                  max_recipients: int = MAX_RECIPIENTS) -> None:
@@ -47,10 +68,7 @@ class Ingester:
         """The record, or the reason it cannot be ingested."""
         if item.error:
             return item.error
-        try:
-            return Record.from_json(item.data, max_recipients=self.max_recipients, now=now)
-        except InvalidMessage as exc:
-            return str(exc)
+        return decode(item.data, self.max_recipients, now)
 
     def drain(self, limit: int | None = None) -> IngestResult:
         """Ingest everything waiting (or up to `limit` items)."""
@@ -97,8 +115,10 @@ class Ingester:
                 decoded[n] = (item, got)
         for item, got in decoded:
             if not isinstance(got, Record):
-                self.store.quarantine(got, item.raw, now)
-                log.warning("quarantined a queue item: %s", got)
+                source = self.queue.origin(item)
+                entry = self.store.quarantine(got, item.raw, now, source)
+                log.warning("quarantined %s as quarantine entry %d (mailmand quarantine show %d): %s",
+                            source, entry, entry, got)
         return records, new
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from .client import Client
 from .message import Email
+from .record import check_tags
 
 
 @dataclass
@@ -60,6 +61,7 @@ class MailHandler(_logging.Handler):
         config: str | Path | None = None,
         client: Client | None = None,
         level: int = _logging.NOTSET,
+        tags: dict[str, str] | None = None,
     ) -> None:
         super().__init__(level)
         if not fromaddr:
@@ -73,6 +75,7 @@ class MailHandler(_logging.Handler):
         self.fromaddr = fromaddr
         self.toaddrs = [toaddrs] if isinstance(toaddrs, str) else list(toaddrs)
         self.subject = subject
+        self.tags = check_tags(tags, "tags")  # on every mail it sends: `mailmand list --tag ...` finds them
         self.min_interval = min_interval
         self._config = config
         self._client = client
@@ -133,7 +136,8 @@ class MailHandler(_logging.Handler):
         # A formatted subject could carry a line break (a record's message in
         # it): fold it to one line rather than lose the mail to HeaderInjection.
         subject = " ".join(subject.split())
-        self.client.enqueue(Email(sender=self.fromaddr, to=self.toaddrs, subject=subject, text=body))
+        self.client.enqueue(Email(sender=self.fromaddr, to=self.toaddrs, subject=subject, text=body,
+                                  tags=self.tags))
 
     def flush(self) -> None:
         """Mail a summary for each logger whose records are being held back."""

@@ -29,7 +29,16 @@ from .headers import (
     split_head,
 )
 from .raw import RawMessage
-from .record import MAX_RECIPIENTS, Record, check_priority, check_recipients, check_send_after, new_id, validate
+from .record import (
+    MAX_RECIPIENTS,
+    Record,
+    check_priority,
+    check_recipients,
+    check_send_after,
+    check_tags,
+    new_id,
+    validate,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,6 +97,7 @@ class Email:
         priority: int = 0,
         read_receipt: str | None = None,
         idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         if not sender:
             raise InvalidMessage("sender", sender, "a sender is required")
@@ -114,6 +124,8 @@ class Email:
         if idempotency_key is not None and not key:
             raise InvalidMessage("idempotency_key", idempotency_key, "expected a non-empty string")
         self.idempotency_key = key
+        # The app's own keys: `mailmand list --tag order=42` finds the message, its events carry them.
+        self.tags = check_tags(tags, "tags")
         self.parts: list[Part] = []
 
     # The addresses, as the email package's Address objects (made on first use).
@@ -230,7 +242,7 @@ class Email:
         self._as_given(raw)
         record = Record(id=new_id(self.idempotency_key), mail_from=self.envelope_from, rcpt_to=rcpt, raw=raw,
                         priority=self.priority, send_after=send_after, idempotency_key=self.idempotency_key,
-                        subject=subject)
+                        subject=subject, tags=self.tags)
         validate(record, max_recipients=max_recipients, max_size=max_size)
         return record
 
@@ -301,11 +313,11 @@ class Email:
                    extra_recipients: Sequence[str] = (), from_name: str | None = None,
                    default_sender: str | None = None, local_domain: str | None = None,
                    aliases: Mapping[str, Sequence[str]] | None = None, priority: int = 0,
-                   idempotency_key: str | None = None) -> RawMessage:
+                   idempotency_key: str | None = None, tags: dict[str, str] | None = None) -> RawMessage:
         """A message handed over whole, to go out as it came: see `RawMessage.parse`."""
         return RawMessage.parse(raw, sender=sender, recipients=recipients, extra_recipients=extra_recipients,
                                 from_name=from_name, default_sender=default_sender, local_domain=local_domain,
-                                aliases=aliases, priority=priority, idempotency_key=idempotency_key)
+                                aliases=aliases, priority=priority, idempotency_key=idempotency_key, tags=tags)
 
     # -- queueing through the default client --------------------------------
 

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOMES = (Status.SENT, Status.DEFERRED, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
-IN_QUEUE = (Status.QUEUED, Status.SENDING, Status.DEFERRED)
+IN_QUEUE = (Status.QUEUED, Status.SENDING, Status.DEFERRED, Status.HELD)
 REPLY_CLASSES = ("2xx", "4xx", "5xx", "none")
 # Delivery runs from milliseconds (an idle daemon) to hours (retries after an outage).
 DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,

@@ -33,12 +33,14 @@ def backoff(attempt: int, cfg: BackoffConfig, rand: Callable[[], float] = random
     return low + (high - low) * rand()
 
 
-def deadline(send_after: float, cfg: ServerConfig) -> float:
-    return send_after + cfg.max_time
+def deadline(clock: float, cfg: ServerConfig) -> float:
+    """When a message whose max-time clock started at `clock` (`Claimed.clock`: its
+    send time, moved on by any time it spent held) expires."""
+    return clock + cfg.max_time
 
 
-def is_expired(now: float, send_after: float, cfg: ServerConfig) -> bool:
-    return now >= deadline(send_after, cfg)
+def is_expired(now: float, clock: float, cfg: ServerConfig) -> bool:
+    return now >= deadline(clock, cfg)
 
 
 def expired_outcome(cfg: ServerConfig) -> Outcome:
@@ -74,11 +76,11 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
             reason = f"relay closed the connection during DATA, {fails} times"
         return Outcome(Status.FAILED, reason=f"max-fails ({cfg.max_fails}) reached: {reason}",
                        code=code), recipients
-    if is_expired(now, msg.send_after, cfg):
+    if is_expired(now, msg.clock, cfg):
         return Outcome(Status.EXPIRED, reason=f"max-time passed: {reason}", code=code,
                        counted=counted), recipients
     # Every attempt before this one, answered or not, and this one: the wait keeps growing in an outage.
-    due = min(now + backoff(msg.attempts + 1, cfg.backoff, rand), deadline(msg.send_after, cfg))
+    due = min(now + backoff(msg.attempts + 1, cfg.backoff, rand), deadline(msg.clock, cfg))
     # Only the temporarily refused recipients are tried again; with no
     # per-recipient replies (the connection failed) all of them are.
     return Outcome(Status.DEFERRED, reason=reason, code=code, due_at=due,

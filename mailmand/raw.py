@@ -37,7 +37,17 @@ from .headers import (
     msgid,
     split_head,
 )
-from .record import MAX_RECIPIENTS, Record, check_priority, check_recipients, check_send_after, new_id, validate
+from .record import (
+    MAX_RECIPIENTS,
+    TAG_FIELD,
+    Record,
+    check_priority,
+    check_recipients,
+    check_send_after,
+    check_tags,
+    new_id,
+    validate,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,27 +68,30 @@ class RawMessage:
     """A complete message and its envelope, ready to queue: `Email.from_bytes` makes one."""
 
     def __init__(self, raw: bytes, mail_from: str, rcpt_to: tuple[str, ...], subject: str = "",
-                 priority: int = 0, idempotency_key: str | None = None) -> None:
+                 priority: int = 0, idempotency_key: str | None = None, tags: dict[str, str] | None = None) -> None:
         self.raw = raw
         self.envelope_from = mail_from  # "" is the null sender (`<>`) of a bounce
         self.envelope_recipients = rcpt_to
         self.subject = subject
         self.priority = priority
         self.idempotency_key = idempotency_key
+        self.tags = tags
 
     @classmethod
     def parse(cls, data: bytes, *, sender: str | None = None, recipients: Sequence[str] | None = None,
               extra_recipients: Sequence[str] = (), from_name: str | None = None,
               default_sender: str | None = None, local_domain: str | Callable[[], str] | None = None,
               aliases: Mapping[str, Sequence[str]] | None = None, priority: int = 0,
-              idempotency_key: str | None = None) -> RawMessage:
+              idempotency_key: str | None = None, tags: Mapping[str, str] | None = None) -> RawMessage:
         """Parse an RFC 5322 message (or, with no header at all, take the whole input as
         the body). The envelope sender is `sender` (`<>`: the null sender), else the From
         field, else `default_sender`; the recipients are `recipients`, else the To, Cc and
         Bcc fields plus `extra_recipients`. A bare name goes through `aliases` (recipients
         only; `default` catches every name), else gets `@local_domain` (a string, or a
         function asked only when a bare name is found), in the envelope and in the fields
-        alike. Raises InvalidMessage (InvalidAddress, HeaderInjection) naming the field."""
+        alike. `tags`, and one per `X-Mailmand-Tag: key=value` field (taken out of the
+        head: it is for mailmand, not the recipients), are the message's tags.
+        Raises InvalidMessage (InvalidAddress, HeaderInjection) naming the field."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidMessage("raw", type(data).__name__, "expected bytes")
         data = bytes(data)
@@ -106,11 +119,14 @@ class RawMessage:
                                          *_all(fields, found, "bcc"), *given]
         rcpt_to = tuple(dict.fromkeys(_spec(m) for m in rcpt))
         if not rcpt_to:
-            raise InvalidMessage("to", None, "at least one recipient (to, cc or bcc) is required")
+            raise InvalidMessage("to", None, "no recipient: the message has no To, Cc or Bcc header, and none "
+                                 "was given" if not recipients else "at least one recipient is required")
         mail_from = "" if null_sender else _spec(envelope_from)
         utf8 = not all(a.isascii() for a in (mail_from, *rcpt_to))
 
-        head = [_kept(field, boxes, utf8) for field, boxes in zip(fields, found, strict=True)]
+        tagged = _tags(fields, tags)
+        head = [_kept(field, boxes, utf8) for field, boxes in zip(fields, found, strict=True)
+                if field[0].lower() != TAG_FIELD]
         if fields:
             body = _EOL.sub(b"\r\n", data[body_at:])
             head += _missing(fields, envelope_from, from_name, utf8)
@@ -127,7 +143,7 @@ class RawMessage:
         if idempotency_key is not None and not key:
             raise InvalidMessage("idempotency_key", idempotency_key, "expected a non-empty string")
         return cls(b"".join(head) + b"\r\n" + body, mail_from, rcpt_to, _subject(fields),
-                   check_priority(priority, "priority"), key)
+                   check_priority(priority, "priority"), key, tagged)
 
     def to_record(self, max_size: int, send_after: float = 0.0, max_recipients: int = MAX_RECIPIENTS) -> Record:
         """The validated record that carries this message; InvalidMessage names what is wrong."""
@@ -135,7 +151,8 @@ class RawMessage:
         check_send_after(send_after, time.time(), "send_after")
         record = Record(id=new_id(self.idempotency_key), mail_from=self.envelope_from,
                         rcpt_to=self.envelope_recipients, raw=self.raw, priority=self.priority,
-                        send_after=send_after, idempotency_key=self.idempotency_key, subject=self.subject)
+                        send_after=send_after, idempotency_key=self.idempotency_key, subject=self.subject,
+                        tags=self.tags)
         validate(record, max_recipients=max_recipients, max_size=max_size)
         return record
 
@@ -241,6 +258,18 @@ def _missing(fields: list[Field], sender: Mailbox, from_name: str | None, utf8: 
     if "date" not in present:
         out.append(b"Date: %s\r\n" % formatdate(now).encode())
     return out
+
+
+def _tags(fields: list[Field], given: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The tags given, and one per X-Mailmand-Tag field (`key=value`); checked (record.check_tags)."""
+    found = dict(given or {})
+    for name, value, _ in fields:
+        if name.lower() == TAG_FIELD:
+            key, eq, text = value.partition("=")
+            if not eq:
+                raise InvalidMessage(f"header {name}", value, "expected key=value")
+            found.update(check_tags({key.strip(): text.strip()}, f"header {name}") or {})  # named by its field
+    return check_tags(found or None, "tags")
 
 
 def _subject(fields: list[Field]) -> str:

@@ -32,6 +32,12 @@ if TYPE_CHECKING:
         def to_record(self, max_size: int, send_after: float = ..., max_recipients: int = ...) -> Record: ...
 
 RECORD_VERSION = 1
+# Tags: the app's own keys on a message (`--tag order=42` finds it; its events carry them).
+TAG_FIELD = "x-mailmand-tag"  # `X-Mailmand-Tag: order=42` in a raw message: a tag, taken out of the head
+MAX_TAGS = 10
+TAG_KEY = re.compile(r"[a-z0-9_.-]{1,32}")
+TAG_VALUE_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PRIORITY_MAX = 1_000_000  # higher goes first; bounded so every store can hold it
 MAX_RECIPIENTS = 1000  # email.server.max-recipients' default
 # An id is a file-name-safe token (ours are 32 hex digits): it goes into logs, URLs and commands.
@@ -60,7 +66,7 @@ class Record(Frozen):
     """What travels on the queue: JSON, never pickle. `raw` is the final message."""
 
     _fields = ("id", "mail_from", "rcpt_to", "raw", "priority", "send_after", "idempotency_key", "created_at",
-               "subject")
+               "subject", "tags")
     id: str
     mail_from: str
     rcpt_to: tuple[str, ...]
@@ -72,10 +78,11 @@ class Record(Frozen):
     # The decoded Subject, carried so ingest need not parse headers; None in
     # records written before it was added (ingest then reads it from `raw`).
     subject: str | None
+    tags: dict[str, str] | None  # the app's own keys (check_tags); None: no tags
 
     def __init__(self, id: str, mail_from: str, rcpt_to: tuple[str, ...], raw: bytes, priority: int = 0,
                  send_after: float = 0.0, idempotency_key: str | None = None, created_at: float | None = None,
-                 subject: str | None = None) -> None:
+                 subject: str | None = None, tags: dict[str, str] | None = None) -> None:
         if created_at is None:
             created_at = time.time()
         self._set(locals())
@@ -94,6 +101,8 @@ class Record(Frozen):
         }
         if self.subject is not None:
             data["subject"] = self.subject  # optional: readers of version 1 without it still work
+        if self.tags:
+            data["tags"] = dict(self.tags)  # optional too
         return data
 
     @classmethod
@@ -127,6 +136,7 @@ class Record(Frozen):
                 idempotency_key=data.get("idempotency_key"),
                 created_at=float(data.get("created_at") or now),
                 subject=subject if isinstance(subject, str) else None,
+                tags=data.get("tags"),
             )
         except KeyError as exc:
             raise InvalidMessage(f"record.{exc.args[0]}", None, "missing") from None
@@ -143,8 +153,8 @@ def validate(record: Record, *, max_recipients: int = MAX_RECIPIENTS, max_size: 
     """The one decision whether a record can be delivered. Every way in calls it before a
     record is queued, and ingest calls it on every item it takes, so what a producer
     queues the daemon takes, and what the daemon would quarantine no producer queues:
-    the envelope (addresses an SMTP command line carries), the limits, and the head of
-    `raw` (headers.check_head). InvalidMessage names what is wrong."""
+    the envelope (addresses an SMTP command line carries), the limits, the tags, and the
+    head of `raw` (headers.check_head). InvalidMessage names what is wrong."""
     if not isinstance(record.id, str) or not RECORD_ID.fullmatch(record.id):
         raise InvalidMessage("record.id", str(record.id)[:80], "expected 1 to 64 of A-Z a-z 0-9 . _ -")
     if not isinstance(record.mail_from, str):
@@ -167,6 +177,7 @@ def validate(record: Record, *, max_recipients: int = MAX_RECIPIENTS, max_size: 
         raise InvalidMessage("record.idempotency_key", record.idempotency_key, "expected a non-empty string")
     if not isinstance(record.raw, bytes):
         raise InvalidMessage("record.raw", type(record.raw).__name__, "expected bytes")
+    check_tags(record.tags, "record.tags")
     if max_size is not None and len(record.raw) > max_size:
         raise MessageTooLarge("message", f"{len(record.raw)} bytes",
                               f"{len(record.raw)} bytes, over max-message-size ({max_size} bytes)")
@@ -177,6 +188,28 @@ def _envelope(field: str, address: object) -> None:
     problem = "expected a string" if not isinstance(address, str) else envelope_problem(address)
     if problem:
         raise InvalidAddress(field, address, f"not an envelope address: {problem}")
+
+
+def check_tags(tags: object, name: str = "tags") -> dict[str, str] | None:
+    """Tags as a message carries them: at most MAX_TAGS pairs, each key of 1 to 32 of
+    a-z 0-9 _ . -, each value text of at most TAG_VALUE_MAX characters with no control
+    characters. None (or no pairs): no tags. InvalidMessage names the pair at fault."""
+    if tags is None:
+        return None
+    if not isinstance(tags, dict):
+        raise InvalidMessage(name, type(tags).__name__, "expected a mapping of key to value")
+    if len(tags) > MAX_TAGS:
+        raise InvalidMessage(name, f"{len(tags)} pairs", f"at most {MAX_TAGS} tags")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+            raise InvalidMessage(f"{name} key", key, "expected 1 to 32 of a-z 0-9 _ . -")
+        if not isinstance(value, str):
+            raise InvalidMessage(f"{name}[{key}]", value, "expected text")
+        if len(value) > TAG_VALUE_MAX:
+            raise InvalidMessage(f"{name}[{key}]", value[:40] + "...", f"longer than {TAG_VALUE_MAX} characters")
+        if _CONTROL.search(value):
+            raise InvalidMessage(f"{name}[{key}]", value, "control characters are not allowed")
+    return dict(tags) or None
 
 
 def check_recipients(n: int, limit: int, name: str) -> None:

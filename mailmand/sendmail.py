@@ -216,9 +216,11 @@ def _sysexit(exc: MailmandError) -> int:
 
 
 def mailq(cfg: Config) -> int:
-    """The waiting mail in Postfix's `mailq` shape: id (`*` while being sent),
-    size, arrival time, sender; the last reason of deferred mail in
-    parentheses; then the recipients; a total at the end."""
+    """The waiting mail in Postfix's `mailq` shape: id (`*` while being sent, `!`
+    while held, as Postfix marks them), size, arrival time, sender; in parentheses
+    the last reason of deferred mail, and the send time of mail scheduled for
+    later; then the recipients; a total at the end."""
+    import time
     from datetime import datetime
 
     from .control import store
@@ -226,8 +228,9 @@ def mailq(cfg: Config) -> int:
     from .stores.base import Status
 
     with store(cfg) as s:
-        rows = [m for st in (Status.SENDING, Status.QUEUED, Status.DEFERRED)
+        rows = [m for st in (Status.SENDING, Status.QUEUED, Status.DEFERRED, Status.HELD)
                 for m in s.list_messages(st, sys.maxsize)]
+    now = time.time()
     queue = open_queue(cfg.queue, readonly=True)
     try:
         spooled = queue.pending()
@@ -240,11 +243,15 @@ def mailq(cfg: Config) -> int:
         width = max(10, *(len(m.id) + 1 for m in rows))
         print(f"{'-Queue ID-':<{width}} --Size-- ----Arrival Time---- -Sender/Recipient-------")
         for m in rows:
-            mark = "*" if m.status is Status.SENDING else ""
+            mark = {Status.SENDING: "*", Status.HELD: "!"}.get(m.status, "")
             arrived = datetime.fromtimestamp(m.created_at).strftime("%a %b %d %H:%M:%S")
             print(f"{m.id + mark:<{width}} {m.size:>8} {arrived}  {m.mail_from or 'MAILER-DAEMON'}")
             if m.status is Status.DEFERRED and m.last_error:
                 print(f"({m.last_error[:200]})")
+            elif m.status is Status.QUEUED and m.due_at > now:
+                print(f"(scheduled: not before {datetime.fromtimestamp(m.due_at).strftime('%a %b %d %H:%M:%S')})")
+            elif m.status is Status.HELD:
+                print("(held by the operator: mailmand release ID)")
             for r in m.rcpt_to:
                 print(f"{'':<{width}} {'':>8} {'':<20}  {r}")
             print()

@@ -51,7 +51,7 @@ def test_status_and_list(queue_world, capsys):
     deferred_due = store.get(ids["deferred"]).due_at
     status = cli_json(capsys, "status", "-c", str(conf))
     assert status["counts"] == {"queued": 1, "sending": 0, "deferred": 1, "sent": 1, "failed": 1,
-                                "expired": 0, "cancelled": 0}
+                                "expired": 0, "cancelled": 0, "held": 0}
     assert status["spool"] == 0 and status["quarantine"] == 0 and status["daemons"] == []
     # The next send is the deferred message's retry, before the one scheduled in 1 h.
     assert status["next_scheduled"] == deferred_due
@@ -85,7 +85,7 @@ def test_list_text_columns(queue_world, capsys):
     capsys.readouterr()
     assert main(["list", "-c", str(conf), "--limit", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "STATUS", "SEND", "TIME", "TRIES", "RECIPIENTS", "SUBJECT"]
+    assert lines[0].split() == ["ID", "STATUS", "SEND", "TIME", "NEXT", "TRY", "TRIES", "RECIPIENTS", "SUBJECT"]
     scheduled = lines[1]
     assert scheduled.startswith(ids["scheduled"]) and " queued " in scheduled and scheduled.endswith("future")
     store = open_store(load(conf).server.database)
@@ -94,7 +94,7 @@ def test_list_text_columns(queue_world, capsys):
     # The send time, in local time with the zone offset: the scheduled one stands out an hour ahead.
     assert datetime.fromtimestamp(send_at).astimezone().isoformat(sep=" ", timespec="seconds") in scheduled
     assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d ", scheduled)
-    assert lines[-1] == "… 1 more (use --limit)"
+    assert lines[-1] == f"… more: the next page is --after {lines[-2].split()[0]}"
     assert len(lines) == 5
 
 
@@ -405,7 +405,8 @@ def test_cancel_and_retry_selectors(smtp_server, write_config, capsys):
     assert main(["cancel", "-c", str(conf), "--all"]) == 0
     assert capsys.readouterr().out.strip() == "cancelled 3 message(s)"  # later[1:], other
     assert main(["retry", "-c", str(conf), "--status", "failed", "--from", "a@example.com"]) == 0
-    assert capsys.readouterr().out.strip() == "re-queued 2 message(s)"
+    assert capsys.readouterr().out.splitlines() == [
+        "re-queued 2 message(s)", "no daemon is running on this spool: they go out when it starts"]
     store = open_store(load(conf).server.database)
     assert {store.get(i).status for i in [*later, other]} == {Status.CANCELLED}
     assert {store.get(i).status for i in bad} == {Status.QUEUED}
@@ -611,13 +612,14 @@ def test_check_config_connect(smtp_server, write_config, capsys):
         out = capsys.readouterr().out
         assert "greeting: 220 " in out
         assert "STARTTLS: OK, certificate verified" in out
-        offers = next(line for line in out.splitlines() if line.startswith("offers: "))
+        offers = next(line for line in out.splitlines() if line.startswith("  offers: "))
         assert "SIZE" in offers and "SMTPUTF8" in offers and "AUTH" in offers and "PLAIN" in offers
         assert "CHUNKING" in offers.partition("(not: ")[2]  # aiosmtpd offers no BDAT: said, not hidden
         assert "login: OK as app" in out and out.rstrip().endswith("a message could be sent")
         os.environ["SMTP_PASSWORD"] = "wrong"
-        assert main(["check-config", "--connect", "-c", str(conf)]) == 1
-        assert "login: refused: 535" in capsys.readouterr().out
+        assert main(["check-config", "--connect", "-c", str(conf)]) == 69
+        captured = capsys.readouterr()
+        assert "login: refused: 535" in captured.out and captured.err == "mailmand: cannot use: relay\n"
     finally:
         del os.environ["SMTP_PASSWORD"]
 
@@ -639,7 +641,7 @@ def test_check_config_connect_says_which_tls_the_port_wants(write_config, capsys
     conf = write_config(465)
     conf.write_text(conf.read_text().replace("tls: none", "tls: starttls").replace("timeout: 5s", "timeout: 1s"))
     try:
-        assert main(["check-config", "--connect", "-c", str(conf)]) == 1
+        assert main(["check-config", "--connect", "-c", str(conf)]) == 69
         out = capsys.readouterr().out
         assert "cannot send: connect: no answer" in out and out.rstrip().endswith("(port 465 expects tls: ssl)")
     finally:

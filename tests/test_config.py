@@ -416,8 +416,8 @@ def test_bad_rate_in_the_file(tmp_path: Path) -> None:
             'email.queue.default.engine: expected one of spool, redis, postgres, got "kafka"',
         ),
         (
-            RELAY + "    database: {engine: mysql}\n",
-            'email.server.database.engine: expected one of sqlite3, postgres, got "mysql"',
+            RELAY + "    database: {engine: oracle}\n",
+            'email.server.database.engine: expected one of sqlite3, postgres, got "oracle"',
         ),
         (
             RELAY + "    log-level: loud\n",
@@ -464,7 +464,8 @@ def test_backoff_min_above_max(tmp_path: Path) -> None:
 
 def test_postgres_needs_a_dsn(tmp_path: Path) -> None:
     path = write(tmp_path, RELAY + "    database: {engine: postgres}\n")
-    assert error(path) == "email.server.database.dsn: required when engine is postgres"
+    assert error(path) == ("email.server.database.dsn: required when engine is postgres "
+                           "(or host, port, username, password, password-file, name)")
 
 
 def test_ca_file_must_exist(tmp_path: Path) -> None:

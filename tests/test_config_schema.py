@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from mailmand.config import Config, load, parse, parse_size, replace
 from mailmand.config.schema import EmailSection
-from mailmand.errors import ConfigError
+from mailmand.errors import ConfigError, ConfigErrors
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,23 @@ def _port_follows_tls(config: Config) -> bool:
 
 
 # Defaults that are not one literal value, each with the check of what the docs say.
+def _webhook(**given: Any) -> Any:
+    """The one webhook of a configuration that gives these keys, or the ConfigError it raises."""
+    try:
+        return parse(with_key(RELAY, "email.server.events.webhooks", [given])).server.events.webhooks[0]
+    except ConfigError as exc:
+        return exc
+
+
+HOOK = {"url": "https://app.example/mail", "secret": "s"}
 SPECIAL = {
+    "email.server.events.webhooks.url": lambda c: "webhooks[0].url: required" in str(_webhook(secret="s")),
+    "email.server.events.webhooks.secret": lambda c: "webhooks[0].secret: required" in str(
+        _webhook(url=HOOK["url"])),
+    "email.server.events.webhooks.secret-file": lambda c: _webhook(**HOOK).secret_file is None,
+    "email.server.events.webhooks.types": lambda c: _webhook(**HOOK).types == (),  # () is every type
+    "email.server.events.webhooks.timeout": lambda c: _webhook(**HOOK).timeout == 10.0,
+    "email.server.events.webhooks.ca-file": lambda c: _webhook(**HOOK).ca_file is None,
     "email.server.smtp.host": lambda c: Config().server.smtp.host == "localhost",
     "email.server.smtp.port": _port_follows_tls,
     "email.queue.default.min-free": lambda c: c.queue.min_free == 4 * c.server.max_message_size
@@ -446,13 +462,15 @@ _DATA = _nest(_nest(_LEAVES))  # two levels below each root the test gives
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(email=_DATA, server=_DATA, smtp=_DATA)
-def test_any_data_gives_a_config_or_one_config_error(email: Any, server: Any, smtp: Any) -> None:
+def test_any_data_gives_a_config_or_config_errors_one_a_line(email: Any, server: Any, smtp: Any) -> None:
     for data in ({"email": email}, {"email": {"server": server}}, {"email": {"server": {"smtp": smtp}}},
                  {"email": {"server": {"smtp": {"host": "h", **(smtp if isinstance(smtp, dict) else {})}}}}):
         try:
             config = parse(data, producer=True)
-        except ConfigError as e:
-            assert "\n" not in str(e) and str(e).startswith("email"), str(e)
+        except ConfigError as e:  # one problem a line, each naming its key
+            errors = e.errors if isinstance(e, ConfigErrors) else [e]
+            assert all("\n" not in str(x) and str(x).startswith("email") for x in errors), str(e)
+            assert str(e).splitlines() == [str(x) for x in errors]
         else:
             assert isinstance(config, Config)
 

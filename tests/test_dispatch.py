@@ -153,6 +153,35 @@ def test_max_time_expires(smtp_server, make_config):
     d.close()
 
 
+def test_the_max_time_clock_stands_still_while_a_message_is_held(smtp_server, make_config):
+    """Held for an hour past its max-time of two minutes, released, it is sent, not
+    expired; its clock runs on from where it stood when held."""
+    server = smtp_server(data_reply="451 4.3.0 busy")
+    d = daemon_for(make_config, server, max_fails=100, max_time=120, backoff=BackoffConfig(30, 30))
+    [mid] = enqueue(d.cfg)
+    t0 = time.time()
+    d.once(now=t0)  # one try, deferred
+    assert d.store.hold([mid], t0 + 10) == [mid]
+    assert d.once(now=t0 + 3600).dispatched.expired == 0  # held: never claimed, so never expired
+    d.store.release([mid], t0 + 3610)
+    # 20 s of its clock used, not 3,620: a refusal now defers it again, within what is left.
+    assert d.once(now=t0 + 3620).dispatched.deferred == 1
+    info = d.store.get(mid)
+    assert info.status is Status.DEFERRED and info.due_at == pytest.approx(t0 + 3650, abs=1)
+    server.data_reply = None
+    assert d.once(now=info.due_at).dispatched.sent == 1
+    assert d.store.get(mid).status is Status.SENT
+    # Held and released again, the clock runs on where it stood: 100 s more of it is past max-time.
+    [late] = enqueue(d.cfg)
+    d.ingester.drain()
+    t1 = time.time()
+    d.store.hold([late], t1 + 10)
+    d.store.release([late], t1 + 1000)
+    assert d.once(now=t1 + 1000 + 111).dispatched.expired == 1  # 10 + 111 s > 120 s
+    assert d.store.get(late).status is Status.EXPIRED
+    d.close()
+
+
 def test_mixed_recipients_are_recorded_each(smtp_server, make_config):
     server = smtp_server(rcpt_replies={"gone@example.com": "550 5.1.1 gone",
                                        "later@example.com": "451 4.2.1 mailbox busy"})

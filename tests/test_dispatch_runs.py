@@ -115,3 +115,24 @@ def test_dispatch_says_what_it_did_once_a_minute(smtp_server, make_config, caplo
         assert info_lines(caplog) == ["sent 3, deferred 1, failed 1 in the last minute"]
     finally:
         d.close()
+
+
+def test_sessions_holding_every_lease_go_on_without_waiting_for_the_feed(smtp_server, make_config):
+    """As many sessions as leases (4 sessions, batch 2): a session with messages in
+    flight that asks for another must not wait inside the feed for room that only
+    its own messages' outcomes can free. One run sends everything."""
+    server = smtp_server()
+    cfg = make_config(smtp_for(server, connections=4), batch=2)
+    enqueue(cfg, 60)
+    store = SlowToRecord(cfg.server.database.path, create=True)
+    queue = open_queue(cfg.queue, daemon=True)
+    try:
+        assert Ingester(queue, store).drain().ingested == 60
+        dispatcher = Dispatcher(store, cfg.server, owner="me")
+        run = dispatcher.run_once()
+        dispatcher.close()
+        assert run.sent == 60 and store.counts()[Status.SENT] == 60
+        assert store.most <= 2 * cfg.server.batch
+    finally:
+        queue.close()
+        store.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -244,7 +246,8 @@ def test_the_client_checks_max_recipients_and_send_times(make_config):
     assert Client(make_config()).config.server.max_recipients == 1000  # the documented default
 
 
-def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config):
+def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config, caplog):
+    caplog.set_level(logging.WARNING, logger="mailmand")  # whatever level an earlier test's CLI left
     cfg = make_config()
     client = Client(cfg)
     first = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="1"))
@@ -267,6 +270,11 @@ def test_corrupt_items_are_quarantined_and_ingest_goes_on(make_config):
     assert "not valid JSON" in reasons and "record.rcpt_to" in reasons
     assert any(q.data == b"{not json" for q in kept)
     assert queue.pending() == 0
+    # Each entry says where it came from, and the log line names the entry to review.
+    [bad] = [q for q in kept if q.data == b"{not json"]
+    assert re.fullmatch(rf"spool {re.escape(str(cfg.queue.path))} row \d+", bad.source), bad.source
+    assert f"quarantined {bad.source} as quarantine entry {bad.id} (mailmand quarantine show {bad.id}): " \
+           "not valid JSON" in caplog.text
 
 
 def test_same_idempotency_key_yields_one_message(make_config):

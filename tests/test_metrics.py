@@ -89,6 +89,7 @@ def test_counters_match_what_the_daemon_delivered(smtp_server, write_config):
         assert value(samples, "mailmand_queue_messages", status="queued") == 1
         assert value(samples, "mailmand_queue_messages", status="sending") == 0
         assert value(samples, "mailmand_queue_messages", status="deferred") == 0
+        assert value(samples, "mailmand_queue_messages", status="held") == 0
         assert value(samples, "mailmand_queue_backlog") == 0
         assert value(samples, "mailmand_oldest_due_seconds") == 0  # the queued one is not due
         # the pooled session stays open between batches, and the gauge follows the relay's count

@@ -128,7 +128,9 @@ def test_check_config_connect(postgres_dsn, tmp_path, smtp_server):
                            "password": "s3cret"})
     bad = write_store_config(tmp_path / "bad.yaml", tmp_path / "spool", 9, postgres_block(dsn))
     out = run_cli("check-config", "--connect", "-c", str(bad))
-    assert out.returncode == 1 and b"cannot reach postgres" in out.stderr, out.stderr
+    # Exit 69 naming the part (the relay at port 9 too); the line says why, the password masked.
+    assert out.returncode == 69 and out.stderr.endswith(b"mailmand: cannot use: store, relay\n"), out.stderr
+    assert b": cannot be used: cannot reach postgres" in out.stdout, out.stdout
     assert b"s3cret" not in out.stderr + out.stdout and b"***" in out.stdout
     store = open_store(load(conf).server.database, create=True)
     store.close()

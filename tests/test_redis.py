@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,7 @@ def test_an_entry_delivered_more_than_5_times_is_quarantined_and_acked(tmp_path:
     kept = store.quarantined()
     assert len(kept) == 1 and f"delivered {MAX_DELIVERIES + 1} times" in kept[0].reason
     assert json.loads(kept[0].data)["id"] == poison  # the entry's bytes are kept
+    assert re.fullmatch(rf"redis {re.escape(redis_url())} key {redis_key} entry \d+-\d+", kept[0].source)
     assert r.xlen(redis_key) == 0  # type: ignore[attr-defined]  # acked and deleted: delivery goes on
     queue.close()
 

@@ -175,3 +175,21 @@ def status(conf: Path) -> dict:
     done = run_cli("-c", str(conf.with_name("client.yaml")), "status", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def test_a_listener_set_back_to_its_running_address_is_no_change(smtp_server, write_config):
+    from tests.redisutil import free_port
+
+    running, other = free_port(), free_port()
+    conf = write_config(smtp_server().port, extra_server=f"    metrics:\n      listen: 127.0.0.1:{running}\n")
+    original, daemon = start(conf)
+    try:
+        atomic_save(conf, original.replace(f"127.0.0.1:{running}", f"127.0.0.1:{other}"))
+        daemon.wait_for("email.server.metrics.listen changed: it needs a restart", timeout=10)
+        daemon.wait_for("configuration reloaded", timeout=10)
+        # Back to the address it listens on: nothing needs a restart any more, and nothing says so.
+        atomic_save(conf, original)
+        assert wait_until(lambda: daemon.log.count("configuration reloaded") == 2, timeout=10)
+        assert daemon.log.count("needs a restart") == 1, daemon.log
+    finally:
+        assert daemon.stop() == 0

@@ -37,10 +37,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("status", "cmd_stats"),
     "list": ("queue", "cmd_list"),
     "show": ("queue", "cmd_show"),
-    "cancel": ("queue", "cmd_cancel"),
-    "retry": ("queue", "cmd_retry"),
+    "cancel": ("moves", "cmd_cancel"),
+    "retry": ("moves", "cmd_retry"),
+    "hold": ("moves", "cmd_hold"),
+    "release": ("moves", "cmd_release"),
     "flush": ("queue", "cmd_flush"),
     "purge": ("queue", "cmd_purge"),
+    "quarantine": ("quarantine", "cmd_quarantine"),
+    "events": ("events", "cmd_events"),
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
     "migrate": ("daemon", "cmd_migrate"),
@@ -48,7 +52,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
 # Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
-STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "flush", "purge"})
+STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "hold", "release", "flush",
+                            "purge", "quarantine", "events"})
 
 
 def _version() -> str:
@@ -93,12 +98,20 @@ class _Skipped:
     def add_mutually_exclusive_group(self, *args: Any, **kwargs: Any) -> _Skipped:
         return self
 
+    def add_subparsers(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+    def add_parser(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `only`, the top level and that subcommand
     alone (a command such as `status` need not pay for building the other
     fourteen, about 10 ms). Usage and errors of that command are the same."""
     import argparse  # here: mailmand-sendmail never parses with it
+
+    from ..stores.base import UNFINISHED  # here: mailmand-sendmail never loads the store's contract
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
@@ -126,42 +139,80 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--once", action="store_true", help="as mailmand --once")
     add("status", "whether a daemon runs; counts per status, spool backlog, quarantine, oldest due, next send",
         True)
-    sp = add("list", "list messages, newest first", True)
-    sp.add_argument("--status", choices=[s for s in _STATUSES])
+    sp = add("list", "list messages, newest first, a page at a time", True)
+    _filter_flags(sp)
     sp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sp.add_argument("--after", metavar="ID", help="the page after this message (the last id of the page before)")
+    _tag_flag(sp, "messages")
     sp = add("show", "a message's envelope, status, attempts and recipients", True)
     sp.add_argument("id")
     sp.add_argument("--raw", action="store_true", help="print the stored message (RFC 5322), like postcat -q")
-    _selectors(add("cancel", "cancel queued, deferred or scheduled messages (postsuper -d)"),
-               "queued, deferred")
+    _move_flags(add("cancel", "cancel queued, deferred, scheduled or held messages (postsuper -d)"), "cancel")
     sp = add("retry", "re-queue failed or expired messages with fresh attempts (postsuper -r)")
-    _selectors(sp, "failed, expired")
+    _move_flags(sp, "retry")
     sp.add_argument("--failed", action="store_true", help=argparse.SUPPRESS)  # before --all existed
+    _move_flags(add("hold", "set messages aside: never sent until released (postsuper -h)"), "hold")
+    _move_flags(add("release", "send held messages again, due when they were (postsuper -H)"), "release")
     add("flush", "deferred mail becomes due now, and the daemon sends it (postqueue -f)").add_argument(
         "ids", nargs="*", metavar="ID", help="only these (default: every deferred message)")
     add("purge", "delete finished mail (sent, failed, expired, cancelled)").add_argument(
         "--older-than", metavar="DURATION", help="default: the configured retention")
-    add("stats", "messages and attempts by outcome, latency percentiles, failure reasons, depth", True
-        ).add_argument("--since", default="24h", metavar="DURATION")
+    sp = add("events", "what happened to messages, oldest first: every change of state, as webhooks are sent it",
+             True)
+    sp.add_argument("id", nargs="?", metavar="ID", help="only this message's events")
+    sp.add_argument("-f", "--follow", action="store_true", help="then print new events as they come, until Ctrl-C")
+    sp.add_argument("--since", metavar="WHEN", help="at or after: a time (ISO 8601) or a duration ago (2h)")
+    sp.add_argument("--type", action="append", default=[], metavar="TYPE",
+                    help="only these types (queued, deferred, sent, failed, expired, cancelled, suppressed, held, "
+                         "released); may repeat, or a comma-separated list")
+    _tag_flag(sp, "events of messages")
+    sp.add_argument("--limit", type=int, default=100, help="the last this many (default 100)")
+    sp = add("stats", "messages and attempts by outcome, latency percentiles, failure reasons, depth; "
+                      "--by-domain: recipients waiting by domain and age (qshape)", True)
+    sp.add_argument("--since", default="24h", metavar="DURATION", help="how far back (default 24h)")
+    sp.add_argument("--by-domain", action="store_true",
+                    help="recipients not yet delivered to, by domain and by age since their send time")
+    sp.add_argument("--status", action="append", default=[], choices=[s.value for s in UNFINISHED],
+                    help="with --by-domain: only messages in this status (may repeat; default: all four)")
+    sp = add("quarantine", "queue items that could not be ingested: list, show, release, delete")
+    qsub = sp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    qp = qsub.add_parser("list", help="the entries, newest first", parents=[common])
+    qp.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    qp.add_argument("--json", action="store_true", help="print JSON (times in epoch seconds)")
+    qp = qsub.add_parser("show", help="an entry's reason, time, source and raw bytes", parents=[common])
+    qp.add_argument("entry", type=int, metavar="ID")
+    qp.add_argument("--json", action="store_true", help="print JSON (the entry as text, else base64)")
+    qp.add_argument("--raw", action="store_true", help="print only the entry's bytes")
+    for action, what in (("release", "validate the entry again, and store the message if it now passes"),
+                         ("delete", "delete the entry")):
+        qsub.add_parser(action, help=what, description=what, parents=[common]).add_argument(
+            "entry", type=int, metavar="ID")
     sp = add("send", "queue one message from flags (body from --text, --text-file or stdin), "
                      "or from an RFC 5322 FILE (- for stdin)")
-    sp.add_argument("file", nargs="?", metavar="FILE")
-    sp.add_argument("--from", dest="sender")
-    sp.add_argument("--to", action="append", default=[])
-    sp.add_argument("--cc", action="append", default=[])
-    sp.add_argument("--bcc", action="append", default=[])
-    sp.add_argument("--subject", default="")
+    sp.add_argument("file", nargs="?", metavar="FILE", help="an RFC 5322 message to queue as it is (- for stdin)")
+    sp.add_argument("--from", dest="sender", metavar="ADDR", help="the envelope sender and From header")
+    sp.add_argument("--to", action="append", default=[], metavar="ADDR", help="a recipient (may repeat)")
+    sp.add_argument("--cc", action="append", default=[], metavar="ADDR", help="a copy recipient (may repeat)")
+    sp.add_argument("--bcc", action="append", default=[], metavar="ADDR",
+                    help="a blind copy recipient, in the envelope only (may repeat)")
+    sp.add_argument("--subject", default="", help="the Subject header")
     body = sp.add_mutually_exclusive_group()
-    body.add_argument("--text")
-    body.add_argument("--text-file", metavar="PATH", help="- for stdin")
-    sp.add_argument("--html-file", metavar="PATH")
-    sp.add_argument("--attach", action="append", default=[], metavar="FILE")
-    sp.add_argument("--at", metavar="ISO8601")
-    sp.add_argument("--in", dest="delay", metavar="DURATION")
-    sp.add_argument("--priority", type=int, default=0)
+    body.add_argument("--text", help="the plain-text body")
+    body.add_argument("--text-file", metavar="PATH", help="the plain-text body from a file (- for stdin)")
+    sp.add_argument("--html-file", metavar="PATH", help="an HTML body from a file (with or without a text body)")
+    sp.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach a file (may repeat)")
+    sp.add_argument("--at", nargs="+", metavar="TIME",
+                    help="send at this time, ISO 8601: 2026-11-30T09:00, 2026-11-30 09:00+01:00")
+    sp.add_argument("--in", dest="delay", nargs="+", metavar="DURATION",
+                    help="send after this long: 90s, 5m, 1h30m, 2d, 5 minutes")
+    sp.add_argument("--priority", type=int, default=0,
+                    help="higher is sent first when mail waits (default 0; may be negative)")
+    sp.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="a tag of the app's own (at most 10): find it with --tag, events carry it")
     add("check-config", "validate the configuration as `run` would: exit 0, or 78").add_argument(
         "--connect", action="store_true",
-        help="also open the store, and connect to the relay (TLS, AUTH): exit 0 if a message could be sent, else 1")
+        help="also reach each part it uses: the queue, the store, the relay (TLS, AUTH); "
+             "exit 69 naming each part that cannot be used")
     add("migrate", "copy an SQLite store into the configured store (stop the daemon first)").add_argument(
         "--from", dest="source", metavar="PATH", required=True, help="the SQLite database file")
     add("outbox-sql", "print the SQL that creates the postgres queue's outbox table (for an app's migrations)"
@@ -172,18 +223,42 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-_STATUSES = ("queued", "sending", "deferred", "sent", "failed", "expired", "cancelled")
+def _filter_flags(sp: argparse.ArgumentParser) -> None:
+    """What `list` selects by (the store's Selection); each may repeat where it says so."""
+    from ..stores.base import Status
 
-
-def _selectors(sp: argparse.ArgumentParser, statuses: str) -> None:
-    sp.add_argument("ids", nargs="*", metavar="ID")
-    sp.add_argument("--status", action="append", default=[], choices=_STATUSES,
-                    help=f"messages in this status ({statuses}); may repeat")
-    sp.add_argument("--to", action="append", default=[], metavar="ADDR", help="messages to this recipient")
+    sp.add_argument("--status", action="append", default=[], choices=[s.value for s in Status],
+                    help="messages in this status (may repeat)")
+    sp.add_argument("--to", action="append", default=[], metavar="ADDR",
+                    help="messages to this recipient, or to anyone @domain (may repeat)")
     sp.add_argument("--from", dest="sender", action="append", default=[], metavar="ADDR",
-                    help="messages from this envelope sender")
+                    help="messages from this envelope sender, or from anyone @domain (may repeat)")
+    sp.add_argument("--since", metavar="WHEN", help="created at or after: a time (ISO 8601) or a duration ago (2h)")
+    sp.add_argument("--until", metavar="WHEN", help="created before: a time (ISO 8601) or a duration ago (2h)")
+    sp.add_argument("--subject", metavar="TEXT", help="the subject holds this text (case ignored)")
+
+
+def _move_flags(sp: argparse.ArgumentParser, move: str) -> None:
+    """Ids or selectors, as `cancel`, `retry`, `hold` and `release` take them."""
+    from ..stores.base import OPERATOR_MOVES
+
+    allowed = [s.value for s in OPERATOR_MOVES[move]]
+    sp.add_argument("ids", nargs="*", metavar="ID")
+    sp.add_argument("--status", action="append", default=[], choices=allowed,
+                    help=f"messages in this status ({', '.join(allowed)}); may repeat")
+    sp.add_argument("--to", action="append", default=[], metavar="ADDR",
+                    help="messages to this recipient, or to anyone @domain (may repeat)")
+    sp.add_argument("--from", dest="sender", action="append", default=[], metavar="ADDR",
+                    help="messages from this envelope sender, or from anyone @domain (may repeat)")
     sp.add_argument("--older-than", metavar="DURATION", help="created more than this long ago")
-    sp.add_argument("--all", action="store_true", help=f"every {statuses.replace(', ', ' or ')} message")
+    _tag_flag(sp, "messages")
+    sp.add_argument("--all", action="store_true", help=f"every {' or '.join(allowed)} message")
+    sp.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+
+
+def _tag_flag(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"only {what} tagged so; may repeat (every pair must match)")
 
 
 def _command_index(argv: list[str]) -> int | None:
@@ -244,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             cfg = load_for_store(getattr(args, "config", None), cfg)
     except MailmandError as exc:
-        print(f"mailmand: configuration error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a file's every problem, one line each
+            print(f"mailmand: configuration error: {line}", file=sys.stderr)
         return exc.exit_code
     level = os.environ.get("MAILMAND_LOG_LEVEL", cfg.server.log_level).upper()
     setup_logging(level if level in LOG_LEVELS else cfg.server.log_level)

@@ -3,8 +3,11 @@
 Without `--connect` it loads the file as the daemon does (secrets included),
 checks the engines as the daemon would open them, and warns about directories
 the daemon could not create or write as this user. It creates nothing. With
-`--connect` it also opens a session to the relay as the daemon would (TLS,
-AUTH) and says what the relay offers and whether the login worked.
+`--connect` it also reaches each part the configuration uses, for real: the
+queue (`Queue.probe`: a spool written to, Redis's PING, AUTH, stream and
+group), the store, and the relay in a session as the daemon opens it (TLS,
+AUTH), saying what each offers; a part that cannot be used is named, and the
+exit code is then 69 (EX_UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from ..config import Config, SmtpConfig
 from ..stores import describe
 
+EX_UNAVAILABLE = 69  # sysexits.h: a part the configuration uses cannot be reached or used
 # RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4: the port says what TLS the relay expects.
 TLS_FOR_PORT = {465: "ssl", 587: "starttls"}
 
@@ -64,24 +68,6 @@ def check_engines(cfg: Config) -> str:
     return repr(queue)
 
 
-def check_queue(cfg: Config) -> tuple[bool, str]:
-    """`--connect`: read the queue as `status` does; (reachable, what to print)."""
-    from ..errors import QueueError
-    from ..queues import open_queue
-
-    queue = open_queue(cfg.queue, readonly=True)
-    try:
-        info = queue.info()
-    except QueueError as exc:
-        return False, f"queue: {exc}"
-    finally:
-        queue.close()
-    from .format import age
-
-    oldest = "" if info.oldest_s is None or not info.waiting else f", the oldest for {age(info.oldest_s)}"
-    return True, f"queue {info.where}: reachable, {info.waiting} waiting to be ingested{oldest}"
-
-
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     queue = check_engines(cfg)  # what `run` refuses, refused with the same message (78)
     where = cfg.source or "embedded defaults"
@@ -91,19 +77,50 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     if not args.connect:
         return 0
-    from ..errors import NoStore
+    failed = [part for part, reach in (("queue", _queue), ("store", _store), ("relay", _relay)) if not reach(cfg)]
+    if failed:
+        print(f"mailmand: cannot use: {', '.join(failed)}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    return 0
+
+
+def _queue(cfg: Config) -> bool:
+    """The queue, reached as producers and the daemon reach it (`Queue.probe`)."""
+    from ..errors import MailmandError
+    from ..queues import open_queue
+
+    q = open_queue(cfg.queue, readonly=True)  # opens nothing yet: check_engines did the same
+    try:
+        found = q.probe()
+    except MailmandError as exc:
+        print(f"queue {q!r}: cannot be used: {exc}")
+        return False
+    finally:
+        q.close()
+    print(f"queue {q!r}: {found}")
+    return True
+
+
+def _store(cfg: Config) -> bool:
+    from ..errors import MailmandError, NoStore
     from ..stores import check_connect
 
     try:
         print(check_connect(cfg.server.database))
     except NoStore as exc:  # the daemon makes it at its first start
         print(f"store: {exc}")
-    queue_ok, line = check_queue(cfg)
-    print(line)
+    except MailmandError as exc:
+        print(f"store {describe(cfg.server.database)}: cannot be used: {exc}")
+        return False
+    return True
+
+
+def _relay(cfg: Config) -> bool:
+    print(f"relay {cfg.server.smtp.relay}:")
     ok, lines = connect(cfg.server.smtp)
     for line in lines:
-        print(line)
-    return 0 if ok and queue_ok else 1
+        print(f"  {line}")
+    return ok
 
 
 def _hint(cfg: SmtpConfig) -> str:

@@ -1,47 +1,51 @@
-"""Queue control: `list`, `show`, `cancel`, `retry`, `flush`, `purge`.
+"""Reading and upkeep of the queue: `list`, `show`, `flush`, `purge`.
 
-`cancel` and `retry` take ids or selectors (Postfix's `postsuper -d` /
-`-r`); `flush` makes deferred mail due now (`postqueue -f`) and wakes the
-daemon at once.
+`list` pages through the store's one selection, newest first; `flush` makes
+deferred mail due now (`postqueue -f`) and wakes the daemon at once. The
+moves (`cancel`, `retry`, `hold`, `release`) are in moves.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
 
 from ..control import flush
-from ..errors import InvalidState, NoStore, NotFound, UsageError
+from ..errors import NoStore, NotFound, UsageError
 from ..queues import engine, open_queue
-from ..stores.base import MessageInfo, Status, Store
+from ..stores.base import Key, MessageInfo, Status
 from . import format as fmt
-from .common import duration, now, store
+from .common import duration, now, selection, store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..config import Config
 
-EVERY = sys.maxsize  # "no limit" for a listing
-
-
 def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit: expected a number above 0, got {args.limit}")
-    status = Status(args.status) if args.status else None
+    t = now()
     with store(cfg) as s:
-        rows = s.list_messages(status, args.limit)
-        counts = s.counts()
-    total = counts[status] if status else sum(counts.values())
+        after = None
+        if args.after:
+            try:
+                after = Key.of(s.get(args.after))
+            except NotFound:
+                raise UsageError(f"--after: no message with id {args.after!r}") from None
+        page = s.select(selection(args, (), t), args.limit, after)
     if args.json:
-        fmt.print_json([m.to_json() for m in rows])
+        fmt.print_json([m.to_json() for m in page.messages])
         return 0
-    fmt.table(("ID", "STATUS", "SEND TIME", "TRIES", "RECIPIENTS", "SUBJECT"),
-              [(m.id, m.status.value, fmt.when(m.send_after), str(m.attempts),
-                fmt.clip(fmt.recipients(m.rcpt_to), 40), fmt.clip(m.subject, 50)) for m in rows],
-              right=frozenset({3}))
-    if total > len(rows):
-        print(f"… {total - len(rows)} more (use --limit)")
+    tagging = any(m.tags for m in page.messages)  # a TAGS column only when some message has tags
+    fmt.table(("ID", "STATUS", "SEND TIME", "NEXT TRY", "TRIES", "RECIPIENTS", "SUBJECT",
+               *(("TAGS",) if tagging else ())),
+              [(m.id, m.status.value, fmt.when(m.send_after),
+                fmt.when(m.due_at) if m.status is Status.DEFERRED else "-", str(m.attempts),
+                fmt.clip(fmt.recipients(m.rcpt_to), 40), fmt.clip(m.subject, 50),
+                *((fmt.clip(_tags(m), 40),) if tagging else ())) for m in page.messages],
+              right=frozenset({4}))
+    if page.next is not None:
+        print(f"… more: the next page is --after {page.next.id}")
     return 0
 
 
@@ -93,9 +97,16 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     print(f"id:        {info.id}\nstatus:    {info.status.value}\nfrom:      {info.mail_from or '<>'}")
     print(f"to:        {', '.join(info.rcpt_to)}\nsubject:   {info.subject}\npriority:  {info.priority}")
     print(f"size:      {info.size} bytes")
+    if info.tags:
+        print(f"tags:      {_tags(info)}")
     print(f"created:   {fmt.when(info.created_at)}\nsend at:   {fmt.when(info.send_after)}")
     if info.status in (Status.QUEUED, Status.DEFERRED):
         print(f"next try:  {fmt.when(info.due_at)}")
+    if info.status is Status.HELD:
+        print(f"held:      since {fmt.when(info.held_at)}; `mailmand release {info.id}` sends it again "
+              f"(due {fmt.when(info.due_at)})")
+    if info.paused:
+        print(f"paused:    {fmt.age(info.paused)} held before: its max-time deadline moved on by as much")
     print(f"last error: {info.last_error or '-'}")
     print(f"attempts ({len(attempts)}):")
     for a in attempts:
@@ -107,67 +118,8 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-# -- ids or selectors ------------------------------------------------------------------
-
-
-def _selected(s: Store, args: argparse.Namespace, allowed: Sequence[Status]) -> list[str] | None:
-    """The ids the selectors pick among `allowed` statuses, or None when no selector was given."""
-    if not (args.status or args.to or args.sender or args.older_than or args.all):
-        return None
-    if args.status:
-        wanted = [Status(x) for x in args.status]
-        bad = [st.value for st in wanted if st not in allowed]
-        if bad:
-            raise UsageError(f"--status {', '.join(bad)}: only {', '.join(a.value for a in allowed)} apply here")
-    else:
-        wanted = list(allowed)
-    before = now() - duration("--older-than", args.older_than) if args.older_than else None
-    to = {a.lower() for a in args.to}
-    sender = {a.lower() for a in args.sender}
-
-    def match(m: MessageInfo) -> bool:
-        return ((not to or any(r.lower() in to for r in m.rcpt_to))
-                and (not sender or m.mail_from.lower() in sender)
-                and (before is None or m.created_at < before))
-
-    return [m.id for st in wanted for m in s.list_messages(st, EVERY) if match(m)]
-
-
-def _each(cfg: Config, args: argparse.Namespace, allowed: Sequence[Status], verb: str,
-          act: Callable[[Store, str], object]) -> int:
-    if args.ids and _any_selector(args):
-        raise UsageError(f"{args.command} takes message ids or selectors, not both")
-    with store(cfg) as s:
-        ids = args.ids or _selected(s, args, allowed)
-        if ids is None:
-            raise UsageError(f"{args.command} needs message ids or a selector "
-                             "(--status, --to, --from, --older-than, --all)")
-        done, refused = 0, 0
-        for message_id in ids:
-            try:
-                act(s, message_id)
-                done += 1
-            except (NotFound, InvalidState) as exc:
-                print(f"mailmand: {exc}", file=sys.stderr)
-                refused += 1
-    print(f"{verb} {done} message(s)")
-    return 1 if refused else 0
-
-
-def _any_selector(args: argparse.Namespace) -> bool:
-    return bool(args.status or args.to or args.sender or args.older_than or args.all)
-
-
-def cmd_cancel(cfg: Config, args: argparse.Namespace) -> int:
-    t = now()
-    return _each(cfg, args, (Status.QUEUED, Status.DEFERRED), "cancelled", lambda s, i: s.cancel(i, t))
-
-
-def cmd_retry(cfg: Config, args: argparse.Namespace) -> int:
-    if args.failed:  # the older spelling of `--all`
-        args.all = True
-    t = now()
-    return _each(cfg, args, (Status.FAILED, Status.EXPIRED), "re-queued", lambda s, i: s.requeue(i, t))
+def _tags(m: MessageInfo) -> str:
+    return ", ".join(f"{k}={v}" for k, v in m.tags.items())
 
 
 def cmd_flush(cfg: Config, args: argparse.Namespace) -> int:

@@ -31,14 +31,19 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             counts = s.counts()
             oldest = s.oldest_due(t)
             next_due = s.next_due()
+            live = daemons(cfg, s, t)
             data.update({
-                "daemons": [d.to_json() for d in daemons(cfg, s, t)],
+                "daemons": [d.to_json() for d in live],
                 "store": describe(cfg.server.database),
                 "counts": {st.value: n for st, n in counts.items()},
                 "quarantine": s.quarantine_count(),
                 "oldest_due_age": None if oldest is None else round(t - oldest, 3),
                 "next_scheduled": next_due if next_due is not None and next_due > t else None,
             })
+        # A consumer of the shared queue is live while its daemon's heartbeat is.
+        names = {d.id for d in live}
+        for c in data["queue"]["consumers"]:
+            c["live"] = c["name"] in names
     except NoStore as exc:  # the daemon never ran here: say so, and still what waits in the spool
         missing = str(exc)
         pid = local_pid(cfg)
@@ -61,20 +66,30 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     if qinfo.length is None:  # a spool or an outbox: how much waits, and since when where it is known
         since = "" if qinfo.oldest_s is None or not spool else f", the oldest for {fmt.age(qinfo.oldest_s)}"
         print(f"{qinfo.label:<10} {spool} waiting to be ingested in {qinfo.where}{since}")
-    else:  # a shared queue: what each daemon holds
+    else:  # a shared queue: what each live daemon holds, and what a gone one left
+        consumers = data["queue"]["consumers"]
+        live = [c for c in consumers if c.get("live", True)]
         print(f"{'queue':<10} {qinfo.where}: length {qinfo.length} (not yet ingested), "
-              f"pending {qinfo.pending}, consumers {len(qinfo.consumers)}")
-        for c in qinfo.consumers:
-            print(f"  {c['name']:<40} {c['pending']} pending, idle {fmt.age(c['idle_s'])}")
+              f"pending {qinfo.pending}, consumers {len(live)}")
+        for c in consumers:
+            gone = "" if c.get("live", True) else " (its daemon is gone: another takes these over after the lease)"
+            print(f"  {c['name']:<40} {c['pending']} pending, idle {fmt.age(c['idle_s'])}{gone}")
     if missing is None:
         print(f"{'quarantine':<10} {data['quarantine']}")
-        print(f"oldest due message: {fmt.age(data['oldest_due_age'])} old")
+        oldest = data["oldest_due_age"]
+        print(f"oldest due message: {'none' if oldest is None else fmt.age(oldest) + ' old'}")
         print(f"next scheduled send: {fmt.when(data['next_scheduled'])}")
     return 0
 
 
 def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
     t = now()
+    if args.by_domain:
+        return by_domain(cfg, args, t)
+    if args.status:
+        from ..errors import UsageError
+
+        raise UsageError("--status goes with --by-domain")
     since = t - duration("--since", args.since)
     with store(cfg) as s:
         data = s.stats(since, t)
@@ -104,4 +119,35 @@ def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
         print("queue depth per hour (the most waiting at once):")
         for d in data["depth_hourly"]:
             print(f"  {fmt.when(d['hour'])}  {d['depth']}")
+    return 0
+
+
+def by_domain(cfg: Config, args: argparse.Namespace, t: float) -> int:
+    """qshape's view: recipients not yet delivered to, by domain (rows) and by age
+    since their send time (columns: 0-5 min, 5-10, 10-20, ... and later for mail
+    whose send time has not come)."""
+    from ..stores.base import AGE_BOUNDS, SCHEDULED, UNFINISHED, Status
+
+    statuses = [Status(x) for x in dict.fromkeys(args.status)] or list(UNFINISHED)
+    with store(cfg) as s:
+        shapes = s.by_domain(t, statuses)
+    columns = list(range(len(AGE_BOUNDS) + 1))
+    total = {i: sum(sh.buckets.get(i, 0) for sh in shapes) for i in (*columns, SCHEDULED)}
+    if args.json:
+        labels = [f"{int(lo // 60)}-{int(hi // 60)}m" for lo, hi in zip((0.0, *AGE_BOUNDS), AGE_BOUNDS, strict=False)]
+        labels.append(f"{int(AGE_BOUNDS[-1] // 60)}m+")
+        fmt.print_json({"statuses": [st.value for st in statuses], "buckets": labels,
+                        "total": {"total": sum(total.values()), "ages": [total[i] for i in columns],
+                                  "later": total[SCHEDULED]},
+                        "domains": [{"domain": sh.domain, "total": sh.total,
+                                     "ages": [sh.buckets.get(i, 0) for i in columns],
+                                     "later": sh.buckets.get(SCHEDULED, 0)} for sh in shapes]})
+        return 0
+    header = ("", "T", *(str(int(b // 60)) for b in AGE_BOUNDS), f"{int(AGE_BOUNDS[-1] // 60)}+", "later")
+    rows = [("TOTAL", str(sum(total.values())), *(str(total[i]) for i in columns), str(total[SCHEDULED]))]
+    rows += [(sh.domain, str(sh.total), *(str(sh.buckets.get(i, 0)) for i in columns),
+              str(sh.buckets.get(SCHEDULED, 0))) for sh in shapes]
+    fmt.table(header, rows, right=frozenset(range(len(header))))
+    print(f"(recipients of {', '.join(st.value for st in statuses)} mail by age in minutes since the send time; "
+          "later: not due yet)")
     return 0

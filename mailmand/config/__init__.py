@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from msgspec.structs import replace
 
     from .cache import load_producer
-    from .loader import IGNORED, PORT_FOR_TLS, load, parse, restart_required
+    from .loader import IGNORED, PORT_FOR_TLS, keep_running, load, parse, restart_required
     from .locate import SYSTEM_CONFIG, find_config_path
     from .schema import (
         LOG_LEVELS,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         BackoffConfig,
         Config,
         DatabaseConfig,
+        EventsConfig,
         MetricsConfig,
         MiB,
         NotifyConfig,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
         SmtpConfig,
         SubmissionConfig,
         TlsFilesConfig,
+        WebhookConfig,
         data_dir,
     )
     from .values import parse_duration, parse_rate, parse_size
@@ -52,11 +54,11 @@ if TYPE_CHECKING:
 _WHERE = {
     "replace": "msgspec.structs",
     "load_producer": ".cache",
-    **dict.fromkeys(("IGNORED", "PORT_FOR_TLS", "load", "parse", "restart_required"), ".loader"),
+    **dict.fromkeys(("IGNORED", "PORT_FOR_TLS", "keep_running", "load", "parse", "restart_required"), ".loader"),
     **dict.fromkeys(("SYSTEM_CONFIG", "find_config_path"), ".locate"),
-    **dict.fromkeys(("LOG_LEVELS", "AuthConfig", "BackoffConfig", "Config", "DatabaseConfig", "MetricsConfig",
-                     "MiB", "NotifyConfig", "QueueConfig", "SendmailConfig", "ServerConfig", "SmtpConfig",
-                     "SubmissionConfig", "TlsFilesConfig", "data_dir"), ".schema"),
+    **dict.fromkeys(("LOG_LEVELS", "AuthConfig", "BackoffConfig", "Config", "DatabaseConfig", "EventsConfig",
+                     "MetricsConfig", "MiB", "NotifyConfig", "QueueConfig", "SendmailConfig", "ServerConfig",
+                     "SmtpConfig", "SubmissionConfig", "TlsFilesConfig", "WebhookConfig", "data_dir"), ".schema"),
     **dict.fromkeys(("parse_duration", "parse_rate", "parse_size"), ".values"),
     "ConfigWatcher": ".watch",
 }
@@ -85,6 +87,7 @@ __all__ = [
     "Config",
     "ConfigWatcher",
     "DatabaseConfig",
+    "EventsConfig",
     "MetricsConfig",
     "MiB",
     "NotifyConfig",
@@ -94,8 +97,10 @@ __all__ = [
     "SmtpConfig",
     "SubmissionConfig",
     "TlsFilesConfig",
+    "WebhookConfig",
     "data_dir",
     "find_config_path",
+    "keep_running",
     "load",
     "load_producer",
     "parse",

@@ -18,7 +18,7 @@ import msgspec
 
 from mailmand.errors import ConfigError
 
-from .schema import EmailSection, Listen, Network
+from .schema import EmailSection, Listen, Network, Url
 from .values import SECRET_KEYS, Invalid, kind, printable, show
 
 AT = re.compile(r"(.*) - at `\$(.*)`", re.DOTALL)
@@ -98,6 +98,8 @@ def describe(t: Any) -> str:
         return "a list"
     if t is Listen:
         return "host:port"
+    if t is Url:
+        return "an http:// or https:// URL"
     if t is Network:
         return "address or network (such as 10.0.0.0/8)"
     return "a mapping"
@@ -158,3 +160,20 @@ def explain(exc: msgspec.ValidationError, data: dict[str, Any], wrapped: list[li
     value = value_at(data, where)
     got = kind(value) if where and where[-1] in SECRET_KEYS else show(value)
     return ConfigError(f"expected {describe(type_at(where))}, got {got}", key)
+
+
+def drop(exc: msgspec.ValidationError, data: dict[str, Any]) -> bool:
+    """Take out of `data` what msgspec refused (an unknown key; the value of the
+    wrong type, a whole list for one bad item; a section missing a key it needs),
+    so that the next conversion goes on to the next problem. False when there is
+    nothing to take out (the root itself)."""
+    message, where = split(exc)
+    if m := re.fullmatch(r"Object contains unknown field `(.*)`", message, re.DOTALL):
+        where = [*where, m.group(1)]
+    while where and isinstance(where[-1], int):
+        where = where[:-1]
+    parent = value_at(data, where[:-1])
+    if not where or not isinstance(parent, dict) or where[-1] not in parent:
+        return False
+    del parent[where[-1]]
+    return True

@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any, cast
 import msgspec
 from msgspec.structs import replace
 
-from mailmand.errors import ConfigError
+from mailmand.errors import ConfigError, ConfigErrors
 
-from .explain import explain, make_canonical
+from .explain import drop, explain, make_canonical
 from .locate import find_config_path
 from .schema import (
     Address,
     Aliases,
     AuthConfig,
     Config,
+    DatabaseConfig,
     Domain,
     Duration,
     DurationOrZero,
@@ -41,6 +42,7 @@ from .schema import (
     Rate,
     Size,
     SqlTable,
+    Url,
 )
 from .values import (
     SECRET_KEYS,
@@ -53,6 +55,7 @@ from .values import (
     parse_rate,
     parse_size,
     parse_sql_table,
+    parse_url,
     printable,
     show,
 )
@@ -62,7 +65,7 @@ if TYPE_CHECKING:
 
     import yaml
 
-    from .schema import SubmissionConfig
+    from .schema import SubmissionConfig, WebhookConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,16 @@ IGNORED = {
     "email.server.smtp.auth.host": "the relay's name is checked by TLS (verify, ca-file)",
     "email.server.smtp.auth.identity": "smtplib sends no separate authorization identity",
 }
+# Values of the Go original that mailmand refuses, with what to use instead (one
+# message, whatever else the file holds).
+REFUSED = {
+    ("email.server.database.engine", "mysql"): (
+        "mysql (the Go original's) is not supported: mailmand keeps its store in sqlite3 (one host) or postgres "
+        "(any number of daemons); set up one of those (`mailmand migrate --from PATH` copies a mailmand "
+        "SQLite store into PostgreSQL)"),
+}
+# The Go original's database keys, from which the postgres dsn is built.
+GO_DATABASE_KEYS = ("host", "port", "username", "password", "password-file", "name")
 # RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4
 PORT_FOR_TLS = {"ssl": 465, "starttls": 587, "none": 25}
 
@@ -127,6 +140,29 @@ class Parse:
         self.producer = producer  # the daemon's secrets were dropped: do not require them
         self.warnings = warnings
         self.literal: set[str] = set()  # key paths of passwords written in the file itself
+        self.errors: list[ConfigError] = []  # every problem found so far: reported together
+
+    def failed(self) -> None:
+        """Raise what was found: one error as it is, several as one ConfigErrors. A rule
+        that spans keys says nothing about a key already refused (or one inside it)."""
+        kept: list[ConfigError] = []
+        for exc in self.errors:
+            key = exc.key_path or ""
+            if not any(key == (k := other.key_path or "") or key.startswith(k + ".") or k.startswith(key + ".")
+                       for other in kept):
+                kept.append(exc)
+        if len(kept) == 1:
+            raise kept[0]
+        if kept:
+            raise ConfigErrors(kept)
+
+    def attempt(self, fn: Any, fallback: Any) -> Any:
+        """fn(), or `fallback` with its ConfigError kept for the report."""
+        try:
+            return fn()
+        except ConfigError as exc:
+            self.errors.append(exc)
+            return fallback
 
     def warn(self, message: str) -> None:
         if self.warnings is None:
@@ -138,7 +174,7 @@ class Parse:
     def prepare(self, value: Any, key: str) -> Any:
         """`${ENV}` filled in, null and empty values dropped: a copy of `value`."""
         if isinstance(value, str):
-            if key.rpartition(".")[2] == "password" and _is_literal(value):
+            if key.rpartition(".")[2] in ("password", "secret") and _is_literal(value):
                 self.literal.add(key)
             return interpolate(value, key)
         if isinstance(value, list):
@@ -152,8 +188,15 @@ class Parse:
                 self.warn(f"{sub} is ignored: {IGNORED[sub]}")
                 if not sub.endswith(".identity"):  # a field of AuthConfig; the others are not
                     continue
-            given = self.prepare(raw, sub)
-            if given is not None and given != "":
+            try:
+                given = self.prepare(raw, sub)
+            except ConfigError as exc:  # reported with the others; the key is left out meanwhile
+                self.errors.append(exc)
+                continue
+            refused = REFUSED.get((sub, given.lower())) if isinstance(given, str) else None
+            if refused:  # reported with the others; the key is left out meanwhile
+                self.errors.append(ConfigError(refused, sub))
+            elif given is not None and given != "":
                 out[name] = given
         return out
 
@@ -176,52 +219,93 @@ class Parse:
                 return File(path)
             return path
         readers = {Rate: parse_rate, Size: parse_size, Listen: parse_listen, Address: parse_address,
-                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network, SqlTable: parse_sql_table}
+                   Domain: parse_domain, Aliases: parse_aliases, Network: parse_network,
+                   SqlTable: parse_sql_table, Url: parse_url}
         if t in readers:
             return t(readers[t](value))
         raise NotImplementedError(t)  # msgspec reports a type it cannot decode
 
     def decode(self, data: dict[str, Any]) -> EmailSection:
+        """The file's data as the schema's structures. Each round makes one lenient
+        value canonical, or notes what is wrong and takes it out, so that one
+        reading reports every key that is wrong (and what it reports stands alone:
+        nothing is guessed from a value already refused)."""
         wrapped: list[list[str | int]] = []
-        for _ in range(1000):  # each round makes one lenient value canonical
+        for _ in range(1000):
             try:
-                return msgspec.convert(data, EmailSection, dec_hook=self.read)
+                return msgspec.convert(data, EmailSection, dec_hook=self.read)  # finish() raises what was found
             except msgspec.ValidationError as exc:
-                if not make_canonical(exc, data, wrapped):
-                    raise explain(exc, data, wrapped) from None
+                if make_canonical(exc, data, wrapped):
+                    continue
+                self.errors.append(explain(exc, data, wrapped))
+                if not drop(exc, data):
+                    self.failed()
         raise ConfigError("too many values to read", "email")
 
     # step 4
     def finish(self, email: EmailSection, data: dict[str, Any]) -> Config:
-        queue = self.secret_of(email.queue.default, "email.queue.default")
+        """The rules that span keys; each rule's error is kept and the next rule
+        checked, so that the file's problems are reported together."""
+        queue = self.attempt(lambda: self.secret_of(email.queue.default, "email.queue.default"),
+                             email.queue.default)
         server = email.server
         given = data.get("server", {})
         smtp_given = given.get("smtp", {})
         if "host" not in smtp_given:
-            raise ConfigError("required: the relay to deliver through", "email.server.smtp.host")
+            self.errors.append(ConfigError("required: the relay to deliver through", "email.server.smtp.host"))
         smtp = server.smtp
         if "port" not in smtp_given:
             smtp = replace(smtp, port=PORT_FOR_TLS[smtp.tls])
-        smtp = replace(smtp, auth=self.auth(smtp.auth, "email.server.smtp.auth"))
+        smtp = replace(smtp, auth=self.attempt(lambda: self.auth(smtp.auth, "email.server.smtp.auth"), None))
         if smtp.ca_file is not None and not self.producer:  # the daemon connects to the relay; producers never
-            self.check_ca_file(smtp.ca_file)
-        if server.database.engine == "postgres" and not server.database.dsn and not self.producer:
-            raise ConfigError("required when engine is postgres", "email.server.database.dsn")
+            self.attempt(lambda: self.check_ca_file(smtp.ca_file), None)
+        database = self.attempt(lambda: self.database(server.database, given.get("database", {})), server.database)
         if queue.engine == "postgres" and not queue.dsn:  # producers too: they insert into it
-            raise ConfigError("required when engine is postgres (the database that holds the outbox table)",
-                              "email.queue.default.dsn")
+            self.errors.append(ConfigError("required when engine is postgres (the database that holds the outbox "
+                                           "table)", "email.queue.default.dsn"))
         submission = server.submission
         if submission is not None:  # the section alone does not open a port
             submission = None if "listen" not in given.get("submission", {}) else replace(
-                submission, auth=self.auth(submission.auth, "email.server.submission.auth"))
+                submission, auth=self.attempt(lambda: self.auth(submission.auth, "email.server.submission.auth"),
+                                              None))
         if submission is not None and not self.producer:  # refused here, before the daemon makes anything
-            submission_tls(submission)
-            open_relay(submission)
+            self.attempt(lambda: submission_tls(submission), None)
+            self.attempt(lambda: open_relay(submission), None)
+        self.failed()
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
-        server = replace(server, smtp=smtp, submission=submission, metrics=metrics)
+        events = replace(server.events, webhooks=tuple(
+            self.webhook(hook, f"email.server.events.webhooks[{i}]") for i, hook in enumerate(server.events.webhooks)))
+        seen: set[str] = set()
+        for i, hook in enumerate(events.webhooks):
+            if hook.url in seen:
+                raise ConfigError("the same URL twice: give each webhook once, with every type it takes",
+                                  f"email.server.events.webhooks[{i}].url")
+            seen.add(hook.url)
+        server = replace(server, smtp=smtp, submission=submission, metrics=metrics, database=database,
+                         events=events)
         if "min-free" not in data.get("queue", {}).get("default", {}):
             queue = replace(queue, min_free=4 * server.max_message_size)
         return Config(queue=queue, server=server, sendmail=email.sendmail, source=self.source)
+
+    def database(self, db: DatabaseConfig, given: dict[str, Any]) -> DatabaseConfig:
+        """The store's keys: a dsn, or the Go original's host, port, username,
+        password (or password-file) and name, from which the dsn is built."""
+        key = "email.server.database"
+        parts = [k for k in GO_DATABASE_KEYS if k in given]
+        if parts and db.engine != "postgres":
+            raise ConfigError(f"{', '.join(parts)}: only with engine: postgres (sqlite3 takes path)", key)
+        if parts:
+            if db.dsn:
+                raise ConfigError(f"give dsn, or {', '.join(GO_DATABASE_KEYS)}; not both (given: dsn, "
+                                  f"{', '.join(parts)})", key)
+            db = self.secret_of(db, key)
+            if not self.producer:  # producers never see the store's credentials, nor need them
+                from ..stores.dsn import build
+
+                db = replace(db, dsn=build(db.host, db.port, db.username, db.password, db.name))
+        if db.engine == "postgres" and not db.dsn and not self.producer:
+            raise ConfigError(f"required when engine is postgres (or {', '.join(GO_DATABASE_KEYS)})", f"{key}.dsn")
+        return db
 
     def secret_of(self, section: Any, key: str) -> Any:
         """`password` or `password-file`, not both; the file read into `password`."""
@@ -232,6 +316,18 @@ class Parse:
         if f"{key}.password" in self.literal and section.password is not None:
             self.check_private(f"{key}.password")
         return section
+
+    def webhook(self, hook: WebhookConfig, key: str) -> WebhookConfig:
+        """`secret` or `secret-file`, one of them; the file read into `secret`."""
+        if hook.secret_file is not None and hook.secret is not None:
+            raise ConfigError("give secret or secret-file, not both", key)
+        if hook.secret_file is not None:
+            return replace(hook, secret=self.read_secret(hook.secret_file, f"{key}.secret-file"))
+        if hook.secret is None:
+            raise ConfigError("required: the key that signs each POST (secret or secret-file)", f"{key}.secret")
+        if f"{key}.secret" in self.literal:
+            self.check_private(f"{key}.secret")
+        return hook
 
     def auth(self, auth: AuthConfig | None, key: str) -> AuthConfig | None:
         """Both halves or none: no username and no password is no AUTH."""
@@ -261,9 +357,10 @@ class Parse:
         except OSError:  # parse() given a source that is not (or no longer) a file
             shared = False
         if shared:
+            kind = key.rpartition(".")[2]  # password, or a webhook's secret
             raise ConfigError(
-                f"{self.source} is readable by every user and holds a literal password: "
-                f"run `chmod o-r {self.source}`, or use password-file or ${{ENV_VAR}} instead",
+                f"{self.source} is readable by every user and holds a literal {kind}: "
+                f"run `chmod o-r {self.source}`, or use {kind}-file or ${{ENV_VAR}} instead",
                 key,
             )
 
@@ -303,7 +400,7 @@ def parse(data: object, source: Path | None = None, *, producer: bool = False,
         given = {}
     if not isinstance(given, dict):
         raise ConfigError(f"expected a mapping, got {show(given)}", "email")
-    return p.finish(p.decode(given), given)
+    return p.finish(p.decode(given), given)  # each raises every problem it found, together
 
 
 # --- the file --------------------------------------------------------------------
@@ -368,9 +465,11 @@ def drop_daemon_secrets(data: object) -> None:
     server = email.get("server") if isinstance(email, dict) else None
     if not isinstance(server, dict):
         return
-    for section, secret in (("smtp", "auth"), ("database", "dsn"), ("submission", "auth")):
+    for section, secrets in (("smtp", ("auth",)), ("database", ("dsn", "password", "password-file")),
+                             ("submission", ("auth",)), ("events", ("webhooks",))):
         if isinstance(server.get(section), dict):
-            server[section].pop(secret, None)
+            for secret in secrets:
+                server[section].pop(secret, None)
 
 
 def load(path: str | Path | None = None, *, producer: bool = False,
@@ -426,6 +525,18 @@ def open_relay(cfg: SubmissionConfig) -> None:
             raise ConfigError(f"{listen} is not on loopback and has no auth: anyone who can reach it could "
                               "send mail through your relay; set auth, or name who may submit in "
                               "clients: [CIDR, ...]", "email.server.submission.listen")
+
+
+def keep_running(old: Config, new: Config) -> Config:
+    """`new` with the running values of what needs a restart (the queue, the database,
+    the listeners' addresses): what a daemon runs on after a reload, and what the next
+    reload is compared with (so setting a key back to its running value is no change)."""
+    server = new.server
+    sub, old_sub = server.submission, old.server.submission
+    # A listener turned on waits for a restart (none runs); one turned off runs on as it was.
+    sub = old_sub if sub is None or old_sub is None else replace(sub, listen=old_sub.listen)
+    server = replace(server, database=old.server.database, submission=sub, metrics=old.server.metrics)
+    return replace(new, queue=old.queue, server=server)
 
 
 def submission_tls(cfg: SubmissionConfig) -> ssl.SSLContext | None:

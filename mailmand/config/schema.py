@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     Domain = str  # a mail domain, never localhost
     SqlTable = str  # a PostgreSQL table name, optionally schema.table
     Aliases = dict[str, tuple[str, ...]]
+    Url = str  # http:// or https://
 else:
 
     class Duration(float):
@@ -75,6 +76,9 @@ else:
 
     class Aliases(dict):
         """`{root: ops@example.com, default: [a@x, b@x]}`: a local name to its addresses."""
+
+    class Url(str):
+        """An `http://` or `https://` URL."""
 
 
 def data_dir() -> Path:
@@ -173,14 +177,21 @@ class SmtpConfig(Section, frozen=True):
 
 
 class DatabaseConfig(Section, frozen=True):
-    secret_fields = frozenset({"dsn"})
+    secret_fields = frozenset({"dsn", "password"})
 
-    engine: Literal["sqlite3", "postgres"] = "sqlite3"
+    engine: Literal["sqlite3", "postgres"] = "sqlite3"  # the Go original's mysql: refused by loader.REFUSED
     path: Path = field(default_factory=lambda: data_dir() / "mailmand.db")
     dsn: str | None = None  # postgres; may hold a password
     pool_size: Positive | None = None  # postgres connections; None = enough for every part of the daemon
     # postgres: connecting, each statement, and each call (a server gone dark behind a proxy too)
     timeout: Duration = 30.0
+    # postgres, the Go original's keys: the loader builds `dsn` from them
+    host: str | None = None
+    port: Port | None = None
+    username: str | None = None
+    password: str | None = None  # `password` or `password-file`
+    password_file: Path | None = None
+    name: str | None = None  # the database
 
 
 class TlsFilesConfig(Section, frozen=True):
@@ -210,6 +221,43 @@ class MetricsConfig(Section, frozen=True):
     """`email.server.metrics`: Prometheus /metrics and /healthz (off when absent)."""
 
     listen: Listen = "127.0.0.1:9464"
+
+
+EventTypeName = Literal["queued", "deferred", "sent", "failed", "expired", "cancelled", "suppressed", "held",
+                        "released"]
+
+
+class WebhookConfig(Section, frozen=True):
+    """One of `email.server.events.webhooks`: a URL the events are POSTed to, signed."""
+
+    secret_fields = frozenset({"secret"})
+
+    url: Url
+    secret: str | None = None  # `secret` or `secret-file`: the HMAC key of Mailmand-Signature
+    secret_file: Path | None = None  # read into `secret` by the loader
+    types: tuple[EventTypeName, ...] = ()  # empty: every type
+    timeout: Duration = 10.0  # connect, and each read or write of a POST
+    ca_file: File | None = None  # https: trust this CA bundle instead of the system's
+
+    def __repr__(self) -> str:
+        from .values import mask_url  # a password in the URL is as secret as `secret`
+
+        return super().__repr__().replace(repr(self.url), repr(mask_url(self.url)), 1)
+
+
+class WebhookBackoffConfig(BackoffConfig, frozen=True):
+    """`email.server.events.backoff`: as the relay's, with a webhook's own defaults."""
+
+    min: DurationOrZero = 1.0
+    max: Duration = 300.0
+
+
+class EventsConfig(Section, frozen=True):
+    """`email.server.events`: the webhooks, and how long an event is retried."""
+
+    max_time: Duration = 86400.0  # an event not acknowledged this long after it happened is given up
+    backoff: WebhookBackoffConfig = field(default_factory=WebhookBackoffConfig)
+    webhooks: tuple[WebhookConfig, ...] = ()
 
 
 class NotifyConfig(Section, frozen=True):
@@ -244,6 +292,7 @@ class ServerConfig(Section, frozen=True):
     submission: SubmissionConfig | None = None
     metrics: MetricsConfig | None = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 class EmailSection(Section, frozen=True):

@@ -10,10 +10,19 @@ from __future__ import annotations
 import math
 import re
 
-SECRET_KEYS = frozenset({"password", "dsn", "url"})  # keys whose text is never shown
+SECRET_KEYS = frozenset({"password", "dsn", "url", "secret"})  # keys whose text is never shown
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The words people write on a command line (`--in 5 minutes`), each the same as its letter.
+# (A configuration file keeps to the letters: one spelling per value.)
+_DURATION_WORDS = {**dict.fromkeys(("sec", "secs", "second", "seconds"), "s"),
+                   **dict.fromkeys(("min", "mins", "minute", "minutes"), "m"),
+                   **dict.fromkeys(("hr", "hrs", "hour", "hours"), "h"),
+                   **dict.fromkeys(("day", "days"), "d"), **dict.fromkeys(("week", "weeks"), "w")}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_WORD_PART = re.compile(r"(\d+(?:\.\d+)?)("
+                                 + "|".join(sorted({*_DURATION_UNITS, *_DURATION_WORDS}, key=len, reverse=True))
+                                 + ")")
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _DURATION_HINT = "a duration such as 90s, 5m, 1h30m or 2d"
 
@@ -49,21 +58,24 @@ def kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from `90s`, `5m`, `1h30m`, `2d`, `1w`, `250ms`, or a plain number of seconds."""
+def parse_duration(value: object, words: bool = False) -> float:
+    """Seconds from `90s`, `5m`, `1h30m`, `2d`, `1w`, `250ms`, or a plain number of seconds;
+    with `words` (a command line), also `5 minutes`, `1 hour 30 min`, `2 days`."""
     seconds: float
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")  # noqa: TRY004
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
+        text = text.lower() if words else text
         if _NUMBER.fullmatch(text):
             seconds = float(text)
         else:
             body = text[1:] if text[:1] in "+-" else text
-            parts = list(_DURATION_PART.finditer(body))
+            parts = list((_DURATION_WORD_PART if words else _DURATION_PART).finditer(body))
             if not body or "".join(p.group(0) for p in parts) != body:
                 raise ValueError(f"expected {_DURATION_HINT}, got {show(value)}")
-            seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+            seconds = sum(float(p.group(1)) * _DURATION_UNITS[_DURATION_WORDS.get(p.group(2), p.group(2))]
+                          for p in parts)
             if text.startswith("-"):
                 seconds = -seconds
     else:
@@ -168,6 +180,33 @@ def parse_address(value: object) -> str:
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):
         raise ValueError(f"expected an address such as ops@example.com, got {show(value)}")
     return text
+
+
+def parse_url(value: object) -> str:
+    """An `http://` or `https://` URL with a host (a webhook's)."""
+    from urllib.parse import urlsplit  # here: producers never read one
+
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("expected an http:// or https:// URL such as https://app.example.com/mail-events")
+    return text
+
+
+def mask_url(url: str) -> str:
+    """A URL as logs, metrics and error messages show it: any password in it masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"

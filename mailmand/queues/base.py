@@ -114,6 +114,12 @@ class Queue:
         """Daemon only, at start: hand back items taken but never acked. Returns how many."""
         raise NotImplementedError
 
+    def forget_consumers(self, live: set[str]) -> list[str]:
+        """Daemon only, at start, on a queue many daemons share: remove the consumers
+        whose names are not in `live` (daemons whose heartbeat is older than the
+        lease), taking over first what each left pending. Returns the names removed."""
+        return []
+
     def wait(self, timeout: float) -> bool:
         """Daemon only: block until something may be there to take, or
         `timeout` seconds pass, or `wake()` is called. True when woken early
@@ -131,9 +137,21 @@ class Queue:
         """For `status`: never creates anything, never takes anything."""
         return QueueInfo(engine=type(self).__name__, where="?", waiting=self.pending())
 
+    def origin(self, item: Item) -> str:
+        """Where an item came from, for the quarantine and the log: the queue and the
+        engine's handle of the entry (a spool row, a stream entry)."""
+        return f"{self!r} entry {item.token!r}"
+
     def find(self, message_id: str) -> Found | None:
         """The message with this id if it is still in the queue (for `show`). May scan."""
         return None
+
+    def probe(self) -> str:
+        """`check-config --connect`: reach the queue for real, as producers and the
+        daemon will (a producer's handle: nothing is created, nothing taken). One line
+        on what it found; raises QueueError (QueueUnavailable: cannot be reached now)
+        or ConfigError (credentials, a key of the wrong type) naming what failed."""
+        return f"reachable, {self.pending()} waiting to be ingested"
 
     def check(self) -> None:
         """Daemon only, at start: raise ConfigError for what a restart will not fix

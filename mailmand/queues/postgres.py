@@ -397,6 +397,21 @@ class PostgresQueue(Queue):
         return QueueInfo(engine="postgres", where=self.where, waiting=waiting, label="outbox",
                          oldest_s=None if oldest is None else round(oldest, 3))
 
+    def probe(self) -> str:
+        """A connection with the configured credentials, then the table: there (with
+        what waits in it), or not made yet."""
+        try:
+            waiting, oldest = self._on_own("read", self._count, retry=False)
+        except NoOutbox:
+            self._on_own("reach", lambda conn: conn.execute("SELECT 1"), retry=False)
+            return (f"reachable; no table {self.table!r} yet (the daemon creates it when it starts, or add what "
+                    f"`{OUTBOX_SQL}` prints to your migrations)")
+        since = "" if oldest is None or not waiting else f", the oldest for {oldest:.0f}s"
+        return f"reachable, {waiting} waiting to be ingested{since}"
+
+    def origin(self, item: Item) -> str:
+        return f"postgres outbox {self.where} row {item.token}"
+
     def find(self, message_id: str) -> Found | None:
         """Whether the message waits in the table. (Which rows a daemon holds in
         its open take the server does not show: `taken` is always False.)"""

@@ -109,6 +109,9 @@ class RedisQueue(Queue):
     def __repr__(self) -> str:
         return f"redis {self.url} key {self.key}"
 
+    def origin(self, item: Item) -> str:
+        return f"redis {self.url} key {self.key} entry {_s(item.token)}"
+
     # -- errors --------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -256,6 +259,28 @@ class RedisQueue(Queue):
             self._pel_from = "0"
         return claimed
 
+    def forget_consumers(self, live: set[str]) -> list[str]:
+        gone = []
+        try:
+            self._call("XGROUP CREATE", self._ensure_group)
+            for c in self._call("XINFO CONSUMERS", self._r.xinfo_consumers, self.key, GROUP):
+                name = _s(c.get("name"))
+                if name == self.consumer or name in live:
+                    continue
+                # Its pending entries first: DELCONSUMER would drop them from the group.
+                pending = self._call("XPENDING", self._r.xpending_range, self.key, GROUP, "-", "+", 1_000_000, name)
+                ids = [row["message_id"] for row in pending]
+                for i in range(0, len(ids), 1000):
+                    self._call("XCLAIM", self._r.xclaim, self.key, GROUP, self.consumer, 0, ids[i:i + 1000],
+                               justid=True)
+                if ids:
+                    self._pel_from = "0"  # read again from what is pending on us
+                self._call("XGROUP DELCONSUMER", self._r.xgroup_delconsumer, self.key, GROUP, name)
+                gone.append(name)
+        except QueueUnavailable:
+            return gone  # Redis away: the idle ones are forgotten by a later read (_forget_idle_consumers)
+        return gone
+
     def _forget_idle_consumers(self) -> None:
         """Consumers of daemons that are gone, with nothing pending: out of `status`."""
         for c in self._call("XINFO CONSUMERS", self._r.xinfo_consumers, self.key, GROUP):
@@ -382,6 +407,24 @@ class RedisQueue(Queue):
         # Acked entries are deleted: the stream's length is what is not yet ingested.
         return QueueInfo(engine="redis", where=f"{self.url} key {self.key}", waiting=length,
                          length=length, pending=pending, consumers=consumers)
+
+    def probe(self) -> str:
+        """PING (which the connection's AUTH and SELECT precede), then the key: a stream
+        or nothing yet, and the daemons' consumer group on it."""
+        self._call("PING", self._r.ping)
+        kind = _s(self._call("TYPE", self._r.type, self.key))
+        if kind == "none":
+            return "PING answered; no stream yet (the first message or daemon makes it)"
+        if kind != "stream":
+            raise ConfigError(f"the Redis key {self.key!r} at {self.url} holds a {kind}, not a stream: "
+                              "choose another name, or delete that key", f"{KEY}.name")
+        length = int(self._call("XLEN", self._r.xlen, self.key))
+        group = next((g for g in self._call("XINFO GROUPS", self._r.xinfo_groups, self.key)
+                      if _s(g.get("name")) == GROUP), None)
+        if group is None:
+            return f"PING answered; stream of {length} entries, no group {GROUP!r} yet (the daemon makes it)"
+        return (f"PING answered; stream of {length} entries, group {GROUP!r} with {int(group.get('consumers', 0))} "
+                f"consumer(s), {int(group.get('pending', 0))} pending")
 
     def _exists(self) -> bool:
         return bool(self._call("EXISTS", self._r.exists, self.key))

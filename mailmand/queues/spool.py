@@ -174,6 +174,9 @@ class SpoolQueue(Queue):
     def __repr__(self) -> str:
         return f"spool {self.path}"
 
+    def origin(self, item: Item) -> str:
+        return f"spool {self.path} row {item.token}"
+
     @property
     def _q(self) -> persistqueue.SQLiteAckQueue:
         """persist-queue's queue, opened on first use (`status` only counts, without it)."""
@@ -513,6 +516,26 @@ class SpoolQueue(Queue):
 
     def info(self) -> QueueInfo:
         return QueueInfo(engine="spool", where=str(self.path), waiting=self.pending())
+
+    def probe(self) -> str:
+        """The spool can be written by this user (a file made in it and removed), its
+        database too, and read; a spool not made yet is made by the daemon."""
+        if not self.path.exists():
+            return "not created yet (the daemon creates it at its first start)"
+        if not self.path.is_dir():
+            raise QueueError(f"the spool {self.path} is not a directory")
+        import tempfile
+
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.path, prefix=".mailmand-check-"):
+                pass
+        except OSError as exc:
+            raise SpoolPermissionError(f"cannot write the spool {self.path}: {exc.strerror or exc} "
+                                       "(is this user in the daemon's group?)") from None
+        db = self.path / DB_FILE
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise SpoolPermissionError(f"cannot write the spool's database {db} (is this user in the daemon's group?)")
+        return f"writable, {self.pending()} waiting to be ingested"
 
     def find(self, message_id: str) -> Found | None:
         # persist-queue's JSON has `"id": "..."`; the match is confirmed on the decoded row.

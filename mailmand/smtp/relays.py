@@ -114,6 +114,9 @@ class TokenBucket:
         return True
 
 
+_END = Envelope("", "", (), b"")  # the source is over (next() default: a feed may yield None)
+
+
 class _Batch:
     """One call to `send_grouped`: the shared source of work, the results, and the workers.
 
@@ -125,9 +128,9 @@ class _Batch:
     work: an idle tick with `connections: 100` starts one thread, not 100,
     and a busy one reaches 100 within a few messages."""
 
-    def __init__(self, envelopes: Iterable[Envelope], stop: threading.Event | None, limit: int,
+    def __init__(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None, limit: int,
                  target: Callable[[_Batch], None], gather: int = 0):
-        self._source: Iterator[Envelope] = iter(envelopes)
+        self._source: Iterator[Envelope | None] = iter(envelopes)
         self.finite = isinstance(envelopes, Sequence)
         self.results: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()  # None: a worker is done
         self.stop = stop
@@ -165,16 +168,25 @@ class _Batch:
         with self._lock:
             return len(self.threads)
 
-    def take(self) -> Envelope | None:
-        with self._lock:  # one reader at a time: a feed is a generator
-            if self.stopped() or self.broken or (self.given_up and not self.finite):
+    def take(self, block: bool = True) -> Envelope | None:
+        """The next message, or None when there is none. A lazy source may answer
+        None for "nothing now" (the dispatcher's feed, with no room for a claim
+        until outcomes in flight are recorded): a blocking take asks again, a
+        non-blocking one returns None, so its session goes on with what it holds."""
+        while True:
+            with self._lock:  # one reader at a time: a feed is a generator
+                if self.stopped() or self.broken or (self.given_up and not self.finite):
+                    return None
+                try:
+                    env = next(self._source, _END)
+                except Exception:  # the feed failed (store trouble): messages in flight still finish
+                    log.exception("the dispatch feed failed; this run takes no more messages")
+                    self.broken = True
+                    return None
+            if env is _END:
                 return None
-            try:
-                return next(self._source, None)
-            except Exception:  # the feed failed (store trouble): messages in flight still finish
-                log.exception("the dispatch feed failed; this run takes no more messages")
-                self.broken = True
-                return None
+            if env is not None or not block:
+                return env
 
     def put(self, result: SendResult) -> None:
         with self._count_lock:
@@ -231,7 +243,7 @@ class Relay:
         """The name sent in EHLO."""
         return self._helo
 
-    def send_grouped(self, envelopes: Iterable[Envelope], stop: threading.Event | None = None,
+    def send_grouped(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None = None,
                      linger: float = 0.0, gather: int = 0) -> Generator[list[SendResult], None, None]:
         """Deliver `envelopes`; each step yields every result that has come back
         since the last one (never an empty list). A caller that commits outcomes
@@ -364,11 +376,11 @@ class Relay:
         """The next message for a session. Not blocking, it comes only if the rate
         limit has a token ready: a message in flight is never held up for one."""
         if self._bucket is None:
-            return batch.take()
+            return batch.take(block)
         if not block:
             if self._bucket.try_take() > 0:
                 return None
-            env = batch.take()
+            env = batch.take(block=False)
             if env is None:
                 self._bucket.give_back()
             return env

@@ -121,7 +121,8 @@ def check_connect(cfg: DatabaseConfig) -> str:
     finally:
         store.close()
     waiting = counts[Status.QUEUED] + counts[Status.DEFERRED] + counts[Status.SENDING]
-    return f"store {describe(cfg)}: reachable, {sum(counts.values())} message(s), {waiting} waiting"
+    held = f", {counts[Status.HELD]} held" if counts[Status.HELD] else ""
+    return f"store {describe(cfg)}: reachable, {sum(counts.values())} message(s), {waiting} waiting{held}"
 
 
 __all__ = ["ENGINES", "DaemonInfo", "Engine", "Status", "Store", "check_connect", "describe", "engine",

@@ -14,7 +14,7 @@ and was taken by another cannot overwrite the newer claim's result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,10 +31,38 @@ class Status(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    HELD = "held"  # set aside by an operator (`mailmand hold`): never claimed until released
 
 
-WAITING = (Status.QUEUED, Status.DEFERRED)
+class EventType(StrEnum):
+    """What an event says happened to a message: the state it entered (a claim,
+    `sending`, is not one: a lease handed back leaves the message as it was)."""
+
+    QUEUED = "queued"  # stored, or re-queued by `retry`
+    DEFERRED = "deferred"
+    SENT = "sent"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"
+    HELD = "held"
+    RELEASED = "released"
+
+
+WAITING = (Status.QUEUED, Status.DEFERRED)  # what a claim may take
 FINISHED = (Status.SENT, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
+UNFINISHED = (Status.QUEUED, Status.SENDING, Status.DEFERRED, Status.HELD)
+# The moves an operator makes, and the statuses each may start from: the one
+# table the CLI (its choices, its refusals) and the stores (their WHEREs) read.
+# (A daemon's own moves, claim, finish and sweep, are the store's SQL: queued or
+# deferred -> sending -> sent, deferred, failed or expired.)
+OPERATOR_MOVES: dict[str, tuple[Status, ...]] = {
+    "cancel": (Status.QUEUED, Status.DEFERRED, Status.HELD),  # -> cancelled
+    "retry": (Status.FAILED, Status.EXPIRED),  # -> queued, with a fresh max-fails budget
+    "hold": (Status.QUEUED, Status.DEFERRED),  # -> held (a message being sent finishes its attempt first)
+    "release": (Status.HELD,),  # -> queued (never tried) or deferred, due when it was
+    "flush": (Status.DEFERRED,),  # due now
+}
 # A daemon whose heartbeat is older than this is not listed as live.
 DAEMON_TTL = 30.0
 
@@ -52,6 +80,12 @@ class Claimed:
     priority: int
     fails: int = 0  # the attempts that count toward max-fails (the relay answered)
     token: int = 0  # the lease token: this claim's number, for the fenced finish
+    paused: float = 0.0  # seconds it spent held: its max-time clock stood still that long
+
+    @property
+    def clock(self) -> float:
+        """When its max-time clock started: the send time, moved on by the time it spent held."""
+        return self.send_after + self.paused
 
 
 @dataclass(frozen=True)
@@ -70,7 +104,7 @@ class Attempt:
 @dataclass(frozen=True)
 class RecipientOutcome:
     address: str
-    status: str  # sent | deferred | failed
+    status: str  # sent | deferred | failed | cancelled
     code: int | None
     reply: str
 
@@ -98,6 +132,9 @@ class Finished:
     attempt: Attempt
     outcome: Outcome
     recipients: Sequence[RecipientOutcome] = ()
+    # The recipients the attempt was for: its event gives each of them the message's
+    # outcome when the relay said nothing per recipient (a lost connection, expiry).
+    rcpt_to: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -119,20 +156,152 @@ class MessageInfo:
     finished_at: float | None
     idempotency_key: str | None
     fails: int = 0  # the attempts that count toward max-fails (reset by `retry`)
+    held_at: float | None = None  # when an operator held it (status held)
+    paused: float = 0.0  # seconds spent held before, by which its max-time deadline moved
+    tags: Mapping[str, str] = field(default_factory=dict)  # the app's own keys, given at enqueue
 
     def to_json(self) -> dict[str, Any]:
         d = self.__dict__.copy()
         d["status"] = self.status.value
         d["rcpt_to"] = list(self.rcpt_to)
+        d["tags"] = dict(self.tags)
         return d
+
+
+# Where an event sits in the log: (the writing transaction's id, its sequence
+# number). A reader walks the log in this order; see `Store.events`.
+Position = tuple[int, int]
+START: Position = (-1, -1)  # before every event
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to record, in the transaction of the state change it describes."""
+
+    message: str  # the message id
+    type: EventType
+    at: float
+    attempt: int = 0  # the message's attempts so far (the one that decided it included)
+    recipients: Sequence[RecipientOutcome] = ()
+    relay: str | None = None
+    code: int | None = None
+    reply: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A recorded event. `id` is given once, when it is recorded, and never changes:
+    every delivery of the event (a webhook's retries too) carries the same id."""
+
+    id: str
+    type: EventType
+    message: str
+    tags: Mapping[str, str]
+    recipients: tuple[RecipientOutcome, ...]
+    relay: str | None
+    code: int | None
+    reply: str | None
+    attempt: int
+    at: float
+    position: Position = field(default=START, compare=False)  # where it sits in the log (never sent)
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as webhooks and `mailmand events --json` give it."""
+        return {"id": self.id, "type": self.type.value, "message": self.message, "tags": dict(self.tags),
+                "recipients": [r.__dict__ for r in self.recipients], "relay": self.relay, "code": self.code,
+                "reply": self.reply, "attempt": self.attempt, "at": round(self.at, 6)}
+
+
+@dataclass(frozen=True)
+class HookClaim:
+    """A webhook's lease, held by one daemon at a time: it alone sends the webhook's events."""
+
+    token: int  # the lease's number, for the fenced writes that follow
+    after: Position  # every event up to here was acknowledged (or given up on)
+    fails: int  # failed POSTs in a row
+    retry_at: float  # after a failed POST: no new one before this
+
+
+@dataclass(frozen=True)
+class Key:
+    """A message's place in a listing, newest first: (created_at, id), which an
+    index orders. A page goes on after the last row's key; the key of a message
+    purged meanwhile still says where that was."""
+
+    created_at: float
+    id: str
+
+    @classmethod
+    def of(cls, info: MessageInfo) -> Key:
+        return cls(info.created_at, info.id)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages a listing or an operator's move takes; every criterion given
+    must hold (an empty one is no criterion). Addresses match whole and without
+    regard to ASCII case; `@example.com` matches every address at that domain."""
+
+    statuses: tuple[Status, ...] = ()  # any of these
+    ids: tuple[str, ...] = ()  # any of these
+    to: tuple[str, ...] = ()  # a recipient (any envelope recipient) is one of these
+    sender: tuple[str, ...] = ()  # the envelope sender is one of these
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    subject: str | None = None  # the subject holds this text (ASCII case ignored)
+    tags: tuple[tuple[str, str], ...] = ()  # carries every one of these (key, value) pairs
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, newest first; `next` is where the next page starts,
+    None when this one reached the end."""
+
+    messages: list[MessageInfo]
+    next: Key | None
 
 
 @dataclass(frozen=True)
 class Quarantined:
+    """A queue item that could not be ingested, kept with why and where it came from."""
+
     id: int
     at: float
     reason: str
     data: bytes
+    source: str = ""  # the queue and its entry (a spool row, a stream entry); "" before it was kept
+
+    def to_json(self, data: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "at": self.at, "reason": self.reason, "source": self.source,
+                               "size": len(self.data)}
+        if data:
+            try:
+                out["data"] = self.data.decode("utf-8")
+            except UnicodeDecodeError:
+                import base64
+
+                out["data_base64"] = base64.b64encode(self.data).decode("ascii")
+        return out
+
+
+# Age buckets of `stats --by-domain`, qshape's: each bound doubles from 5 minutes
+# (0-5, 5-10, 10-20, 20-40 ... minutes), then one for what is older still.
+AGE_BOUNDS = tuple(300.0 * 2 ** i for i in range(9))  # 5 min .. 1280 min
+SCHEDULED = -1  # the bucket of mail whose send time has not come yet
+
+
+@dataclass(frozen=True)
+class DomainShape:
+    """Recipients not yet delivered to, by domain and age (seconds since the send
+    time: the bucket is the index of the first AGE_BOUNDS bound above it,
+    len(AGE_BOUNDS) beyond the last, SCHEDULED before its time)."""
+
+    domain: str
+    buckets: dict[int, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.buckets.values())
 
 
 @dataclass(frozen=True)
@@ -163,6 +332,7 @@ class Exported:
     raw: bytes
     attempts: list[dict[str, Any]] = field(default_factory=list)
     recipients: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Store:
@@ -178,8 +348,8 @@ class Store:
     # -- ingest ----------------------------------------------------------------
 
     def insert(self, records: Sequence[Record]) -> int:
-        """Insert records keyed by id; an id already present is a no-op.
-        Returns how many were new. Durable on return. Raises RecordRejected
+        """Insert records keyed by id (each new one with its tags and its `queued`
+        event); an id already present is a no-op. Returns how many were new. Durable on return. Raises RecordRejected
         when a record cannot be held (the whole call changes nothing)."""
         raise NotImplementedError
 
@@ -199,7 +369,7 @@ class Store:
         nobody claimed the message since); otherwise the attempt is kept as
         history, the status is left to the newer claim, and False is returned
         for it. A message that ends failed, expired or cancelled leaves no
-        recipient reading `deferred`."""
+        recipient reading `deferred`. Each outcome that applies writes its event."""
         raise NotImplementedError
 
     def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
@@ -217,8 +387,8 @@ class Store:
 
     def take_over(self, predecessor: str | None) -> int:
         """Hand back at once every lease `predecessor` held (a daemon known to
-        be dead). None: every lease, which only a `single_instance` store's
-        lock holder may ask."""
+        be dead), its webhooks' too. None: every lease, which only a
+        `single_instance` store's lock holder may ask. Returns how many messages."""
         raise NotImplementedError
 
     def next_due(self) -> float | None:
@@ -268,8 +438,21 @@ class Store:
     def recipients(self, message_id: str) -> list[RecipientOutcome]:
         raise NotImplementedError
 
+    def select(self, selection: Selection, limit: int, after: Key | None = None) -> Page:
+        """The messages `selection` takes, newest first (created_at, then id, both
+        descending), at most `limit`, starting after `after`: the one listing
+        `list`, the operator's moves and the HTTP API page through. Walks an index
+        and stops at `limit` rows; never OFFSET, never reads message bodies."""
+        raise NotImplementedError
+
     def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
-        """Newest first; never reads message bodies."""
+        """Newest first (one page of `select`)."""
+        return self.select(Selection(statuses=(status,) if status else ()), limit).messages
+
+    def by_domain(self, now: float, statuses: Sequence[Status] = UNFINISHED) -> list[DomainShape]:
+        """Recipients not yet delivered to of the messages in `statuses`, by domain
+        and age bucket at `now` (qshape's view), most recipients first. Reads every
+        such message's recipients: seconds on a backlog of a million."""
         raise NotImplementedError
 
     def counts(self) -> dict[Status, int]:
@@ -284,13 +467,27 @@ class Store:
     # -- operator actions --------------------------------------------------------
 
     def cancel(self, message_id: str, now: float) -> None:
-        """queued/deferred → cancelled; anything else raises InvalidState."""
+        """queued/deferred/held → cancelled (and its event); anything else raises InvalidState."""
+        raise NotImplementedError
+
+    def hold(self, ids: Sequence[str], now: float) -> list[str]:
+        """queued/deferred → held, in one transaction: never claimed until released,
+        and its max-time clock stands still meanwhile. Returns the ids it held; the
+        others (another status, or no such message) are left as they are. Each writes a
+        `held` event."""
+        raise NotImplementedError
+
+    def release(self, ids: Sequence[str], now: float) -> list[str]:
+        """held → queued (never tried) or deferred, due when it was due before (at
+        once if that time has passed); the time it was held moves its max-time
+        deadline on by as much. Returns the ids it released; others are left alone. Each
+        writes a `released` event."""
         raise NotImplementedError
 
     def requeue(self, message_id: str | None, now: float) -> int:
         """failed/expired → queued, due now, with a fresh max-fails budget, to
         the recipients not yet delivered to. None: every failed or expired
-        message. Raises InvalidState for one in another status."""
+        message. Each writes a `queued` event. Raises InvalidState for one in another status."""
         raise NotImplementedError
 
     def flush(self, ids: Sequence[str] | None, now: float) -> int:
@@ -301,16 +498,80 @@ class Store:
         raise NotImplementedError
 
     def purge(self, before: float) -> int:
-        """Delete finished messages (and their attempts) finished before `before`."""
+        """Delete finished messages (their attempts, tags and events with them) finished before `before`."""
+        raise NotImplementedError
+
+    # -- events ------------------------------------------------------------------
+    # Every state change writes its event in its own transaction (the outbox
+    # inside the store): a crash neither loses one nor invents one.
+
+    def events(self, *, after: Position | None = None, message_id: str | None = None,
+               types: Sequence[EventType] = (), tags: Mapping[str, str] | None = None, since: float | None = None,
+               limit: int = 100) -> tuple[list[Event], Position]:
+        """Events in log order, filtered (a message, types, tags, at >= since).
+        Without `after`: the last `limit` committed, and the log's horizon (the
+        position below which no running transaction can still add one). With
+        `after`: the first `limit` past that position, up to the horizon only, and
+        where that read ended (the last event's position when `limit` were found,
+        else the horizon): a reader that goes on from there never passes over an
+        event committed late."""
+        raise NotImplementedError
+
+    def events_json(self, after: Position, types: Sequence[EventType] = (),
+                    limit: int = 100) -> tuple[list[tuple[float, str]], Position]:
+        """As `events(after=...)`, each event as (its `at`, the JSON text of its `to_json`):
+        what a webhook POSTs, made without building the events in between."""
+        raise NotImplementedError
+
+    # -- webhooks: each one's place in the log, under a lease ---------------------------
+
+    def webhook_register(self, url: str) -> None:
+        """Know a webhook (its key: the URL, credentials masked); a new one starts at
+        the end of the log (it is sent the events from now on)."""
+        raise NotImplementedError
+
+    def webhook_claim(self, url: str, owner: str, now: float, lease: float) -> HookClaim | None:
+        """Take or renew the webhook's lease until now+lease; None while another daemon
+        holds it. A lease taken anew gets a new token; a renewal keeps it."""
+        raise NotImplementedError
+
+    def webhook_done(self, url: str, owner: str, token: int, upto: Position) -> bool:
+        """Events up to `upto` are acknowledged: the place moves there and the failures
+        are forgotten. Fenced: False (nothing changed) if the lease is no longer `token`."""
+        raise NotImplementedError
+
+    def webhook_failed(self, url: str, owner: str, token: int, retry_at: float) -> bool:
+        """A POST failed: one more failure in a row, no POST again before `retry_at`. Fenced as `webhook_done`."""
+        raise NotImplementedError
+
+    def webhook_release(self, url: str, owner: str) -> None:
+        """Hand back the lease (stopping): another daemon may take it at once."""
+        raise NotImplementedError
+
+    def webhook_pending(self, url: str, types: Sequence[EventType] = (), limit: int | None = None) -> int:
+        """Events of `types` (all when empty) past the webhook's place: not yet
+        acknowledged (counted up to `limit`); 0 for a webhook it does not know."""
         raise NotImplementedError
 
     # -- quarantine --------------------------------------------------------------
 
-    def quarantine(self, reason: str, data: bytes, now: float) -> int:
-        """Keep a spool item that could not be ingested, with its reason."""
+    def quarantine(self, reason: str, data: bytes, now: float, source: str = "") -> int:
+        """Keep a queue item that could not be ingested, with its reason and where it
+        came from (`Queue.origin`). Returns the entry's number."""
         raise NotImplementedError
 
     def quarantined(self, limit: int = 50) -> list[Quarantined]:
+        """The newest entries first."""
+        raise NotImplementedError
+
+    def quarantined_entry(self, entry: int) -> Quarantined:
+        """Raises NotFound."""
+        raise NotImplementedError
+
+    def unquarantine(self, entry: int, records: Sequence[Record] = ()) -> int:
+        """Delete the entry and insert `records` (what it now reads as) in one
+        transaction: the entry is gone exactly when its mail is stored. Returns how
+        many records were new. Raises NotFound (nothing changed), RecordRejected."""
         raise NotImplementedError
 
     def quarantine_count(self) -> int:

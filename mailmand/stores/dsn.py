@@ -52,6 +52,17 @@ def check(dsn: str | None, key: str = KEY) -> dict[str, str]:
     return {k: str(v) for k, v in params.items()}
 
 
+def build(host: str | None, port: int | None, user: str | None, password: str | None, dbname: str | None) -> str:
+    """A keyword/value connection string from the Go original's keys, each value
+    quoted as libpq reads it (single quotes; backslash before ' and \\)."""
+    pairs = (("host", host), ("port", port), ("user", user), ("password", password), ("dbname", dbname))
+
+    def quoted(value: object) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{key}={quoted(value)}" for key, value in pairs if value is not None)
+
+
 def connect_kwargs(timeout: float) -> dict[str, Any]:
     """libpq's parameters that bound a connection's waits, from `timeout` (seconds):
     connect_timeout for the whole connection (startup included); TCP keepalives

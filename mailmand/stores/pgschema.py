@@ -10,7 +10,8 @@ from .base import Status
 
 WORDS = {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "blob": "BYTEA", "serial_key": "BIGSERIAL PRIMARY KEY",
          "random_id": "replace(gen_random_uuid()::text, '-', '')",
-         "hour_of_finished": "floor(finished_at / 3600)::bigint"}
+         "hour_of_finished": "floor(finished_at / 3600)::bigint",
+         "event_key": "BIGSERIAL PRIMARY KEY", "txid": "(pg_current_xact_id()::text::bigint)"}
 
 _COUNT = """CREATE FUNCTION mailmand_count_{op}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -23,10 +23,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..config import DatabaseConfig
 from ..errors import NoStore, StoreUnavailable
 from ..repeats import Repeats
-from .base import Claimed, Status
+from .base import Claimed, Position, Status
 from .deadline import Deadlines
 from .dsn import check as check_dsn
 from .dsn import connect_kwargs, mask, with_statement_timeout
+from .events import LAST
 from .pgschema import OWN, RENUMBERED, WORDS
 from .schema import Db, upgrade, version
 from .sql import LIVE, SQLStore, cause
@@ -87,6 +88,13 @@ class PostgresStore(SQLStore):
     LOCK_ROWS = " FOR UPDATE"
     GREATEST = "greatest"
     JSON_AGG = "json_agg(address)::text"
+    ILIKE = "ILIKE"
+    SCAN_HINT = ""
+    EACH_RECIPIENT = "json_array_elements_text(coalesce(m.pending_rcpt, m.rcpt_to)::json) AS r(value)"
+    DOMAIN = "lower(substring(r.value from '[^@]*$'))"
+    EVENT_JSON = ("json_build_object('id', e.id, 'type', e.type, 'message', e.message_id, 'tags',"
+                  " coalesce(m.tags, '{}')::json, 'recipients', e.recipients::json, 'relay', e.relay, 'code', e.code,"
+                  " 'reply', e.reply, 'attempt', e.attempt, 'at', round(e.at::numeric, 6))::text")
 
     def __init__(self, cfg: DatabaseConfig, create: bool = False) -> None:
         check_dsn(cfg.dsn)
@@ -177,6 +185,27 @@ class PostgresStore(SQLStore):
         self._problem = None
         return rows
 
+    def _horizon(self) -> Position:
+        """Below the oldest transaction still running in this database, every event is
+        committed (events.py). Not the cluster's oldest (`pg_snapshot_xmin`): another
+        database's long transaction would hold every reader of this one back. The
+        snapshot is taken first; the sessions are read after it (a transaction begun in
+        between has a larger id than the snapshot knows, so it cannot lower the horizon)."""
+        try:
+            with self._connection() as conn:
+                snapshot = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+                ours = {int(x) for (x,) in conn.execute(
+                    "SELECT backend_xid::text FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND backend_xid IS NOT NULL").fetchall()}
+        except UNAVAILABLE as exc:
+            self._problem = f"{self.name} cannot be read: {cause(exc)}"
+            raise StoreUnavailable(self._problem) from exc
+        assert snapshot is not None
+        _, xmax, xip = snapshot[0].split(":")
+        # pg_stat_activity gives a transaction id's low 32 bits; the snapshot, all 64.
+        running = [int(x) for x in xip.split(",") if x and int(x) % 2**32 in ours]
+        return (min(running) if running else int(xmax)) - 1, LAST[1]  # every event of the ones before
+
     def _due_now(self, db: Db) -> None:
         db.execute("SELECT pg_notify(?, ?)", (CHANNEL, self._me))
 
@@ -196,11 +225,12 @@ class PostgresStore(SQLStore):
                 " UPDATE messages m SET status = 'sending', lease_owner = ?, lease_until = ?, updated_at = ?,"
                 " claims = m.claims + 1 FROM c WHERE m.id = c.id"
                 " RETURNING m.id, m.mail_from, coalesce(m.pending_rcpt, m.rcpt_to), m.attempts, m.fails,"
-                " m.send_after, m.priority, m.due_at, m.claims, (SELECT raw FROM bodies b WHERE b.id = m.id)",
+                " m.send_after, m.priority, m.due_at, m.claims, m.paused,"
+                " (SELECT raw FROM bodies b WHERE b.id = m.id)",
                 (now, limit, owner, now + lease, now)).fetchall()
             if len(rows) == limit:
                 self._due_now(db)  # more may be due: let the other daemons take their share
-        return self._claimed([r[:9] for r in rows], {r[0]: r[9] for r in rows})
+        return self._claimed([r[:10] for r in rows], {r[0]: r[10] for r in rows})
 
     def _insert_rows(self, db: Db, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]],
                      conflict: str = "") -> None:
@@ -212,13 +242,13 @@ class PostgresStore(SQLStore):
         db.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}){conflict}",
                    [list(c) for c in zip(*rows, strict=True)])
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float, int]]:
         # One statement for the group (not one per message): the status-count
         # trigger then runs once per commit. The fence is its WHERE, as in SQLStore's.
         if not rows:
             return []
         cols = list(zip(*rows, strict=True))
-        return [(i, at) for i, at in db.execute(
+        return [(i, at, n) for i, at, n in db.execute(
             "UPDATE messages m SET status = v.status, attempts = m.attempts + 1, fails = m.fails + v.counted,"
             " last_code = v.code, last_error = v.reason, due_at = coalesce(v.due_at, m.due_at),"
             " pending_rcpt = coalesce(v.pending, m.pending_rcpt), lease_owner = NULL, lease_until = NULL,"
@@ -226,7 +256,7 @@ class PostgresStore(SQLStore):
             " FROM unnest(?::text[], ?::int[], ?::int[], ?::text[], ?::float8[], ?::text[], ?::float8[],"
             " ?::float8[], ?::text[], ?::bigint[])"
             " AS v(status, counted, code, reason, due_at, pending, at, finished, id, claim)"
-            f" WHERE m.id = v.id AND m.claims = v.claim AND m.{LIVE} RETURNING m.id, m.send_after",
+            f" WHERE m.id = v.id AND m.claims = v.claim AND m.{LIVE} RETURNING m.id, m.send_after, m.attempts",
             [list(c) for c in cols]).fetchall()]
 
     def watch(self, on_due: Callable[[], None]) -> _Listener:

@@ -100,7 +100,53 @@ V4 = [
     "INSERT INTO stats_hourly (hour, kind, bucket, n) SELECT {hour_of_finished}, 'done.' || status, 0, count(*)"
     " FROM messages WHERE finished_at IS NOT NULL AND status IN ('sent', 'failed', 'expired') GROUP BY 1, 2",
 ]
-SHARED = [V1, V2, V3, V4]
+V5 = [
+    # Hold and release: when a message was held, and the seconds it spent held
+    # before (its max-time deadline moves on by as much).
+    "ALTER TABLE messages ADD COLUMN held_at {real}",
+    "ALTER TABLE messages ADD COLUMN paused {real} NOT NULL DEFAULT 0",
+    # Where a quarantined item came from (the queue and its entry).
+    "ALTER TABLE quarantine ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+    # Listings page newest first by (created_at, id), with or without a status:
+    # the id in the index orders messages made in the same instant, and a page
+    # goes on from the last row's key without OFFSET.
+    "DROP INDEX ix_status_created",
+    "DROP INDEX ix_created",
+    "CREATE INDEX ix_status_created_id ON messages (status, created_at, id)",
+    "CREATE INDEX ix_created_id ON messages (created_at, id)",
+]
+V6 = [
+    # Events: every change of a message's state, written in the transaction that makes
+    # it (the outbox inside the store). `id` is the event's name forever; `seq` is never
+    # given twice ({event_key}); `txid` is the writing transaction ({txid}: PostgreSQL's
+    # id, 0 on SQLite, whose writers take turns). Readers walk (txid, seq) only up to the
+    # oldest transaction still running, so an event committed late is never passed over.
+    """CREATE TABLE events (
+        seq {event_key}, id TEXT NOT NULL UNIQUE, txid {bigint} NOT NULL DEFAULT {txid},
+        message_id TEXT NOT NULL, type TEXT NOT NULL, at {real} NOT NULL, attempt INTEGER NOT NULL,
+        relay TEXT, code INTEGER, reply TEXT, recipients TEXT NOT NULL)""",
+    "CREATE INDEX ix_events_log ON events (txid, seq)",
+    "CREATE INDEX ix_events_message ON events (message_id)",
+    # Tags: a JSON object on the message (what `show` prints, events carry), and a row
+    # per pair, so that `--tag k=v` is an index lookup.
+    "ALTER TABLE messages ADD COLUMN tags TEXT",
+    """CREATE TABLE tags (message_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (message_id, key))""",
+    "CREATE INDEX ix_tags ON tags (key, value)",
+    # Each webhook's place in the log (`after_*`: acknowledged up to there), under a
+    # lease (owner, end, token), as messages are: one daemon at a time sends its events.
+    """CREATE TABLE webhooks (
+        url TEXT PRIMARY KEY, after_txid {bigint} NOT NULL, after_seq {bigint} NOT NULL,
+        lease_owner TEXT, lease_until {real}, claims {bigint} NOT NULL DEFAULT 0,
+        fails INTEGER NOT NULL DEFAULT 0, retry_at {real} NOT NULL DEFAULT 0)""",
+]
+SHARED = [V1, V2, V3, V4, V5, V6]
+# The columns a store copies (`migrate`) and reads back, by table, as the latest version has them.
+MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
+                   "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
+                   "last_error", "updated_at", "finished_at", "held_at", "paused", "tags")
+ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
+RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 LATEST = len(SHARED)
 
 

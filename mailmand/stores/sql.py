@@ -17,31 +17,28 @@ from ..errors import InvalidState, NotFound, RecordRejected
 from .base import (
     DAEMON_TTL,
     FINISHED,
-    WAITING,
+    OPERATOR_MOVES,
     Attempt,
     Claimed,
     DaemonInfo,
+    EventType,
     Exported,
     Finished,
     MessageInfo,
+    NewEvent,
     Quarantined,
     RecipientOutcome,
     Status,
-    Store,
 )
+from .events import EventLog, each, finished_event, tags_json
+from .operator import INFO_COLUMNS, OperatorSQL
+from .operator import info as _info
 from .rollup import HOUR, Rollup, report
-from .schema import Db
+from .schema import ATTEMPT_COLUMNS, Db
 
 if TYPE_CHECKING:
     from ..message import Record
 
-INFO_COLUMNS = ("id, status, mail_from, rcpt_to, subject, priority, size, created_at, send_after, "
-                "due_at, attempts, last_code, last_error, updated_at, finished_at, idempotency_key, fails")
-MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
-                   "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
-                   "last_error", "updated_at", "finished_at")
-ATTEMPT_COLUMNS = ("at", "relay", "code", "reply", "duration", "outcome", "daemon")
-RECIPIENT_COLUMNS = ("address", "status", "code", "reply", "updated_at")
 ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("code", "int"), ("reply", "text"),
                ("duration", "float8"), ("outcome", "text"), ("daemon", "text"), ("claim", "int"))
 RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
@@ -59,6 +56,7 @@ FINISH = ("UPDATE messages SET status = ?, attempts = attempts + 1, fails = fail
 LIVE = "status IN ('sending', 'queued', 'deferred')"
 INSERT_CHUNK = 200  # rows per multi-row INSERT (SQLite allows 32,766 parameters)
 FINAL = {Status.FAILED, Status.EXPIRED, Status.CANCELLED}
+REQUEUED = "retry requested by operator"
 
 
 def header_subject(raw: bytes) -> str:
@@ -67,15 +65,6 @@ def header_subject(raw: bytes) -> str:
     from ..stdemail import header_subject as subject
 
     return subject(raw)
-
-
-def _info(row: Sequence[Any]) -> MessageInfo:
-    return MessageInfo(
-        id=row[0], status=Status(row[1]), mail_from=row[2], rcpt_to=tuple(json.loads(row[3])),
-        subject=row[4], priority=row[5], size=row[6], created_at=row[7], send_after=row[8],
-        due_at=row[9], attempts=row[10], last_code=row[11], last_error=row[12],
-        updated_at=row[13], finished_at=row[14], idempotency_key=row[15], fails=row[16],
-    )
 
 
 def _marks(n: int) -> str:
@@ -88,7 +77,7 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-class SQLStore(Store):
+class SQLStore(OperatorSQL, EventLog):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
     LOCK_ROWS = ""  # appended to the fenced finish's read of its leases
@@ -131,10 +120,14 @@ class SQLStore(Store):
         except self.RECORD_ERRORS as exc:
             raise RecordRejected(cause(exc)) from exc
 
-    def _insert(self, records: Sequence[Record]) -> int:
+    def _insert(self, records: Sequence[Record], quarantined: int | None = None) -> int:
+        """Insert `records`; with `quarantined`, delete that quarantine entry in the same transaction."""
         new = 0
         due_now = False
         with self.tx() as db:
+            if quarantined is not None and not db.execute(
+                    "DELETE FROM quarantine WHERE id = ? RETURNING id", (quarantined,)).fetchall():
+                raise NotFound(f"no quarantine entry {quarantined}")
             for i in range(0, len(records), INSERT_CHUNK):
                 chunk = records[i:i + INSERT_CHUNK]
                 args: list[Any] = []
@@ -142,16 +135,19 @@ class SQLStore(Store):
                     due = max(r.send_after, r.created_at)
                     subject = header_subject(r.raw) if r.subject is None else r.subject  # older records lack it
                     args += (r.id, r.mail_from, json.dumps(list(r.rcpt_to)), subject, r.priority,
-                             len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at)
+                             len(r.raw), r.idempotency_key, r.created_at, due, due, r.created_at, tags_json(r.tags))
                 rows = db.execute(
                     "INSERT INTO messages (id, status, mail_from, rcpt_to, subject, priority, size,"
-                    " idempotency_key, created_at, send_after, due_at, updated_at) VALUES "
-                    + ",".join(["(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+                    " idempotency_key, created_at, send_after, due_at, updated_at, tags) VALUES "
+                    + ",".join(["(?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                     + " ON CONFLICT (id) DO NOTHING RETURNING id", args).fetchall()
                 stored = {row[0] for row in rows}
                 if stored:
-                    db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)",
-                                   [(r.id, r.raw) for r in chunk if r.id in stored])
+                    mine = [r for r in chunk if r.id in stored]
+                    db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)", [(r.id, r.raw) for r in mine])
+                    self._tag_rows(db, [(r.id, r.tags) for r in mine if r.tags])
+                    self.record_events(db, [NewEvent(r.id, EventType.QUEUED, r.created_at,
+                                                     recipients=each(r.rcpt_to, EventType.QUEUED)) for r in mine])
                     new += len(stored)
                     due_now = due_now or any(r.send_after <= r.created_at for r in chunk if r.id in stored)
             if due_now:
@@ -161,10 +157,11 @@ class SQLStore(Store):
     # -- dispatch --------------------------------------------------------------
 
     def _claimed(self, rows: list[Any], raws: dict[str, bytes]) -> list[Claimed]:
-        """Rows of (id, mail_from, rcpt, attempts, fails, send_after, priority, due_at, token)."""
+        """Rows of (id, mail_from, rcpt, attempts, fails, send_after, priority, due_at, token, paused)."""
         rows.sort(key=lambda r: (-r[6], r[7]))  # RETURNING order is unspecified
         return [Claimed(id=r[0], mail_from=r[1], rcpt_to=tuple(json.loads(r[2])), raw=bytes(raws[r[0]]),
-                        attempts=r[3], send_after=r[5], priority=r[6], fails=r[4], token=r[8]) for r in rows]
+                        attempts=r[3], send_after=r[5], priority=r[6], fails=r[4], token=r[8], paused=r[9])
+                for r in rows]
 
     def finish(self, outcomes: Sequence[Finished]) -> list[bool]:
         if not outcomes:
@@ -185,12 +182,12 @@ class SQLStore(Store):
             todo = [f for f in todo if (f.id, f.token) not in recorded]
             # The fence is in the write: the new state applies only where the claim is
             # still the message's latest (whoever swept it since, nobody claimed it).
-            mine = dict(self._update_finished(db, [
+            mine = {i: (at, n) for i, at, n in self._update_finished(db, [
                 (f.outcome.status.value, 1 if f.outcome.counted else 0, f.outcome.code, f.outcome.reason,
                  f.outcome.due_at, json.dumps(list(f.outcome.pending)) if f.outcome.pending else None,
                  f.attempt.at, f.attempt.at if f.outcome.status in FINISHED else None, f.id, f.token)
-                for f in todo]))
-            held = {f.id: f.id in mine for f in todo}
+                for f in todo])}
+            held = {f.id: f.id in mine for f in todo}  # mine: id -> (send_after, attempts)
             if again:
                 latest = dict(db.execute(f"SELECT id, claims FROM messages WHERE id IN ({_marks(len(again))})",
                                          [f.id for f in again]).fetchall())
@@ -210,10 +207,11 @@ class SQLStore(Store):
             if final:  # one state everywhere: a recipient of a finished message is not still `deferred`
                 db.executemany("UPDATE recipients SET status = 'failed', updated_at = ?"
                                " WHERE message_id = ? AND status = 'deferred'", final)
+            self.record_events(db, [finished_event(f, mine[f.id][1]) for f in done])
             for f in todo:
                 r.attempt(f)
             for f in done:
-                r.add(f, mine[f.id])
+                r.add(f, mine[f.id][0])
             self._write_rollup(db, r)
         return [held[f.id] for f in outcomes]
 
@@ -223,14 +221,15 @@ class SQLStore(Store):
         names = ", ".join(c for c, _ in columns)
         db.executemany(f"INSERT INTO {table} ({names}) VALUES ({_marks(len(columns))}){conflict}", rows)
 
-    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float]]:
+    def _update_finished(self, db: Db, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, float, int]]:
         """Each message's new state, (status, counted, code, reason, due_at, pending, at,
         finished_at, id, token), fenced by the token: only a message whose latest claim
-        is still `token`, and that has not finished, changes. Returns (id, send_after) of those."""
-        changed: list[tuple[str, float]] = []
+        is still `token`, and that has not finished, changes. Returns (id, send_after,
+        attempts) of those."""
+        changed: list[tuple[str, float, int]] = []
         for row in rows:
-            changed += db.execute(f"{FINISH} WHERE id = ? AND claims = ? AND {LIVE} RETURNING id, send_after",
-                                  row).fetchall()
+            changed += db.execute(f"{FINISH} WHERE id = ? AND claims = ? AND {LIVE}"
+                                  " RETURNING id, send_after, attempts", row).fetchall()
         return changed
 
     def renew(self, owner: str, ids: Sequence[str], until: float) -> int:
@@ -263,7 +262,9 @@ class SQLStore(Store):
         if predecessor is None:
             if not self.single_instance:
                 raise InvalidState(f"{self.name} is shared: only a known dead daemon's leases can be taken")
+            self._hand_back_webhooks(None)
             return self._hand_back("1 = 1", [])
+        self._hand_back_webhooks(predecessor)
         return self._hand_back("lease_owner = ?", [predecessor])
 
     def next_due(self) -> float | None:
@@ -320,18 +321,11 @@ class SQLStore(Store):
                           " WHERE message_id = ? ORDER BY address", (message_id,))
         return [RecipientOutcome(*r) for r in rows]
 
-    def list_messages(self, status: Status | None = None, limit: int = 50) -> list[MessageInfo]:
-        if status is None:
-            rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages ORDER BY created_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._read(f"SELECT {INFO_COLUMNS} FROM messages WHERE status = ?"
-                              " ORDER BY created_at DESC LIMIT ?", (Status(status).value, limit))
-        return [_info(r) for r in rows]
-
     # -- operator actions --------------------------------------------------------
 
     def _transition(self, message_id: str, allowed: Sequence[Status], verb: str, sql: Sequence[str],
-                    args: Sequence[Sequence[Any]]) -> None:
+                    args: Sequence[Sequence[Any]], event: EventType, now: float, reply: str) -> None:
+        """One operator's action on one message, in a transaction with its event."""
         with self.tx() as db:
             row = db.execute(f"SELECT status FROM messages WHERE id = ?{self.LOCK_ROWS}", (message_id,)).fetchone()
             if row is None:
@@ -343,15 +337,17 @@ class SQLStore(Store):
                 self._unfinish(db, "id = ?", (message_id,))
             for stmt, a in zip(sql, args, strict=True):
                 db.execute(stmt, (*a, message_id))
+            self.record_event(db, message_id, event, now, reply=reply)
             if verb == "retry":
                 self._due_now(db)
 
     def cancel(self, message_id: str, now: float) -> None:
-        self._transition(message_id, WAITING, "cancel", (
-            "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?,"
+        self._transition(message_id, OPERATOR_MOVES["cancel"], "cancel", (
+            "UPDATE messages SET status = 'cancelled', updated_at = ?, finished_at = ?, held_at = NULL,"
             " last_error = 'cancelled by operator' WHERE id = ?",
-            "UPDATE recipients SET status = 'failed', reply = 'cancelled by operator', updated_at = ?"
-            " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)))
+            "UPDATE recipients SET status = 'cancelled', reply = 'cancelled by operator', updated_at = ?"
+            " WHERE status = 'deferred' AND message_id = ?"), ((now, now), (now,)),
+            EventType.CANCELLED, now, "cancelled by operator")
 
     def _unfinish(self, db: Db, where: str, args: Sequence[Any] = ()) -> None:
         """Messages about to leave their final state: out of the finished counts of their hour."""
@@ -365,27 +361,31 @@ class SQLStore(Store):
 
     def _requeue_sql(self, where: str) -> list[str]:
         # A fresh max-fails budget; recipients already delivered to are not sent to again.
-        return [f"UPDATE recipients SET status = 'deferred', reply = 'retry requested by operator', updated_at = ?"
+        return [f"UPDATE recipients SET status = 'deferred', reply = '{REQUEUED}', updated_at = ?"
                 f" WHERE status <> 'sent' AND message_id IN (SELECT id FROM messages WHERE {where})",
-                "UPDATE messages SET status = 'queued', fails = 0, due_at = ?, send_after = ?,"
+                "UPDATE messages SET status = 'queued', fails = 0, paused = 0, due_at = ?, send_after = ?,"
                 f" pending_rcpt = (SELECT {self.JSON_AGG} FROM recipients"
                 "   WHERE message_id = messages.id AND status <> 'sent'),"
                 f" updated_at = ?, finished_at = NULL WHERE {where}"]
 
     def requeue(self, message_id: str | None, now: float) -> int:
         if message_id is not None:
-            self._transition(message_id, (Status.FAILED, Status.EXPIRED), "retry",
-                             self._requeue_sql("id = ?"), ((now,), (now, now, now)))
+            self._transition(message_id, OPERATOR_MOVES["retry"], "retry",
+                             self._requeue_sql("id = ?"), ((now,), (now, now, now)), EventType.QUEUED, now, REQUEUED)
             return 1
         failed = "status IN ('failed', 'expired')"
         with self.tx() as db:
             self._unfinish(db, failed)
             recipients, messages = self._requeue_sql(failed)
             db.execute(recipients, (now,))
-            n = int(db.execute(messages, (now, now, now)).rowcount)
-            if n:
+            rows = db.execute(f"{messages} RETURNING id, attempts, coalesce(pending_rcpt, rcpt_to)",
+                              (now, now, now)).fetchall()
+            self.record_events(db, [NewEvent(i, EventType.QUEUED, now, n, each(json.loads(rcpt), EventType.QUEUED,
+                                                                                 reply=REQUEUED), reply=REQUEUED)
+                                    for i, n, rcpt in rows])
+            if rows:
                 self._due_now(db)
-            return n
+            return len(rows)
 
     def flush(self, ids: Sequence[str] | None, now: float) -> int:
         where, args = "status = 'deferred'", [now, now, *(ids or ())]
@@ -406,23 +406,36 @@ class SQLStore(Store):
                 f"SELECT id FROM messages WHERE finished_at < ? AND status IN ({finished})", (before,)).fetchall()]
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                for table, col in (("bodies", "id"), ("attempts", "message_id"),
-                                   ("recipients", "message_id"), ("messages", "id")):
+                for table, col in (("bodies", "id"), ("attempts", "message_id"), ("recipients", "message_id"),
+                                   ("tags", "message_id"), ("events", "message_id"), ("messages", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {col} IN ({_marks(len(chunk))})", chunk)
             db.execute("DELETE FROM quarantine WHERE at < ?", (before,))
         return len(ids)
 
     # -- quarantine --------------------------------------------------------------
 
-    def quarantine(self, reason: str, data: bytes, now: float) -> int:
+    def quarantine(self, reason: str, data: bytes, now: float, source: str = "") -> int:
         with self.tx() as db:
-            row = db.execute("INSERT INTO quarantine (at, reason, data) VALUES (?, ?, ?) RETURNING id",
-                             (now, reason, data)).fetchone()
+            row = db.execute("INSERT INTO quarantine (at, reason, data, source) VALUES (?, ?, ?, ?) RETURNING id",
+                             (now, reason, data, source)).fetchone()
             return int(row[0])
 
     def quarantined(self, limit: int = 50) -> list[Quarantined]:
-        rows = self._read("SELECT id, at, reason, data FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
-        return [Quarantined(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+        rows = self._read("SELECT id, at, reason, data, source FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+        return [Quarantined(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def quarantined_entry(self, entry: int) -> Quarantined:
+        rows = self._read("SELECT id, at, reason, data, source FROM quarantine WHERE id = ?", (entry,))
+        if not rows:
+            raise NotFound(f"no quarantine entry {entry}")
+        r = rows[0]
+        return Quarantined(r[0], r[1], r[2], bytes(r[3]), r[4])
+
+    def unquarantine(self, entry: int, records: Sequence[Record] = ()) -> int:
+        try:
+            return self._insert(records, quarantined=entry)
+        except self.RECORD_ERRORS as exc:
+            raise RecordRejected(cause(exc)) from exc
 
     def quarantine_count(self) -> int:
         return int(self._read("SELECT count(*) FROM quarantine")[0][0])
@@ -453,50 +466,11 @@ class SQLStore(Store):
         return str(self._read("SELECT value FROM meta WHERE key = 'store_id'")[0][0])
 
     def export(self, batch: int = 500) -> Iterator[list[Exported]]:
-        after = ""
-        while True:
-            rows = self._read(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                              (after, batch))
-            if not rows:
-                return
-            ids = [r[0] for r in rows]
-            marks = _marks(len(ids))
-            raws = dict(self._read(f"SELECT id, raw FROM bodies WHERE id IN ({marks})", ids))
-            out = {i: Exported(dict(zip(MESSAGE_COLUMNS, r, strict=True)), bytes(raws.get(i, b"")))
-                   for i, r in zip(ids, rows, strict=True)}
-            for r in self._read(f"SELECT message_id, {', '.join(ATTEMPT_COLUMNS)} FROM attempts"
-                                f" WHERE message_id IN ({marks}) ORDER BY at", ids):
-                out[r[0]].attempts.append(dict(zip(ATTEMPT_COLUMNS, r[1:], strict=True)))
-            for r in self._read(f"SELECT message_id, {', '.join(RECIPIENT_COLUMNS)} FROM recipients"
-                                f" WHERE message_id IN ({marks})", ids):
-                out[r[0]].recipients.append(dict(zip(RECIPIENT_COLUMNS, r[1:], strict=True)))
-            yield list(out.values())
-            after = ids[-1]
+        from .transfer import export  # `migrate` alone copies a store
+
+        return export(self, batch)
 
     def import_messages(self, messages: Sequence[Exported]) -> list[str]:
-        if not messages:
-            return []
-        cols = ", ".join(MESSAGE_COLUMNS)
-        with self.tx() as db:
-            new: set[str] = set()
-            for m in messages:
-                row = dict(m.row)
-                if row["status"] == Status.SENDING:  # the source is stopped: nobody holds that lease
-                    row["status"] = Status.DEFERRED.value if row["attempts"] else Status.QUEUED.value
-                got = db.execute(f"INSERT INTO messages ({cols}) VALUES ({_marks(len(MESSAGE_COLUMNS))})"
-                                 " ON CONFLICT (id) DO NOTHING RETURNING id",
-                                 [row[c] for c in MESSAGE_COLUMNS]).fetchall()
-                if got:
-                    new.add(m.row["id"])
-            mine = [m for m in messages if m.row["id"] in new]
-            db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)", [(m.row["id"], m.raw) for m in mine])
-            db.executemany(f"INSERT INTO attempts (message_id, {', '.join(ATTEMPT_COLUMNS)}) VALUES"
-                           f" ({_marks(len(ATTEMPT_COLUMNS) + 1)})",
-                           [(m.row["id"], *(a[c] for c in ATTEMPT_COLUMNS)) for m in mine for a in m.attempts])
-            db.executemany(f"INSERT INTO recipients (message_id, {', '.join(RECIPIENT_COLUMNS)}) VALUES"
-                           f" ({_marks(len(RECIPIENT_COLUMNS) + 1)})",
-                           [(m.row["id"], *(x[c] for c in RECIPIENT_COLUMNS)) for m in mine for x in m.recipients])
-            if any(m.row["status"] in WAITING for m in mine):
-                self._due_now(db)
-        return [m.row["id"] for m in mine]
+        from .transfer import import_messages
 
+        return import_messages(self, messages)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NoStore, StoreError, StoreUnavailable
-from .base import Claimed, Status
+from .base import Claimed, Position, Status
 from .schema import upgrade
 from .sql import SQLStore, cause
 
@@ -37,7 +37,8 @@ RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataErr
 
 # How SQLite spells the words of the shared schema (stores/schema.py).
 WORDS = {"real": "REAL", "bigint": "INTEGER", "blob": "BLOB", "serial_key": "INTEGER PRIMARY KEY",
-         "random_id": "lower(hex(randomblob(16)))", "hour_of_finished": "CAST(finished_at / 3600 AS INTEGER)"}
+         "random_id": "lower(hex(randomblob(16)))", "hour_of_finished": "CAST(finished_at / 3600 AS INTEGER)",
+         "event_key": "INTEGER PRIMARY KEY AUTOINCREMENT", "txid": "0"}
 # SQLite's own part of each version: counters and roll-ups updated in place (one writer).
 OWN = {1: [
     """CREATE TABLE IF NOT EXISTS stats_hourly (
@@ -84,6 +85,12 @@ def _private(path: Path) -> str:
 class SQLiteStore(SQLStore):
     single_instance = True  # the daemon opens it under a file lock beside it
     WAITING_INDEX = "INDEXED BY ix_waiting_due"  # left alone the planner reads every waiting row
+    # One writer at a time: txid is always 0 and the log is seq alone. (SQLite reads a row
+    # comparison on (txid, seq) as a range on txid: every event, each read.)
+    LOG_ORDER = "e.seq{0}"
+
+    def _log_range(self, after: Position, upto: Position) -> tuple[str, list[Any]]:
+        return "e.seq > ? AND e.seq <= ?", [after[1], upto[1]]
     RECORD_ERRORS = RECORD_ERRORS
 
     def __init__(self, path: Path, create: bool = False) -> None:
@@ -153,6 +160,10 @@ class SQLiteStore(SQLStore):
     def _migrate(self) -> None:
         with self.tx() as db:
             upgrade(db, f"the store at {self.path}", WORDS, OWN)
+            # A counter row for every status this mailmand knows: a status added since the
+            # store was made has had no message in it, so it starts at 0 (the triggers
+            # only update rows, and a missing one would lose its count).
+            db.executemany("INSERT OR IGNORE INTO status_counts VALUES (?, 0)", [(s.value,) for s in Status])
 
     @contextmanager
     def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -238,7 +249,7 @@ class SQLiteStore(SQLStore):
                 "   WHERE status IN ('queued', 'deferred')"
                 "   AND due_at <= ? ORDER BY priority DESC, due_at LIMIT ?)"
                 " RETURNING id, mail_from, coalesce(pending_rcpt, rcpt_to), attempts, fails, send_after,"
-                " priority, due_at, claims",
+                " priority, due_at, claims, paused",
                 (owner, now + lease, now, now, limit),
             ).fetchall()
             if not rows:
