@@ -144,3 +144,19 @@ def default_client() -> Client:
         if _default is None:
             _default = Client()
         return _default
+
+
+class Queueable:
+    """The queueing methods of a message (`Email`, `RawMessage`): through `client`, or
+    the process's default client. `connection`: the app's psycopg connection, to queue
+    inside its transaction (see `Client.enqueue`). Subclasses provide `to_record()`."""
+
+    def enqueue(self, client: Client | None = None, *, connection: Any = None) -> str:
+        return (client or default_client()).enqueue(self, connection=connection)  # type: ignore[arg-type]
+
+    def send_later(self, delay: str | float | timedelta, client: Client | None = None, *,
+                   connection: Any = None) -> str:
+        return (client or default_client()).send_later(self, delay, connection=connection)  # type: ignore[arg-type]
+
+    def send_at(self, when: datetime, client: Client | None = None, *, connection: Any = None) -> str:
+        return (client or default_client()).send_at(self, when, connection=connection)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 
-from .client import default_client
+from .client import Queueable
 from .errors import HeaderInjection, InvalidAddress, InvalidMessage, MessageTooLarge
 from .headers import (
     FIELD_NAME,
@@ -43,13 +43,10 @@ from .record import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from datetime import datetime, timedelta
     from email.headerregistry import Address
     from email.message import EmailMessage
     from pathlib import Path
-    from typing import Any
 
-    from .client import Client
     from .headers import Mailbox
 
 # Headers that the keyword arguments own; setting them through `headers=`
@@ -80,7 +77,7 @@ class Part:
         self.cid = cid
 
 
-class Email:
+class Email(Queueable):
     """A message to queue. Validates at once: bad input raises before anything is queued."""
 
     def __init__(
@@ -318,20 +315,6 @@ class Email:
         return RawMessage.parse(raw, sender=sender, recipients=recipients, extra_recipients=extra_recipients,
                                 from_name=from_name, default_sender=default_sender, local_domain=local_domain,
                                 aliases=aliases, priority=priority, idempotency_key=idempotency_key, tags=tags)
-
-    # -- queueing through the default client --------------------------------
-
-    # `connection`: the app's psycopg connection, to queue inside its transaction (Client.enqueue).
-
-    def enqueue(self, client: Client | None = None, *, connection: Any = None) -> str:
-        return (client or default_client()).enqueue(self, connection=connection)
-
-    def send_later(self, delay: str | float | timedelta, client: Client | None = None, *,
-                   connection: Any = None) -> str:
-        return (client or default_client()).send_later(self, delay, connection=connection)
-
-    def send_at(self, when: datetime, client: Client | None = None, *, connection: Any = None) -> str:
-        return (client or default_client()).send_at(self, when, connection=connection)
 
     def __repr__(self) -> str:
         return f"Email(sender={self.envelope_from!r}, to={self.envelope_recipients!r}, subject={self.subject!r})"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import time
 
-from .client import default_client
+from .client import Queueable
 from .errors import InvalidAddress, InvalidMessage
 from .headers import (
     MAX_LINE,
@@ -52,11 +52,8 @@ from .record import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from datetime import datetime, timedelta
     from email.message import EmailMessage
-    from typing import Any
 
-    from .client import Client
     from .headers import Field, Mailbox
 
 NULL_SENDER = ("", "<>")
@@ -64,7 +61,7 @@ ALIASED = frozenset({"to", "cc", "bcc"})  # fields whose bare names go through t
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
-class RawMessage:
+class RawMessage(Queueable):
     """A complete message and its envelope, ready to queue: `Email.from_bytes` makes one."""
 
     def __init__(self, raw: bytes, mail_from: str, rcpt_to: tuple[str, ...], subject: str = "",
@@ -163,20 +160,6 @@ class RawMessage:
         from .stdemail import SMTP_POLICY
 
         return BytesParser(policy=SMTP_POLICY).parsebytes(self.raw)  # type: ignore[return-value]
-
-    # -- queueing through the default client --------------------------------
-
-    # `connection`: the app's psycopg connection, to queue inside its transaction (Client.enqueue).
-
-    def enqueue(self, client: Client | None = None, *, connection: Any = None) -> str:
-        return (client or default_client()).enqueue(self, connection=connection)
-
-    def send_later(self, delay: str | float | timedelta, client: Client | None = None, *,
-                   connection: Any = None) -> str:
-        return (client or default_client()).send_later(self, delay, connection=connection)
-
-    def send_at(self, when: datetime, client: Client | None = None, *, connection: Any = None) -> str:
-        return (client or default_client()).send_at(self, when, connection=connection)
 
     def __repr__(self) -> str:
         return (f"RawMessage(sender={self.envelope_from!r}, to={self.envelope_recipients!r}, "
