@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +86,12 @@ class Ingester:
         except Exception:
             self.queue.release(items)  # the store is not taking anything now: keep them for later
             raise
-        self.queue.ack(items)
-        result = IngestResult(new, len(records) - new, len(items) - len(records))
         if new and self.on_stored:
+            # Committed: dispatch may start before the queue's ack, which on the spool waits
+            # for the write lock behind producers' puts (SQLite's busy sleeps: 1, 2, 5 ms...).
             self.on_stored(min(r.send_after for r in records))
-        return result
+        self.queue.ack(items)
+        return IngestResult(new, len(records) - new, len(items) - len(records))
 
     def _store(self, items: list[Item]) -> tuple[list[Record], int]:
         """Insert what decodes, quarantine what does not; returns the records and how many were new."""
@@ -134,8 +135,11 @@ class IngestLoop:
     RETRY_MIN = 0.5
     RETRY_MAX = 10.0
     # inotify reports a WAL write a moment before the commit is visible to
-    # readers: after a wake-up that found nothing, look again shortly.
-    AFTER_WAKE = (0.002, 0.003, 0.005, 0.01, 0.02, 0.04)
+    # readers: after a wake-up that found nothing, look again shortly. Each
+    # pause is a wait on the queue, so a new wake-up ends it at once: the
+    # daemon's own deletes wake it too (after every ingest), and a pause that
+    # only a timer ended held a producer's new message up to 40 ms.
+    AFTER_WAKE = (0.001, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.04)
 
     POLL = 2.0  # seconds between looks when no wake-up came
 
@@ -152,14 +156,15 @@ class IngestLoop:
 
     def _run(self) -> None:
         delay = self.RETRY_MIN
-        woken = False
+        look_again: Iterator[float] = iter(())
+        woken = armed = False
         while not self.stopping.is_set():
             try:
-                found = self._drain()
-                for pause in self.AFTER_WAKE if woken and not found else ():
-                    if self.stopping.wait(pause) or self._drain():
-                        break
-                woken = self.queue.wait(self.poll)
+                if not armed:  # the wake-up, before the first read: a write after the read is reported
+                    woken, armed = self.queue.wait(0), True
+                if not self._drain() and woken:
+                    look_again = iter(self.AFTER_WAKE)  # each wake-up that found nothing starts over
+                woken = self.queue.wait(next(look_again, self.poll))
             except Exception as exc:  # the loop must survive a bad moment
                 if isinstance(exc, StoreUnavailable):  # full or away: the items stay in the queue
                     self.failing.failed("ingest failed, retrying in %.1fs: ingest paused, items stay in the "
@@ -169,7 +174,7 @@ class IngestLoop:
                                         exc_info=not isinstance(exc, MailmandError))
                 self.stopping.wait(delay)
                 delay = min(delay * 2, self.RETRY_MAX)
-                woken = False
+                woken, look_again = False, iter(())
             else:
                 if self.failing.cleared():
                     delay = self.RETRY_MIN

@@ -15,13 +15,13 @@ next claim.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
-from email.utils import formatdate
 
 from .config import NotifyConfig
 from .errors import StoreError
+from .headers import formatdate
 from .record import Record, new_id
 from .stores.base import Finished, MessageInfo, RecipientOutcome, Status, Store
 
@@ -51,8 +51,8 @@ def compose(msg: MessageInfo, raw: bytes, failed: Sequence[tuple[str, int | None
             relay: str, domain: str, to: str, now: float) -> bytes:
     """The notice's bytes: a human part, the machine part (message/delivery-status)
     and the original's headers (text/rfc822-headers)."""
-    boundary = f"mailmand-{uuid.uuid4().hex}"
-    when = formatdate(now, localtime=True)
+    boundary = f"mailmand-{os.urandom(16).hex()}"
+    when = formatdate(now)
     lines = "".join(f"  <{addr}>: {reply or 'no reply'}\r\n" for addr, _, reply in failed)
     why = "it could not be delivered before max-time passed" if expired else "the relay refused it for good"
     human = (f"This is the mailmand daemon at {domain}.\r\n\r\n"
@@ -60,7 +60,7 @@ def compose(msg: MessageInfo, raw: bytes, failed: Sequence[tuple[str, int | None
              f"{why}.\r\n\r\n{lines}\r\nThe headers of your message follow the report.\r\n")
     report = f"Reporting-MTA: dns; {domain}\r\nX-Mailmand-Queue-ID: {msg.id}\r\n"
     if msg.send_after:
-        report += f"Arrival-Date: {formatdate(msg.send_after, localtime=True)}\r\n"
+        report += f"Arrival-Date: {formatdate(msg.send_after)}\r\n"
     for addr, code, reply in failed:
         report += (f"\r\nFinal-Recipient: rfc822; {addr}\r\nAction: failed\r\n"
                    f"Status: {_status(code, reply, expired)}\r\nRemote-MTA: dns; {relay.rsplit(':', 1)[0]}\r\n"
@@ -68,7 +68,7 @@ def compose(msg: MessageInfo, raw: bytes, failed: Sequence[tuple[str, int | None
                    f"Last-Attempt-Date: {when}\r\n")
     head = (f"From: Mail Delivery System <MAILER-DAEMON@{domain}>\r\nTo: <{to}>\r\n"
             f"Subject: Undelivered Mail Returned to Sender\r\nDate: {when}\r\n"
-            f"Message-ID: <{uuid.uuid4().hex}@{domain}>\r\n"
+            f"Message-ID: <{os.urandom(16).hex()}@{domain}>\r\n"
             "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"  # RFC 3834: no one should answer it
             f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n')
     parts = [

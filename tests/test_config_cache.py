@@ -248,3 +248,26 @@ def test_the_cli_knows_the_schemas_log_levels():
     from mailmand.config import schema
 
     assert cli.LOG_LEVELS == schema.LOG_LEVELS
+
+
+def test_an_entry_is_shared_by_every_name_of_the_interpreter(tmp_path):
+    """pip's scripts start the venv's `python3`, an application `python`: both read the
+    entry either wrote, in a cache directory that did not exist before the first call."""
+    conf = write(tmp_path / "mailmand.yaml")
+    time.sleep(cache.SETTLE + 0.1)  # settled (its ctime cannot be set back)
+    where = tmp_path / "not" / "yet"
+    env = {**os.environ, "MAILMAND_CACHE_DIR": str(where)}
+    env.pop("PYTHONPATH", None)
+    probe = ("import sys; from mailmand.config.cache import CachedSection, load_producer; "
+             f"cfg = load_producer({str(conf)!r}); print(isinstance(cfg.queue, CachedSection))")
+    bindir = Path(sys.executable).parent
+    names = [n for n in ("python3", "python") if (bindir / n).exists()]
+    assert len(names) == 2, f"{bindir} has no python and python3 to compare"
+    hits = []
+    for name in names:
+        done = subprocess.run([str(bindir / name), "-c", probe], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=60)
+        assert done.returncode == 0, done.stderr
+        hits.append(done.stdout.strip())
+    assert hits == ["False", "True"]  # the first call wrote the entry, the second read it
+    assert len(list(where.iterdir())) == 1

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from mailmand import Client, Email
 from mailmand import config as configmod
 from mailmand.config import Config
 from mailmand.errors import InvalidMessage
-from mailmand.ingest import Ingester
+from mailmand.ingest import Ingester, IngestLoop
 from mailmand.queues import open_queue
 from mailmand.queues import spool as spoolmod
 from mailmand.stores import Status, open_store
@@ -401,3 +402,59 @@ def test_the_spool_backlog_count_matches_persist_queue(make_config):
     assert open_queue(cfg.queue).pending() == daemon_side.pending() == 3
     daemon_side.ack(taken)
     assert open_queue(cfg.queue).pending() == daemon_side.pending() == 2
+
+
+class LongPauses(IngestLoop):
+    """After a wake-up that found nothing the loop looks again shortly, then
+    pauses long: 30 s, and as long between its polls."""
+
+    AFTER_WAKE = (0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 30.0)
+
+
+def test_a_producer_ends_the_pause_after_the_daemons_own_write(make_config):
+    """The daemon's own delete of what it ingested wakes its watcher, finds
+    nothing, and starts the look-again pauses; a producer's message that comes
+    during a pause is taken at once, not when the pause ends (30 s here)."""
+    cfg = make_config()
+    client = Client(cfg)
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    loop = LongPauses(Ingester(queue, store), poll=30.0)
+    loop.start()
+    try:
+        first = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="1"))
+        assert wait_until(lambda: first in ids_in_store(cfg), timeout=20)
+        time.sleep(1.5)  # the short looks are over: the loop is in its 30 s pause
+        second = client.enqueue(Email(sender="a@example.com", to="b@example.com", text="2"))
+        assert wait_until(lambda: second in ids_in_store(cfg), timeout=10)
+    finally:
+        loop.stop()
+        client.close()
+        queue.close()
+        store.close()
+
+
+def test_ingest_does_not_wait_for_a_producer_holding_the_spools_write_lock(make_config):
+    """The ack (the delete of what was ingested) waits for no producer: with the spool's
+    write lock held, the drain stores the records and returns, and the rows are deleted
+    by a later take once the lock is free (else ingest, and the next message, wait)."""
+    cfg = make_config()
+    ids = [Client(cfg).enqueue(Email(sender="a@example.com", to="b@example.com", text=f"{i}")) for i in range(3)]
+    queue, store = open_queue(cfg.queue, daemon=True), open_store(cfg.server.database, create=True)
+    producer = sqlite3.connect(cfg.queue.path / spoolmod.DB_FILE, isolation_level=None)
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(Ingester(queue, store).drain()))
+    try:
+        producer.execute("BEGIN IMMEDIATE")  # a put in progress: holds the write lock
+        t.start()
+        t.join(20)  # (the lock's busy timeout is 30 s: a drain that waited for it is still here)
+        assert not t.is_alive(), "the drain waited for the producer's lock"
+        assert result[0].ingested == 3  # type: ignore[attr-defined]
+        assert sorted(ids_in_store(cfg)) == sorted(ids)
+        assert queue.pending() == 3  # still in the spool, not read again
+        producer.execute("COMMIT")
+        assert queue.take(10) == [] and queue.pending() == 0  # the next take deletes them
+    finally:
+        producer.close()  # the lock is free: a drain that waited goes on
+        t.join(60)
+        queue.close()
+        store.close()

@@ -128,9 +128,12 @@ def cache_file(found: Path | None) -> str | None:
     from binascii import crc32  # a short, stable name; the entry's key holds the path itself
 
     # One entry per configuration file and per installation (a venv and the
-    # .deb on one host would otherwise take turns invalidating one entry).
+    # .deb on one host would otherwise take turns invalidating one entry). The
+    # installation is sys.prefix, not sys.executable: pip's scripts start
+    # `python3`, an application `python`, and each name had an entry of its own
+    # that the other never read.
     tag = crc32(str(found).encode("utf-8", "surrogateescape"))
-    build = crc32(repr((_code(), sys.executable, sys.version)).encode("utf-8", "surrogateescape"))
+    build = crc32(repr((_code(), sys.prefix, sys.version)).encode("utf-8", "surrogateescape"))
     return os.path.join(where, f"producer-{os.geteuid()}-{tag:08x}-{build:08x}.marshal")
 
 

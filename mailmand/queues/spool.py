@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import persistqueue
 
     from ..repeats import Repeats
+    from .wake import Wake
 
 
 def _log() -> logging.Logger:
@@ -55,6 +56,11 @@ RETRY_FOR = 60.0  # seconds a put keeps retrying a locked database
 # checkpoints it at 1,000 pages (4 MiB), so it stays far below this.
 WAL_SLACK = 64 * 1024 * 1024
 FLUSH_RETRY = (0.5, 10.0)  # seconds between tries to delete ingested rows on a full disk, growing
+# How long acked rows may wait for a moment when no producer holds the spool's write lock.
+# Until then a delete does not wait for the lock: at 200 puts a second SQLite's busy
+# handler (sleeps of 1, 2, 5 ... 100 ms) held a delete up to half a second, and the
+# ingest thread, and so the next message, with it. After it, the delete waits as any write.
+ACK_PATIENCE = 1.0
 SCRUB_EVERY = 1.0  # seconds: the WAL, which still holds what was deleted, is emptied at most this often
 # persist-queue's table for the queue named "default", and its AckStatus.unack:
 # rows below it are waiting. Read directly by `pending()`, so that `mailmand
@@ -128,19 +134,6 @@ def _prepare_dir(path: Path) -> None:
 
 
 
-class _Wake:
-    """watchdog handler: sets an event when a producer's commit writes the spool."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def dispatch(self, event: Any) -> None:
-        # A commit writes the WAL: modified (or created/moved for a new file).
-        # Opens, reads and attribute changes are not news.
-        if not event.is_directory and event.event_type in ("modified", "created", "moved"):
-            self.event.set()
-
-
 class SpoolQueue(Queue):
     """persist-queue behind our Queue contract. Producers open it with
     auto_resume=False: only the daemon may hand back in-flight items."""
@@ -152,8 +145,8 @@ class SpoolQueue(Queue):
         self._dir, self._wal = str(self.path), str(self.path / f"{DB_FILE}-wal")  # for a put's free-space check
         self._opened: persistqueue.SQLiteAckQueue | None = None  # producers: persist-queue
         self._db: sqlite3.Connection | None = None  # the daemon: its own connection
-        self._woken = threading.Event()
-        self._observer: Any = None
+        self._woken = threading.Event()  # woken before the first wait()
+        self._watch: Wake | None = None
         # The daemon's hold: the last row read, rows released back to it (read
         # again before the rest), and acks not yet written (the disk was full).
         self._seen = 0
@@ -163,6 +156,7 @@ class SpoolQueue(Queue):
         self._flush_delay = FLUSH_RETRY[0]
         self._scrub_at = 0.0  # monotonic time after which the WAL may be emptied again
         self._deleted = False  # rows deleted since the WAL was last emptied
+        self._acked_at = 0.0  # monotonic time of the oldest ack not yet deleted
         self.full: Repeats | None = None  # the daemon's "spool disk full" condition (made when first hit)
         self._direct: sqlite3.Connection | None = None  # a producer's own connection (see _put_direct)
         self._direct_lock = threading.Lock()
@@ -396,8 +390,28 @@ class SpoolQueue(Queue):
         self._deleted = bool(busy)  # a reader on an older snapshot: not emptied yet
 
     def ack(self, items: list[Item]) -> None:
+        if not self._acks:
+            self._acked_at = time.monotonic()
         self._acks.extend(item.token for item in items)
         self._flush_acks()
+
+    def _delete_now(self) -> bool | None:
+        """Delete the acked rows if no producer holds the spool's write lock now:
+        True if deleted, False if it is held, None on any other error (which the
+        careful path in `_flush_acks` reports)."""
+        db = self._conn()
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute(f"DELETE FROM {TABLE} WHERE _id IN (SELECT value FROM json_each(?))",
+                           (json.dumps(self._acks),))
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        except sqlite3.OperationalError as exc:
+            return False if _locked(exc) else None
+        self._acks = []
+        self._deleted = True
+        return True
 
     def _flush_acks(self) -> None:
         """Delete acked rows (persist-queue would keep them, and scan past them).
@@ -407,6 +421,8 @@ class SpoolQueue(Queue):
         those rows already: a restart meanwhile ingests them again, as no-ops."""
         if not self._acks or time.monotonic() < self._flush_at:
             return  # after a failure, wait before the next try: a failed write wakes the watcher, do not spin
+        if time.monotonic() - self._acked_at < ACK_PATIENCE and self._delete_now() is not None:
+            return  # deleted, or a producer holds the lock: the next take or ack tries again
         ids, step = self._acks, len(self._acks)
         while ids:
             chunk = ids[:step]
@@ -460,18 +476,25 @@ class SpoolQueue(Queue):
         return int(rows[0][0]) if rows else 0
 
     def wait(self, timeout: float) -> bool:
-        if self._observer is None:
-            from watchdog.observers import Observer
+        watch = self._watching()
+        if self._woken.is_set():
+            self._woken.clear()
+            return True
+        return watch.wait(timeout)
 
-            self._observer = Observer()
-            self._observer.schedule(_Wake(self._woken), str(self.path), recursive=False)
-            self._observer.start()
-        woken = self._woken.wait(timeout)
-        self._woken.clear()
-        return woken
+    def _watching(self) -> Wake:
+        """The wake-up, made at the first wait (the ingest loop waits once before it first
+        reads: a write after that is reported, one before it is read)."""
+        if self._watch is None:
+            from .wake import watch  # the daemon's alone: producers never wait
+
+            self._watch = watch(self.path)
+        return self._watch
 
     def wake(self) -> None:
         self._woken.set()
+        if self._watch is not None:
+            self._watch.wake()
 
     def pending(self) -> int:
         """Rows in the spool not yet ingested (what the daemon holds in memory included)."""
@@ -530,12 +553,17 @@ class SpoolQueue(Queue):
             self._direct.close()
             self._direct = None
         if self._db is not None:
+            if self._acks:  # acked rows still waiting for a free moment: delete them now, waiting
+                self._acked_at = -ACK_PATIENCE
+                try:
+                    self._flush_acks()
+                except QueueError:
+                    pass  # left in the spool: the next daemon ingests them again, as no-ops
             self._db.close()
             self._db = None
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._opened is not None:
             self._opened.close()
             self._opened = None
