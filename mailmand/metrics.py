@@ -172,9 +172,9 @@ class StateCollector(Collector):
 class Health:
     """What /healthz answers, from state the daemon keeps (no I/O)."""
 
-    def __init__(self, metrics: Metrics, store: Store, interval: Callable[[], float],
+    def __init__(self, last_active: Callable[[], float], store: Store, interval: Callable[[], float],
                  parts: Callable[[], list[str]] = list) -> None:
-        self.metrics = metrics
+        self.last_active = last_active  # monotonic time of the dispatcher's last run
         self.store = store
         self.interval = interval
         self.parts = parts  # the daemon's other failing parts, "ingest: ..." each
@@ -182,7 +182,7 @@ class Health:
     def check(self) -> tuple[bool, str]:
         problems = []
         limit = HEALTH_RUNS * self.interval()
-        idle = time.monotonic() - self.metrics.last_dispatch
+        idle = time.monotonic() - self.last_active()
         if idle > limit:
             problems.append(f"dispatcher has not run for {idle:.0f}s (limit {limit:g}s: 3 x interval)")
         store = self.store.problem()
@@ -210,7 +210,7 @@ class MetricsServer:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.registry.register(StateCollector(store, queue))
-        self.health = Health(self.metrics, store, interval, parts)
+        self.health = Health(lambda: self.metrics.last_dispatch, store, interval, parts)
         self._prometheus = make_wsgi_app(self.registry)
         self._httpd: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
