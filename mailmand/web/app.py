@@ -31,6 +31,7 @@ def build_app(ctx: WebContext) -> Starlette:
             Mount("/static", StaticFiles(packages=[("mailmand.web", "static")]), name="static"),
         ],
         middleware=[Middleware(auth.AuthMiddleware, guard=guard)],
+        exception_handlers=dict(api.EXCEPTION_HANDLERS),
     )
     app.state.ctx = ctx
     app.state.guard = guard
