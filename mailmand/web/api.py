@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +42,25 @@ class BadQuery(Exception):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(reason)
         self.field, self.reason = field, reason
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def takes(*names: str) -> Callable[[Endpoint], Endpoint]:
+    """The query parameters an endpoint takes; any other is refused (400 naming it): a
+    typo (`stauts=failed`) would otherwise answer for every message."""
+    known = frozenset(names)
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        async def checked(request: Request) -> Response:
+            for name in request.query_params:
+                if name not in known:
+                    return refuse(400, name, f"unknown parameter (known: {', '.join(sorted(known)) or 'none'})")
+            return await endpoint(request)
+        checked.__name__ = endpoint.__name__
+        return checked
+    return wrap
 
 
 def ctx_of(request: Request) -> WebContext:
@@ -75,6 +94,7 @@ async def read_body(request: Request, limit: int) -> bytes | JSONResponse:
 # -- new mail ------------------------------------------------------------------------
 
 
+@takes()
 async def create_message(request: Request) -> Response:
     ctx = ctx_of(request)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -173,6 +193,7 @@ def selection_of(request: Request, now: float) -> tuple[Selection, int, Key | No
     return sel, int(limit_text), after
 
 
+@takes("status", "tag", "to", "from", "since", "limit", "cursor")
 async def list_messages(request: Request) -> Response:
     ctx = ctx_of(request)
     try:
@@ -222,6 +243,7 @@ def _not_found(message_id: str) -> JSONResponse:
     return refuse(404, "id", f"no message with id {message_id!r}")
 
 
+@takes()
 async def get_message(request: Request) -> Response:
     ctx = ctx_of(request)
     message_id = request.path_params["id"]
@@ -229,6 +251,7 @@ async def get_message(request: Request) -> Response:
     return _not_found(message_id) if data is None else JSONResponse(data)
 
 
+@takes()
 async def get_raw(request: Request) -> Response:
     """The stored message as it goes out (`mailmand show --raw`)."""
     ctx = ctx_of(request)
@@ -281,7 +304,8 @@ def _apply(ctx: WebContext, name: str, message_id: str) -> JSONResponse:
     return JSONResponse({"id": info.id, "status": info.status.value})
 
 
-def _move_route(name: str) -> Callable[[Request], Any]:
+def _move_route(name: str) -> Endpoint:
+    @takes()
     async def endpoint(request: Request) -> Response:
         response: Response = await run_in_threadpool(_apply, ctx_of(request), name, request.path_params["id"])
         return response
@@ -300,6 +324,7 @@ def stats_json(ctx: WebContext, window: float) -> dict[str, Any]:
     return data
 
 
+@takes("since")
 async def stats(request: Request) -> Response:
     ctx = ctx_of(request)
     given = request.query_params.get("since")
@@ -314,6 +339,11 @@ async def stats(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(stats_json, ctx, window))
 
 
+async def messages(request: Request) -> Response:
+    return await (create_message if request.method == "POST" else list_messages)(request)
+
+
+@takes()
 async def openapi(request: Request) -> Response:
     return JSONResponse(document())
 
@@ -328,8 +358,7 @@ async def store_failed(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {StoreError: store_failed, QueueError: store_failed}
 
 routes: list[BaseRoute] = [
-    Route("/api/v1/messages", create_message, methods=["POST"]),
-    Route("/api/v1/messages", list_messages, methods=["GET"]),
+    Route("/api/v1/messages", messages, methods=["GET", "POST"]),  # one route: a 405 lists both methods
     Route("/api/v1/messages/{id}", get_message, methods=["GET"]),
     Route("/api/v1/messages/{id}/raw", get_raw, methods=["GET"]),
     *(Route(f"/api/v1/messages/{{id}}/{name}", _move_route(name), methods=["POST"]) for name in MOVES),

@@ -367,5 +367,9 @@ async def logout(request: Request) -> Response:
     return response
 
 
-routes = [Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
+async def login_route(request: Request) -> Response:
+    return await (login if request.method == "POST" else login_page)(request)
+
+
+routes = [Route("/login", login_route, methods=["GET", "POST"]),  # one route: a 405 lists both methods
           Route("/logout", logout, methods=["POST"])]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ..record import PRIORITY_MAX
+from ..record import PRIORITY_MAX, new_id
 from ..stores.base import Status
 from ..version import __version__
 
@@ -22,6 +22,11 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 def _object(properties: dict[str, Any], required: tuple[str, ...] | None = None, **extra: Any) -> dict[str, Any]:
     return {"type": "object", "properties": properties,
             "required": list(properties if required is None else required), **extra}
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null is the same as leaving it out."""
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -41,38 +46,44 @@ ADDRESSES = {"oneOf": [STR, {"type": "array", "items": STR}],
 TAGS = {"type": "object", "additionalProperties": STR,
         "description": "The app's own key=value pairs (keys: 1 to 32 of a-z 0-9 _ . -)."}
 RECIPIENT = _object({"address": STR, "status": STR, "code": _nullable(INT), "reply": STR})
-ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": STR, "description": "The message's id."}
+# The id the "later" example below is given (its idempotency key's): the examples then reach a real message.
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": STR, "description": "The message's id.",
+            "example": new_id("invoice-42")}
 AUTH_ERRORS = {"401": _error("No token, or a wrong one."), "429": _error("Locked out after wrong tokens.")}
+
+MESSAGE = {
+    "id": STR, "status": {"enum": [s.value for s in Status]}, "mail_from": STR,
+    "rcpt_to": {"type": "array", "items": STR}, "subject": STR, "priority": INT, "size": INT,
+    "created_at": NUMBER, "send_after": NUMBER, "due_at": NUMBER, "attempts": INT,
+    "last_code": _nullable(INT), "last_error": _nullable(STR), "updated_at": NUMBER,
+    "finished_at": _nullable(NUMBER), "idempotency_key": _nullable(STR), "fails": INT,
+    "held_at": _nullable(NUMBER), "paused": NUMBER, "tags": TAGS,
+}
+
+OPTIONAL: dict[str, dict[str, Any]] = {
+    "to": ADDRESSES, "cc": ADDRESSES, "bcc": ADDRESSES, "reply_to": ADDRESSES,
+    "subject": STR, "text": STR, "html": STR,
+    "headers": {"type": "object", "additionalProperties": STR},
+    "attachments": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["filename", "content_base64"],
+        "properties": {"filename": STR, "content_type": _or_null(STR),
+                       "content_base64": {**STR, "contentEncoding": "base64"}}}},
+    "send_at": {**STR, "format": "date-time", "description": "ISO 8601 with its offset; not with send_in."},
+    "send_in": {**STR, "description": "A delay such as `90s`, `5m`, `1h30m`; not with send_at."},
+    "priority": {**INT, "minimum": -PRIORITY_MAX, "maximum": PRIORITY_MAX},
+    "idempotency_key": {**STR, "minLength": 1,
+                        "description": "The same key gives the same id, and the message is queued once."},
+    "tags": TAGS,
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": STR, "field": _nullable(STR), "reason": STR}),
     "NewMessage": {
         "type": "object", "additionalProperties": False, "required": ["from"],
-        "properties": {
-            "from": STR, "to": ADDRESSES, "cc": ADDRESSES, "bcc": ADDRESSES, "reply_to": ADDRESSES,
-            "subject": STR, "text": STR, "html": STR,
-            "headers": {"type": "object", "additionalProperties": STR},
-            "attachments": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False, "required": ["filename", "content_base64"],
-                "properties": {"filename": STR, "content_type": STR,
-                               "content_base64": {**STR, "contentEncoding": "base64"}}}},
-            "send_at": {**STR, "format": "date-time", "description": "ISO 8601 with its offset; not with send_in."},
-            "send_in": {**STR, "description": "A delay such as `90s`, `5m`, `1h30m`; not with send_at."},
-            "priority": {**INT, "minimum": -PRIORITY_MAX, "maximum": PRIORITY_MAX},
-            "idempotency_key": {**STR, "minLength": 1,
-                                "description": "The same key gives the same id, and the message is queued once."},
-            "tags": TAGS,
-        },
+        "properties": {"from": STR, **{name: _or_null(schema) for name, schema in OPTIONAL.items()}},
     },
     "Accepted": _object({"id": STR}),
-    "Message": _object({
-        "id": STR, "status": {"enum": [s.value for s in Status]}, "mail_from": STR,
-        "rcpt_to": {"type": "array", "items": STR}, "subject": STR, "priority": INT, "size": INT,
-        "created_at": NUMBER, "send_after": NUMBER, "due_at": NUMBER, "attempts": INT,
-        "last_code": _nullable(INT), "last_error": _nullable(STR), "updated_at": NUMBER,
-        "finished_at": _nullable(NUMBER), "idempotency_key": _nullable(STR), "fails": INT,
-        "held_at": _nullable(NUMBER), "paused": NUMBER, "tags": TAGS,
-    }, description="Times are seconds since the epoch (UTC)."),
+    "Message": _object(MESSAGE, description="Times are seconds since the epoch (UTC)."),
     "Attempt": _object({"at": NUMBER, "relay": STR, "code": _nullable(INT), "reply": STR, "duration": NUMBER,
                         "outcome": {"enum": ["sent", "temporary", "permanent", "expired"]},
                         "daemon": _nullable(STR)}),
@@ -80,11 +91,10 @@ SCHEMAS: dict[str, Any] = {
     "Event": _object({"id": STR, "type": STR, "message": STR, "tags": TAGS,
                       "recipients": {"type": "array", "items": RECIPIENT}, "relay": _nullable(STR),
                       "code": _nullable(INT), "reply": _nullable(STR), "attempt": INT, "at": NUMBER}),
-    "MessageDetail": {"allOf": [_ref("Message"), _object({
-        "attempts": {"type": "array", "items": _ref("Attempt")},
-        "recipients": {"type": "array", "items": _ref("Recipient")},
-        "events": {"type": "array", "items": _ref("Event")},
-    })]},
+    # `show --json`: the message, with `attempts` the list of them (not their count).
+    "MessageDetail": _object({**MESSAGE, "attempts": {"type": "array", "items": _ref("Attempt")},
+                              "recipients": {"type": "array", "items": _ref("Recipient")},
+                              "events": {"type": "array", "items": _ref("Event")}}),
     "InQueue": _object({"id": STR, "status": {"const": "in-queue"}, "queue": STR, "entry": STR,
                         "taken": {"type": "boolean"}, "note": STR},
                        description="Accepted and durable, not yet in the store: the daemon ingests it next."),
@@ -99,6 +109,17 @@ SCHEMAS: dict[str, Any] = {
         "depth_hourly": {"type": "array", "items": _object({"hour": NUMBER, "depth": INT})},
         "counts": {"type": "object", "additionalProperties": INT},
     }),
+}
+
+
+EXAMPLES = {
+    "plain": {"summary": "A text message", "value": {
+        "from": "Shop <shop@example.com>", "to": ["ann@example.com"], "subject": "Your order",
+        "text": "Thanks for your order.", "tags": {"order": "42"}}},
+    "later": {"summary": "HTML with an attachment, in five minutes, once", "value": {
+        "from": "shop@example.com", "to": "ann@example.com", "bcc": ["archive@example.com"],
+        "subject": "Invoice", "html": "<p>Your invoice.</p>", "send_in": "5m", "idempotency_key": "invoice-42",
+        "attachments": [{"filename": "invoice.txt", "content_type": "text/plain", "content_base64": "SW52b2ljZQ=="}]}},
 }
 
 
@@ -131,8 +152,8 @@ def document() -> dict[str, Any]:
             "/api/v1/messages": {
                 "post": {
                     "operationId": "createMessage", "summary": "Queue a message",
-                    "requestBody": {"required": True,
-                                    "content": {"application/json": {"schema": _ref("NewMessage")}}},
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": _ref("NewMessage"), "examples": EXAMPLES}}},
                     "responses": {
                         "202": _json("Queued: durable on disk (or in the shared queue).", _ref("Accepted")),
                         "400": _error("Not a JSON object."),
