@@ -3,12 +3,15 @@
 The socket is bound here, before the thread starts, so that a port in use is
 the daemon's start-up error (as the other listeners'). uvicorn bounds the
 rest: `max-connections` connections and requests at once (past it, 503),
-idle keep-alive connections closed after `timeout`, request heads of at most
-H11_MAX_HEAD bytes; request bodies are bounded by the routes that read them.
+idle keep-alive connections closed after `timeout`, and so is a connection
+that has not sent a whole request head within `timeout` (`_BoundedH11`),
+request heads of at most H11_MAX_HEAD bytes; request bodies are bounded by
+the routes that read them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..client import Client
 from ..config import Config
@@ -31,6 +35,29 @@ H11_MAX_HEAD = 16 * 1024  # bytes of request line and headers
 BACKLOG = 128  # connections waiting to be accepted
 START_TIMEOUT = 10.0  # seconds for the server thread to start listening
 STOP_GRACE = 5  # seconds requests in flight get to finish at a stop
+
+
+class _BoundedH11(H11Protocol):
+    """uvicorn's h11 protocol, with a time limit to send a request head: uvicorn times
+    out an idle keep-alive connection, but not one that never finishes a request (a
+    connection that sends nothing, or a byte a second), and `max-connections` of those
+    would shut everyone else out (503). Reads uvicorn's `cycle`, the request being
+    answered (a new one for each request head): checked against uvicorn 0.55."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head_deadline()
+
+    def _head_deadline(self) -> None:
+        self.loop.call_later(self.timeout_keep_alive, self._head_overdue, self.cycle)
+
+    def _head_overdue(self, cycle_then: object) -> None:
+        if self.cycle is cycle_then and not self.transport.is_closing():
+            self.transport.close()  # no new request head since the deadline was set
 
 
 class WebServer:
@@ -75,7 +102,7 @@ class WebServer:
         web = self.ctx.web
         self._sock = self._bind()
         config = uvicorn.Config(
-            self.app, loop="asyncio", http="h11", lifespan="off", ws="none", interface="asgi3",
+            self.app, loop="asyncio", http=_BoundedH11, lifespan="off", ws="none", interface="asgi3",
             log_config=None, log_level=None, access_log=False,  # the daemon's logging, not uvicorn's
             server_header=False, proxy_headers=False,
             limit_concurrency=web.max_connections, timeout_keep_alive=max(1, round(web.timeout)),
