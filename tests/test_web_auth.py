@@ -14,6 +14,7 @@ from contextlib import closing
 import httpx
 import pytest
 
+from mailmand.config import load
 from tests.conftest import mailmand_cmd, run_cli
 from tests.daemonproc import wait_until
 from tests.webutil import TOKEN, free_port, web_yaml
@@ -68,6 +69,7 @@ def test_a_wrong_token_is_refused_then_locked_out(web_daemon):
         assert basic.get("/").status_code == 401  # only Bearer
     assert "a wrong token from 127.0.0.1" in daemon.proc.log
     assert TOKEN not in daemon.proc.log
+    assert TOKEN not in repr(load(daemon.config))  # the configuration's repr leaves it out
 
 
 def test_login_sets_a_strict_httponly_cookie_and_logout_ends_it(web_daemon):
