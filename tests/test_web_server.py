@@ -81,7 +81,7 @@ def test_the_listener_names_tcp_so_its_connections_get_nodelay(tmp_path, write_c
     store = open_store(cfg.server.database, create=True)
     from mailmand.metrics import Health
 
-    server = WebServer(cfg, store, Health(lambda: 0.0, store, lambda: 1e9))
+    server = WebServer(cfg, Health(lambda: 0.0, store, lambda: 1e9), store=store)
     try:
         server.start()
         assert server._sock is not None and server._sock.proto == socket.IPPROTO_TCP

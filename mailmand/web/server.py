@@ -25,6 +25,7 @@ from ..client import Client
 from ..config import Config
 from ..errors import MailmandError
 from ..metrics import Health
+from ..stores import open_store
 from ..stores.base import Store
 from .app import build_app
 from .context import WebContext
@@ -63,11 +64,15 @@ class _BoundedH11(H11Protocol):
 class WebServer:
     """Started and stopped with the daemon (one of its services)."""
 
-    def __init__(self, cfg: Config, store: Store, health: Health, wake: Callable[[], None] = lambda: None,
-                 daemon_id: str = "", client: Client | None = None) -> None:
+    def __init__(self, cfg: Config, health: Health, wake: Callable[[], None] = lambda: None,
+                 daemon_id: str = "", store: Store | None = None, client: Client | None = None) -> None:
         assert cfg.server.web is not None
-        self.ctx = WebContext(cfg=cfg, store=store, client=client or Client(cfg), clock=time.time,
-                              health=health.check, wake=wake, daemon_id=daemon_id)
+        # A store handle of its own (SQLite: a connection of its own, WAL lets it read beside the
+        # daemon's): a slow page never holds the lock dispatch and ingest write under.
+        self._own_store = store is None
+        self.ctx = WebContext(cfg=cfg, store=store or open_store(cfg.server.database),
+                              client=client or Client(cfg), clock=time.time, health=health.check, wake=wake,
+                              daemon_id=daemon_id)
         self.app = build_app(self.ctx)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -100,7 +105,11 @@ class WebServer:
 
     def start(self) -> WebServer:
         web = self.ctx.web
-        self._sock = self._bind()
+        try:
+            self._sock = self._bind()
+        except BaseException:
+            self.stop()  # its store and queue handles
+            raise
         config = uvicorn.Config(
             self.app, loop="asyncio", http=_BoundedH11, lifespan="off", ws="none", interface="asgi3",
             log_config=None, log_level=None, access_log=False,  # the daemon's logging, not uvicorn's
@@ -137,6 +146,8 @@ class WebServer:
             self._thread = None
         self.ctx.commits.close()
         self.ctx.client.close()
+        if self._own_store:
+            self.ctx.store.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
