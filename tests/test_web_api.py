@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from tests.conftest import STORE_ENGINES
 from tests.daemonproc import wait_until
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
@@ -169,8 +170,9 @@ def test_bodies_that_are_not_a_message(web_daemon, write_config):
         assert http.get("/api/v1/messages").json()["messages"] == []
 
 
-def test_the_listing_pages_through_every_message_once(web_daemon):
-    daemon = web_daemon()
+@pytest.mark.parametrize("store", STORE_ENGINES)
+def test_the_listing_pages_through_every_message_once(web_daemon, store):
+    daemon = web_daemon(store=store)
     with daemon.http() as http:
         ids = [post(http, **{"from": "a@example.com"}, to=f"r{i}@example.com", text="x", send_in="1h",
                     tags={"batch": "b1" if i % 2 else "b2"}).json()["id"] for i in range(7)]
@@ -208,10 +210,12 @@ def test_the_listing_pages_through_every_message_once(web_daemon):
             assert r.status_code == 400 and r.json()["field"] == field, (params, r.text)
 
 
-def test_the_operators_moves(web_daemon, smtp_server):
+@pytest.mark.parametrize("store", STORE_ENGINES)
+def test_the_operators_moves(web_daemon, smtp_server, store):
     relay = smtp_server(rcpt_replies={"gone@example.com": "550 5.1.1 no such user"})
-    # Dispatch polls every 30 s: a retried message goes out at once only if the retry wakes it.
-    daemon = web_daemon(relay_port=relay.port, interval="30s")
+    # Dispatch polls every 30 s: a retried message goes out at once only if the retry wakes it
+    # (SQLite: the web server pokes its daemon; PostgreSQL: NOTIFY wakes every daemon).
+    daemon = web_daemon(relay_port=relay.port, interval="30s", store=store)
     with daemon.http() as http:
         later = post(http, **GOOD, send_in="1h").json()["id"]
         assert wait_until(lambda: status_of(http, later) == "queued")
