@@ -16,6 +16,11 @@ Both answer only once the message is durable. Rounds alternate (ABBA).
 Reported: msg/s of each (median, min–max), API / Client.enqueue (target >= 0.5),
 and the 1-minute load average around the run (the machine is shared).
 
+Then the reads on a big store (1,000,000 messages; --quick 100,000, made as
+bench/scale.py makes its store): list pages (the first, one from the middle
+by cursor, by status, by a recipient's domain, by time), one message, stats,
+and the dashboard's `/`, each timed through a running daemon's web server.
+
     python -m bench.web [--quick] [--rounds N] [--messages N] [--clients N]
     python -m bench --only web [--quick]
 """
@@ -26,14 +31,19 @@ import argparse
 import http.client
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import BODY, RCPT, SENDER, ab, config, email, environment, rate, row, workdir, write_yaml
+
+if TYPE_CHECKING:
+    from mailmand.config import Config
 
 CLIENTS = 8
 TARGET = 0.5  # the API at least this x Client.enqueue
@@ -45,10 +55,12 @@ LATER = "1h"  # no delivery during the run
 class Daemon:
     """`mailmand run` with the web server on a free port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, prepare: Callable[[Config], object] | None = None) -> None:
         from .common import free_port
 
         self.cfg = config(root)
+        if prepare is not None:  # e.g. a big store, before the daemon opens it
+            prepare(self.cfg)
         self.port = free_port()
         secret = root / "web.token"
         secret.write_text(TOKEN)
@@ -125,6 +137,59 @@ def post_all(port: int, n: int, clients: int) -> None:
         raise RuntimeError(f"the API refused: {failures[0]}")
 
 
+PAGE_TIMES = 7  # requests per page; the median is reported
+
+
+def page_ms(port: int, path: str, times: int = PAGE_TIMES) -> dict[str, float]:
+    """Milliseconds to answer `path` (median, min, max of `times`) on one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    took = []
+    try:
+        for _ in range(times):
+            t0 = time.perf_counter()
+            conn.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+            r = conn.getresponse()
+            r.read()
+            took.append((time.perf_counter() - t0) * 1000)
+            if r.status != 200:
+                raise RuntimeError(f"GET {path}: {r.status}")
+    finally:
+        conn.close()
+    return {"median_ms": statistics.median(took), "min_ms": min(took), "max_ms": max(took)}
+
+
+def pages_on_big_store(base: Path, n: int) -> dict[str, Any]:
+    """The API's reads on a store of `n` messages (30 days of them, recipients over 100
+    domains; bench/scale.py's store), through a running daemon's web server."""
+    from mailmand.stores.base import Key
+    from mailmand.web.api import cursor_of
+
+    from .scale import DAY, generate
+
+    now = time.time()
+    loaded: dict[str, float] = {}
+    with workdir(base) as root:
+        daemon = Daemon(root, prepare=lambda cfg: loaded.setdefault(
+            "load_s", generate(cfg.server.database.path, n, now, domains=100)))
+        try:
+            middle = cursor_of(Key(now - 15 * DAY, ""))
+            paths = {
+                "list, first page (50)": "/api/v1/messages",
+                "list, a page from the middle (cursor)": f"/api/v1/messages?cursor={middle}",
+                "list, status=failed": "/api/v1/messages?status=failed",
+                "list, status=queued,deferred": "/api/v1/messages?status=queued,deferred",
+                "list, to=@d7.example": "/api/v1/messages?to=@d7.example",
+                "list, since=1h": "/api/v1/messages?since=1h",
+                "one message": f"/api/v1/messages/{n // 2:032x}",
+                "stats": "/api/v1/stats",
+                "dashboard /": "/",
+            }
+            times = {name: page_ms(daemon.port, path) for name, path in paths.items()}
+        finally:
+            daemon.stop()
+    return {"messages": n, **loaded, "pages": times}
+
+
 def run(base: Path, quick: bool, rounds: int | None = None, messages: int | None = None,
         clients: int = CLIENTS) -> dict[str, Any]:
     from mailmand.client import Client
@@ -162,7 +227,8 @@ def run(base: Path, quick: bool, rounds: int | None = None, messages: int | None
         load = (load0 + os.getloadavg()[0]) / 2
     result = row(f"POST /api/v1/messages, {clients} clients vs Client.enqueue, 1 thread", a, b)
     return {"rows": [result], "messages": n, "clients": clients, "rounds": rounds, "target": TARGET,
-            "ratio": result["ratio"], "load_average": round(load, 2)}
+            "ratio": result["ratio"], "load_average": round(load, 2),
+            "big_store": pages_on_big_store(base, 100_000 if quick else 1_000_000)}
 
 
 def report(results: dict[str, Any]) -> str:
@@ -175,6 +241,12 @@ def report(results: dict[str, Any]) -> str:
         a, b = r["mailmand"], r["baseline"]
         lines.append(f"| {r['name']} | {a['median']:.0f} ({a['min']:.0f}–{a['max']:.0f}) "
                      f"| {b['median']:.0f} ({b['min']:.0f}–{b['max']:.0f}) | **{r['ratio']:.2f}** |")
+    big = results.get("big_store")
+    if big:
+        lines += [f"\nreads on a store of {big['messages']:,} messages, through the daemon's web server "
+                  f"(ms, median of {PAGE_TIMES}; target < 200):", "| request | median ms (min–max) |", "|---|---|"]
+        lines += [f"| {name} | {t['median_ms']:.1f} ({t['min_ms']:.1f}–{t['max_ms']:.1f}) |"
+                  for name, t in big["pages"].items()]
     return "\n".join(lines)
 
 
