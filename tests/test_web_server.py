@@ -72,6 +72,22 @@ def test_a_new_token_applies_on_reload(web_daemon, tmp_path):
     assert new not in daemon.proc.log and TOKEN not in daemon.proc.log
 
 
+def test_a_daemon_without_web_never_imports_it(tmp_path, write_config):
+    """Starlette, uvicorn and Jinja2 cost a daemon that serves no web pages nothing."""
+    from tests.test_imports import run_fresh
+
+    conf = write_config(free_port())
+    code = ("import threading; from mailmand.config import load; from mailmand.daemon import Daemon\n"
+            f"d = Daemon(load({str(conf)!r})); threading.Timer(1.0, d.stop).start(); d.run()")
+    modules = run_fresh(tmp_path, code, conf)
+    assert "mailmand.dispatcher" in modules  # it ran
+    assert not {m.split(".")[0] for m in modules} & {"starlette", "uvicorn", "jinja2"}
+    assert "mailmand.web" not in modules
+    with_web = write_config(free_port(), name="web.yaml", extra_server=web_yaml(free_port(), token=None))
+    modules = run_fresh(tmp_path, code.replace(str(conf), str(with_web)), with_web)
+    assert {"starlette", "uvicorn", "jinja2", "mailmand.web.server"} <= modules
+
+
 def test_the_listener_names_tcp_so_its_connections_get_nodelay(tmp_path, write_config):
     """asyncio sets TCP_NODELAY only on sockets created with IPPROTO_TCP: without it, a
     keep-alive client waits out its delayed ACK (40 ms) on every response."""
