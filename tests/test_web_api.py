@@ -205,7 +205,9 @@ def test_the_listing_pages_through_every_message_once(web_daemon, store):
         assert len(http.get("/api/v1/messages", params={"since": "1h"}).json()["messages"]) == 7
         for params, field in (({"status": "lost"}, "status"), ({"limit": 0}, "limit"), ({"limit": 501}, "limit"),
                               ({"cursor": "nope"}, "cursor"), ({"tag": "batch"}, "tag"),
-                              ({"since": "last week"}, "since"), ({"to": "@"}, "to")):
+                              ({"since": "last week"}, "since"), ({"to": "@"}, "to"), ({"to": "null"}, "to"),
+                              ({"from": "ann@"}, "from"), ({"limit": 5, "colour": "red"}, "colour"),
+                              ({"since": ""}, "since")):
             r = http.get("/api/v1/messages", params=params)
             assert r.status_code == 400 and r.json()["field"] == field, (params, r.text)
 

@@ -54,9 +54,11 @@ def takes(*names: str) -> Callable[[Endpoint], Endpoint]:
 
     def wrap(endpoint: Endpoint) -> Endpoint:
         async def checked(request: Request) -> Response:
-            for name in request.query_params:
+            for name, value in request.query_params.multi_items():
                 if name not in known:
                     return refuse(400, name, f"unknown parameter (known: {', '.join(sorted(known)) or 'none'})")
+                if not value.strip():  # `since=` is a mistake, not "since ever"
+                    return refuse(400, name, "given with no value: give one, or leave the parameter out")
             return await endpoint(request)
         checked.__name__ = endpoint.__name__
         return checked
@@ -181,7 +183,8 @@ def selection_of(request: Request, now: float) -> tuple[Selection, int, Key | No
         raise BadQuery("tag", exc.reason) from None
     for field in ("to", "from"):
         for address in q.getlist(field):
-            if not address.strip() or address.strip() == "@":
+            text = address.strip()
+            if "@" not in text or text == "@" or text.endswith("@"):  # every envelope address has a domain
                 raise BadQuery(field, f"expected an address or @domain, got {address!r}")
     since = _moment("since", q["since"], now) if q.get("since") else None
     limit_text = q.get("limit", str(DEFAULT_LIMIT))
