@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 
 import httpx
 
@@ -45,6 +46,14 @@ def test_idle_and_slow_clients_are_closed_and_cannot_lock_others_out(web_daemon)
     finally:
         for sock in (*idle, slow):
             sock.close()
+
+
+def test_healthz_answers_as_the_metrics_listener_does(web_daemon):
+    daemon = web_daemon(interval="1s")
+    time.sleep(4)  # past 3 x interval: only a dispatcher that keeps running keeps it ok
+    with daemon.anonymous() as anon:
+        r = anon.get("/healthz")
+    assert (r.status_code, r.text) == (200, "ok\n")
 
 
 def test_a_port_in_use_stops_the_daemon_at_start(write_config):
