@@ -17,16 +17,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .config.schema import Config
 from .config.values import format_duration, format_rate
 from .errors import NotFound
 from .stores.base import Attempt, MessageInfo, RecipientOutcome, Status, Store, Suppression
 from .stores.suppression import EVERY_ONE, normal
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
+    from .config import Config, ServerConfig
 
 QUARANTINE_LOOK = 500  # the newest quarantine entries looked through for a message not stored
 
@@ -72,7 +71,7 @@ def explain(store: Store, settings: Config | ServerConfig, message_id: str, now:
 
 
 def gather(store: Store, settings: Config | ServerConfig, message_id: str, now: float) -> Facts:
-    server = settings.server if isinstance(settings, Config) else settings
+    server = cast("ServerConfig", getattr(settings, "server", settings))
     info = store.get(message_id)
     due = info.status in (Status.QUEUED, Status.DEFERRED) and info.due_at <= now and info.send_after <= now
     return Facts(now=now, message=info, attempts=store.attempts(message_id),

@@ -18,10 +18,14 @@ if TYPE_CHECKING:
 
 
 def cmd_explain(cfg: Config, args: argparse.Namespace) -> int:
+    from ..config import load
+
     t = now()
+    # The whole configuration (a producer's cached settings keep only what producers read).
+    settings = load(getattr(args, "config", None), producer=True)
     try:
         with store(cfg) as s:
-            found = explain(s, cfg, args.id, t)
+            found = explain(s, settings, args.id, t)
     except (NotFound, NoStore):  # not stored (or no store yet): it may still wait in the queue
         queued = _in_queue(cfg, args.id)
         if queued is None:
