@@ -416,8 +416,8 @@ class Dispatcher:
         except StoreUnavailable as exc:
             log.warning("%d refusal(s) not counted toward suppression: %s", len(refused), exc)
             return
-        for address in newly:
-            log.info("suppressed %s for %s: refused as unknown %d time(s) or more (mailmand suppress remove %s)",
+        for address in newly:  # DEBUG, as each delivery: `suppress list` and the events say it for good
+            log.debug("suppressed %s for %s: refused as unknown %d time(s) or more (mailmand suppress remove %s)",
                      address, fmt_duration(s.duration), s.after, address)
 
     def _flush(self) -> None:
