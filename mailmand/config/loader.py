@@ -497,7 +497,6 @@ def drop_daemon_secrets(data: object) -> None:
         if isinstance(server.get(section), dict):
             for secret in secrets:
                 server[section].pop(secret, None)
-    server.pop("dkim", None)  # the signing keys
 
 
 def load(path: str | Path | None = None, *, producer: bool = False,
