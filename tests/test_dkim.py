@@ -196,3 +196,30 @@ def test_which_keys_sign(tmp_path, write_config):
     assert from_domain(b"To: x@y\r\n\r\nbody") is None
     raw = b"From: a@elsewhere.org\r\nSubject: s\r\n\r\nbody\r\n"
     assert sign(raw, entries) is raw  # no key for it: the very same bytes
+
+
+def test_openssl_makes_the_signature_dkimpy_would():
+    import hashlib
+
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
+
+    from mailmand.dkim import openssl_sign
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    pk = parse_pem_private_key(pem)
+    for text in (b"", b"a header hash", bytes(range(256))):
+        for algorithm in ("sha256", "sha1"):
+            assert openssl_sign(hashlib.new(algorithm, text), pk) == RSASSA_PKCS1_v1_5_sign(
+                hashlib.new(algorithm, text), pk)
+    # And dkimpy signs with it once mailmand has signed a message.
+    entry = load_entry(pem.decode())
+    sign(b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n", [entry])
+    assert dkim.RSASSA_PKCS1_v1_5_sign is openssl_sign
+
+
+def load_entry(pem: str):
+    from mailmand.config.schema import DkimConfig
+
+    return DkimConfig(domain="example.com", selector="s", key=pem)
