@@ -219,7 +219,7 @@ def _suppressed(f: Facts) -> list[dict[str, Any]]:
 
 
 def _suppressed_text(f: Facts, everyone: bool = False) -> str:
-    shown = "; ".join(f"{r.address} {r.reply}" for r in f.recipients if r.status == "suppressed")
+    shown = "; ".join(f"{r.address} ({r.reply})" for r in f.recipients if r.status == "suppressed")
     head = "every recipient is suppressed, never offered to a relay" if everyone else "suppressed"
     return f"{head}: {shown}" if shown else head
 
@@ -229,7 +229,7 @@ def _undelivered(f: Facts, skip_failed: bool = False) -> str:
     parts = []
     for r in f.recipients:
         if r.status == "suppressed":
-            parts.append(f"{r.address} {r.reply}")
+            parts.append(f"{r.address} ({r.reply})")
         elif r.status == "failed" and not skip_failed:
             parts.append(f"{r.address} failed: {r.reply} (permanent)")
     return f"; not to {', '.join(parts)}" if parts else ""
