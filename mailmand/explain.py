@@ -214,8 +214,8 @@ def _active(f: Facts) -> list[Suppression]:
 
 
 def _suppressed(f: Facts) -> list[dict[str, Any]]:
-    mine = {r.address for r in f.recipients if r.status == "suppressed"}
-    return [s.to_json() for s in f.suppressions if s.address in {normal(a) for a in mine} or s.active(f.now)]
+    mine = {normal(r.address) for r in f.recipients if r.status == "suppressed"}
+    return [s.to_json() for s in f.suppressions if s.address in mine or s.active(f.now)]
 
 
 def _suppressed_text(f: Facts, everyone: bool = False) -> str:
