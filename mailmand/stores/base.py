@@ -350,7 +350,7 @@ class Suppression:
         """Why mail to it fails at ingest, in the recipient's row and its event."""
         from datetime import datetime
 
-        until = datetime.fromtimestamp(self.until or 0).isoformat(sep=" ", timespec="minutes")
+        until = datetime.fromtimestamp(self.until or 0).astimezone().isoformat(sep=" ", timespec="minutes")
         if self.source == "operator":
             return f"suppressed by the operator until {until}: {self.reply}"
         return f"suppressed until {until}: refused as unknown ({self.reply})"
