@@ -282,7 +282,9 @@ class ServerConfig(Section, frozen=True):
     batch: Positive = 50  # messages claimed per dispatch run
     interval: Duration = 5.0  # dispatch tick when idle
     lease: Duration = 300.0  # how long a claim is held before a sweep takes it back
-    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    # `auto`: max-fails attempts spread over max-time, each wait double the one
+    # before (policy.auto_offsets); {min, max}: min doubled per attempt, up to max.
+    backoff: Literal["auto"] | BackoffConfig = "auto"
     retention: Duration = 30 * 86400.0  # finished mail older than this is purged
     max_message_size: Size = 25 * MiB
     max_recipients: Positive = 1000  # per message; the client, ingest and the listener all check it

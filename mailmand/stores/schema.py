@@ -140,7 +140,16 @@ V6 = [
         lease_owner TEXT, lease_until {real}, claims {bigint} NOT NULL DEFAULT 0,
         fails INTEGER NOT NULL DEFAULT 0, retry_at {real} NOT NULL DEFAULT 0)""",
 ]
-SHARED = [V1, V2, V3, V4, V5, V6]
+V7 = [
+    # Each daemon's relays as it last saw them (a JSON list, written with its heartbeat):
+    # up or down and since when, the last reply, the throttle. What `status` shows.
+    "ALTER TABLE daemons ADD COLUMN relays TEXT",
+    # Messages handed to each relay per UTC day (`quota: {per-day}`), shared by the
+    # daemons and kept across restarts.
+    """CREATE TABLE relay_quota (relay TEXT NOT NULL, day {bigint} NOT NULL, used {bigint} NOT NULL,
+        PRIMARY KEY (relay, day))""",
+]
+SHARED = [V1, V2, V3, V4, V5, V6, V7]
 # The columns a store copies (`migrate`) and reads back, by table, as the latest version has them.
 MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
                    "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",
