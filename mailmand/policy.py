@@ -116,7 +116,8 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     # (and a hang-up after it accepted the envelope); an unreachable relay,
     # TLS or AUTH trouble (no reply code at all) is bounded by max-time
     # instead, so an outage does not fail the queue.
-    counted = result.answered
+    # Nor does a relay's own trouble: down, refusing the session, or pushing back for load.
+    counted = result.answered and not result.relay_fault
     fails = _fails(msg) + (1 if counted else 0)
     code = result.code if result.kind is not Kind.SENT else (refused[0].code if refused else result.code)
     if counted and fails >= cfg.max_fails:
