@@ -300,7 +300,8 @@ class SQLStore(OperatorSQL, EventLog):
         else:
             rows = self._read(f"SELECT {DAEMON_READ} FROM daemons WHERE heartbeat_at >= ?"
                               " ORDER BY started_at", [now - DAEMON_TTL])
-        return [DaemonInfo(*r[:-1], relays=tuple(json.loads(r[-1])) if r[-1] else ()) for r in rows]
+        return [DaemonInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])) if r[7] else ())
+                for r in rows]
 
     # -- relay quotas ----------------------------------------------------------
 
