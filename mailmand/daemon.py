@@ -320,7 +320,8 @@ class Daemon:
                 from .metrics import MetricsServer
 
                 metrics = MetricsServer(server.metrics.listen, self.store, self.queue,
-                                        lambda: self.dispatcher.cfg.interval, self.problems)
+                                        lambda: self.dispatcher.cfg.interval, self.problems,
+                                        self.dispatcher.relay_states)
                 metrics.registry.register(webhooks.collector())
                 self.services.append(metrics.start())
             if server.submission is not None:

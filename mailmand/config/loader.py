@@ -402,9 +402,8 @@ def check_relays(relays: tuple[RelayConfig, ...]) -> None:
     seen: set[str] = set()
     for i, relay in enumerate(relays):
         if relay.label in seen:
-            what = "name" if relay.name else "host:port"
-            raise ConfigError(f"{relay.label!r} twice: give each relay a name of its own", f"email.server.relays[{i}].{what}"
-                              if relay.name else f"email.server.relays[{i}]")
+            key = f"email.server.relays[{i}]" + (".name" if relay.name else "")
+            raise ConfigError(f"{relay.label!r} twice: give each relay a name of its own", key)
         seen.add(relay.label)
 
 
