@@ -99,6 +99,9 @@ class Fleet:
             return self.members[0].relay
         return None
 
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
     def states(self) -> list[dict[str, Any]]:
         """Each relay's state, as `status`, /healthz and the heartbeat show it."""
         return [m.to_json() for m in self.members]
@@ -218,6 +221,7 @@ class _Run:
         self.merged: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.envs: dict[str, Envelope] = {}  # routed, no result yielded yet
         self.tried: dict[str, set[str]] = {}  # relays that failed a message for their own sake, this run
+        self.failed: set[str] = set()  # relays found down this run: not probed again before the next
         self.closed = False
         self.routed_all = False
 
@@ -265,7 +269,7 @@ class _Run:
                     break
                 if env is None:
                     continue  # nothing now (the feed waited for room)
-                member = self.fleet.choose(env)
+                member = self.fleet.choose(env, self.failed)
                 if member is None:
                     with self.cond:
                         self.envs[env.id] = env
@@ -318,7 +322,7 @@ class _Run:
                     self.envs.pop(env.id, None)  # never attempted: the dispatcher hands it back
                     self.cond.notify_all()
                 continue
-            member = self.fleet.choose(env, self.tried.get(env.id, set()) | {item.lane.member.name})
+            member = self.fleet.choose(env, self.tried.get(env.id, set()) | self.failed | {item.lane.member.name})
             if member is not None:
                 self._send_to(member, env)
             else:
@@ -329,11 +333,14 @@ class _Run:
         kept = []
         for r in group:
             env = self.envs.get(r.id)
-            if r.relay_fault and env is not None:
+            by = self.fleet.member(r.relay)  # None: answered here, no relay could take it
+            if r.relay_fault and env is not None and by is not None:
                 tried = self.tried.setdefault(r.id, set())
                 tried.add(r.relay)
+                if r.code is None and not by.relay.health.up:
+                    self.failed.add(r.relay)
                 self.fleet.quotas.give_back(r.relay)
-                member = None if self.stopped() else self.fleet.choose(env, tried)
+                member = None if self.stopped() else self.fleet.choose(env, tried | self.failed)
                 if member is not None:
                     log.debug("%s: relay %s could not take it (%s); trying relay %s", r.id, r.relay, r.reply,
                               member.name)
