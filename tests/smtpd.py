@@ -248,6 +248,7 @@ class SmtpServer:
         self.refused_sessions = 0
         self.refused_messages = 0
         self.accepted_at: list[float] = []  # when each MAIL under the ceiling was accepted (monotonic)
+        self.refused_at: list[float] = []  # when each MAIL past it was refused
         self._tls = tls
         self._handler = _Handler(self)
         self._lock = threading.Lock()
@@ -414,6 +415,7 @@ class SmtpServer:
                 recent = [t for t in self.accepted_at[-int(self.ceiling) - 1:] if t > now - 1.0]
                 if len(recent) >= self.ceiling:
                     self.refused_messages += 1
+                    self.refused_at.append(now)
                     return False
             self.accepted_at.append(now)
             return True

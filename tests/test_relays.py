@@ -258,6 +258,7 @@ def test_status_shows_each_relays_state_from_the_running_daemon(smtp_server, tmp
             from tests.conftest import run_cli
 
             out = run_cli("status", "--json", "-c", str(conf))
+            assert out.returncode == 0, out.stderr.decode()
             return json.loads(out.stdout)["relays"]
 
         assert wait_until(lambda: [r.get("state") for r in relays()] == ["down", "up"], timeout=30)

@@ -92,10 +92,15 @@ def relays(cfg: Config, s: Any, live: list[Any], t: float) -> list[dict[str, Any
     for d in live:
         out += [{**r, "daemon": d.id} for r in d.relays]
     reported = {r["name"] for r in out}
-    for rc in cfg.server.relay_configs():
-        if rc.label not in reported:
-            out.append({"name": rc.label, "relay": rc.relay, "priority": rc.priority, "weight": rc.weight,
-                        "senders": list(rc.senders), "quota_per_day": rc.quota.per_day if rc.quota else None,
+    # Read field by field: the configuration may be the producers' cached copy (plain sections).
+    for i, rc in enumerate(cfg.server.relays or (cfg.server.smtp,)):
+        relay = f"{rc.host}:{rc.port}"
+        name = getattr(rc, "name", None) or relay
+        quota = getattr(rc, "quota", None)
+        if name not in reported:
+            out.append({"name": name, "relay": relay, "priority": getattr(rc, "priority", None) or i + 1,
+                        "weight": getattr(rc, "weight", 1), "senders": list(getattr(rc, "senders", ())),
+                        "quota_per_day": quota.per_day if quota is not None else None,
                         "state": None})  # no daemon says
     day = int(t // 86400)  # quotas count UTC days
     for r in out:

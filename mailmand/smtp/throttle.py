@@ -5,9 +5,11 @@ messages`, `421 too many connections`. `Throttle` then halves that relay's
 connections and rate (multiplicative decrease), and lets them grow back as
 deliveries succeed (additive increase), never above what is configured.
 
-The rate grows back in two steps, so that halving does not cost a quarter of
-the relay's capacity: quickly to AIM of the rate at which the relay pushed
-back (a tenth of the gap per delivery: about a second at tens a second), then
+After a decrease nothing is sent for HOLD (a relay that counts per second
+still has the excess in its window). The rate then grows back in two steps,
+so that halving does not cost a quarter of the relay's capacity: quickly to
+AIM of the rate at which the relay pushed back (a quarter of the gap per
+delivery: a few deliveries), then
 slowly past it (PROBE of that rate per second), until the relay pushes back
 again or, with no configured rate, the limit is lifted at LIFT times it.
 Measured in bench/throttle.py against a relay with a hidden ceiling.
@@ -32,11 +34,13 @@ PUSHBACK_CODES = frozenset({421, 451, 454})
 # (RFC 3463 4.7.0 "other security", 4.7.28 "mail flood detected" (RFC 7372)).
 PUSHBACK_WORDS = re.compile(r"too many|\brate\b|rate[- ]?limit|throttl|\b4\.7\.0\b|\b4\.7\.28\b", re.IGNORECASE)
 AIM = 0.9  # the rate grows back quickly to this share of the rate it was pushed back at...
-FAST = 0.1  # ...closing this share of the gap with each delivery...
+FAST = 0.25  # ...closing this share of the gap with each delivery...
 PROBE = 0.02  # ...then by this share of it per second of deliveries
 LIFT = 2.0  # no configured rate: the limit is lifted once it reaches this many times that rate
 CONNECTION_STEP = 20  # deliveries in a row that earn one more connection
-HOLD = 1.0  # seconds after a decrease during which pushbacks are the same episode (replies in flight)
+# Seconds after a decrease during which pushbacks are the same episode (replies in flight), and
+# during which nothing is sent: a relay that counts per second has the excess still in its window.
+HOLD = 1.0
 METER = 2.0  # seconds of deliveries over which the delivered rate is measured
 MIN_RATE = 0.1  # messages a second: the lowest a pushback takes the rate to
 
@@ -85,6 +89,12 @@ class TokenBucket:
                 self._tokens -= 1.0
                 return 0.0
             return (1.0 - self._tokens) / self.rate
+
+    def pause(self, seconds: float) -> None:
+        """Give no token for `seconds` (then at the rate, from nothing saved up)."""
+        with self._lock:
+            self._last = self._clock()
+            self._tokens = -seconds * self.rate
 
     def give_back(self) -> None:
         """Return a token taken for a message that did not come."""
@@ -140,6 +150,8 @@ class Throttle:
             if base is not None:
                 self._ceiling = base
                 self._set_rate(max(MIN_RATE, base / 2.0))
+                if self.bucket is not None:
+                    self.bucket.pause(HOLD)
             self._held_until = now + HOLD
             self._streak = 0
             self.decreases += 1
