@@ -182,7 +182,7 @@ def _schema_keys(t: Any, prefix: str) -> set[str]:
         structs = [a for a in args if isinstance(a, type) and issubclass(a, msgspec.Struct)]
         for inner in structs:
             keys |= _schema_keys(inner, f"{prefix}.{f.encode_name}")
-        if not structs or len(structs) < len(args) and not typing.get_origin(f.type) is tuple:
+        if not structs or len(structs) < len(args) and typing.get_origin(f.type) is not tuple:
             keys.add(f"{prefix}.{f.encode_name}")  # a value of its own (`backoff: auto`), or a section
     return keys
 

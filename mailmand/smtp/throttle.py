@@ -5,13 +5,13 @@ messages`, `421 too many connections`. `Throttle` then halves that relay's
 connections and rate (multiplicative decrease), and lets them grow back as
 deliveries succeed (additive increase), never above what is configured.
 
-After a decrease nothing is sent for HOLD (a relay that counts per second
-still has the excess in its window). The rate then grows back in two steps,
-so that halving does not cost a quarter of the relay's capacity: quickly to
-AIM of the rate at which the relay pushed back (a quarter of the gap per
-delivery: a few deliveries), then
-slowly past it (PROBE of that rate per second), until the relay pushes back
-again or, with no configured rate, the limit is lifted at LIFT times it.
+The rate grows back in three steps, so that halving does not cost a quarter
+of the relay's capacity: quickly to AIM of the rate at which the relay pushed
+back (a quarter of the gap per delivery: a few deliveries), then slowly to
+that rate (NEAR of it a second), then a little faster past it (PROBE), until
+the relay pushes back again or, with no configured rate, the limit is lifted
+at LIFT times it. After the first pushback (no limit yet, and the first burst
+still counted in a relay's window) nothing is sent for HOLD.
 Measured in bench/throttle.py against a relay with a hidden ceiling.
 """
 
@@ -33,9 +33,10 @@ PUSHBACK_CODES = frozenset({421, 451, 454})
 # What the reply's text must say to be about rate or connections, not about the message
 # (RFC 3463 4.7.0 "other security", 4.7.28 "mail flood detected" (RFC 7372)).
 PUSHBACK_WORDS = re.compile(r"too many|\brate\b|rate[- ]?limit|throttl|\b4\.7\.0\b|\b4\.7\.28\b", re.IGNORECASE)
-AIM = 0.9  # the rate grows back quickly to this share of the rate it was pushed back at...
+AIM = 0.95  # the rate grows back quickly to this share of the rate it was pushed back at...
 FAST = 0.25  # ...closing this share of the gap with each delivery...
-PROBE = 0.02  # ...then by this share of it per second of deliveries
+NEAR = 0.005  # ...then by this share of it per second of deliveries, up to it...
+PROBE = 0.02  # ...and past it by this share a second (the relay may take more now)
 LIFT = 2.0  # no configured rate: the limit is lifted once it reaches this many times that rate
 CONNECTION_STEP = 20  # deliveries in a row that earn one more connection
 # Seconds after a decrease during which pushbacks are the same episode (replies in flight), and
@@ -129,6 +130,7 @@ class Throttle:
         self._lock = threading.Lock()
         self._ceiling: float | None = None  # the delivered rate when the relay last pushed back
         self._held_until = 0.0
+        self._since = 0.0  # when sending resumed after the last decrease (the meter reads from there)
         self._streak = 0  # deliveries since the connections last changed
         self._meter: deque[float] = deque()
 
@@ -144,15 +146,19 @@ class Throttle:
             self.last_pushback = reply
             if now < self._held_until:
                 return False
-            delivered = self._measured(now)
-            base = min(x for x in (self.rate, delivered or None) if x is not None) if (self.rate or delivered) else None
+            # The rate it was sent at: what was delivered since the last decrease (a limit
+            # the relay did not let it reach says nothing), and never above the limit.
+            first = self.rate is None
+            measured = self._measured(now) or None
+            base = min(self.rate, measured) if self.rate is not None and measured else (self.rate or measured)
             self.connections = max(1, self.connections // 2)
             if base is not None:
                 self._ceiling = base
                 self._set_rate(max(MIN_RATE, base / 2.0))
                 if self.bucket is not None:
-                    self.bucket.pause(HOLD)
+                    self.bucket.pause(HOLD if first else 0.0)  # no burst from tokens saved up
             self._held_until = now + HOLD
+            self._since = now + (HOLD if first else 0.0)
             self._streak = 0
             self.decreases += 1
             rate = f"{self.rate:.3g}/s" if self.rate else "no rate limit"
@@ -163,7 +169,7 @@ class Throttle:
         """A message went through: grow back a step."""
         with self._lock:
             now = self._clock()
-            self._meter.append(now)  # the delivered rate, for the next pushback
+            self._meter.append(now)  # the delivered rate, for the first pushback
             while self._meter[0] < now - METER:
                 self._meter.popleft()
             if not self.throttled:
@@ -173,16 +179,16 @@ class Throttle:
                 self.connections += 1
                 self._streak = 0
             if self.rate is not None and self._ceiling is not None and self.rate != self.max_rate:
-                aim = AIM * self._ceiling
-                if self.rate < aim:
-                    step = (aim - self.rate) * FAST
-                else:
-                    step = PROBE * self._ceiling / self.rate  # per delivery: PROBE × ceiling a second
-                new = self.rate + max(step, 1e-6)
+                ceiling = self._ceiling
+                if self.rate < AIM * ceiling:
+                    step = (AIM * ceiling - self.rate) * FAST
+                else:  # per delivery, so that a second of deliveries adds this share of the ceiling
+                    step = (NEAR if self.rate < ceiling else PROBE) * ceiling / self.rate
+                new: float | None = self.rate + max(step, 1e-6)
                 if self.max_rate is not None:
-                    new = min(new, self.max_rate)
-                elif new >= LIFT * self._ceiling:
-                    new = None  # type: ignore[assignment]
+                    new = min(new, self.max_rate)  # type: ignore[type-var]
+                elif new is not None and new >= LIFT * ceiling:
+                    new = None
                 self._set_rate(new)
             recovered = not self.throttled  # it was, before this delivery
             if recovered:
@@ -192,20 +198,23 @@ class Throttle:
                      f"{self.rate:g}/s" if self.rate else "no rate limit")
 
     def _measured(self, now: float) -> float:
-        """Deliveries a second over the last METER seconds (0.0 when too few to tell)."""
-        while self._meter and self._meter[0] < now - METER:
+        """Deliveries a second over the last METER seconds, since sending resumed
+        after the last decrease (0.0 when too few to tell)."""
+        start = max(now - METER, self._since)
+        while self._meter and self._meter[0] < start:
             self._meter.popleft()
         if len(self._meter) < 2:
             return 0.0
-        return len(self._meter) / max(now - self._meter[0], METER / 4)
+        # Over a second at least: a relay counts per second, and a burst is no rate.
+        return len(self._meter) / max(now - self._meter[0], 1.0)
 
     def _set_rate(self, rate: float | None) -> None:
         self.rate = rate
         if rate is None:
             self.bucket = None
             return
-        # A small burst: a relay that counts per second sees no more than the rate.
-        capacity = max(1.0, rate / 5.0)
+        # No burst: a relay that counts per second sees no more than the rate.
+        capacity = 1.0
         if self.bucket is None:
             self.bucket = TokenBucket(rate, capacity, clock=self._clock)
         else:
