@@ -272,3 +272,32 @@ def test_status_shows_each_relays_state_from_the_running_daemon(smtp_server, tmp
         assert "quota: " in text and " of 100 today" in text, text
     finally:
         assert daemon.stop() == 0
+
+
+def test_several_relays_keep_at_most_a_batch_out_and_stop_cleanly(smtp_server, tmp_path):
+    """The fleet keeps the dispatcher's promises: at most `batch` messages out while the
+    relays have not answered, and a stop mid-run finishes what is out and ends (what was
+    never tried is handed back, due as it was)."""
+    import threading
+
+    gate = threading.Event()
+    a, b = smtp_server(gate=gate), smtp_server(gate=gate)
+    conf = write(tmp_path, relay_yaml(a, "a", priority=1, connections=8)
+                 + relay_yaml(b, "b", priority=1, connections=8), server="    batch: 4\n")
+    d = Daemon(load(conf))
+    ids = enqueue(d.cfg, 20)
+    runner = threading.Thread(target=d.once)
+    runner.start()
+    try:
+        assert wait_until(lambda: a.held + b.held >= 1, timeout=30)
+        assert not wait_until(lambda: a.held + b.held > 4, timeout=2.0), (a.held, b.held)
+        d.dispatcher.stop.set()
+    finally:
+        gate.set()
+        runner.join(30)
+    assert not runner.is_alive(), "the run did not end after stop"
+    sent = len(a.messages) + len(b.messages)
+    assert 1 <= sent <= 8
+    statuses = Counter(d.store.get(i).status for i in ids)
+    assert statuses[Status.SENT] == sent and statuses[Status.QUEUED] == 20 - sent  # handed back, untried
+    d.close()

@@ -224,6 +224,7 @@ class _Run:
         self.failed: set[str] = set()  # relays found down this run: not probed again before the next
         self.closed = False
         self.routed_all = False
+        self.pumps = 0  # relays' sessions started and whose end the caller has not yet dealt with
 
     def stopped(self) -> bool:
         return self.closed or (self.stop is not None and self.stop.is_set())
@@ -234,14 +235,20 @@ class _Run:
         done_routing = False
         try:
             while True:
+                # Over when nothing more can come: every relay's sessions have ended and been dealt
+                # with, and the queue is empty (only they and this thread put anything there after
+                # the router's end). A message still in `envs` then was never attempted (stopping):
+                # the dispatcher hands it back.
                 with self.cond:
-                    if done_routing and not self.envs and not any(lane.running for lane in self.lanes.values()):
+                    if done_routing and not self.pumps and self.merged.empty():
                         break
                 item = self.merged.get()
                 if item is _ROUTED_ALL:
                     done_routing = True
                     continue
                 if isinstance(item, _Ended):
+                    with self.cond:
+                        self.pumps -= 1
                     self._ended(item)
                     continue
                 group = self._settle(item)
@@ -294,6 +301,7 @@ class _Run:
             lane.inbox.append(env)
             if not lane.running:
                 lane.running = True
+                self.pumps += 1
                 lane.thread = threading.Thread(target=self._pump, args=(lane,), daemon=True,
                                                name=f"mailmand-relay-{member.name}")
                 lane.thread.start()

@@ -35,8 +35,8 @@ PUSHBACK_CODES = frozenset({421, 451, 454})
 PUSHBACK_WORDS = re.compile(r"too many|\brate\b|rate[- ]?limit|throttl|\b4\.7\.0\b|\b4\.7\.28\b", re.IGNORECASE)
 AIM = 0.95  # the rate grows back quickly to this share of the rate it was pushed back at...
 FAST = 0.25  # ...closing this share of the gap with each delivery...
-NEAR = 0.005  # ...then by this share of it per second of deliveries, up to it...
-PROBE = 0.02  # ...and past it by this share a second (the relay may take more now)
+NEAR = 0.01  # ...then by this share of it per second of deliveries, up to it...
+PROBE = 0.03  # ...and past it by this share a second (the relay may take more now)
 LIFT = 2.0  # no configured rate: the limit is lifted once it reaches this many times that rate
 CONNECTION_STEP = 20  # deliveries in a row that earn one more connection
 # Seconds after a decrease during which pushbacks are the same episode (replies in flight), and
@@ -213,8 +213,9 @@ class Throttle:
         if rate is None:
             self.bucket = None
             return
-        # No burst: a relay that counts per second sees no more than the rate.
-        capacity = 1.0
+        # Hardly a burst (a relay that counts per second sees at most 5% more than the rate),
+        # but a session woken a little late may catch up.
+        capacity = max(1.0, rate * 0.05)
         if self.bucket is None:
             self.bucket = TokenBucket(rate, capacity, clock=self._clock)
         else:
