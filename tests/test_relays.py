@@ -301,3 +301,21 @@ def test_several_relays_keep_at_most_a_batch_out_and_stop_cleanly(smtp_server, t
     statuses = Counter(d.store.get(i).status for i in ids)
     assert statuses[Status.SENT] == sent and statuses[Status.QUEUED] == 20 - sent  # handed back, untried
     d.close()
+
+
+def test_two_daemons_on_one_postgres_store_share_a_quota(smtp_server, tmp_path, postgres_dsn):
+    cheap, dear = smtp_server(), smtp_server()
+    relays = relay_yaml(cheap, "cheap", quota={"per-day": 6}) + relay_yaml(dear, "dear")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = Daemon(load(write(tmp_path / "a", relays, database=postgres_block(postgres_dsn))))
+    two = Daemon(load(write(tmp_path / "b", relays, database=postgres_block(postgres_dsn))))
+    try:
+        enqueue(one.cfg, 2)
+        assert one.once().dispatched.sent == 2  # the first daemon, still running, counted 2 of 6
+        enqueue(two.cfg, 6)
+        assert two.once().dispatched.sent == 6
+        assert (len(cheap.messages), len(dear.messages)) == (6, 2)  # what the first did not use, the second did
+    finally:
+        one.close()
+        two.close()
