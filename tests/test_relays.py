@@ -8,6 +8,7 @@ the schedule is read; the throttle runs on the real one."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -182,23 +183,28 @@ def test_a_daily_quota_holds_across_a_restart(engine, smtp_server, tmp_path, req
 # -- pushing back ---------------------------------------------------------------------
 
 
-def test_too_many_connections_halves_the_sessions_and_nothing_is_lost(smtp_server, tmp_path):
+def test_too_many_connections_halves_the_sessions_and_nothing_is_lost(smtp_server, tmp_path, caplog):
     busy = smtp_server(max_sessions=2)
     conf = write(tmp_path, relay_yaml(busy, "busy", connections=8))
     d = Daemon(load(conf))
     ids = enqueue(d.cfg, 60)
-    run = d.once().dispatched
-    assert busy.refused_sessions >= 1  # it did push back
-    assert run.failed == 0
-    [state] = d.dispatcher.relay_states()
-    assert state["connections"] <= 4 and state["throttled"] and "too many connections" in state["last_pushback"]
-    # Delivery goes on: whatever a refused session held went out on another, or waits uncounted.
-    for _ in range(5):
-        if len(busy.messages) == 60:
-            break
-        d.once(now=time.time() + 3600 * 0.75)
-    assert len(busy.messages) == 60 and all(d.store.get(i).fails == 0 for i in ids)
-    d.close()
+    try:
+        caplog.set_level(logging.WARNING, "mailmand.smtp.throttle")
+        run = d.once().dispatched
+        assert busy.refused_sessions >= 1 and run.failed == 0  # it did push back
+        halved = [r.getMessage() for r in caplog.records if "pushed back" in r.getMessage()]
+        assert halved and "too many connections" in halved[0] and "now 4 connection(s)" in halved[0], halved
+        [state] = d.dispatcher.relay_states()
+        assert "too many connections" in state["last_pushback"]
+        # Delivery goes on: what a refused session held went out on another, or waits uncounted.
+        for _ in range(5):
+            if len(busy.messages) == 60:
+                break
+            d.once(now=time.time() + 3600 * 0.75)
+        assert len(busy.messages) == 60 and all(d.store.get(i).fails == 0 for i in ids)
+        assert busy.refused_sessions <= 8, busy.refused_sessions  # fewer sessions asked for, not 8 each run
+    finally:
+        d.close()
 
 
 def test_the_throttle_converges_under_a_relays_hidden_ceiling(smtp_server, tmp_path):
@@ -319,3 +325,34 @@ def test_two_daemons_on_one_postgres_store_share_a_quota(smtp_server, tmp_path, 
     finally:
         one.close()
         two.close()
+
+
+def test_after_a_pushback_the_relay_sees_no_more_sessions_than_the_throttle_allows(smtp_server, tmp_path):
+    import threading
+
+    capped = smtp_server(ceiling=150)
+    conf = write(tmp_path, relay_yaml(capped, "capped", connections=8), server="    max-fails: 10\n")
+    d = Daemon(load(conf))
+    enqueue(d.cfg, 500)
+    seen: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append((time.monotonic(), capped.active))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        d.once()
+    finally:
+        done.set()
+        watcher.join()
+    try:
+        assert capped.refused_at, "the relay never pushed back"
+        first = capped.refused_at[0]
+        after = [n for t, n in seen if t > first + 0.5]  # the sessions in flight then have finished
+        assert after and max(after) <= 4, (max(after), capped.refused_messages)  # halved: 8 -> 4 at most
+    finally:
+        d.close()

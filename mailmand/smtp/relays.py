@@ -68,6 +68,7 @@ class Relay:
         self.health = health or RelayHealth(self.name)
         self.throttle = throttle or Throttle(self.name, cfg.connections, cfg.rate)
         self._idle: list[Session] = []
+        self._out = 0  # sessions checked out by workers
         self._lock = threading.Lock()
         self._closed = False
         self._down = Repeats(log, f"relay {self.name} unavailable")
@@ -292,13 +293,17 @@ class Relay:
 
     def _checkout(self) -> Session:
         with self._lock:
+            self._out += 1
             if self._idle:
                 return self._idle.pop()  # most recently used: least likely stale
         return Session(self._cfg, self._context, self._helo, self._window)
 
     def _checkin(self, session: Session) -> None:
+        # Kept open only within the connection limit, counting the sessions in use: a relay
+        # that pushed back for too many connections counts the idle ones too.
         with self._lock:
-            if not self._closed and session.alive and len(self._idle) < self.throttle.connections:
+            self._out -= 1
+            if not self._closed and session.alive and self._out + len(self._idle) < self.throttle.connections:
                 self._idle.append(session)
                 return
         session.close()
