@@ -354,5 +354,7 @@ def test_after_a_pushback_the_relay_sees_no_more_sessions_than_the_throttle_allo
         first = capped.refused_at[0]
         after = [n for t, n in seen if t > first + 0.5]  # the sessions in flight then have finished
         assert after and max(after) <= 4, (max(after), capped.refused_messages)  # halved: 8 -> 4 at most
+        limit = d.dispatcher.relay_states()[0]["connections"]
+        assert capped.active <= limit  # the pooled idle sessions too: a relay counts them as connections
     finally:
         d.close()
