@@ -320,7 +320,8 @@ class Daemon:
                 from .metrics import MetricsServer
 
                 metrics = MetricsServer(server.metrics.listen, self.store, self.queue,
-                                        lambda: self.dispatcher.cfg.interval, self.problems)
+                                        lambda: self.dispatcher.cfg.interval, self.problems,
+                                        self.dispatcher.relay_states)
                 metrics.registry.register(webhooks.collector())
                 self.services.append(metrics.start())
             if server.submission is not None:
@@ -343,7 +344,8 @@ class Daemon:
         return [f"ingest: {failing.last}"] if failing is not None and failing.last else []
 
     def _heartbeat(self, now: float) -> None:
-        self.store.heartbeat(self.id, now)
+        # The relays' state rides with it: `status` (another process) and peers read it there.
+        self.store.heartbeat(self.id, now, relays=self.dispatcher.relay_states())
 
     def stop(self) -> None:
         """Ask `run()` to stop, as SIGTERM does (safe from any thread)."""
