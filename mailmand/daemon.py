@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .metrics import MetricsServer
     from .scheduler import DispatchScheduler
     from .submission import SubmissionServer
+    from .web.server import WebServer
     from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._poke = False  # SIGUSR1 (`mailmand flush`): dispatch now
-        self.services: list[MetricsServer | SubmissionServer | Webhooks] = []  # what `run` serves besides dispatch
+        # what `run` serves besides dispatch
+        self.services: list[MetricsServer | SubmissionServer | Webhooks | WebServer] = []
 
     # -- the store, opened on first use ------------------------------------------
 
@@ -309,7 +311,7 @@ class Daemon:
     def _start_services(self) -> None:
         """The integration surface: the webhook senders (each in a thread of its own;
         none until one is configured), then, each only when configured, metrics (it
-        installs the observer that dispatch reports to) and the submission listener."""
+        installs the observer that dispatch reports to), the web server and the submission listener."""
         server = self.cfg.server
         try:
             from .webhooks import Webhooks
@@ -324,6 +326,13 @@ class Daemon:
                                         self.dispatcher.relay_states)
                 metrics.registry.register(webhooks.collector())
                 self.services.append(metrics.start())
+            if server.web is not None:
+                from .metrics import Health
+                from .web.server import WebServer  # Starlette, uvicorn, Jinja2: only when configured
+
+                health = Health(lambda: self.dispatcher.last_active, self.store,
+                                lambda: self.dispatcher.cfg.interval, self.problems, self.dispatcher.relay_states)
+                self.services.append(WebServer(self.cfg, health, self.poke, self.id).start())
             if server.submission is not None:
                 from .submission import SubmissionServer
 
@@ -346,6 +355,10 @@ class Daemon:
     def _heartbeat(self, now: float) -> None:
         # The relays' state rides with it: `status` (another process) and peers read it there.
         self.store.heartbeat(self.id, now, relays=self.dispatcher.relay_states())
+
+    def poke(self) -> None:
+        """Mail became due now (an operator's move over the web): dispatch at once (safe from any thread)."""
+        self._poke = True
 
     def stop(self) -> None:
         """Ask `run()` to stop, as SIGTERM does (safe from any thread)."""

@@ -158,6 +158,7 @@ class Dispatcher:
         self._unreleased: list[str] = []  # never tried, but the store could not take them back yet
         self.leases = Leases(lambda: len(self._live) + len(self._unsaved) + len(self._unreleased))
         self._renewed = 0.0
+        self.last_active = time.monotonic()  # the last look for due mail (start-up counts as one): for /healthz
         # Claims the next batch ahead (its thread starts with the first claim ahead).
         self._claimer = futures.ThreadPoolExecutor(1, thread_name_prefix="mailmand-claim")
         self._store_down = Repeats(log, f"store {store.name}")
@@ -343,6 +344,7 @@ class Dispatcher:
         """Claim up to `room` messages; those past max-time are recorded expired, the
         rest go to `live`. (those, how many were claimed); None: nothing is due, or no store."""
         t = time.time() if now is None else now
+        self.last_active = time.monotonic()
         observe.observer.dispatching()
         try:
             if time.monotonic() - self._renewed >= min(HEARTBEAT, cfg.lease / 3):

@@ -206,17 +206,30 @@ class RelayCollector(Collector):
 class Health:
     """What /healthz answers, from state the daemon keeps (no I/O)."""
 
-    def __init__(self, metrics: Metrics, store: Store, interval: Callable[[], float],
-                 parts: Callable[[], list[str]] = list) -> None:
-        self.metrics = metrics
+    def __init__(self, last_active: Callable[[], float], store: Store, interval: Callable[[], float],
+                 parts: Callable[[], list[str]] = list,
+                 relays: Callable[[], list[dict[str, Any]]] = list) -> None:
+        self.last_active = last_active  # monotonic time of the dispatcher's last run
         self.store = store
         self.interval = interval
         self.parts = parts  # the daemon's other failing parts, "ingest: ..." each
+        self.relays = relays  # each relay's state (memory)
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """(ok, the JSON body of /healthz): what every listener's /healthz answers."""
+        ok, reason = self.check()
+        try:
+            relays = self.relays()
+        except Exception:  # never a reason for /healthz to fail
+            log.exception("relay state for /healthz")
+            relays = []
+        return ok, {"status": "ok" if ok else "failing", "problems": [] if ok else reason.splitlines(),
+                    "relays": relays}
 
     def check(self) -> tuple[bool, str]:
         problems = []
         limit = HEALTH_RUNS * self.interval()
-        idle = time.monotonic() - self.metrics.last_dispatch
+        idle = time.monotonic() - self.last_active()
         if idle > limit:
             problems.append(f"dispatcher has not run for {idle:.0f}s (limit {limit:g}s: 3 x interval)")
         store = self.store.problem()
@@ -247,7 +260,7 @@ class MetricsServer:
         self.relays = relays
         self.registry.register(StateCollector(store, queue))
         self.registry.register(RelayCollector(relays))
-        self.health = Health(self.metrics, store, interval, parts)
+        self.health = Health(lambda: self.metrics.last_dispatch, store, interval, parts, relays)
         self._prometheus = make_wsgi_app(self.registry)
         self._httpd: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -262,14 +275,7 @@ class MetricsServer:
 
     def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
-            ok, reason = self.health.check()
-            try:
-                relays = self.relays()
-            except Exception:  # never a reason for /healthz to fail
-                log.exception("relay state for /healthz")
-                relays = []
-            report = {"status": "ok" if ok else "failing", "problems": [] if ok else reason.splitlines(),
-                      "relays": relays}
+            ok, report = self.health.report()
             body = (json.dumps(report, separators=(",", ":")) + "\n").encode()
             start_response("200 OK" if ok else "503 Service Unavailable",
                            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])

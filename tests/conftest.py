@@ -11,7 +11,7 @@ import pytest
 
 from mailmand.config import Config, DatabaseConfig, QueueConfig, ServerConfig, SmtpConfig
 
-pytest_plugins = ("tests.smtpd", "tests.postfix", "tests.redisutil", "tests.realusers")
+pytest_plugins = ("tests.smtpd", "tests.postfix", "tests.redisutil", "tests.realusers", "tests.webutil")
 
 ROOT = Path(__file__).resolve().parent.parent
 

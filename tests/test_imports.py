@@ -22,7 +22,8 @@ from tests.conftest import ROOT
 # Top-level packages and mailmand modules that only the daemon (or check-config --connect) may load.
 DAEMON_ONLY = {"watchdog", "apscheduler", "aiosmtpd", "smtplib", "ssl", "_ssl", "asyncio", "persistqueue",
                "mailmand.daemon", "mailmand.scheduler", "mailmand.dispatcher", "mailmand.ingest", "mailmand.smtp",
-               "mailmand.demo", "mailmand.notices", "mailmand.policy", "mailmand.systemd"}
+               "mailmand.demo", "mailmand.notices", "mailmand.policy", "mailmand.systemd",
+               "mailmand.web", "starlette", "uvicorn", "jinja2"}
 
 HARNESS = """
 import atexit, json, sys

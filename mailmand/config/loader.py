@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     import yaml
 
-    from .schema import DkimConfig, SubmissionConfig, WebhookConfig
+    from .schema import DkimConfig, SubmissionConfig, WebConfig, WebhookConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ REFUSED = {
 }
 # The Go original's database keys, from which the postgres dsn is built.
 GO_DATABASE_KEYS = ("host", "port", "username", "password", "password-file", "name")
+MIN_TOKEN = 16  # characters of the web token: a short one could be guessed over the network
 # RFC 8314 §7.3, RFC 6409 §3.1, RFC 5321 §4.5.4
 PORT_FOR_TLS = {"ssl": 465, "starttls": 587, "none": 25}
 
@@ -179,7 +180,7 @@ class Parse:
     def prepare(self, value: Any, key: str) -> Any:
         """`${ENV}` filled in, null and empty values dropped: a copy of `value`."""
         if isinstance(value, str):
-            if key.rpartition(".")[2] in ("password", "secret", "key") and _is_literal(value):
+            if key.rpartition(".")[2] in ("password", "secret", "key", "token") and _is_literal(value):
                 self.literal.add(key)
             return interpolate(value, key)
         if isinstance(value, list):
@@ -286,6 +287,7 @@ class Parse:
             for i, entry in enumerate(server.dkim))
         self.failed()
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
+        web = self.web(server.web, given.get("web", {}))
         events = replace(server.events, webhooks=tuple(
             self.webhook(hook, f"email.server.events.webhooks[{i}]") for i, hook in enumerate(server.events.webhooks)))
         seen: set[str] = set()
@@ -295,7 +297,7 @@ class Parse:
                                   f"email.server.events.webhooks[{i}].url")
             seen.add(hook.url)
         server = replace(server, smtp=smtp, relays=relays, submission=submission, metrics=metrics,
-                         database=database, events=events, dkim=dkim)
+                         database=database, events=events, dkim=dkim, web=web)
         if "min-free" not in data.get("queue", {}).get("default", {}):
             queue = replace(queue, min_free=4 * server.max_message_size)
         return Config(queue=queue, server=server, sendmail=email.sendmail, source=self.source)
@@ -374,6 +376,33 @@ class Parse:
             shown = entry.key_file if entry.key_file is not None else "the key"
             raise ConfigError(f"{shown} is not a usable {entry.algorithm} private key: {problem}", where)
         return entry
+
+    def web(self, web: WebConfig | None, given: dict[str, Any]) -> WebConfig | None:
+        """On when `listen` is given; `token` or `token-file`, the file read into `token`;
+        no token only on loopback. Producers never serve it: None for them."""
+        key = "email.server.web"
+        if web is None or self.producer:
+            return None
+        if "listen" not in given:  # as the other listeners: the section alone opens no port
+            self.warn(f"{key}: no listen given: the web server is off")
+            return None
+        if web.token_file is not None and web.token is not None:
+            raise ConfigError("give token or token-file, not both", key)
+        if web.token_file is not None:
+            web = replace(web, token=self.read_secret(web.token_file, f"{key}.token-file"))
+        elif web.token is not None and f"{key}.token" in self.literal:
+            self.check_private(f"{key}.token")
+        if web.token is not None and len(web.token) < MIN_TOKEN:
+            raise ConfigError(f"too short: at least {MIN_TOKEN} characters (e.g. `openssl rand -hex 32`)",
+                              f"{key}.token")
+        if web.token is None:
+            from .values import is_loopback, split_listen
+
+            if not is_loopback(split_listen(web.listen)[0]):
+                raise ConfigError(f"{web.listen} is not on loopback and there is no token: anyone who can reach "
+                                  "it could read and send mail; set token or token-file, or listen on "
+                                  "127.0.0.1", f"{key}.token")
+        return web
 
     def auth(self, auth: AuthConfig | None, key: str) -> AuthConfig | None:
         """Both halves or none: no username and no password is no AUTH."""
@@ -522,7 +551,7 @@ def drop_daemon_secrets(data: object) -> None:
     if not isinstance(server, dict):
         return
     for section, secrets in (("smtp", ("auth",)), ("database", ("dsn", "password", "password-file")),
-                             ("submission", ("auth",)), ("events", ("webhooks",))):
+                             ("submission", ("auth",)), ("events", ("webhooks",)), ("web", ("token",))):
         if isinstance(server.get(section), dict):
             for secret in secrets:
                 server[section].pop(secret, None)
@@ -555,6 +584,7 @@ def restart_required(old: Config, new: Config) -> list[str]:
     for key, x, y in (
         ("email.server.submission.listen", old.server.submission, new.server.submission),
         ("email.server.metrics.listen", old.server.metrics, new.server.metrics),
+        ("email.server.web.listen", old.server.web, new.server.web),
     ):
         # listeners bind at start; auth and TLS of the listener apply on reload
         if (x and x.listen) != (y and y.listen):
@@ -591,7 +621,9 @@ def keep_running(old: Config, new: Config) -> Config:
     sub, old_sub = server.submission, old.server.submission
     # A listener turned on waits for a restart (none runs); one turned off runs on as it was.
     sub = old_sub if sub is None or old_sub is None else replace(sub, listen=old_sub.listen)
-    server = replace(server, database=old.server.database, submission=sub, metrics=old.server.metrics)
+    web, old_web = server.web, old.server.web
+    web = old_web if web is None or old_web is None else replace(web, listen=old_web.listen)
+    server = replace(server, database=old.server.database, submission=sub, metrics=old.server.metrics, web=web)
     return replace(new, queue=old.queue, server=server)
 
 

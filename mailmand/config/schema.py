@@ -252,6 +252,20 @@ class MetricsConfig(Section, frozen=True):
     listen: Listen = "127.0.0.1:9464"
 
 
+class WebConfig(Section, frozen=True):
+    """`email.server.web`: the HTTP API and the dashboard (off when absent)."""
+
+    secret_fields = frozenset({"token"})
+
+    listen: Listen = "127.0.0.1:8025"
+    # `token` or `token-file`: what `Authorization: Bearer` and the dashboard's login take.
+    # None: no login, and then only a loopback `listen` is allowed.
+    token: str | None = None
+    token_file: Path | None = None  # read into `token` by the loader
+    max_connections: Positive = 100  # connections and requests at once; past it, 503
+    timeout: Duration = 5.0  # an idle keep-alive connection is closed after this
+
+
 EventTypeName = Literal["queued", "deferred", "sent", "failed", "expired", "cancelled", "suppressed", "held",
                         "released"]
 
@@ -348,6 +362,7 @@ class ServerConfig(Section, frozen=True):
     relays: tuple[RelayConfig, ...] = ()  # empty: `smtp` alone
     submission: SubmissionConfig | None = None
     metrics: MetricsConfig | None = None
+    web: WebConfig | None = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     dkim: tuple[DkimConfig, ...] = ()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-SECRET_KEYS = frozenset({"password", "dsn", "url", "secret", "key"})  # keys whose text is never shown
+SECRET_KEYS = frozenset({"password", "dsn", "url", "secret", "key", "token"})  # keys whose text is never shown
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # The words people write on a command line (`--in 5 minutes`), each the same as its letter.
