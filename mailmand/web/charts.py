@@ -7,8 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-WIDTH, HEIGHT = 720, 180  # the SVG's user units; CSS scales it to the page
-LEFT, BOTTOM, TOP = 48, 22, 8  # room for the value axis, the time labels, the top tick
+WIDTH, HEIGHT = 560, 170  # the SVG's user units; CSS scales it to the page
+LEFT, BOTTOM, TOP = 40, 22, 8  # room for the value axis, the time labels, the top tick
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Chart:
     title: str
     width: int
     height: int
+    left: int  # where the plot begins, right of the value axis
     bars: list[Bar]
     values: list[Tick]
     times: list[Tick]
@@ -79,4 +80,4 @@ def stacked(title: str, series: Mapping[str, Sequence[float]], labels: Sequence[
             base += h
     ticks = [Tick(round(TOP + plot_h - f * plot_h, 2), number(top * f)) for f in (0, 0.5, 1)]
     times = [Tick(round(LEFT + i * slot + slot / 2, 2), labels[i]) for i in range(0, steps, max(every, 1))]
-    return Chart(title, WIDTH, HEIGHT, bars, ticks, times, list(series), sum(totals), not any(totals))
+    return Chart(title, WIDTH, HEIGHT, LEFT, bars, ticks, times, list(series), sum(totals), not any(totals))

@@ -43,6 +43,13 @@ def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
+def short(ts: float | None) -> str:
+    """Local time, month, day and time of day: a list's column (the page's title has the rest)."""
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%b %d %H:%M:%S")
+
+
 def age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -58,7 +65,7 @@ def ms(seconds: float | None) -> str:
     return f"{seconds * 1000:,.0f} ms" if seconds < 10 else age(seconds)
 
 
-templates.env.filters.update(when=when, age=age, ms=ms)
+templates.env.filters.update(when=when, short=short, age=age, ms=ms)
 
 
 def ctx_of(request: Request) -> WebContext:

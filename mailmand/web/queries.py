@@ -95,7 +95,7 @@ def cursor(key: Key | None) -> str | None:
 
 @dataclass(frozen=True)
 class Source:
-    headers: list[tuple[str, str]]  # as they stand in the message, folded lines unfolded
+    headers: list[tuple[str, str]]  # in their order, unfolded, encoded words decoded
     text: str  # the source, decoded for reading (bytes that are not UTF-8 shown as U+FFFD)
     size: int
     cut: bool  # only the first RAW_SHOWN bytes are in `text`
@@ -105,8 +105,8 @@ def source(ctx: WebContext, message_id: str) -> Source:
     """A stored message's headers and source (raises NotFound)."""
     raw = ctx.store.raw(message_id)
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    # The header as written: an encoded word shown as it is sent, not decoded into markup.
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+    # Encoded words decoded (the source below shows them as sent); the page escapes the text.
     headers = [(name, " ".join(str(value).split())) for name, value in parsed.items()]
     return Source(headers, raw[:RAW_SHOWN].decode("utf-8", "replace"), len(raw), len(raw) > RAW_SHOWN)
 
