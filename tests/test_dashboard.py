@@ -247,18 +247,22 @@ def _unlocked(daemon) -> bool:
 
 def test_the_message_list_filters_and_pages_by_cursor(web_daemon, browser):
     daemon = web_daemon()
+    # 65 match (more than a page of 50): odd ones, to a.example, tagged batch=x.
     ids = [enqueue(daemon, f"u{i}@{'a' if i % 2 else 'b'}.example", f"n{i}", send_in="1h",
-                   tags={"batch": "x" if i < 60 else "y"}) for i in range(70)]
+                   tags={"batch": "x" if i < 130 else "y"}) for i in range(140)]
     log_in(browser, daemon)
     browser.get(daemon.base + "/messages?to=%40a.example&tag=batch%3Dx")
     seen: list[str] = []
+    pages = 0
     while True:
+        pages += 1
         seen += [r.get_attribute("data-id") for r in all_css(browser, "#messages tbody tr[data-id]")]
         older = all_css(browser, "#older")
         if not older:
             break
         older[0].click()
-    assert seen == [m for i, m in reversed(list(enumerate(ids))) if i % 2 and i < 60]
+    assert seen == [m for i, m in reversed(list(enumerate(ids))) if i % 2 and i < 130]
+    assert pages == 2
     # Empty fields are dropped from the address; a bad one is named.
     browser.get(daemon.base + "/messages?status=&to=&since=yesterday")
     assert "since: expected a time" in by_css(browser, ".error").text
