@@ -6,25 +6,16 @@ never the whole store.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from .base import FINISHED, Event, EventType, RecipientOutcome
-from .events import EVENT_COLUMNS, tags_of
+from .base import FINISHED, EventType, RelayReply
 from .rollup import HOUR
 
 
 def _steps(since: float, until: float, step: float) -> int:
     return max(0, math.ceil((until - since) / step))
-
-
-def _event(row: Sequence[Any]) -> Event:
-    """An Event from a row of EVENT_COLUMNS."""
-    return Event(id=row[2], type=EventType(row[3]), message=row[4], tags=tags_of(row[5]),
-                 recipients=tuple(RecipientOutcome(**r) for r in json.loads(row[6])), relay=row[7], code=row[8],
-                 reply=row[9], attempt=row[10], at=row[11], position=(int(row[0]), int(row[1])))
 
 
 class ActivitySQL:
@@ -66,14 +57,13 @@ class ActivitySQL:
             out[kind[5:]][int(hour) - first] += int(count)
         return out
 
-    def last_replies(self, window: int = 1000) -> list[Event]:
+    def last_replies(self, window: int = 1000) -> list[RelayReply]:
         rows = self._read(
-            f"SELECT {EVENT_COLUMNS} FROM (SELECT * FROM events ORDER BY txid DESC, seq DESC LIMIT ?) e"
-            " LEFT JOIN messages m ON m.id = e.message_id WHERE e.relay IS NOT NULL"
+            "SELECT e.relay, e.type, e.message_id, e.code, e.reply, e.at FROM (SELECT relay, type, message_id, code,"
+            " reply, at, txid, seq FROM events ORDER BY txid DESC, seq DESC LIMIT ?) e WHERE e.relay IS NOT NULL"
             " ORDER BY e.txid DESC, e.seq DESC", (window,))
-        latest: dict[str, Event] = {}
-        for row in rows:
-            event = _event(row)
-            assert event.relay is not None
-            latest.setdefault(event.relay, event)
+        latest: dict[str, RelayReply] = {}
+        for relay, type, message, code, reply, at in rows:
+            if relay not in latest:
+                latest[relay] = RelayReply(relay, EventType(type), message, code, reply, float(at))
         return list(latest.values())

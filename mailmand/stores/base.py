@@ -213,6 +213,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class RelayReply:
+    """A relay's reply as an event recorded it: its newest, for the dashboard."""
+
+    relay: str
+    type: EventType  # what the reply made of the message: sent, deferred, failed, ...
+    message: str
+    code: int | None
+    reply: str | None
+    at: float
+
+
+@dataclass(frozen=True)
 class HookClaim:
     """A webhook's lease, held by one daemon at a time: it alone sends the webhook's events."""
 
@@ -590,7 +602,7 @@ class Store:
         to that of `until` (the hourly roll-ups: a few rows whatever the store's size)."""
         raise NotImplementedError
 
-    def last_replies(self, window: int = 1000) -> list[Event]:
+    def last_replies(self, window: int = 1000) -> list[RelayReply]:
         """The newest event carrying each relay's reply, among the last `window` events
         (relays silent for longer are absent), newest first."""
         raise NotImplementedError

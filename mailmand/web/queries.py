@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..stores.base import DaemonInfo, Event, Key, Status
+from ..stores.base import DaemonInfo, Key, RelayReply, Status
 from . import charts
 from .context import WebContext
 
@@ -27,7 +27,7 @@ RAW_SHOWN = 256 * 1024  # bytes of a message's source shown on its page (the res
 class Relay:
     name: str  # host:port
     configured: bool  # the one email.server.smtp names (others: seen in the events only)
-    last: Event | None  # its newest reply among the last REPLY_WINDOW events
+    last: RelayReply | None  # its newest reply among the last REPLY_WINDOW events
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def overview(ctx: WebContext) -> Overview:
     day_chart = charts.stacked("Messages per minute, the last day (each hour's mean)", per_minute,
                                [_clock(first + i * HOUR, "%H:00") for i in range(len(hourly["sent"]))], every=4)
     relay = ctx.cfg.server.smtp.relay
-    seen = {e.relay: e for e in store.last_replies(REPLY_WINDOW) if e.relay}
+    seen = {r.relay: r for r in store.last_replies(REPLY_WINDOW)}
     relays = [Relay(relay, True, seen.pop(relay, None))] + [Relay(r, False, e) for r, e in seen.items()]
     return Overview(
         now=now, counts=counts, total=sum(counts.values()),
