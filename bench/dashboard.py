@@ -21,6 +21,7 @@ from mailmand.config.schema import WebConfig
 from mailmand.metrics import Health
 from mailmand.stores import open_store
 from mailmand.stores.base import DaemonInfo, Selection, Status
+from mailmand.web.api import cursor_of
 from mailmand.web.server import WebServer
 
 from .common import config, workdir
@@ -93,9 +94,7 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
         failed = store.select(Selection(statuses=(Status.FAILED,)), 1).messages[0].id
         second = store.select(Selection(), 50).next
         assert second is not None
-        from mailmand.web.queries import cursor
-
-        server = WebServer(cfg, store, Health(time.monotonic, store, lambda: 5.0)).start()
+        server = WebServer(cfg, Health(time.monotonic, store, lambda: 5.0), store=store).start()
         try:
             host, port = server.address
             paths = {
@@ -103,7 +102,7 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
                 "list": "/messages",
                 "list, failed": "/messages?status=failed",
                 "list, a recipient": "/messages?to=sink%40example.com",
-                "list, page 2": f"/messages?cursor={cursor(second)}",
+                "list, page 2": f"/messages?cursor={cursor_of(second)}",
                 "message": f"/messages/{failed}",
                 "api list (baseline)": "/api/v1/messages",
                 "healthz": "/healthz",

@@ -331,7 +331,7 @@ class Daemon:
 
                 health = Health(lambda: self.dispatcher.last_active, self.store,
                                 lambda: self.dispatcher.cfg.interval, self.problems)
-                self.services.append(WebServer(self.cfg, self.store, health, self.poke, self.id).start())
+                self.services.append(WebServer(self.cfg, health, self.poke, self.id).start())
             if server.submission is not None:
                 from .submission import SubmissionServer
 

@@ -208,6 +208,42 @@ def test_binary_demo(binary, tmp_path):
     assert demo.returncode == 0, demo.stdout + demo.stderr
 
 
+def test_binary_serves_the_web_api_and_pages(binary, tmp_path, write_config, smtp_server):
+    """uvicorn's modules imported by name, the templates and the assets: all in the build."""
+    import httpx
+
+    from .webutil import TOKEN, free_port, web_yaml
+
+    server = smtp_server()
+    secret = tmp_path / "web.token"
+    secret.write_text(TOKEN)
+    secret.chmod(0o600)
+    port = free_port()
+    conf = write_config(server.port, extra_server=web_yaml(port, token=None, token_file=secret))
+    proc = subprocess.Popen([str(binary), "run", "-c", str(conf)], env=bare_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            try:
+                return httpx.get(base + "/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None  # exited: fail below, with its stderr
+        wait_for(answers, what="the web server")
+        assert proc.poll() is None
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            assert "<html" in http.get("/").text
+            assert http.get("/static/style.css").status_code == 200
+            r = http.post("/api/v1/messages", json={"from": "a@example.com", "to": "b@example.com", "text": "hi"})
+            assert r.status_code == 202, r.text
+            wait_for(lambda: http.get(f"/api/v1/messages/{r.json()['id']}").json()["status"] == "sent",
+                     what="the message sent")
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert len(server.messages) == 1
+
+
 def test_onedir_build_answers_to_the_name_it_is_called_by(onedir, tmp_path, write_config, smtp_server):
     server = smtp_server()
     conf = write_config(server.port)

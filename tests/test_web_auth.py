@@ -14,6 +14,7 @@ from contextlib import closing
 import httpx
 import pytest
 
+from mailmand.config import load
 from tests.conftest import mailmand_cmd, run_cli
 from tests.daemonproc import wait_until
 from tests.webutil import TOKEN, free_port, web_yaml
@@ -68,6 +69,7 @@ def test_a_wrong_token_is_refused_then_locked_out(web_daemon):
         assert basic.get("/").status_code == 401  # only Bearer
     assert "a wrong token from 127.0.0.1" in daemon.proc.log
     assert TOKEN not in daemon.proc.log
+    assert TOKEN not in repr(load(daemon.config))  # the configuration's repr leaves it out
 
 
 def test_login_sets_a_strict_httponly_cookie_and_logout_ends_it(web_daemon):
@@ -134,6 +136,9 @@ def test_without_a_token_only_loopback_names_are_served(web_daemon):
         r = anon.get("/", headers={"Host": "evil.example"})
         assert r.status_code == 421
         assert anon.get("/", headers={"Host": "localhost:8025"}).status_code == 200
+        # With no token to check, a header sent anyway is ignored (and locks no one out).
+        assert anon.get("/api/v1/stats", headers={"Authorization": "Bearer anything"}).status_code == 200
+        assert anon.get("/api/v1/stats").status_code == 200
         # A browser's POST without the page's CSRF token is refused, as from another site.
         r = anon.post("/logout", headers={"Origin": "http://evil.example"})
         assert r.status_code == 403 and "another site" in r.text

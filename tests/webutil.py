@@ -1,6 +1,6 @@
 """A real daemon serving the web API and dashboard, for the web tests (a pytest plugin).
 
-`web_daemon(token=TOKEN, relay_port=None, extra_server="")` starts `mailmand run`
+`web_daemon(token=TOKEN, relay_port=None, extra_server="", store="sqlite3")` starts `mailmand run`
 in a child process with `email.server.web` on a free loopback port and waits
 until it answers; `WebDaemon.http()` is an httpx client with the Bearer token,
 `WebDaemon.anonymous()` one without. Every daemon is stopped at teardown.
@@ -54,19 +54,26 @@ class WebDaemon:
 
 
 @pytest.fixture
-def web_daemon(write_config, tmp_path: Path) -> Iterator[Any]:
+def web_daemon(write_config, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[WebDaemon] = []
 
     def start(token: str | None = TOKEN, relay_port: int | None = None, extra_server: str = "",
-              interval: str = "1s") -> WebDaemon:
+              interval: str = "1s", store: str = "sqlite3") -> WebDaemon:
         port = free_port()
         secret = tmp_path / f"web-token-{port}"
         if token is not None:  # a token-file: a literal token in a world-readable file is refused
             secret.write_text(token + "\n")
             os.chmod(secret, 0o600)
         web = web_yaml(port, token=None, token_file=secret if token else None)
-        conf = write_config(relay_port or free_port(), name=f"mailmand-{port}.yaml", interval=interval,
-                            extra_server=web + extra_server)
+        if store == "postgres":
+            from tests.conftest import postgres_block, write_store_config
+
+            conf = write_store_config(tmp_path / f"mailmand-{port}.yaml", tmp_path / "spool", relay_port or free_port(),
+                                      postgres_block(request.getfixturevalue("postgres_dsn")),
+                                      server=web + extra_server, interval=interval)
+        else:
+            conf = write_config(relay_port or free_port(), name=f"mailmand-{port}.yaml", interval=interval,
+                                extra_server=web + extra_server)
         proc = DaemonProcess(conf).ready()
         daemon = WebDaemon(proc, f"http://127.0.0.1:{port}", token, conf)
         started.append(daemon)

@@ -125,14 +125,14 @@ async def create_message(request: Request) -> Response:
 # -- listing -------------------------------------------------------------------------
 
 
-def _cursor(key: Key | None) -> str | None:
+def cursor_of(key: Key | None) -> str | None:
     if key is None:
         return None
     raw = json.dumps([key.created_at, key.id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _after(cursor: str) -> Key:
+def key_of(cursor: str) -> Key:
     try:
         created_at, message_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(created_at, int | float) or not isinstance(message_id, str):
@@ -187,7 +187,7 @@ def selection_of(request: Request, now: float) -> tuple[Selection, int, Key | No
     limit_text = q.get("limit", str(DEFAULT_LIMIT))
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise BadQuery("limit", f"expected a whole number from 1 to {MAX_LIMIT}, got {limit_text!r}")
-    after = _after(q["cursor"]) if q.get("cursor") else None
+    after = key_of(q["cursor"]) if q.get("cursor") else None
     sel = Selection(statuses=tuple(dict.fromkeys(statuses)), to=tuple(q.getlist("to")),
                     sender=tuple(q.getlist("from")), since=since, tags=tuple(tags.items()))
     return sel, int(limit_text), after
@@ -201,7 +201,7 @@ async def list_messages(request: Request) -> Response:
     except BadQuery as exc:
         return refuse(400, exc.field, exc.reason)
     page = await run_in_threadpool(ctx.store.select, sel, limit, after)
-    return JSONResponse({"messages": [m.to_json() for m in page.messages], "next": _cursor(page.next)})
+    return JSONResponse({"messages": [m.to_json() for m in page.messages], "next": cursor_of(page.next)})
 
 
 # -- one message ---------------------------------------------------------------------

@@ -216,7 +216,9 @@ class AuthMiddleware:
             state["auth"], state["csrf"] = None, None
             await self.app(scope, receive, send)
             return
-        bearer = headers.get("authorization")
+        # Without a token there is nothing to check: a header sent anyway is ignored, and the
+        # request is a browser's or a program's as its other headers say.
+        bearer = headers.get("authorization") if guard.token is not None else None
         session_id: str | None = None
         if bearer is not None:
             scheme, _, given = bearer.partition(" ")
@@ -227,8 +229,7 @@ class AuthMiddleware:
                 return
             if scheme.lower() != "bearer" or not guard.check_token(given.strip()):
                 guard.failed(host)
-                await _refuse(scope, receive, send, 401, "wrong token" if guard.token else
-                              "no token is configured: send no Authorization header",
+                await _refuse(scope, receive, send, 401, "wrong token",
                               {"WWW-Authenticate": 'Bearer realm="mailmand"'})
                 return
             state["auth"] = "bearer"

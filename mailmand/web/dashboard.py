@@ -103,7 +103,7 @@ async def messages(request: Request) -> Response:
         return page(request, "messages.html", data, 400)
     found = await run_in_threadpool(ctx.store.select, sel, PAGE, after)
     filters = [(k, v) for k, v in params.multi_items() if k != "cursor"]
-    nxt = queries.cursor(found.next)
+    nxt = api.cursor_of(found.next)
     data.update(messages=found.messages,
                 next=f"/messages?{urlencode([*filters, ('cursor', nxt)])}" if nxt else None,
                 first=(f"/messages?{urlencode(filters)}" if filters else "/messages") if after else None)

@@ -6,15 +6,13 @@ costs the same on a store of a thousand messages or of a million.
 
 from __future__ import annotations
 
-import base64
 import email.parser
 import email.policy
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..stores.base import DaemonInfo, Key, RelayReply, Status
+from ..stores.base import DaemonInfo, RelayReply, Status
 from . import charts
 from .context import WebContext
 
@@ -83,14 +81,6 @@ def overview(ctx: WebContext) -> Overview:
 
 def _future(ts: float | None, now: float) -> float | None:
     return ts if ts is not None and ts > now else None
-
-
-def cursor(key: Key | None) -> str | None:
-    """The next page's cursor, as the API writes it (api.selection_of reads it back)."""
-    if key is None:
-        return None
-    raw = json.dumps([key.created_at, key.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,15 @@
 The socket is bound here, before the thread starts, so that a port in use is
 the daemon's start-up error (as the other listeners'). uvicorn bounds the
 rest: `max-connections` connections and requests at once (past it, 503),
-idle keep-alive connections closed after `timeout`, request heads of at most
-H11_MAX_HEAD bytes; request bodies are bounded by the routes that read them.
+idle keep-alive connections closed after `timeout`, and so is a connection
+that has not sent a whole request head within `timeout` (`_BoundedH11`),
+request heads of at most H11_MAX_HEAD bytes; request bodies are bounded by
+the routes that read them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -16,11 +19,13 @@ import time
 from collections.abc import Callable
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..client import Client
 from ..config import Config
 from ..errors import MailmandError
 from ..metrics import Health
+from ..stores import open_store
 from ..stores.base import Store
 from .app import build_app
 from .context import WebContext
@@ -33,14 +38,41 @@ START_TIMEOUT = 10.0  # seconds for the server thread to start listening
 STOP_GRACE = 5  # seconds requests in flight get to finish at a stop
 
 
+class _BoundedH11(H11Protocol):
+    """uvicorn's h11 protocol, with a time limit to send a request head: uvicorn times
+    out an idle keep-alive connection, but not one that never finishes a request (a
+    connection that sends nothing, or a byte a second), and `max-connections` of those
+    would shut everyone else out (503). Reads uvicorn's `cycle`, the request being
+    answered (a new one for each request head): checked against uvicorn 0.55."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head_deadline()
+
+    def _head_deadline(self) -> None:
+        self.loop.call_later(self.timeout_keep_alive, self._head_overdue, self.cycle)
+
+    def _head_overdue(self, cycle_then: object) -> None:
+        if self.cycle is cycle_then and not self.transport.is_closing():
+            self.transport.close()  # no new request head since the deadline was set
+
+
 class WebServer:
     """Started and stopped with the daemon (one of its services)."""
 
-    def __init__(self, cfg: Config, store: Store, health: Health, wake: Callable[[], None] = lambda: None,
-                 daemon_id: str = "", client: Client | None = None) -> None:
+    def __init__(self, cfg: Config, health: Health, wake: Callable[[], None] = lambda: None,
+                 daemon_id: str = "", store: Store | None = None, client: Client | None = None) -> None:
         assert cfg.server.web is not None
-        self.ctx = WebContext(cfg=cfg, store=store, client=client or Client(cfg), clock=time.time,
-                              health=health.check, wake=wake, daemon_id=daemon_id)
+        # A store handle of its own (SQLite: a connection of its own, WAL lets it read beside the
+        # daemon's): a slow page never holds the lock dispatch and ingest write under.
+        self._own_store = store is None
+        self.ctx = WebContext(cfg=cfg, store=store or open_store(cfg.server.database),
+                              client=client or Client(cfg), clock=time.time, health=health.check, wake=wake,
+                              daemon_id=daemon_id)
         self.app = build_app(self.ctx)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -58,8 +90,8 @@ class WebServer:
 
         listen = self.ctx.web.listen
         host, port = split_listen(listen)
-        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
-        # response written in two parts waits for the client's delayed ACK (40 ms a keep-alive request).
+        # IPPROTO_TCP, named: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+        # a response written in two parts waits for the client's delayed ACK (40 ms a request).
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
                              socket.IPPROTO_TCP)
         try:
@@ -73,9 +105,13 @@ class WebServer:
 
     def start(self) -> WebServer:
         web = self.ctx.web
-        self._sock = self._bind()
+        try:
+            self._sock = self._bind()
+        except BaseException:
+            self.stop()  # its store and queue handles
+            raise
         config = uvicorn.Config(
-            self.app, loop="asyncio", http="h11", lifespan="off", ws="none", interface="asgi3",
+            self.app, loop="asyncio", http=_BoundedH11, lifespan="off", ws="none", interface="asgi3",
             log_config=None, log_level=None, access_log=False,  # the daemon's logging, not uvicorn's
             server_header=False, proxy_headers=False,
             limit_concurrency=web.max_connections, timeout_keep_alive=max(1, round(web.timeout)),
@@ -110,6 +146,8 @@ class WebServer:
             self._thread = None
         self.ctx.commits.close()
         self.ctx.client.close()
+        if self._own_store:
+            self.ctx.store.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
