@@ -8,6 +8,7 @@ same store read without a page around it (ratio = page / API)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ from mailmand.stores.base import DaemonInfo, Selection, Status
 from mailmand.web.api import cursor_of
 from mailmand.web.server import WebServer
 
-from .common import config, workdir
+from .common import config, environment, workdir
 from .scale import generate
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -139,5 +140,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m bench.dashboard")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--dir", type=Path, default=Path("/var/tmp"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dashboard.json")
     args = p.parse_args()
-    print(report(run(args.dir, args.quick)))
+    results = run(args.dir, args.quick)
+    print(report(results))
+    args.out.write_text(json.dumps({"env": environment(), "load": os.getloadavg(), **results}, indent=1) + "\n")
