@@ -33,12 +33,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import __version__, policy
+from . import policy
 from .config import Config, EventsConfig, WebhookConfig
 from .config.values import mask_url
 from .errors import StoreError
 from .repeats import Repeats
 from .stores.base import EventType, HookClaim, Store
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

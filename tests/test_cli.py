@@ -359,7 +359,7 @@ def test_odd_input_gives_one_line_not_a_traceback(write_config, tmp_path):
     assert not (tmp_path / "mailmand.db").exists()
 
 
-# -- queue control (issue 13) -------------------------------------------------------------
+# -- queue control -------------------------------------------------------------
 
 
 def test_show_raw_prints_the_stored_message(queue_world):
@@ -532,7 +532,7 @@ def test_list_into_head_has_no_broken_pipe(write_config, tmp_path):
     assert out.stdout.decode().splitlines()[1].startswith("m02999 ")
 
 
-# -- read-only commands and check-config (issue 12 items 7, 8) ----------------------------------
+# -- read-only commands and check-config ----------------------------------
 
 
 def test_read_only_commands_create_nothing(tmp_path, capsys):

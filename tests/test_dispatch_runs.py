@@ -10,7 +10,7 @@ import time
 
 from mailmand.config import BackoffConfig, SmtpConfig
 from mailmand.daemon import Daemon
-from mailmand.dispatcher import Dispatcher
+from mailmand.dispatcher import Dispatcher, Leases
 from mailmand.ingest import Ingester
 from mailmand.queues import open_queue
 from mailmand.scheduler import DispatchScheduler
@@ -58,6 +58,27 @@ def test_a_dispatcher_never_holds_more_than_two_batches(smtp_server, make_config
     finally:
         queue.close()
         store.close()
+
+
+def test_a_claim_asks_only_for_the_room_two_batches_leave():
+    """The bound is the claim code's, not the timing's: however the held and reserved
+    leases stand, a reservation never takes the count past 2 x batch."""
+    held = [0]
+    leases = Leases(lambda: held[0])
+    assert leases.reserve(10) == 10  # nothing held: a full batch
+    assert leases.reserve(10) == 10  # the batch claimed ahead
+    assert leases.reserve(10) == 0 and leases.count() == 20  # two claims under way: no room
+    leases.settle(10)
+    leases.settle(10)
+    held[0] = 15  # one batch out and half of the next
+    assert leases.reserve(10) == 5 and leases.count() == 20
+    leases.settle(5)
+    held[0] = 20
+    t0 = time.monotonic()
+    assert leases.reserve(10, wait=0.2) == 0  # waits for room, then gives up
+    assert time.monotonic() - t0 >= 0.15
+    held[0] = 3
+    assert leases.reserve(10) == 10
 
 
 def closed_port() -> int:

@@ -325,6 +325,21 @@ def test_sendmail_and_send_deliver_the_bytes_given(smtp_server, write_config, tm
     assert head.split(b"\r\n")[:3] == [b"From: root@host.example", b"To: ops@example.com", b"X-B: 2"]
 
 
+def test_send_flags_give_a_bare_name_the_domain(smtp_server, write_config):
+    """`send --to root` is one more way in: the bare name gets email.sendmail.domain there
+    too, in the envelope and in the fields, and an address with a domain is left as it is."""
+    relay = smtp_server()
+    conf = write_config(relay.port)
+    conf.write_text(conf.read_text() + "  sendmail:\n    domain: host.example\n")
+    assert main(["send", "-c", str(conf), "--from", "cron", "--to", "root", "--cc", "ops@example.com",
+                 "--subject", "s", "--text", "x"]) == 0
+    assert main(["--once", "-c", str(conf)]) == 0
+    (got,) = relay.messages
+    assert got.mail_from == "cron@host.example" and sorted(got.rcpt_tos) == ["ops@example.com", "root@host.example"]
+    head = got.data.partition(b"\r\n\r\n")[0]
+    assert b"From: cron@host.example" in head and b"To: root@host.example" in head
+
+
 # -- the submission listener ---------------------------------------------------------------
 
 

@@ -213,7 +213,7 @@ def test_records_the_client_would_refuse_are_quarantined_at_ingest(make_config):
 
 
 def test_the_daemon_ingests_under_the_configured_max_recipients(make_config):
-    """Issue 12 §9: `max-recipients` reaches the daemon's ingest, not only the client's check."""
+    """`max-recipients` reaches the daemon's ingest, not only the client's check."""
     from mailmand.daemon import Daemon
     cfg = make_config(max_recipients=3)
     client = Client(cfg)
@@ -358,7 +358,7 @@ def _spool_made_by_the_daemon(cfg: Config, umask: int) -> dict[str, int]:
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
 def test_spool_files_the_daemon_creates_are_0660_whatever_the_umask(make_config, umask):
-    """Issue 12 §6: the spool's files 0660 (the group writes them), its lock not world-readable."""
+    """The spool's files 0660 (the group writes them), its lock not world-readable."""
     modes = _spool_made_by_the_daemon(make_config(), umask)
     del modes["dir"]
     assert modes == {"data.db": 0o660, "data.db-wal": 0o660, "data.db-shm": 0o660, "mailmand.lock": 0o640}
@@ -366,7 +366,7 @@ def test_spool_files_the_daemon_creates_are_0660_whatever_the_umask(make_config,
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000], ids=oct)
 def test_a_spool_the_daemon_creates_is_2770_whatever_the_umask(make_config, umask):
-    """Issue 12 §6: setgid, the group writes it, nobody else reads it."""
+    """Setgid, the group writes it, nobody else reads it."""
     assert oct(_spool_made_by_the_daemon(make_config(), umask)["dir"]) == oct(0o2770)
 
 

@@ -174,7 +174,7 @@ def test_a_utf8_local_part_goes_out_as_smtputf8(make_config):
     assert "To: jürgen@xn--bcher-kva.example".encode() in raw  # a UTF-8 header (RFC 6532), not an encoded word
 
 
-# -- header injection through RFC 2047 encoded words (issue 12 item 11) ----------------------
+# -- header injection through RFC 2047 encoded words ----------------------
 
 # Every code point the email package treats as a line break when it folds a header.
 BREAKS = ["\r\n", "\r", "\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]

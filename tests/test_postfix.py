@@ -117,7 +117,7 @@ def test_sink_refuses_data(smtp_sink: MakeSink) -> None:
 
 
 def test_hang_up_at_data_fails_the_message_after_max_fails(smtp_sink: MakeSink, tmp_path: Path) -> None:
-    """Issue 12 item 5, whole path: store → dispatcher → relay that hangs up at the end of data."""
+    """The whole path: store → dispatcher → relay that hangs up at the end of data."""
     sink = smtp_sink("-q", ".")
     store = SQLiteStore(tmp_path / "mailmand.db", create=True)
     cfg = ServerConfig(max_fails=3, smtp=SmtpConfig(host=HOST, port=sink.port, connections=1, timeout=10.0))

@@ -78,6 +78,9 @@ def test_login_sets_a_strict_httponly_cookie_and_logout_ends_it(web_daemon):
         r = browser.post("/login", data={"token": "wrong-token-0000000000", "next": "/"})
         assert r.status_code == 401 and "Wrong token." in r.text
         assert "set-cookie" not in r.headers
+        # Locked out: the right token is not even checked until the lockout ends.
+        r = browser.post("/login", data={"token": daemon.token, "next": "/"})
+        assert r.status_code == 429 and "set-cookie" not in r.headers
     assert wait_until(lambda: _unlocked(daemon), timeout=10)
     with daemon.anonymous(follow_redirects=False) as browser:
         r = browser.post("/login", data={"token": daemon.token, "next": "//evil.example/"})

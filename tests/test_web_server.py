@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 
 import httpx
 
@@ -47,6 +48,14 @@ def test_idle_and_slow_clients_are_closed_and_cannot_lock_others_out(web_daemon)
             sock.close()
 
 
+def test_healthz_answers_as_the_metrics_listener_does(web_daemon):
+    daemon = web_daemon(interval="1s")
+    time.sleep(4)  # past 3 x interval: only a dispatcher that keeps running keeps it ok
+    with daemon.anonymous() as anon:
+        r = anon.get("/healthz")
+    assert (r.status_code, r.text) == (200, "ok\n")
+
+
 def test_a_port_in_use_stops_the_daemon_at_start(write_config):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -70,6 +79,22 @@ def test_a_new_token_applies_on_reload(web_daemon, tmp_path):
     with daemon.http() as old:
         assert old.get("/api/v1/stats").status_code == 401
     assert new not in daemon.proc.log and TOKEN not in daemon.proc.log
+
+
+def test_a_daemon_without_web_never_imports_it(tmp_path, write_config):
+    """Starlette, uvicorn and Jinja2 cost a daemon that serves no web pages nothing."""
+    from tests.test_imports import run_fresh
+
+    conf = write_config(free_port())
+    code = ("import threading; from mailmand.config import load; from mailmand.daemon import Daemon\n"
+            f"d = Daemon(load({str(conf)!r})); threading.Timer(1.0, d.stop).start(); d.run()")
+    modules = run_fresh(tmp_path, code, conf)
+    assert "mailmand.dispatcher" in modules  # it ran
+    assert not {m.split(".")[0] for m in modules} & {"starlette", "uvicorn", "jinja2"}
+    assert "mailmand.web" not in modules
+    with_web = write_config(free_port(), name="web.yaml", extra_server=web_yaml(free_port(), token=None))
+    modules = run_fresh(tmp_path, code.replace(str(conf), str(with_web)), with_web)
+    assert {"starlette", "uvicorn", "jinja2", "mailmand.web.server"} <= modules
 
 
 def test_the_listener_names_tcp_so_its_connections_get_nodelay(tmp_path, write_config):

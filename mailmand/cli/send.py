@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -77,6 +78,11 @@ def _body(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _qualified(names: list[str], domain: Callable[[], str]) -> list[str]:
+    """A bare local name (`root`) gets the domain it gets on every other way in."""
+    return [f"{name}@{domain()}" if re.fullmatch(r"[A-Za-z0-9._+-]+", name) else name for name in names]
+
+
 def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
     from ..client import Client
     from ..message import Email
@@ -96,7 +102,9 @@ def cmd_send(cfg: Config, args: argparse.Namespace) -> int:
         if not (args.to or args.cc or args.bcc):
             raise UsageError("send needs --to, --cc or --bcc (or a message FILE whose headers name them)")
         html = _text(f"--html-file {args.html_file}", Path(args.html_file).read_bytes()) if args.html_file else None
-        email = Email(sender=args.sender, to=args.to, cc=args.cc, bcc=args.bcc, subject=args.subject,
+        domain = client.local_domain
+        email = Email(sender=_qualified([args.sender], domain)[0], to=_qualified(args.to, domain),
+                      cc=_qualified(args.cc, domain), bcc=_qualified(args.bcc, domain), subject=args.subject,
                       text=_body(args), html=html, priority=args.priority, tags=tagged)
         for path in args.attach:
             email.attach_file(path)

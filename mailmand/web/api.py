@@ -26,7 +26,7 @@ from ..errors import InvalidMessage, InvalidState, NoStore, NotFound, QueueError
 from ..record import check_tags
 from ..stores.base import OPERATOR_MOVES, Key, Selection, Status, Store
 from . import submit
-from .context import WebContext
+from .context import WebContext, web_context
 from .openapi import document
 
 MAX_LIMIT = 500  # messages in one page
@@ -54,18 +54,15 @@ def takes(*names: str) -> Callable[[Endpoint], Endpoint]:
 
     def wrap(endpoint: Endpoint) -> Endpoint:
         async def checked(request: Request) -> Response:
-            for name in request.query_params:
+            for name, value in request.query_params.multi_items():
                 if name not in known:
                     return refuse(400, name, f"unknown parameter (known: {', '.join(sorted(known)) or 'none'})")
+                if not value.strip():  # `since=` is a mistake, not "since ever"
+                    return refuse(400, name, "given with no value: give one, or leave the parameter out")
             return await endpoint(request)
         checked.__name__ = endpoint.__name__
         return checked
     return wrap
-
-
-def ctx_of(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.ctx
-    return ctx
 
 
 def refuse(status: int, field: str | None, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -96,7 +93,7 @@ async def read_body(request: Request, limit: int) -> bytes | JSONResponse:
 
 @takes()
 async def create_message(request: Request) -> Response:
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         return refuse(415, None, f"send the message as application/json (got {kind or 'no Content-Type'})")
@@ -181,7 +178,8 @@ def selection_of(request: Request, now: float) -> tuple[Selection, int, Key | No
         raise BadQuery("tag", exc.reason) from None
     for field in ("to", "from"):
         for address in q.getlist(field):
-            if not address.strip() or address.strip() == "@":
+            text = address.strip()
+            if "@" not in text or text == "@" or text.endswith("@"):  # every envelope address has a domain
                 raise BadQuery(field, f"expected an address or @domain, got {address!r}")
     since = _moment("since", q["since"], now) if q.get("since") else None
     limit_text = q.get("limit", str(DEFAULT_LIMIT))
@@ -195,7 +193,7 @@ def selection_of(request: Request, now: float) -> tuple[Selection, int, Key | No
 
 @takes("status", "tag", "to", "from", "since", "limit", "cursor")
 async def list_messages(request: Request) -> Response:
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     try:
         sel, limit, after = selection_of(request, ctx.clock())
     except BadQuery as exc:
@@ -245,7 +243,7 @@ def _not_found(message_id: str) -> JSONResponse:
 
 @takes()
 async def get_message(request: Request) -> Response:
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     message_id = request.path_params["id"]
     data = await run_in_threadpool(message_json, ctx, message_id)
     return _not_found(message_id) if data is None else JSONResponse(data)
@@ -254,7 +252,7 @@ async def get_message(request: Request) -> Response:
 @takes()
 async def get_raw(request: Request) -> Response:
     """The stored message as it goes out (`mailmand show --raw`)."""
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     message_id = request.path_params["id"]
     try:
         raw = await run_in_threadpool(ctx.store.raw, message_id)
@@ -307,7 +305,7 @@ def _apply(ctx: WebContext, name: str, message_id: str) -> JSONResponse:
 def _move_route(name: str) -> Endpoint:
     @takes()
     async def endpoint(request: Request) -> Response:
-        response: Response = await run_in_threadpool(_apply, ctx_of(request), name, request.path_params["id"])
+        response: Response = await run_in_threadpool(_apply, web_context(request), name, request.path_params["id"])
         return response
     endpoint.__name__ = f"{name}_message"
     return endpoint
@@ -326,7 +324,7 @@ def stats_json(ctx: WebContext, window: float) -> dict[str, Any]:
 
 @takes("since")
 async def stats(request: Request) -> Response:
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     given = request.query_params.get("since")
     window = STATS_SINCE
     if given:

@@ -10,13 +10,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import api, auth, dashboard
-from .context import WebContext
+from .context import WebContext, web_context
 
 
 async def healthz(request: Request) -> Response:
     """As the metrics listener's /healthz: 200 `ok`, or 503 with one line per failing part."""
-    ctx: WebContext = request.app.state.ctx
-    ok, reason = ctx.health()
+    ok, reason = web_context(request).health()
     return PlainTextResponse(reason + "\n", 200 if ok else 503)
 
 

@@ -11,6 +11,10 @@ from ..config.schema import WebConfig
 from ..groupcommit import GroupCommit
 from ..stores.base import Store
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
 
 @dataclass
 class WebContext:
@@ -34,3 +38,9 @@ class WebContext:
     def web(self) -> WebConfig:
         assert self.cfg.server.web is not None
         return self.cfg.server.web
+
+
+def web_context(request: Request) -> WebContext:
+    """The WebContext of the app serving `request` (what every route reads and writes through)."""
+    ctx: WebContext = request.app.state.ctx
+    return ctx
