@@ -23,7 +23,7 @@ from ..errors import NotFound
 from ..stores.base import OPERATOR_MOVES, Status
 from ..version import __version__
 from . import api, queries
-from .context import WebContext
+from .context import WebContext, web_context
 from .render import templates
 
 PAGE = 50  # messages on a page of the list
@@ -68,22 +68,17 @@ def ms(seconds: float | None) -> str:
 templates.env.filters.update(when=when, short=short, age=age, ms=ms)
 
 
-def ctx_of(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.ctx
-    return ctx
-
-
 def page(request: Request, name: str, data: dict[str, Any], status: int = 200) -> Response:
     return templates.TemplateResponse(request, name, {"version": __version__, "nav": name, **data}, status)
 
 
 async def overview(request: Request) -> Response:
-    data = await run_in_threadpool(queries.overview, ctx_of(request))
+    data = await run_in_threadpool(queries.overview, web_context(request))
     return page(request, "overview.html", {"o": data, "statuses": [s.value for s in Status]})
 
 
 async def messages(request: Request) -> Response:
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     params = request.query_params
     # A filter form sends its empty fields too: the page's address carries only those given.
     if any(not v.strip() for _, v in params.multi_items()):
@@ -122,7 +117,7 @@ def _message(ctx: WebContext, message_id: str) -> dict[str, Any] | None:
 
 
 async def message(request: Request) -> Response:
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     message_id = request.path_params["id"]
     found = await run_in_threadpool(_message, ctx, message_id)
     if found is None:
@@ -145,7 +140,7 @@ async def confirm(request: Request) -> Response:
     if target is None:
         return page(request, "missing.html", {"id": request.path_params["id"]}, 404)
     message_id, name = target
-    ctx = ctx_of(request)
+    ctx = web_context(request)
     try:
         info = await run_in_threadpool(ctx.store.get, message_id)
     except NotFound:
@@ -177,7 +172,7 @@ async def act(request: Request) -> Response:
     if target is None:
         return page(request, "missing.html", {"id": request.path_params["id"]}, 404)
     message_id, name = target
-    why = await run_in_threadpool(_move, ctx_of(request), message_id, name)
+    why = await run_in_threadpool(_move, web_context(request), message_id, name)
     if why is not None:
         return page(request, "refused.html", {"id": message_id, "reason": why}, 409)
     return RedirectResponse(f"/messages/{quote(message_id, safe='')}?done={name}", 303)
