@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .base import FINISHED, EventType, RelayReply
+from .base import FINISHED, EventType, RelayReply, Store
 from .rollup import HOUR
 
 
@@ -18,8 +18,9 @@ def _steps(since: float, until: float, step: float) -> int:
     return max(0, math.ceil((until - since) / step))
 
 
-class ActivitySQL:
-    """Mixed into SQLStore, which supplies `_read`."""
+class ActivitySQL(Store):
+    """A part of SQLStore, which supplies `_read` (a Store, as EventLog is: its methods
+    come before the contract's in any order of SQLStore's bases)."""
 
     # The whole number of steps from `?` to column {0} (never negative here): SQLite's
     # CAST truncates, which is floor for these; PostgreSQL's rounds, hence floor() there.

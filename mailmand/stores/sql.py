@@ -78,7 +78,7 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-class SQLStore(OperatorSQL, ActivitySQL, EventLog):
+class SQLStore(OperatorSQL, EventLog, ActivitySQL):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
     LOCK_ROWS = ""  # appended to the fenced finish's read of its leases
