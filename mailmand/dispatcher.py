@@ -17,12 +17,13 @@ from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import notices, observe, policy
+from . import dkim, notices, observe, policy
 from .config import ServerConfig
+from .config.values import format_duration as fmt_duration
 from .errors import StoreUnavailable
 from .repeats import Repeats
 from .smtp import Envelope, Relay, SendResult
-from .stores.base import Attempt, Claimed, Finished, Outcome, Status, Store
+from .stores.base import Attempt, Claimed, Finished, Outcome, Refusal, Status, Store
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class Dispatcher:
                         # The store cannot record outcomes: what is in flight finishes, nothing
                         # more starts (the rest stays claimed and is handed back, as claims stop).
                         return
-                    yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, msg.raw)
+                    yield Envelope(msg.id, msg.mail_from, msg.rcpt_to, dkim.sign(msg.raw, cfg.dkim))
                 if ahead is not None:
                     (batch, more), ahead = ahead.result(), None
                     if batch or not more:
@@ -396,12 +397,30 @@ class Dispatcher:
         self._unsaved = []
         self.leases.freed()
         notices.send_notices(self.store, self.cfg.notify, todo, held)  # failure notices (off by default)
+        self._count_refusals([Refusal(x.address, x.code, x.reply, row.attempt.at)
+                              for row, ok in zip(todo, held, strict=True) if ok
+                              for x in row.recipients if policy.suppressible(x)])
         if self._store_down.cleared():
             log.info("recorded %d outcome(s) kept while the store could not be written", len(todo))
         for row, ok in zip(todo, held, strict=True):
             if not ok:  # our lease ran out and another claim took the message: its result stands
                 log.warning("outcome of %s (%s) not recorded: its lease was taken over by a newer claim",
                             row.id, row.outcome.status.value)
+
+    def _count_refusals(self, refused: list[Refusal]) -> None:
+        """Recipients refused as unknown, toward their suppression (after the outcome is
+        recorded: a store that fails here loses a count, never an outcome)."""
+        if not refused:
+            return
+        s = self.cfg.suppression
+        try:
+            newly = self.store.note_refusals(refused, s.after, s.duration)
+        except StoreUnavailable as exc:
+            log.warning("%d refusal(s) not counted toward suppression: %s", len(refused), exc)
+            return
+        for address in newly:  # DEBUG, as each delivery: `suppress list` and the events say it for good
+            log.debug("suppressed %s for %s: refused as unknown %d time(s) or more (mailmand suppress remove %s)",
+                     address, fmt_duration(s.duration), s.after, address)
 
     def _flush(self) -> None:
         if self._unsaved:

@@ -12,12 +12,22 @@ Two counts, two jobs:
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
 from .config import BackoffConfig, ServerConfig
 from .smtp import Kind, RecipientResult, SendResult
 from .stores.base import Claimed, Outcome, RecipientOutcome, Status
 
+# RFC 3463 §3.2: the 5.1.x codes say the address itself is wrong ("bad destination
+# mailbox address", "... system address", "mailbox has moved") where 5.7.x is policy;
+# 5.1.7 and 5.1.8 are about the sender's address, not the recipient's.
+ENHANCED = re.compile(r"\d{3}[ -]([245])\.(\d{1,3})\.(\d{1,3})\b")
+SENDER_SUBJECTS = ("7", "8")
+# A relay that gives no enhanced code: the words of "no such user" that such replies use.
+UNKNOWN_WORDS = re.compile(r"no such (user|mailbox|recipient|address)|(user|recipient|mailbox|address) unknown"
+                           r"|unknown (user|recipient|mailbox|address)|(user|mailbox|recipient|address)"
+                           r" (does not exist|doesn't exist|not found)", re.IGNORECASE)
 RECIPIENT_STATUS = {Kind.SENT: "sent", Kind.TEMPORARY: "deferred", Kind.PERMANENT: "failed"}
 JITTER = 0.25  # ± this share of the wait: spread enough to part a crowd, small enough to keep doubling
 
@@ -85,6 +95,17 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     # per-recipient replies (the connection failed) all of them are.
     return Outcome(Status.DEFERRED, reason=reason, code=code, due_at=due,
                    pending=temporary or None, counted=counted), recipients
+
+
+def suppressible(r: RecipientOutcome) -> bool:
+    """A recipient refused for good as unknown (5.1.x, or 550/551/553 saying so with no
+    enhanced code): what counts toward its suppression. Policy refusals (5.7.x) never do."""
+    if r.status != "failed" or r.code is None or not 500 <= r.code < 600:
+        return False
+    m = ENHANCED.match(r.reply)
+    if m:
+        return m.group(1) == "5" and m.group(2) == "1" and m.group(3) not in SENDER_SUBJECTS
+    return r.code in (550, 551, 553) and UNKNOWN_WORDS.search(r.reply) is not None
 
 
 def _fails(msg: Claimed) -> int:

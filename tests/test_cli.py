@@ -220,7 +220,7 @@ def test_send_from_stdin_with_at_and_in(write_config, capsys):
     both = run_cli("send", "-c", str(conf), "--from", "a@example.com", "--to", "b@example.com",
                    "--at", "2030-01-01T09:00:00", "--in", "5m")
     assert both.returncode == 2 and b"not both" in both.stderr
-    bad = run_cli("send", "-c", str(conf), "--from", "a@example.com", "--to", "not-an-address")
+    bad = run_cli("send", "-c", str(conf), "--from", "a@example.com", "--to", "ann@exa mple.com")
     assert bad.returncode == 65 and b"to: not a valid email address" in bad.stderr  # EX_DATAERR, as sendmail
     assert b"Traceback" not in bad.stderr
     from mailmand.daemon import Daemon

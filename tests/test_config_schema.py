@@ -102,8 +102,27 @@ def _webhook(**given: Any) -> Any:
         return exc
 
 
+def _dkim(**given: Any) -> Any:
+    """The one DKIM entry of a configuration that gives these keys, or the ConfigError it raises."""
+    try:
+        return parse(with_key(RELAY, "email.server.dkim", [given])).server.dkim[0]
+    except ConfigError as exc:
+        return exc
+
+
 HOOK = {"url": "https://app.example/mail", "secret": "s"}
+ED25519_SEED = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="  # 32 bytes, base64: an ed25519 private key
+SIGNER = {"domain": "example.com", "selector": "s1"}
 SPECIAL = {
+    "email.server.dkim.domain": lambda c: "dkim[0].domain: required" in str(
+        _dkim(selector="s1", key=ED25519_SEED, algorithm="ed25519-sha256")),
+    "email.server.dkim.selector": lambda c: "dkim[0].selector: required" in str(
+        _dkim(domain="example.com", key=ED25519_SEED, algorithm="ed25519-sha256")),
+    "email.server.dkim.key-file": lambda c: "dkim[0].key-file: required" in str(_dkim(**SIGNER)),
+    "email.server.dkim.key": lambda c: _dkim(**SIGNER, key=ED25519_SEED, algorithm="ed25519-sha256").key_file is None,
+    # Not given, the algorithm is RSA's: an ed25519 key is then refused as no RSA key.
+    "email.server.dkim.algorithm": lambda c: "not a usable rsa-sha256 private key" in str(
+        _dkim(**SIGNER, key=ED25519_SEED)),
     "email.server.events.webhooks.url": lambda c: "webhooks[0].url: required" in str(_webhook(secret="s")),
     "email.server.events.webhooks.secret": lambda c: "webhooks[0].secret: required" in str(
         _webhook(url=HOOK["url"])),

@@ -75,6 +75,9 @@ def test_migrate_copies_everything_once_and_every_command_reads_the_same(sqlite_
     assert pg_stats["sent"] == 1 and pg_stats["failed"] == 1
     assert (cli_json(capsys, "status", "-c", str(pg_conf))["counts"]
             == cli_json(capsys, "status", "-c", str(sqlite_conf))["counts"])
+    suppressed = cli_json(capsys, "suppress", "list", "-c", str(pg_conf))
+    assert [x["address"] for x in suppressed] == ["bad@example.com"]  # refused 550 5.1.1 on the one host
+    assert suppressed == cli_json(capsys, "suppress", "list", "-c", str(sqlite_conf))
 
     assert main(["migrate", "-c", str(pg_conf), "--from", str(db)]) == 0  # twice: nothing twice
     assert "4 message(s), 0 copied (4 already there)" in capsys.readouterr().out

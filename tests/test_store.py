@@ -646,7 +646,10 @@ def test_the_json_a_webhook_sends_is_the_event_as_read(store):
          [RecipientOutcome("b@x.org", "deferred", 451, "451 4.7.1 try\\later")])
     texts, upto = store.events_json(START, limit=100)
     events, same = store.events(after=START, limit=100)
-    assert upto == same and len(texts) == len(events) == 3
+    assert len(texts) == len(events) == 3
+    # Each read's position to go on from is past every event it gave. (Not equal to each
+    # other: on PostgreSQL the horizon moves with any transaction on the server.)
+    assert store.events_json(upto)[0] == [] and store.events(after=same)[0] == []
     assert [json.loads(t) for _, t in texts] == [e.to_json() for e in events]
     assert [at for at, _ in texts] == [e.at for e in events]
     [(_, only)] = store.events_json(START, [EventType.DEFERRED])[0]

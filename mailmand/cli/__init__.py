@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "purge": ("queue", "cmd_purge"),
     "quarantine": ("quarantine", "cmd_quarantine"),
     "events": ("events", "cmd_events"),
+    "explain": ("explain", "cmd_explain"),
+    "suppress": ("suppress", "cmd_suppress"),
     "send": ("send", "cmd_send"),
     "check-config": ("check", "cmd_check_config"),
     "migrate": ("daemon", "cmd_migrate"),
@@ -53,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DAEMON_SIDE = frozenset({"run", "check-config", "migrate"})
 # Commands that read the store: on a shared store (PostgreSQL) they need its dsn, a daemon-side secret.
 STORE_COMMANDS = frozenset({"status", "stats", "list", "show", "cancel", "retry", "hold", "release", "flush",
-                            "purge", "quarantine", "events"})
+                            "purge", "quarantine", "events", "explain", "suppress"})
 
 
 def _version() -> str:
@@ -167,6 +169,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                          "released); may repeat, or a comma-separated list")
     _tag_flag(sp, "events of messages")
     sp.add_argument("--limit", type=int, default=100, help="the last this many (default 100)")
+    add("explain", "where a message is, why, and when it will move, in plain words", True).add_argument("id")
+    sp = add("suppress", "addresses mail is not sent to for now (refused as unknown): list, add, remove")
+    ssub = sp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ssp = ssub.add_parser("list", help="the addresses suppressed now, latest first", parents=[common])
+    ssp.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    ssp.add_argument("--json", action="store_true", help="print JSON (times in epoch seconds)")
+    ssp = ssub.add_parser("add", help="suppress an address: mail to it fails at ingest", parents=[common])
+    ssp.add_argument("address", metavar="ADDR")
+    ssp.add_argument("--for", dest="duration", metavar="DURATION",
+                     help="how long (default: email.server.suppression.duration)")
+    ssp.add_argument("--reason", default="added by the operator", help="what `explain` and the event say")
+    ssub.add_parser("remove", help="send to an address again, its refusals forgotten",
+                    parents=[common]).add_argument("address", metavar="ADDR")
     sp = add("stats", "messages and attempts by outcome, latency percentiles, failure reasons, depth; "
                       "--by-domain: recipients waiting by domain and age (qshape)", True)
     sp.add_argument("--since", default="24h", metavar="DURATION", help="how far back (default 24h)")

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
     import yaml
 
-    from .schema import SubmissionConfig, WebConfig, WebhookConfig
+    from .schema import DkimConfig, SubmissionConfig, WebConfig, WebhookConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Parse:
     def prepare(self, value: Any, key: str) -> Any:
         """`${ENV}` filled in, null and empty values dropped: a copy of `value`."""
         if isinstance(value, str):
-            if key.rpartition(".")[2] in ("password", "secret", "token") and _is_literal(value):
+            if key.rpartition(".")[2] in ("password", "secret", "key", "token") and _is_literal(value):
                 self.literal.add(key)
             return interpolate(value, key)
         if isinstance(value, list):
@@ -272,6 +272,11 @@ class Parse:
         if submission is not None and not self.producer:  # refused here, before the daemon makes anything
             self.attempt(lambda: submission_tls(submission), None)
             self.attempt(lambda: open_relay(submission), None)
+        # The keys are read at every load and reload (a key rotated on disk takes effect with the
+        # reload), by the daemon only: a producer never needs them, nor may it read them.
+        dkim = () if self.producer else tuple(
+            self.attempt(lambda e=entry, k=f"email.server.dkim[{i}]": self.dkim(e, k), entry)
+            for i, entry in enumerate(server.dkim))
         self.failed()
         metrics = server.metrics if "listen" in given.get("metrics", {}) else None
         web = self.web(server.web, given.get("web", {}))
@@ -284,7 +289,7 @@ class Parse:
                                   f"email.server.events.webhooks[{i}].url")
             seen.add(hook.url)
         server = replace(server, smtp=smtp, submission=submission, metrics=metrics, database=database,
-                         events=events, web=web)
+                         events=events, dkim=dkim, web=web)
         if "min-free" not in data.get("queue", {}).get("default", {}):
             queue = replace(queue, min_free=4 * server.max_message_size)
         return Config(queue=queue, server=server, sendmail=email.sendmail, source=self.source)
@@ -330,6 +335,28 @@ class Parse:
         if f"{key}.secret" in self.literal:
             self.check_private(f"{key}.secret")
         return hook
+
+    def dkim(self, entry: DkimConfig, key: str) -> DkimConfig:
+        """`key` or `key-file`, one of them; the file read into `key`, and the key checked
+        for its algorithm, so that a key that cannot sign is refused here and not at dispatch."""
+        from ..dkim import check_key  # here: producers never load dkimpy
+
+        if entry.key_file is not None and entry.key is not None:
+            raise ConfigError("give key or key-file, not both", key)
+        if entry.key_file is not None:
+            where = f"{key}.key-file"
+            entry = replace(entry, key=self.read_secret(entry.key_file, where))
+        elif entry.key is None:
+            raise ConfigError("required: the private key that signs (key-file or key)", f"{key}.key-file")
+        else:
+            where = f"{key}.key"
+            if where in self.literal:
+                self.check_private(where)
+        problem = check_key(entry.key or "", entry.algorithm)
+        if problem:
+            shown = entry.key_file if entry.key_file is not None else "the key"
+            raise ConfigError(f"{shown} is not a usable {entry.algorithm} private key: {problem}", where)
+        return entry
 
     def web(self, web: WebConfig | None, given: dict[str, Any]) -> WebConfig | None:
         """On when `listen` is given; `token` or `token-file`, the file read into `token`;

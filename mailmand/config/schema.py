@@ -281,6 +281,31 @@ class NotifyConfig(Section, frozen=True):
     copy_to: Address | None = None  # an operator address that gets a copy of each notice
 
 
+# A DKIM selector: one or more DNS labels (RFC 6376 §3.1), and never a line break.
+Selector = Annotated[str, Meta(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*"
+                                  r"[A-Za-z0-9])?)*$", max_length=253)]
+
+
+class DkimConfig(Section, frozen=True):
+    """One of `email.server.dkim`: a key that signs, at dispatch, mail whose From
+    domain is `domain` or under it."""
+
+    secret_fields = frozenset({"key"})
+
+    domain: Domain
+    selector: Selector
+    key_file: Path | None = None  # read into `key` by the loader, at every load and reload
+    key: str | None = None  # the private key itself (`key` or `key-file`); never in a repr
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
+class SuppressionConfig(Section, frozen=True):
+    """`email.server.suppression`: recipients the relays say do not exist are not tried again for a while."""
+
+    after: Positive = 1  # permanent "no such user" refusals (5.1.x) before an address is suppressed
+    duration: Duration = 30 * 86400.0  # how long it stays suppressed
+
+
 class SendmailConfig(Section, frozen=True):
     """`email.sendmail`: how the sendmail shim qualifies bare names."""
 
@@ -308,6 +333,8 @@ class ServerConfig(Section, frozen=True):
     web: WebConfig | None = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    dkim: tuple[DkimConfig, ...] = ()
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
 
 
 class EmailSection(Section, frozen=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-SECRET_KEYS = frozenset({"password", "dsn", "url", "secret", "token"})  # keys whose text is never shown
+SECRET_KEYS = frozenset({"password", "dsn", "url", "secret", "key", "token"})  # keys whose text is never shown
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # The words people write on a command line (`--in 5 minutes`), each the same as its letter.
@@ -85,6 +85,28 @@ def parse_duration(value: object, words: bool = False) -> float:
     if seconds < 0:
         raise ValueError(f"expected a duration that is not negative, got {show(value)}")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as the file writes it: `1h`, `30d`, `1h30m`, `90s` (whole seconds; what parse_duration reads)."""
+    left = max(0, round(seconds))
+    if left == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts)
+
+
+def format_rate(per_second: float) -> str:
+    """A rate as the file writes it, in the unit that gives a whole number when one does: `14/s`, `30/m`, `500/h`."""
+    for unit, size in (("s", 1), ("m", 60), ("h", 3600), ("d", 86400)):
+        n = per_second * size
+        if abs(n - round(n)) < 1e-6 * max(1.0, n) and round(n) >= 1:
+            return f"{round(n)}/{unit}"
+    return f"{per_second:.3g}/s"
 
 
 _RATE_HINT = "a rate such as 10/s, 30/m, 500/h or 1000/d"

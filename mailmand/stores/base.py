@@ -104,7 +104,7 @@ class Attempt:
 @dataclass(frozen=True)
 class RecipientOutcome:
     address: str
-    status: str  # sent | deferred | failed | cancelled
+    status: str  # sent | deferred | failed | cancelled | suppressed
     code: int | None
     reply: str
 
@@ -327,6 +327,45 @@ class DaemonInfo:
     started_at: float
     heartbeat_at: float
     spool: str = ""  # its spool directory (one daemon per spool: a same-host, same-spool row is a predecessor)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipient a relay refused as unknown (policy.suppressible): one count toward its suppression."""
+
+    address: str
+    code: int | None
+    reply: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An address mail is not sent to until `until` (None: refused `refusals` times, not yet suppressed)."""
+
+    address: str  # as stored: lowercased
+    refusals: int
+    code: int | None
+    reply: str  # the refusal that suppressed it, or the operator's reason
+    first_at: float
+    last_at: float
+    until: float | None
+    source: str  # relay | operator
+
+    def active(self, now: float) -> bool:
+        return self.until is not None and self.until > now
+
+    def reason(self) -> str:
+        """Why mail to it fails at ingest, in the recipient's row and its event."""
+        from datetime import datetime
+
+        until = datetime.fromtimestamp(self.until or 0).astimezone().isoformat(sep=" ", timespec="minutes")
+        if self.source == "operator":
+            return f"suppressed by the operator until {until}: {self.reply}"
+        return f"suppressed until {until}: refused as unknown ({self.reply})"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -563,6 +602,36 @@ class Store:
     def webhook_pending(self, url: str, types: Sequence[EventType] = (), limit: int | None = None) -> int:
         """Events of `types` (all when empty) past the webhook's place: not yet
         acknowledged (counted up to `limit`); 0 for a webhook it does not know."""
+        raise NotImplementedError
+
+    # -- suppression ---------------------------------------------------------------
+    # An address the relays refused as unknown is not offered again for a while:
+    # `insert` fails mail to it for that recipient (the others go), with a
+    # `suppressed` event, in the insert's own transaction.
+
+    def note_refusals(self, refusals: Sequence[Refusal], after: int, duration: float) -> list[str]:
+        """Count each refusal against its address (lowercased); an address refused `after`
+        times in all is suppressed until its last refusal + `duration`. Returns the
+        addresses suppressed by this call."""
+        raise NotImplementedError
+
+    def suppress(self, address: str, now: float, until: float, reason: str) -> None:
+        """Suppress `address` until `until` (the operator's), whatever its count."""
+        raise NotImplementedError
+
+    def unsuppress(self, address: str) -> bool:
+        """Forget `address` and its refusals; False when the store had none."""
+        raise NotImplementedError
+
+    def suppressions(self, now: float, addresses: Sequence[str] | None = None,
+                     limit: int = 1000) -> list[Suppression]:
+        """The addresses suppressed at `now`, latest refusal first (at most `limit`);
+        with `addresses`, those of them the store knows, suppressed or only counted."""
+        raise NotImplementedError
+
+    def ahead(self, message_id: str, now: float) -> int:
+        """How many messages due at `now` a claim takes before this one (higher priority,
+        or as high and due longer): the queue in front of it."""
         raise NotImplementedError
 
     # -- quarantine --------------------------------------------------------------

@@ -4,7 +4,7 @@ Moving from one host to many is: stop the daemon, migrate, change the
 configuration, start. Every message, body, attempt and recipient outcome is
 copied with its states and times; a message already in the target is left
 alone, so running it twice copies nothing twice. The roll-ups that `stats`
-reads and the quarantine are copied once per source store.
+reads, the quarantine and the suppressions are copied once per source store.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..locks import InstanceLock
 from . import SQLITE, describe, engine
 from .sql import SQLStore
 from .sqlite import SQLiteStore
+from .suppression import COLUMNS as SUPPRESSION_COLUMNS
 
 
 @dataclass
@@ -84,9 +85,9 @@ def run(source: str, target: DatabaseConfig) -> str:
 
 
 
-# What `stats` reads and the quarantine: copied once per source store (they are sums, not rows).
+# What `stats` reads, the quarantine and the suppressions: copied once per source store (they are sums, not rows).
 ROLLUP_TABLES = {"stats_hourly": "hour, kind, bucket, n", "reasons_hourly": "hour, reason, n",
-                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data"}
+                 "depth_hourly": "hour, depth", "quarantine": "at, reason, data", "suppressions": SUPPRESSION_COLUMNS}
 
 
 def export_extras(store: SQLStore) -> dict[str, list[Any]]:
@@ -104,7 +105,10 @@ def import_extras(store: SQLStore, source_id: str, extras: dict[str, list[Any]],
             return False
         for table, cols in ROLLUP_TABLES.items():
             rows = extras.get(table, [])
-            if table == "quarantine":
+            if table == "suppressions":  # an address the target knows already keeps its own count
+                db.executemany(f"INSERT INTO suppressions ({cols}) VALUES ({','.join('?' * 8)})"
+                               " ON CONFLICT (address) DO NOTHING", rows)
+            elif table == "quarantine":
                 db.executemany(f"INSERT INTO quarantine ({cols}) VALUES (?, ?, ?)", rows)
             elif table == "depth_hourly":
                 db.executemany(f"INSERT INTO depth_hourly ({cols}) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE"

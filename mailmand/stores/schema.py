@@ -140,7 +140,17 @@ V6 = [
         lease_owner TEXT, lease_until {real}, claims {bigint} NOT NULL DEFAULT 0,
         fails INTEGER NOT NULL DEFAULT 0, retry_at {real} NOT NULL DEFAULT 0)""",
 ]
-SHARED = [V1, V2, V3, V4, V5, V6]
+V7: list[str] = []  # the relays' quotas: written on their branch, merged with this one
+V8 = [
+    # Suppression: an address the relays refused as unknown (5.1.x), counted per address.
+    # Suppressed while `suppressed_until` is ahead; NULL: refused fewer times than `after`.
+    # `source`: relay (counted refusals) or operator (`mailmand suppress add`).
+    """CREATE TABLE suppressions (
+        address TEXT PRIMARY KEY, refusals INTEGER NOT NULL DEFAULT 0, code INTEGER, reply TEXT NOT NULL,
+        first_at {real} NOT NULL, last_at {real} NOT NULL, suppressed_until {real}, source TEXT NOT NULL)""",
+    "CREATE INDEX ix_suppressed_until ON suppressions (suppressed_until) WHERE suppressed_until IS NOT NULL",
+]
+SHARED = [V1, V2, V3, V4, V5, V6, V7, V8]
 # The columns a store copies (`migrate`) and reads back, by table, as the latest version has them.
 MESSAGE_COLUMNS = ("id", "status", "mail_from", "rcpt_to", "pending_rcpt", "subject", "priority", "size",
                    "idempotency_key", "created_at", "send_after", "due_at", "attempts", "fails", "last_code",

@@ -9,6 +9,7 @@ then differ only in SQL text and connection setup (huey's `BaseSqlStorage`).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from .operator import INFO_COLUMNS, OperatorSQL
 from .operator import info as _info
 from .rollup import HOUR, Rollup, report
 from .schema import ATTEMPT_COLUMNS, Db
+from .suppression import SuppressionSQL, normal
 
 if TYPE_CHECKING:
     from ..message import Record
@@ -78,7 +80,7 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-class SQLStore(OperatorSQL, EventLog, ActivitySQL):
+class SQLStore(OperatorSQL, EventLog, SuppressionSQL, ActivitySQL):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
     LOCK_ROWS = ""  # appended to the fenced finish's read of its leases
@@ -125,10 +127,12 @@ class SQLStore(OperatorSQL, EventLog, ActivitySQL):
         """Insert `records`; with `quarantined`, delete that quarantine entry in the same transaction."""
         new = 0
         due_now = False
+        now = time.time()
         with self.tx() as db:
             if quarantined is not None and not db.execute(
                     "DELETE FROM quarantine WHERE id = ? RETURNING id", (quarantined,)).fetchall():
                 raise NotFound(f"no quarantine entry {quarantined}")
+            active = self._active(db, records, now)  # suppressed recipients: {} when none is in force
             for i in range(0, len(records), INSERT_CHUNK):
                 chunk = records[i:i + INSERT_CHUNK]
                 args: list[Any] = []
@@ -148,7 +152,10 @@ class SQLStore(OperatorSQL, EventLog, ActivitySQL):
                     db.executemany("INSERT INTO bodies (id, raw) VALUES (?, ?)", [(r.id, r.raw) for r in mine])
                     self._tag_rows(db, [(r.id, r.tags) for r in mine if r.tags])
                     self.record_events(db, [NewEvent(r.id, EventType.QUEUED, r.created_at,
-                                                     recipients=each(r.rcpt_to, EventType.QUEUED)) for r in mine])
+                                                     recipients=each(going, EventType.QUEUED)) for r in mine
+                                            if (going := [a for a in r.rcpt_to if normal(a) not in active])])
+                    if active:
+                        self._apply_suppressions(db, mine, active, now)
                     new += len(stored)
                     due_now = due_now or any(r.send_after <= r.created_at for r in chunk if r.id in stored)
             if due_now:
@@ -411,6 +418,8 @@ class SQLStore(OperatorSQL, EventLog, ActivitySQL):
                                    ("tags", "message_id"), ("events", "message_id"), ("messages", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {col} IN ({_marks(len(chunk))})", chunk)
             db.execute("DELETE FROM quarantine WHERE at < ?", (before,))
+            # Refusals counted then, and suppressions ended then: forgotten.
+            db.execute("DELETE FROM suppressions WHERE coalesce(suppressed_until, last_at) < ?", (before,))
         return len(ids)
 
     # -- quarantine --------------------------------------------------------------
