@@ -126,6 +126,7 @@ def test_a_failed_message_is_found_retried_and_seen_delivered(web_daemon, smtp_s
     # The message: the relay's refusal, word for word, in its attempts and events.
     assert wait_until(lambda: browser.current_url.endswith(f"/messages/{bad}"), timeout=10)
     assert by_css(browser, "#status").text == "failed"
+    assert "550 5.1.1 no such user" in by_css(browser, "#explain").text  # `mailmand explain`'s paragraph
     assert "550 5.1.1 no such user" in by_css(browser, "#attempts").text
     assert "failed" in by_css(browser, "#events").text
     assert "bob@example.com" in by_css(browser, "#headers").text
@@ -142,6 +143,7 @@ def test_a_failed_message_is_found_retried_and_seen_delivered(web_daemon, smtp_s
         return by_css(browser, "#status").text == "sent"
 
     assert wait_until(delivered, timeout=30, interval=0.5), daemon.proc.log
+    assert by_css(browser, "#explain").text.startswith("sent")
     attempts = by_css(browser, "#attempts").text
     assert "550 5.1.1 no such user" in attempts and "250" in attempts
     assert sum(1 for m in relay.messages if "bob@example.com" in m.rcpt_tos) == 1

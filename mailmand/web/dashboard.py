@@ -1,4 +1,5 @@
-"""The dashboard's pages: the overview at /, the messages, one message, and the
+"""The dashboard's pages: the overview at /, the messages, one message (with
+`mailmand explain`'s paragraph), and the
 operator's moves (retry, cancel, hold, release) behind a confirmation page.
 
 Pages are rendered here (templates/, every value escaped by Jinja2); the reads
@@ -106,12 +107,16 @@ async def messages(request: Request) -> Response:
 
 
 def _message(ctx: WebContext, message_id: str) -> dict[str, Any] | None:
+    from ..explain import explain
+
     found = api.message_json(ctx, message_id)
     if found is None or found.get("status") == "in-queue":
         return found
     try:
         found["source"] = queries.source(ctx, message_id)
-    except NotFound:  # purged between the two reads
+        if "explain" not in found:
+            found["explain"] = explain(ctx.store, ctx.cfg, message_id, ctx.clock()).as_dict()
+    except NotFound:  # purged between the reads
         return None
     return found
 
