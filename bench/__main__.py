@@ -1,5 +1,5 @@
 """python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,outbox,
-webhooks,web,dashboard]"""
+webhooks,throttle,web,dashboard]"""
 
 from __future__ import annotations
 
@@ -10,14 +10,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chunking, dashboard, dispatch, enqueue, ingest, latency, outbox, scale, submission, wan, web, webhooks
+from . import (
+    chunking,
+    dashboard,
+    dispatch,
+    enqueue,
+    ingest,
+    latency,
+    outbox,
+    scale,
+    submission,
+    throttle,
+    wan,
+    web,
+    webhooks,
+)
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
              "latency": latency.run, "scale": scale.run, "wan": wan.run, "chunking": chunking.run,
-             "submission": submission.run, "outbox": outbox.run, "webhooks": webhooks.run, "web": web.run,
-             "dashboard": dashboard.run}
+             "submission": submission.run, "outbox": outbox.run, "webhooks": webhooks.run,
+             "throttle": throttle.run, "web": web.run, "dashboard": dashboard.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -116,6 +130,8 @@ def report(results: dict[str, Any]) -> str:
                       f"delivery began: {h['webhook_events_s']:.0f} events/s; the daemon's CPU per message "
                       f"{h['cpu_us_per_message']['webhook']:.0f} µs with the webhook, "
                       f"{h['cpu_us_per_message']['none']:.0f} µs without"]
+    if "throttle" in results:
+        parts += ["\n" + throttle.report(results["throttle"])]
     if "web" in results:
         parts += ["\n" + web.report(results["web"])]
     if "dashboard" in results:

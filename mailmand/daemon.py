@@ -322,7 +322,8 @@ class Daemon:
                 from .metrics import MetricsServer
 
                 metrics = MetricsServer(server.metrics.listen, self.store, self.queue,
-                                        lambda: self.dispatcher.cfg.interval, self.problems)
+                                        lambda: self.dispatcher.cfg.interval, self.problems,
+                                        self.dispatcher.relay_states)
                 metrics.registry.register(webhooks.collector())
                 self.services.append(metrics.start())
             if server.web is not None:
@@ -330,7 +331,7 @@ class Daemon:
                 from .web.server import WebServer  # Starlette, uvicorn, Jinja2: only when configured
 
                 health = Health(lambda: self.dispatcher.last_active, self.store,
-                                lambda: self.dispatcher.cfg.interval, self.problems)
+                                lambda: self.dispatcher.cfg.interval, self.problems, self.dispatcher.relay_states)
                 self.services.append(WebServer(self.cfg, health, self.poke, self.id).start())
             if server.submission is not None:
                 from .submission import SubmissionServer
@@ -352,7 +353,8 @@ class Daemon:
         return [f"ingest: {failing.last}"] if failing is not None and failing.last else []
 
     def _heartbeat(self, now: float) -> None:
-        self.store.heartbeat(self.id, now)
+        # The relays' state rides with it: `status` (another process) and peers read it there.
+        self.store.heartbeat(self.id, now, relays=self.dispatcher.relay_states())
 
     def poke(self) -> None:
         """Mail became due now (an operator's move over the web): dispatch at once (safe from any thread)."""

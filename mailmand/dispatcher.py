@@ -22,7 +22,8 @@ from .config import ServerConfig
 from .config.values import format_duration as fmt_duration
 from .errors import StoreUnavailable
 from .repeats import Repeats
-from .smtp import Envelope, Relay, SendResult
+from .smtp import Envelope, SendResult
+from .smtp.fleet import Fleet
 from .stores.base import Attempt, Claimed, Finished, Outcome, Refusal, Status, Store
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,8 @@ class Dispatcher:
         self.owner = owner or owner_id()
         self.stop = threading.Event()
         self._cfg = cfg
-        self._relay = Relay(cfg.smtp)
-        self._pending: tuple[ServerConfig, Relay] | None = None  # a reload, applied between batches
+        self._fleet = Fleet(cfg, store)
+        self._pending: tuple[ServerConfig, Fleet] | None = None  # a reload, applied between batches
         self._run_lock = threading.Lock()  # one run at a time
         self._cfg_lock = threading.Lock()
         self._live: dict[str, Claimed] = {}  # claimed, not yet answered by the relay
@@ -172,9 +173,9 @@ class Dispatcher:
         """Apply a reloaded configuration: now if idle, else before the next
         batch. A batch in flight finishes on the old settings. Raises (and
         changes nothing) if the relay settings cannot be used, e.g. a bad CA file."""
-        relay = Relay(cfg.smtp)
+        fleet = Fleet(cfg, self.store, previous=self._fleet)
         with self._cfg_lock:
-            self._pending = (cfg, relay)
+            self._pending = (cfg, fleet)
         if self._run_lock.acquire(blocking=False):
             try:
                 self._apply_pending()
@@ -185,9 +186,18 @@ class Dispatcher:
         with self._cfg_lock:
             pending, self._pending = self._pending, None
         if pending is not None:
-            old = self._relay
-            self._cfg, self._relay = pending
+            old = self._fleet
+            self._cfg, self._fleet = pending
             old.close()
+
+    @property
+    def fleet(self) -> Fleet:
+        """The relays, with their state now."""
+        return self._fleet
+
+    def relay_states(self) -> list[dict[str, object]]:
+        """Each relay's state, for the heartbeat, `status` and /healthz."""
+        return self._fleet.states()
 
     def held(self) -> list[str]:
         """Messages this dispatcher holds a lease on: in flight, or answered and not yet committed."""
@@ -210,7 +220,7 @@ class Dispatcher:
             self._flush()
             while True:
                 self._apply_pending()
-                self._run(self._cfg, self._relay, now, result)
+                self._run(self._cfg, self._fleet, now, result)
                 # The feed stops early for a reloaded configuration: go on under it.
                 if self._pending is None or self.stop.is_set():
                     break
@@ -221,7 +231,7 @@ class Dispatcher:
         self.summary.add(result, time.time() if now is None else now)
         return result
 
-    def _run(self, cfg: ServerConfig, relay: Relay, now: float | None, result: RunResult) -> None:
+    def _run(self, cfg: ServerConfig, relay: Fleet, now: float | None, result: RunResult) -> None:
         live = self._live
         feed = self._feed(cfg, now, result, live)
         try:
@@ -430,7 +440,7 @@ class Dispatcher:
         self._release()
 
     def close(self) -> None:
-        self._relay.close()
+        self._fleet.close()
         self._claimer.shutdown()
 
 

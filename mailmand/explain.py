@@ -78,8 +78,14 @@ def gather(store: Store, settings: Config | ServerConfig, message_id: str, now: 
                  recipients=store.recipients(message_id),
                  suppressions=store.suppressions(now, info.rcpt_to) if info.rcpt_to else [],
                  ahead=store.ahead(message_id, now) if due else None,
-                 relay=server.smtp.relay, rate=server.smtp.rate, max_fails=server.max_fails,
+                 relay=_first_relay(server), rate=server.smtp.rate, max_fails=server.max_fails,
                  max_time=server.max_time)
+
+
+def _first_relay(server: ServerConfig) -> str:
+    """The relay mail goes to first: its name (`relays`), or host:port (`smtp`)."""
+    first = min(server.relay_configs(), key=lambda r: r.priority or 0)
+    return first.label
 
 
 def describe(f: Facts) -> Explanation:

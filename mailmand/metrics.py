@@ -10,9 +10,12 @@ postfix_exporter's where they overlap. Two kinds of source:
   (`StateCollector`), never on every dispatch: a scrape every 15 s costs
   three small queries, and the dispatch path costs nothing.
 
-`/healthz` answers 200 `ok` when the dispatcher ran within 3 × `interval`
-and no part of the daemon is failing; otherwise 503 with one line per
-failing part (`store: ...`, `ingest: ...`). It answers from what the daemon
+`/healthz` answers 200 when the dispatcher ran within 3 × `interval` and
+no part of the daemon is failing; otherwise 503, with each failing part
+(`store: ...`, `ingest: ...`). Its body is JSON: `status` (`ok` or
+`failing`), `problems`, and `relays`, each relay's state (up or down and
+since when, its last reply, its throttle). A relay that is down is not a
+503: mail is still accepted, and waits for it or goes to another relay. It answers from what the daemon
 already knows (the store's last call, a call waiting too long, the ingest
 loop's last failure), never by asking the store: a store gone dark cannot
 hold it up. /metrics leaves the store's series out while the store is
@@ -25,6 +28,7 @@ closed after a few seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -83,8 +87,6 @@ class Metrics(observe.Observer):
                                ["class"], registry=registry)
         self.connections = Gauge("mailmand_smtp_connections", "Open SMTP sessions to the relay.",
                                  registry=registry)
-        self.relay_up = Gauge("mailmand_relay_up", "1 when the last delivery attempt reached the relay.",
-                              registry=registry)
         build = Gauge("mailmand_build_info", "Always 1; the version is in the label.", ["version"],
                       registry=registry)
         build.labels(__version__).set(1)
@@ -103,8 +105,6 @@ class Metrics(observe.Observer):
         if result is None:
             return
         self.replies.labels(reply_class(result.code)).inc()
-        # Reached: the relay answered something (even a refusal) or hung up after the envelope.
-        self.relay_up.set(1 if result.answered else 0)
         if status is Status.SENT:
             self.delivery.observe(max(0.0, result.started + result.duration - send_time))
 
@@ -169,15 +169,62 @@ class StateCollector(Collector):
             yield backlog
 
 
+class RelayCollector(Collector):
+    """Each relay's state, read from the dispatcher's fleet (memory, no I/O) at scrape time."""
+
+    def __init__(self, relays: Callable[[], list[dict[str, Any]]]) -> None:
+        self.relays = relays
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("mailmand_relay_up", "1 while the relay is up, 0 while it is down (cooling off).",
+                              labels=["relay"]),
+            GaugeMetricFamily("mailmand_relay_rate_limit",
+                              "Messages a second the relay is sent at most now (configured, or less while it "
+                              "pushes back); absent when there is no limit.", labels=["relay"]),
+            GaugeMetricFamily("mailmand_relay_connection_limit",
+                              "Sessions the relay is given at most now (configured, or less while it pushes back).",
+                              labels=["relay"]),
+        )
+
+    def describe(self) -> Iterable[Any]:
+        return self._families()
+
+    def collect(self) -> Iterator[Any]:
+        up, rate, connections = self._families()
+        for r in self.relays():
+            up.add_metric([r["name"]], 1.0 if r["state"] == "up" else 0.0)
+            if r.get("rate") is not None:
+                rate.add_metric([r["name"]], float(r["rate"]))
+            connections.add_metric([r["name"]], float(r["connections"]))
+        yield up
+        yield rate
+        yield connections
+
+
 class Health:
     """What /healthz answers, from state the daemon keeps (no I/O)."""
 
     def __init__(self, last_active: Callable[[], float], store: Store, interval: Callable[[], float],
-                 parts: Callable[[], list[str]] = list) -> None:
+                 parts: Callable[[], list[str]] = list,
+                 relays: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.last_active = last_active  # monotonic time of the dispatcher's last run
         self.store = store
         self.interval = interval
         self.parts = parts  # the daemon's other failing parts, "ingest: ..." each
+        self.relays = relays  # each relay's state (memory)
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """(ok, the JSON body of /healthz): what every listener's /healthz answers."""
+        ok, reason = self.check()
+        try:
+            relays = self.relays()
+        except Exception:  # never a reason for /healthz to fail
+            log.exception("relay state for /healthz")
+            relays = []
+        return ok, {"status": "ok" if ok else "failing", "problems": [] if ok else reason.splitlines(),
+                    "relays": relays}
 
     def check(self) -> tuple[bool, str]:
         problems = []
@@ -205,12 +252,15 @@ class MetricsServer:
     """The HTTP endpoint: /metrics (Prometheus text format) and /healthz."""
 
     def __init__(self, listen: str, store: Store, queue: Queue, interval: Callable[[], float],
-                 parts: Callable[[], list[str]] = list) -> None:
+                 parts: Callable[[], list[str]] = list,
+                 relays: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.listen = listen
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        self.relays = relays
         self.registry.register(StateCollector(store, queue))
-        self.health = Health(lambda: self.metrics.last_dispatch, store, interval, parts)
+        self.registry.register(RelayCollector(relays))
+        self.health = Health(lambda: self.metrics.last_dispatch, store, interval, parts, relays)
         self._prometheus = make_wsgi_app(self.registry)
         self._httpd: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -225,10 +275,10 @@ class MetricsServer:
 
     def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
-            ok, reason = self.health.check()
-            body = (reason + "\n").encode()
+            ok, report = self.health.report()
+            body = (json.dumps(report, separators=(",", ":")) + "\n").encode()
             start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         return self._prometheus(environ, start_response)
 

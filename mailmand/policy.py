@@ -7,6 +7,20 @@ Two counts, two jobs:
   `max-fails` (an outage must not fail the queue; `max-time` bounds it),
   and so does a connection the relay closed after accepting the envelope
   (a message that makes the relay hang up at DATA must not be tried forever).
+
+Two schedules:
+- `backoff: auto` (the default) spreads the `max-fails` attempts over
+  `max-time`: the waits after answered attempts double, and the last retry
+  comes at AUTO_SPAN of max-time after the first attempt (max-fails 3,
+  max-time 1h: about +15 min and +45 min), which is what greylisting asks for.
+  An attempt that did not reach the relay waits UNREACHED_FIRST, doubled for
+  each such attempt, up to the first gap: an outage does not cost 15 minutes
+  a message, and does not spend the schedule;
+- `backoff: {min, max}`: `min` doubled for each attempt, up to `max`.
+
+No retry is due sooner than RETRY_FLOOR after the attempt: a message deferred
+in a run is never claimed again by the same run (a `flush` is one attempt,
+never two, even with `min: 0`).
 """
 
 from __future__ import annotations
@@ -30,6 +44,40 @@ UNKNOWN_WORDS = re.compile(r"no such (user|mailbox|recipient|address)|(user|reci
                            r" (does not exist|doesn't exist|not found)", re.IGNORECASE)
 RECIPIENT_STATUS = {Kind.SENT: "sent", Kind.TEMPORARY: "deferred", Kind.PERMANENT: "failed"}
 JITTER = 0.25  # ± this share of the wait: spread enough to part a crowd, small enough to keep doubling
+AUTO_JITTER = 0.1  # ± this share of each gap of the auto schedule: "about +15 min" stays about that
+AUTO_SPAN = 0.75  # the auto schedule's last retry, as a share of max-time: room left for it to be late
+UNREACHED_FIRST = 30.0  # seconds: the auto schedule's first wait after an attempt that did not reach the relay
+RETRY_FLOOR = 1.0  # seconds: the least wait after any attempt
+
+
+def auto_gap(max_fails: int, max_time: float) -> float:
+    """The first wait of the auto schedule: the waits g, 2g, 4g ... of the
+    max-fails - 1 retries add up to AUTO_SPAN × max-time."""
+    retries = max(1, max_fails - 1)
+    return AUTO_SPAN * max_time / (2.0 ** retries - 1.0)
+
+
+def auto_offsets(max_fails: int, max_time: float) -> list[float]:
+    """When each retry of the auto schedule comes, in seconds after the first
+    attempt, without jitter (the table in docs/configuration.md)."""
+    gap = auto_gap(max_fails, max_time)
+    return [gap * (2.0 ** k - 1.0) for k in range(1, max_fails)]
+
+
+def retry_wait(msg: Claimed, counted: bool, cfg: ServerConfig, rand: Callable[[], float] = random.random) -> float:
+    """Seconds from this attempt to the next, which is `msg`'s attempt number
+    `msg.attempts + 1` (and, when `counted`, its fail number `fails + 1`)."""
+    if cfg.backoff == "auto":
+        gap = auto_gap(cfg.max_fails, cfg.max_time)
+        if counted:
+            wait = gap * 2.0 ** max(0, _fails(msg)) * (1.0 + AUTO_JITTER * (2.0 * rand() - 1.0))
+        else:
+            unreached = max(0, msg.attempts - _fails(msg))  # such attempts before this one
+            wait = backoff(unreached + 1, BackoffConfig(min(UNREACHED_FIRST, gap), gap), rand)
+    else:
+        # Every attempt before this one, answered or not, and this one: the wait keeps growing in an outage.
+        wait = backoff(msg.attempts + 1, cfg.backoff, rand)
+    return max(RETRY_FLOOR, wait)
 
 
 def backoff(attempt: int, cfg: BackoffConfig, rand: Callable[[], float] = random.random) -> float:
@@ -78,7 +126,8 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     # (and a hang-up after it accepted the envelope); an unreachable relay,
     # TLS or AUTH trouble (no reply code at all) is bounded by max-time
     # instead, so an outage does not fail the queue.
-    counted = result.answered
+    # Nor does a relay's own trouble: down, refusing the session, or pushing back for load.
+    counted = result.answered and not result.relay_fault
     fails = _fails(msg) + (1 if counted else 0)
     code = result.code if result.kind is not Kind.SENT else (refused[0].code if refused else result.code)
     if counted and fails >= cfg.max_fails:
@@ -89,8 +138,7 @@ def decide(result: SendResult, msg: Claimed, cfg: ServerConfig, now: float,
     if is_expired(now, msg.clock, cfg):
         return Outcome(Status.EXPIRED, reason=f"max-time passed: {reason}", code=code,
                        counted=counted), recipients
-    # Every attempt before this one, answered or not, and this one: the wait keeps growing in an outage.
-    due = min(now + backoff(msg.attempts + 1, cfg.backoff, rand), deadline(msg.clock, cfg))
+    due = min(now + retry_wait(msg, counted, cfg, rand), deadline(msg.clock, cfg))
     # Only the temporarily refused recipients are tried again; with no
     # per-recipient replies (the connection failed) all of them are.
     return Outcome(Status.DEFERRED, reason=reason, code=code, due_at=due,

@@ -23,6 +23,11 @@ change them while the server runs (answer 451, then 250):
   True; aiosmtpd reads pipelined commands in order either way).
 - `gate`: a threading.Event; while it is not set, the end of DATA is not
   answered (`held` counts the messages waiting at it).
+- `max_sessions`: a connection past this many open at once is greeted with
+  `421 4.7.0 too many connections` and closed (counted in `refused_sessions`).
+- `ceiling`: messages a second the server takes; a MAIL past it in the last
+  second is answered `421 4.7.0 too many messages` and the connection closed
+  (counted in `refused_messages`).
 
 What the server saw: `messages`, `helos` (EHLO/HELO names), `chunks` (each
 read from a client, as received: a client that does not pipeline sends one
@@ -38,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +101,14 @@ class _Smtp(SMTP):
         self._owner._chunk(data)
         super().data_received(data)
 
+    async def _handle_client(self) -> None:  # aiosmtpd's private step, greeting first (checked with 1.4)
+        if self._owner._too_many():
+            await self.push("421 4.7.0 too many connections from your host, try again later")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
 
 class _Handler:
     """aiosmtpd handler hooks that read the owner's script as each command arrives."""
@@ -126,6 +140,8 @@ class _Handler:
             return "530 5.7.0 Authentication required"
         if owner.mail_reply:
             return _answer(server, owner.mail_reply)
+        if not owner._under_ceiling():
+            return _answer(server, "421 4.7.0 too many messages, slow down")
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -209,6 +225,8 @@ class SmtpServer:
         idle_timeout: float = 300.0,
         pipelining: bool = True,
         gate: threading.Event | None = None,
+        max_sessions: int | None = None,
+        ceiling: float | None = None,
     ) -> None:
         if tls not in (None, "starttls", "ssl"):
             raise ValueError(f"tls must be starttls, ssl or None, got {tls!r}")
@@ -225,6 +243,12 @@ class SmtpServer:
         self.idle_timeout = idle_timeout
         self.pipelining = pipelining
         self.gate = gate
+        self.max_sessions = max_sessions
+        self.ceiling = ceiling
+        self.refused_sessions = 0
+        self.refused_messages = 0
+        self.accepted_at: list[float] = []  # when each MAIL under the ceiling was accepted (monotonic)
+        self.refused_at: list[float] = []  # when each MAIL past it was refused
         self._tls = tls
         self._handler = _Handler(self)
         self._lock = threading.Lock()
@@ -376,6 +400,25 @@ class SmtpServer:
     def _hold(self, delta: int) -> None:
         with self._lock:
             self._held += delta
+
+    def _too_many(self) -> bool:
+        with self._lock:
+            if self.max_sessions is not None and len(self._live) > self.max_sessions:
+                self.refused_sessions += 1
+                return True
+            return False
+
+    def _under_ceiling(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self.ceiling is not None:
+                recent = [t for t in self.accepted_at[-int(self.ceiling) - 1:] if t > now - 1.0]
+                if len(recent) >= self.ceiling:
+                    self.refused_messages += 1
+                    self.refused_at.append(now)
+                    return False
+            self.accepted_at.append(now)
+            return True
 
     def _opened(self, protocol: _Smtp) -> None:
         with self._lock:

@@ -182,7 +182,7 @@ def test_minimal_file_takes_the_documented_defaults(tmp_path: Path, home: Path) 
     assert (q.password, q.min_free) == (None, 100 * 2**20)  # 4 x max-message-size
     s = config.server
     assert (s.max_fails, s.max_time, s.batch, s.interval, s.lease) == (3, 3600, 50, 5, 300)
-    assert (s.backoff.min, s.backoff.max, s.retention) == (30, 900, 30 * 86400)
+    assert (s.backoff, s.retention) == ("auto", 30 * 86400)
     assert (s.max_message_size, s.max_recipients, s.log_level) == (25 * 2**20, 1000, "INFO")
     db = s.database
     assert (db.engine, db.path, db.dsn, db.pool_size) == ("sqlite3", data / "mailmand.db", None, None)
@@ -885,3 +885,10 @@ def test_a_ca_file_that_is_not_pem_is_refused(tmp_path):
                     f"      ca-file: {junk}\n")
     with pytest.raises(ConfigError, match="email.server.smtp.ca-file: not a usable CA bundle"):
         load(conf)
+
+
+def test_backoff_is_auto_or_min_max(tmp_path: Path) -> None:
+    assert load(write(tmp_path, RELAY + "    backoff: auto\n")).server.backoff == "auto"
+    b = load(write(tmp_path, RELAY + "    backoff: {min: 1m, max: 10m}\n")).server.backoff
+    assert not isinstance(b, str) and (b.min, b.max) == (60, 600)
+    assert "email.server.backoff" in error(write(tmp_path, RELAY + "    backoff: sometimes\n"))

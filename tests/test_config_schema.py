@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +111,44 @@ def _dkim(**given: Any) -> Any:
 
 
 HOOK = {"url": "https://app.example/mail", "secret": "s"}
+
+
+def _relay(**given: Any) -> Any:
+    """The one relay of a configuration with `relays: [given]`."""
+    return parse(with_key(with_key(RELAY, "email.server.smtp", None), "email.server.relays",
+                          [{"host": "relay.example", **given}])).server.relay_configs()[0]
+
+
+def _as_smtp(field: str) -> Callable[[Config], bool]:
+    """A relay's key whose default is the `smtp` key's."""
+    return lambda c: getattr(_relay(), field) == getattr(parse(with_key(RELAY, "email.server.smtp.host",
+                                                                        "relay.example")).server.smtp, field)
+
+
+def _backoff(given: dict[str, str], field: str, value: float) -> bool:
+    backoff = parse(with_key(RELAY, "email.server.backoff", given)).server.backoff
+    return not isinstance(backoff, str) and getattr(backoff, field) == value
+
+
 ED25519_SEED = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="  # 32 bytes, base64: an ed25519 private key
 SIGNER = {"domain": "example.com", "selector": "s1"}
 SPECIAL = {
+    "email.server.backoff.min": lambda c: _backoff({"max": "1h"}, "min", 30.0),
+    "email.server.backoff.max": lambda c: _backoff({"min": "1s"}, "max", 900.0),
+    "email.server.relays.host": lambda c: "relays[0].host: required" in str(_raises(lambda: parse(with_key(
+        with_key(RELAY, "email.server.smtp", None), "email.server.relays", [{"port": 25}])))),
+    "email.server.relays.port": lambda c: (_relay(tls="ssl").port, _relay(tls="starttls").port, _relay().port)
+    == (465, 587, 25),
+    "email.server.relays.name": lambda c: _relay().label == "relay.example:25" and _relay().name is None,
+    "email.server.relays.priority": lambda c: _relay().priority == 1,
+    "email.server.relays.quota.per-day": lambda c: _relay().quota is None,
+    "email.server.relays.senders": lambda c: _relay().senders == (),
+    **{f"email.server.relays.{k}": _as_smtp(k.replace("-", "_")) for k in (
+        "tls", "verify", "ca-file", "connections", "rate", "timeout", "data-timeout", "helo", "pipelining",
+        "chunking")},
+    **{f"email.server.relays.auth.{k}": (lambda c: _relay().auth is None) for k in (
+        "username", "password", "password-file", "identity")},
+    "email.server.relays.weight": lambda c: _relay().weight == 1,
     "email.server.dkim.domain": lambda c: "dkim[0].domain: required" in str(
         _dkim(selector="s1", key=ED25519_SEED, algorithm="ed25519-sha256")),
     "email.server.dkim.selector": lambda c: "dkim[0].selector: required" in str(
@@ -137,6 +172,14 @@ SPECIAL = {
 }
 
 
+def _raises(fn: Callable[[], object]) -> Exception | None:
+    try:
+        fn()
+    except Exception as exc:
+        return exc
+    return None
+
+
 @pytest.mark.parametrize(("key", "default"), documented(REFERENCE))
 def test_documented_default(key: str, default: str) -> None:
     config = parse(RELAY)
@@ -156,11 +199,12 @@ def test_documented_default(key: str, default: str) -> None:
 def _schema_keys(t: Any, prefix: str) -> set[str]:
     keys = set()
     for f in msgspec.structs.fields(t):
-        inner = next((a for a in typing.get_args(f.type) if a is not type(None)), f.type)
-        if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+        args = [a for a in typing.get_args(f.type) if a is not type(None)] or [f.type]
+        structs = [a for a in args if isinstance(a, type) and issubclass(a, msgspec.Struct)]
+        for inner in structs:
             keys |= _schema_keys(inner, f"{prefix}.{f.encode_name}")
-        else:
-            keys.add(f"{prefix}.{f.encode_name}")
+        if not structs or len(structs) < len(args) and typing.get_origin(f.type) is not tuple:
+            keys.add(f"{prefix}.{f.encode_name}")  # a value of its own (`backoff: auto`), or a section
     return keys
 
 

@@ -15,11 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailmand import Client, Email, __version__
-from mailmand.config import load
+from mailmand.config import load, replace
 from mailmand.errors import StoreUnavailable
 from mailmand.message import Record
 from mailmand.metrics import MetricsServer
 from mailmand.queues import open_queue
+from mailmand.smtp.fleet import Fleet
 from mailmand.stores import open_store
 from tests.conftest import ROOT
 from tests.daemonproc import DaemonProcess, wait_until
@@ -83,7 +84,9 @@ def test_counters_match_what_the_daemon_delivered(smtp_server, write_config):
         assert value(samples, "mailmand_smtp_replies_total", **{"class": "none"}) == 0
         assert value(samples, "mailmand_delivery_seconds_count") == 2, "one observation per message sent"
         assert 0 < value(samples, "mailmand_delivery_seconds_sum") < 20  # type: ignore[operator]
-        assert value(samples, "mailmand_relay_up") == 1
+        assert value(samples, "mailmand_relay_up", relay=f"127.0.0.1:{relay.port}") == 1
+        assert value(samples, "mailmand_relay_connection_limit", relay=f"127.0.0.1:{relay.port}") == 1
+        assert value(samples, "mailmand_relay_rate_limit", relay=f"127.0.0.1:{relay.port}") is None  # no limit
         assert value(samples, "mailmand_build_info", version=__version__) == 1
         # the scheduled one waits in the store; nothing is left in the spool
         assert value(samples, "mailmand_queue_messages", status="queued") == 1
@@ -100,7 +103,10 @@ def test_counters_match_what_the_daemon_delivered(smtp_server, write_config):
         client.close()
         assert wait_until(lambda: value(scrape(base), "mailmand_messages_total", status="sent") == 3, 20)
         assert wait_until(lambda: value(scrape(base), "mailmand_smtp_connections") == relay.active == 1, 10)
-        assert get(base + "/healthz") == (200, "ok\n")
+        status, body = get(base + "/healthz")
+        health = json.loads(body)
+        assert status == 200 and (health["status"], health["problems"]) == ("ok", [])
+        assert [(r["name"], r["state"]) for r in health["relays"]] == [(f"127.0.0.1:{relay.port}", "up")]
     finally:
         assert daemon.stop() == 0
 
@@ -108,7 +114,8 @@ def test_counters_match_what_the_daemon_delivered(smtp_server, write_config):
 def test_relay_down_shows_as_deferred_none_and_relay_up_0(write_config):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    conf = write_config(free_port(), extra_server=metrics_yaml(port))  # nothing listens there
+    dead = free_port()
+    conf = write_config(dead, extra_server=metrics_yaml(port))  # nothing listens there
     daemon = DaemonProcess(conf).ready()
     try:
         daemon.wait_for(f"metrics on {base}/metrics")
@@ -118,9 +125,14 @@ def test_relay_down_shows_as_deferred_none_and_relay_up_0(write_config):
         assert wait_until(lambda: value(scrape(base), "mailmand_messages_total", status="deferred") == 1, 20)
         samples = scrape(base)
         assert value(samples, "mailmand_smtp_replies_total", **{"class": "none"}) == 1
-        assert value(samples, "mailmand_relay_up") == 0
+        assert value(samples, "mailmand_relay_up", relay=f"127.0.0.1:{dead}") == 0
         assert value(samples, "mailmand_smtp_connections") == 0
         assert value(samples, "mailmand_queue_messages", status="deferred") == 1
+        status, body = get(base + "/healthz")  # mail is still accepted: a relay down is not a 503
+        health = json.loads(body)
+        assert status == 200 and health["status"] == "ok", body
+        [r] = health["relays"]
+        assert r["state"] == "down" and "Connection refused" in r["last_reply"] and r["since"] <= time.time()
     finally:
         assert daemon.stop() == 0
 
@@ -131,10 +143,12 @@ def state(make_config):
     cfg = make_config(interval=0.2)
     store = open_store(cfg.server.database, create=True)
     queue = open_queue(cfg.queue, daemon=True)
-    srv = MetricsServer("127.0.0.1:0", store, queue, lambda: cfg.server.interval).start()
+    fleet = Fleet(replace(cfg.server, smtp=replace(cfg.server.smtp, rate=5.0)))
+    srv = MetricsServer("127.0.0.1:0", store, queue, lambda: cfg.server.interval, relays=fleet.states).start()
     host, port = srv.address
     yield srv, store, queue, f"http://{host}:{port}"
     srv.stop()
+    fleet.close()
     queue.close()
     store.close()
 
@@ -161,7 +175,8 @@ def test_backlog_and_oldest_due_are_read_at_scrape_time(state):
 def test_healthz_503_when_the_dispatcher_stalls_or_the_store_is_gone(state):
     srv, store, queue, base = state
     srv.metrics.dispatching()
-    assert get(base + "/healthz") == (200, "ok\n")
+    status, body = get(base + "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
     # interval 0.2 s: nothing has dispatched for more than 3 x interval
     assert wait_until(lambda: get(base + "/healthz")[0] == 503, timeout=10)
     status, text = get(base + "/healthz")
@@ -173,7 +188,9 @@ def test_healthz_503_when_the_dispatcher_stalls_or_the_store_is_gone(state):
     with pytest.raises(StoreUnavailable):
         store.next_due()  # the dispatcher's next call, say
     status, text = get(base + "/healthz")
-    assert status == 503 and text.startswith(f"store: the store at {store.path} cannot be read"), text
+    report = json.loads(text)
+    assert status == 503 and report["status"] == "failing", text
+    assert report["problems"][0].startswith(f"store: the store at {store.path} cannot be read"), text
     assert get(base + "/metrics")[0] == 200, "a scrape goes on without the store's series"
     assert value(scrape(base), "mailmand_queue_messages", status="queued") is None
 

@@ -156,3 +156,46 @@ def test_no_recipient_accepted_mixed_refusals_defers_the_temporary_ones():
                      ("busy@x.org", "temporary", 451, "451 later"))
     outcome, _ = policy.decide(none_ok, claimed(rcpt=("gone@x.org", "busy@x.org")), CFG, NOW)
     assert outcome.status is Status.DEFERRED and outcome.pending == ("busy@x.org",)
+
+
+AUTO = ServerConfig(max_fails=3, max_time=3600)  # the documented defaults: backoff auto
+
+
+def test_the_documented_default_is_auto_spreading_three_attempts_over_the_hour():
+    assert AUTO.backoff == "auto"
+    assert policy.auto_offsets(3, 3600) == [900, 2700]  # +15 min and +45 min after the first attempt
+    assert policy.auto_offsets(5, 3600) == [180, 540, 1260, 2700]
+    assert policy.auto_offsets(2, 7200) == [5400]
+
+
+@pytest.mark.parametrize("rand", [0.0, 0.5, 1.0])
+def test_auto_retries_a_greylisted_message_at_about_15_then_45_minutes(rand):
+    first = claimed(0)
+    outcome, _ = policy.decide(TEMP, first, AUTO, NOW, rand=lambda: rand)
+    assert outcome.status is Status.DEFERRED and outcome.counted
+    assert outcome.due_at - NOW == pytest.approx(900 * (0.9 + 0.2 * rand))
+    second = claimed(1)
+    t2 = NOW + 900
+    outcome, _ = policy.decide(TEMP, second, AUTO, t2, rand=lambda: rand)
+    assert outcome.due_at - t2 == pytest.approx(1800 * (0.9 + 0.2 * rand))  # +45 min after the first, about
+    outcome, _ = policy.decide(TEMP, claimed(2), AUTO, NOW + 2700, rand=lambda: rand)
+    assert outcome.status is Status.FAILED  # the third answered attempt was the last
+
+
+def test_auto_waits_short_when_the_relay_was_not_reached_and_keeps_the_schedule():
+    waits = []
+    for tries in range(8):
+        msg = Claimed("id1", "s@x.org", ("a@x.org",), b"raw", tries, NOW - 60, 0, fails=0)
+        outcome, _ = policy.decide(UNREACHABLE, msg, AUTO, NOW, rand=lambda: 0.5)
+        assert outcome.status is Status.DEFERRED and not outcome.counted
+        waits.append(outcome.due_at - NOW)
+    assert waits[0] == pytest.approx(33.75) and waits == sorted(waits) and max(waits) <= 900
+    # After an outage, the first answered refusal still waits the schedule's first gap.
+    msg = Claimed("id1", "s@x.org", ("a@x.org",), b"raw", 7, NOW - 60, 0, fails=0)
+    assert policy.decide(TEMP, msg, AUTO, NOW, rand=lambda: 0.5)[0].due_at - NOW == pytest.approx(900)
+
+
+def test_no_retry_is_due_at_once_even_with_a_zero_minimum():
+    cfg = ServerConfig(max_fails=10, max_time=3600, backoff=BackoffConfig(min=0, max=0.5))
+    outcome, _ = policy.decide(TEMP, claimed(0), cfg, NOW, rand=lambda: 0.0)
+    assert outcome.due_at - NOW == policy.RETRY_FLOOR

@@ -671,3 +671,50 @@ def test_hold_and_release_write_their_events_in_their_transaction(store):
     assert kinds(store, "id3") == ["queued", "held", "cancelled"]
     last = store.events(message_id="id2")[0][-1]
     assert last.reply == "released by operator" and store.get("id2").status is Status.QUEUED
+
+
+def test_the_heartbeat_carries_the_relay_state_that_status_shows(store):
+    d = DaemonInfo("h1:10:aa", "h1", 10, "0.1.0", 1000.0, 1000.0, "/spool/a")
+    store.register(d)
+    assert store.daemons(now=1001.0)[0].relays == ()
+    state = [{"name": "primary", "up": False, "since": 1000.5, "reply": "connection failed: refused"},
+             {"name": "backup", "up": True, "since": 990.0, "reply": "250 2.0.0 OK"}]
+    store.heartbeat(d.id, 1002.0, relays=state)
+    [got] = store.daemons(now=1003.0)
+    assert got.heartbeat_at == 1002.0 and [dict(r) for r in got.relays] == state
+    store.heartbeat(d.id, 1004.0)  # a heartbeat without relay state keeps the last one
+    assert [dict(r) for r in store.daemons(now=1005.0)[0].relays] == state
+    assert got.to_json()["relays"][0]["name"] == "primary"
+
+
+def test_a_relay_quota_grants_up_to_its_limit_per_day_and_takes_back_what_was_unused(store):
+    assert store.quota_used("ses", 20000) == 0
+    assert store.quota_reserve("ses", 20000, 4, limit=10) == 4
+    assert store.quota_reserve("ses", 20000, 4, limit=10) == 4
+    assert store.quota_reserve("ses", 20000, 4, limit=10) == 2  # only what is left
+    assert store.quota_reserve("ses", 20000, 4, limit=10) == 0
+    assert store.quota_used("ses", 20000) == 10
+    store.quota_release("ses", 20000, 3)
+    assert store.quota_used("ses", 20000) == 7
+    store.quota_release("ses", 20000, 100)
+    assert store.quota_used("ses", 20000) == 0  # never below zero
+    assert store.quota_reserve("ses", 20001, 5, limit=10) == 5  # a new day, a new count
+    assert store.quota_reserve("other", 20000, 5, limit=3) == 3  # each relay its own
+
+
+def test_concurrent_quota_reservations_never_grant_more_than_the_limit(store, peers):
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def take(s) -> None:
+        for _ in range(20):
+            n = s.quota_reserve("ses", 20000, 3, limit=100)
+            with lock:
+                granted.append(n)
+
+    threads = [threading.Thread(target=take, args=(peers(),)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 100 and store.quota_used("ses", 20000) == 100

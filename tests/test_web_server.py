@@ -53,7 +53,10 @@ def test_healthz_answers_as_the_metrics_listener_does(web_daemon):
     time.sleep(4)  # past 3 x interval: only a dispatcher that keeps running keeps it ok
     with daemon.anonymous() as anon:
         r = anon.get("/healthz")
-    assert (r.status_code, r.text) == (200, "ok\n")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert (body["status"], body["problems"]) == ("ok", [])
+    assert [relay["state"] for relay in body["relays"]] == ["up"]
 
 
 def test_a_port_in_use_stops_the_daemon_at_start(write_config):

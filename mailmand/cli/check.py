@@ -71,7 +71,8 @@ def check_engines(cfg: Config) -> str:
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     queue = check_engines(cfg)  # what `run` refuses, refused with the same message (78)
     where = cfg.source or "embedded defaults"
-    print(f"configuration OK ({where}): relay {cfg.server.smtp.relay}, queue {queue}, "
+    relays = ", ".join(_relay_names(cfg))
+    print(f"configuration OK ({where}): relay{'s' if cfg.server.relays else ''} {relays}, queue {queue}, "
           f"store {describe(cfg.server.database)}")
     for warning in directory_warnings(cfg):
         print(warning, file=sys.stderr)
@@ -115,11 +116,22 @@ def _store(cfg: Config) -> bool:
     return True
 
 
+def _relay_names(cfg: Config) -> list[str]:
+    """Each relay as `name (host:port)`, or the one `smtp` relay as `host:port`."""
+    if not cfg.server.relays:
+        return [cfg.server.smtp.relay]
+    return [f"{r.name} ({r.relay})" if r.name else r.relay for r in cfg.server.relays]
+
+
 def _relay(cfg: Config) -> bool:
-    print(f"relay {cfg.server.smtp.relay}:")
-    ok, lines = connect(cfg.server.smtp)
-    for line in lines:
-        print(f"  {line}")
+    """Every relay: each one a daemon may send through must answer."""
+    ok = True
+    for name, relay in zip(_relay_names(cfg), cfg.server.relays or (cfg.server.smtp,), strict=True):
+        print(f"relay {name}:")
+        reached, lines = connect(relay)
+        for line in lines:
+            print(f"  {line}")
+        ok = ok and reached
     return ok
 
 

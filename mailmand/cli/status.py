@@ -32,6 +32,7 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
             oldest = s.oldest_due(t)
             next_due = s.next_due()
             live = daemons(cfg, s, t)
+            data["relays"] = relays(cfg, s, live, t)
             data.update({
                 "daemons": [d.to_json() for d in live],
                 "store": describe(cfg.server.database),
@@ -74,12 +75,58 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         for c in consumers:
             gone = "" if c.get("live", True) else " (its daemon is gone: another takes these over after the lease)"
             print(f"  {c['name']:<40} {c['pending']} pending, idle {fmt.age(c['idle_s'])}{gone}")
+    for r in data.get("relays", []):
+        print_relay(r, several=len(data["daemons"]) > 1)
     if missing is None:
         print(f"{'quarantine':<10} {data['quarantine']}")
         oldest = data["oldest_due_age"]
         print(f"oldest due message: {'none' if oldest is None else fmt.age(oldest) + ' old'}")
         print(f"next scheduled send: {fmt.when(data['next_scheduled'])}")
     return 0
+
+
+def relays(cfg: Config, s: Any, live: list[Any], t: float) -> list[dict[str, Any]]:
+    """Each relay as each live daemon last reported it (its heartbeat), or as configured
+    when no daemon reports it; with the day's quota count from the store."""
+    out: list[dict[str, Any]] = []
+    for d in live:
+        out += [{**r, "daemon": d.id} for r in d.relays]
+    reported = {r["name"] for r in out}
+    # Read field by field: the configuration may be the producers' cached copy (plain sections).
+    for i, rc in enumerate(cfg.server.relays or (cfg.server.smtp,)):
+        relay = f"{rc.host}:{rc.port}"
+        name = getattr(rc, "name", None) or relay
+        quota = getattr(rc, "quota", None)
+        if name not in reported:
+            out.append({"name": name, "relay": relay, "priority": getattr(rc, "priority", None) or i + 1,
+                        "weight": getattr(rc, "weight", 1), "senders": list(getattr(rc, "senders", ())),
+                        "quota_per_day": quota.per_day if quota is not None else None,
+                        "state": None})  # no daemon says
+    day = int(t // 86400)  # quotas count UTC days
+    for r in out:
+        if r.get("quota_per_day"):
+            r["quota_used_today"] = s.quota_used(r["name"], day)
+    return out
+
+
+def print_relay(r: dict[str, Any], several: bool) -> None:
+    where = f" (daemon {r['daemon']})" if several and r.get("daemon") else ""
+    head = f"{'relay':<10} {r['name']}" + (f" {r['relay']}" if r.get("relay") and r["relay"] != r["name"] else "")
+    if r.get("state") is None:
+        print(f"{head}: state unknown (no daemon running reports it)")
+    elif r["state"] == "up":
+        last = f" (last reply: {r['last_reply']})" if r.get("last_reply") else ""
+        print(f"{head}: up since {fmt.when(r['since'])}{last}{where}")
+    else:
+        print(f"{head}: down since {fmt.when(r['since'])}, tried again from {fmt.when(r.get('down_until'))} "
+              f"({r.get('last_reply')}){where}")
+    if r.get("throttled"):
+        rate = f"{r['rate']:g}/s" if r.get("rate") is not None else "no rate limit"
+        most = f"{r['rate_max']:g}/s" if r.get("rate_max") is not None else "no limit"
+        print(f"{'':<10}   throttled: {r['connections']} of {r['connections_max']} connection(s), {rate} "
+              f"(configured: {most}); it pushed back: {r.get('last_pushback')}")
+    if r.get("quota_per_day"):
+        print(f"{'':<10}   quota: {r.get('quota_used_today', 0)} of {r['quota_per_day']} today (UTC)")
 
 
 def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 from msgspec.structs import replace
@@ -40,9 +40,12 @@ from .schema import (
     Listen,
     Network,
     Rate,
+    RelayConfig,
     Size,
+    SmtpConfig,
     SqlTable,
     Url,
+    as_relay,
 )
 from .values import (
     SECRET_KEYS,
@@ -68,6 +71,8 @@ if TYPE_CHECKING:
     from .schema import DkimConfig, SubmissionConfig, WebConfig, WebhookConfig
 
 log = logging.getLogger(__name__)
+
+SmtpT = TypeVar("SmtpT", bound=SmtpConfig)
 
 # Keys of the Go original that do nothing in mailmand: accepted, reported as ignored.
 IGNORED = {
@@ -252,14 +257,17 @@ class Parse:
         server = email.server
         given = data.get("server", {})
         smtp_given = given.get("smtp", {})
-        if "host" not in smtp_given:
+        relays_given = given.get("relays") or []
+        if relays_given and "smtp" in given:
+            self.errors.append(ConfigError("give smtp (one relay) or relays, not both", "email.server.relays"))
+        elif not relays_given and "host" not in smtp_given:
             self.errors.append(ConfigError("required: the relay to deliver through", "email.server.smtp.host"))
-        smtp = server.smtp
-        if "port" not in smtp_given:
-            smtp = replace(smtp, port=PORT_FOR_TLS[smtp.tls])
-        smtp = replace(smtp, auth=self.attempt(lambda: self.auth(smtp.auth, "email.server.smtp.auth"), None))
-        if smtp.ca_file is not None and not self.producer:  # the daemon connects to the relay; producers never
-            self.attempt(lambda: self.check_ca_file(smtp.ca_file), None)
+        smtp = self.attempt(lambda: self.relay(server.smtp, smtp_given, "email.server.smtp"), server.smtp)
+        relays = tuple(self.attempt(lambda i=i, r=r: self.relay(r, relays_given[i], f"email.server.relays[{i}]"), r)
+                       for i, r in enumerate(server.relays))
+        self.attempt(lambda: check_relays(relays), None)
+        if relays:
+            smtp = as_relay(relays[0])  # what names "the relay" where one is meant (check-config, EHLO)
         database = self.attempt(lambda: self.database(server.database, given.get("database", {})), server.database)
         if queue.engine == "postgres" and not queue.dsn:  # producers too: they insert into it
             self.errors.append(ConfigError("required when engine is postgres (the database that holds the outbox "
@@ -288,11 +296,22 @@ class Parse:
                 raise ConfigError("the same URL twice: give each webhook once, with every type it takes",
                                   f"email.server.events.webhooks[{i}].url")
             seen.add(hook.url)
-        server = replace(server, smtp=smtp, submission=submission, metrics=metrics, database=database,
-                         events=events, dkim=dkim, web=web)
+        server = replace(server, smtp=smtp, relays=relays, submission=submission, metrics=metrics,
+                         database=database, events=events, dkim=dkim, web=web)
         if "min-free" not in data.get("queue", {}).get("default", {}):
             queue = replace(queue, min_free=4 * server.max_message_size)
         return Config(queue=queue, server=server, sendmail=email.sendmail, source=self.source)
+
+    def relay(self, smtp: SmtpT, given: dict[str, Any], key: str) -> SmtpT:
+        """A relay's keys: the port that goes with `tls`, AUTH, the CA file."""
+        if "host" not in given and key != "email.server.smtp":
+            raise ConfigError("required: the relay's host", f"{key}.host")
+        if "port" not in given:
+            smtp = replace(smtp, port=PORT_FOR_TLS[smtp.tls])
+        smtp = replace(smtp, auth=self.attempt(lambda: self.auth(smtp.auth, f"{key}.auth"), None))
+        if smtp.ca_file is not None and not self.producer:  # the daemon connects to the relay; producers never
+            self.attempt(lambda: self.check_ca_file(smtp.ca_file, f"{key}.ca-file"), None)
+        return smtp
 
     def database(self, db: DatabaseConfig, given: dict[str, Any]) -> DatabaseConfig:
         """The store's keys: a dsn, or the Go original's host, port, username,
@@ -398,13 +417,13 @@ class Parse:
             raise ConfigError("required with a username: give password or password-file", f"{key}.password")
         return auth
 
-    def check_ca_file(self, path: Path) -> None:
+    def check_ca_file(self, path: Path, key: str = "email.server.smtp.ca-file") -> None:
         import ssl  # here: producers never import it
 
         try:  # load it now, so that a bad bundle is refused here and not when the daemon connects
             ssl.create_default_context(cafile=str(path))
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"not a usable CA bundle (PEM): {path}: {exc}", "email.server.smtp.ca-file") from None
+            raise ConfigError(f"not a usable CA bundle (PEM): {path}: {exc}", key) from None
 
     def check_private(self, key: str) -> None:
         """Refuse a literal password in a file every user can read."""
@@ -432,6 +451,16 @@ class Parse:
         if path.stat().st_mode & 0o004:
             self.warn(f"{key}: {path} is readable by every user; run `chmod o-r {path}`")
         return secret
+
+
+def check_relays(relays: tuple[RelayConfig, ...]) -> None:
+    """Each relay's name once."""
+    seen: set[str] = set()
+    for i, relay in enumerate(relays):
+        if relay.label in seen:
+            key = f"email.server.relays[{i}]" + (".name" if relay.name else "")
+            raise ConfigError(f"{relay.label!r} twice: give each relay a name of its own", key)
+        seen.add(relay.label)
 
 
 def parse(data: object, source: Path | None = None, *, producer: bool = False,

@@ -176,6 +176,35 @@ class SmtpConfig(Section, frozen=True):
         return f"{self.host}:{self.port}"
 
 
+class QuotaConfig(Section, frozen=True):
+    """A relay's `quota`: how much it takes, counted in the store (every daemon, across restarts)."""
+
+    per_day: Positive | None = None  # messages handed to the relay per UTC day
+
+
+class RelayConfig(SmtpConfig, frozen=True):
+    """One of `email.server.relays`: the keys of `smtp`, and where it stands among the others."""
+
+    name: str | None = None  # None: host:port
+    priority: NonNegative | None = None  # failover order, lowest first; None: its place in the list
+    weight: Positive = 1  # its share among the relays of the same priority
+    quota: QuotaConfig | None = None
+    senders: tuple[Domain, ...] = ()  # only mail from these domains (and their subdomains); empty: any
+
+    @property
+    def label(self) -> str:
+        """The relay's name in logs, `status`, metrics and attempts."""
+        return self.name or self.relay
+
+
+def as_relay(smtp: SmtpConfig, **keys: object) -> RelayConfig:
+    """The single `smtp:` block as a relay of its own."""
+    if isinstance(smtp, RelayConfig):
+        return msgspec.structs.replace(smtp, **keys) if keys else smtp
+    fields = {name: getattr(smtp, name) for name in SmtpConfig.__struct_fields__}
+    return RelayConfig(**{**fields, **keys})  # type: ignore[arg-type]
+
+
 class DatabaseConfig(Section, frozen=True):
     secret_fields = frozenset({"dsn", "password"})
 
@@ -321,13 +350,16 @@ class ServerConfig(Section, frozen=True):
     batch: Positive = 50  # messages claimed per dispatch run
     interval: Duration = 5.0  # dispatch tick when idle
     lease: Duration = 300.0  # how long a claim is held before a sweep takes it back
-    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    # `auto`: max-fails attempts spread over max-time, each wait double the one
+    # before (policy.auto_offsets); {min, max}: min doubled per attempt, up to max.
+    backoff: Literal["auto"] | BackoffConfig = "auto"
     retention: Duration = 30 * 86400.0  # finished mail older than this is purged
     max_message_size: Size = 25 * MiB
     max_recipients: Positive = 1000  # per message; the client, ingest and the listener all check it
     log_level: LogLevel = "INFO"
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)  # with `relays`: the first of them
+    relays: tuple[RelayConfig, ...] = ()  # empty: `smtp` alone
     submission: SubmissionConfig | None = None
     metrics: MetricsConfig | None = None
     web: WebConfig | None = None
@@ -335,6 +367,11 @@ class ServerConfig(Section, frozen=True):
     events: EventsConfig = field(default_factory=EventsConfig)
     dkim: tuple[DkimConfig, ...] = ()
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+
+    def relay_configs(self) -> tuple[RelayConfig, ...]:
+        """Every relay, each with its priority: `relays`, or `smtp` as the one relay."""
+        relays = self.relays or (as_relay(self.smtp),)
+        return tuple(r if r.priority is not None else as_relay(r, priority=i + 1) for i, r in enumerate(relays))
 
 
 class EmailSection(Section, frozen=True):

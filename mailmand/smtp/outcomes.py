@@ -186,3 +186,33 @@ def unsettled(outcome: Outcome) -> Outcome:
         return Kind.TEMPORARY if kind is Kind.PERMANENT else kind
     return replace(outcome, kind=soften(outcome.kind),
                    recipients=tuple(replace(r, kind=soften(r.kind)) for r in outcome.recipients))
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """One attempt at one message. `code`/`reply` are those that decided `kind`."""
+
+    id: str
+    kind: Kind
+    code: int | None
+    reply: str
+    recipients: tuple[RecipientResult, ...]
+    started: float  # wall clock (time.time()) when the attempt began
+    duration: float  # seconds
+    relay: str
+    lost_in_data: bool = False  # the relay hung up after accepting the envelope (see Outcome)
+    # The attempt failed for the relay's sake, not the message's: no session (the relay is
+    # down or refused it), or a pushback (too many connections, rate). Never counts toward
+    # max-fails; with several relays the message goes to another.
+    relay_fault: bool = False
+
+    @property
+    def retry_recipients(self) -> tuple[str, ...]:
+        """The recipients refused for a reason that may pass: the only ones to retry."""
+        return tuple(r.address for r in self.recipients if r.kind is Kind.TEMPORARY)
+
+    @property
+    def answered(self) -> bool:
+        """The relay said something about this message (a reply code), or hung up on it
+        after accepting its envelope: the attempts that count toward max-fails."""
+        return self.code is not None or self.lost_in_data or any(r.code is not None for r in self.recipients)

@@ -32,222 +32,30 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Sequence
 
 from mailmand.config import SmtpConfig
 from mailmand.errors import ConfigError
 from mailmand.hostname import mail_domain
 from mailmand.repeats import Repeats
 
-from .protocol import Envelope, Kind, Outcome, RecipientResult, Window, everyone
+from .batch import Batch
+from .health import RelayHealth
+from .outcomes import SendResult
+from .protocol import Envelope, Kind, Outcome, Window, everyone
 from .session import Exchange, Session, SessionError
+from .throttle import Throttle, is_pushback, reply_code
 
 log = logging.getLogger(__name__)
 
 TLS_MODES = ("starttls", "ssl", "none")
 
 
-@dataclass(frozen=True)
-class SendResult:
-    """One attempt at one message. `code`/`reply` are those that decided `kind`."""
-
-    id: str
-    kind: Kind
-    code: int | None
-    reply: str
-    recipients: tuple[RecipientResult, ...]
-    started: float  # wall clock (time.time()) when the attempt began
-    duration: float  # seconds
-    relay: str
-    lost_in_data: bool = False  # the relay hung up after accepting the envelope (see Outcome)
-
-    @property
-    def retry_recipients(self) -> tuple[str, ...]:
-        """The recipients refused for a reason that may pass: the only ones to retry."""
-        return tuple(r.address for r in self.recipients if r.kind is Kind.TEMPORARY)
-
-    @property
-    def answered(self) -> bool:
-        """The relay said something about this message (a reply code), or hung up on it
-        after accepting its envelope: the attempts that count toward max-fails."""
-        return self.code is not None or self.lost_in_data or any(r.code is not None for r in self.recipients)
-
-
-class TokenBucket:
-    """A thread-safe token bucket: `rate` tokens a second, at most `capacity` saved up."""
-
-    def __init__(self, rate: float, capacity: float | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be > 0, got {rate!r}")
-        self.rate = rate
-        self.capacity = capacity if capacity is not None else max(1.0, rate)
-        self._clock = clock
-        self._tokens = self.capacity  # start full: the first burst goes at once
-        self._last = clock()
-        self._lock = threading.Lock()
-
-    def try_take(self) -> float:
-        """Take a token: 0.0 when taken, else the seconds until one is due."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return 0.0
-            return (1.0 - self._tokens) / self.rate
-
-    def give_back(self) -> None:
-        """Return a token taken for a message that did not come."""
-        with self._lock:
-            self._tokens = min(self.capacity, self._tokens + 1.0)
-
-    def take(self, stop: threading.Event | None = None) -> bool:
-        """Block until a token is taken (True), or `stop` is set while waiting (False)."""
-        while (wait := self.try_take()) > 0:
-            if stop is None:
-                time.sleep(wait)
-            elif stop.wait(wait):
-                return False
-        return True
-
-
-_END = Envelope("", "", (), b"")  # the source is over (next() default: a feed may yield None)
-
-
-class _Batch:
-    """One call to `send_grouped`: the shared source of work, the results, and the workers.
-
-    The source is a sequence, or any iterable read lazily (the dispatcher's
-    feed, which claims the next batch from the store only when a session is
-    free for it, so sessions never idle at batch boundaries).
-
-    Workers start one at a time, each new one when the one before found
-    work: an idle tick with `connections: 100` starts one thread, not 100,
-    and a busy one reaches 100 within a few messages."""
-
-    def __init__(self, envelopes: Iterable[Envelope | None], stop: threading.Event | None, limit: int,
-                 target: Callable[[_Batch], None], gather: int = 0, most: int = 0):
-        self._source: Iterator[Envelope | None] = iter(envelopes)
-        self._most = most  # messages out at once (taken, their results not yet settled by the caller); 0: any
-        self._out = 0
-        self._settled = threading.Condition()
-        self.finite = isinstance(envelopes, Sequence)
-        self.results: queue.SimpleQueue[SendResult | None] = queue.SimpleQueue()  # None: a worker is done
-        self.stop = stop
-        self.abandoned = threading.Event()  # the caller closed the generator early
-        self.given_up = False  # no session could be opened: take nothing more from a feed
-        self.broken = False  # the source raised: take nothing more
-        self.threads: list[threading.Thread] = []  # only ever appended to
-        self.over = threading.Event()  # every worker started so far is done
-        self.wake = threading.Event()  # for a lingering caller: `gather` results are in, or `over`
-        self._gather = gather
-        self._unread = 0  # results put and not yet taken by the caller
-        self._count_lock = threading.Lock()
-        self._done = 0
-        self._limit = limit
-        self._target = target
-        self._active = 0
-        self._lock = threading.Lock()
-
-    def stopped(self) -> bool:
-        return self.abandoned.is_set() or (self.stop is not None and self.stop.is_set())
-
-    def spawn(self) -> None:
-        """Start one more worker, unless there are enough or the batch is over."""
-        with self._lock:
-            if len(self.threads) >= self._limit or self.stopped() or self.given_up:
-                return
-            thread = threading.Thread(target=self._target, args=(self,), daemon=True,
-                                      name=f"mailmand-smtp-{len(self.threads)}")
-            self.threads.append(thread)  # before its None can be counted: the caller waits for it
-            self._active += 1
-        thread.start()
-
-    @property
-    def started(self) -> int:
-        with self._lock:
-            return len(self.threads)
-
-    def take(self, block: bool = True) -> Envelope | None:
-        """The next message, or None when there is none. A lazy source may answer
-        None for "nothing now" (the dispatcher's feed, with no room for a claim
-        until outcomes in flight are recorded): a blocking take asks again, a
-        non-blocking one returns None, so its session goes on with what it holds.
-        With `most` messages out, the same: None at once, or (blocking) once the
-        caller has settled one."""
-        while True:
-            if not self._room(block):
-                return None
-            with self._lock:  # one reader at a time: a feed is a generator
-                if self.stopped() or self.broken or (self.given_up and not self.finite):
-                    return None
-                try:
-                    env = next(self._source, _END)
-                except Exception:  # the feed failed (store trouble): messages in flight still finish
-                    log.exception("the dispatch feed failed; this run takes no more messages")
-                    self.broken = True
-                    return None
-            if env is _END:
-                return None
-            if env is not None:
-                if self._most:
-                    with self._settled:
-                        self._out += 1
-                return env
-            if not block:
-                return None
-
-    def _room(self, block: bool) -> bool:
-        if not self._most:
-            return True
-        with self._settled:
-            while self._out >= self._most:
-                if not block or self.stopped():
-                    return False
-                self._settled.wait(0.1)
-            return True
-
-    def settle(self, n: int) -> None:
-        """The caller has dealt with `n` results (recorded them): as many more may go out."""
-        if self._most:
-            with self._settled:
-                self._out -= n
-                self._settled.notify_all()
-
-    def put(self, result: SendResult) -> None:
-        with self._count_lock:
-            self._unread += 1
-            if self._gather and self._unread >= self._gather:
-                self.wake.set()
-        self.results.put(result)
-
-    def read(self, n: int) -> None:
-        """The caller has taken `n` results."""
-        with self._count_lock:
-            self._unread -= n
-
-    def done(self) -> None:
-        """A worker has put its last result."""
-        with self._lock:
-            self._done += 1
-            if self._done == len(self.threads):
-                self.over.set()
-                self.wake.set()
-
-    def leave(self) -> bool:
-        """A worker stops; True when it was the last one."""
-        with self._lock:
-            self._active -= 1
-            return self._active == 0
-
-
 class Relay:
     """Sessions to one relay, pooled across calls to `send_grouped`. Thread-safe."""
 
-    def __init__(self, cfg: SmtpConfig, window: Window | None = None) -> None:
+    def __init__(self, cfg: SmtpConfig, window: Window | None = None, *, name: str | None = None,
+                 health: RelayHealth | None = None, throttle: Throttle | None = None) -> None:
         if cfg.tls not in TLS_MODES:
             raise ConfigError(f"must be one of {', '.join(TLS_MODES)}, got {cfg.tls!r}", "smtp.tls")
         if cfg.connections < 1:
@@ -256,16 +64,19 @@ class Relay:
         self._window = window  # BDAT: the protocol's default unless a benchmark sweeps it
         self._context = tls_context(cfg)
         self._helo = cfg.helo or mail_domain()
-        self._bucket = TokenBucket(cfg.rate) if cfg.rate else None
+        self.name = name or cfg.relay
+        self.health = health or RelayHealth(self.name)
+        self.throttle = throttle or Throttle(self.name, cfg.connections, cfg.rate)
         self._idle: list[Session] = []
+        self._out = 0  # sessions checked out by workers
         self._lock = threading.Lock()
         self._closed = False
-        self._down = Repeats(log, f"relay {cfg.relay} unavailable")
+        self._down = Repeats(log, f"relay {self.name} unavailable")
         if cfg.auth is not None and cfg.auth.username and cfg.tls == "none":
             log.warning("smtp.auth is set with tls: none; the password crosses the network in clear")
 
     def __repr__(self) -> str:
-        return f"<Relay {self._cfg.relay} tls={self._cfg.tls} connections={self._cfg.connections}>"
+        return f"<Relay {self.name} {self._cfg.relay} tls={self._cfg.tls} connections={self._cfg.connections}>"
 
     @property
     def helo(self) -> str:
@@ -294,13 +105,18 @@ class Relay:
         with once the caller asks for the next). A caller that records each
         list before asking for the next has then never more than `most` messages
         delivered and not recorded: what a crash can make it send twice."""
+        throttle = self.throttle
         if isinstance(envelopes, Sequence):
             if not envelopes:
                 return
-            limit = min(self._cfg.connections, len(envelopes))
+            n = len(envelopes)
+
+            def limit() -> int:
+                return min(throttle.connections, n)
         else:
-            limit = self._cfg.connections
-        batch = _Batch(envelopes, stop, limit, self._work, gather, most)
+            def limit() -> int:
+                return throttle.connections
+        batch = Batch(envelopes, stop, limit, self._work, gather, most)
         batch.spawn()
         try:
             finished = 0
@@ -347,7 +163,7 @@ class Relay:
 
     # -- workers
 
-    def _work(self, batch: _Batch) -> None:
+    def _work(self, batch: Batch) -> None:
         session: Session | None = None
         try:
             session = self._run(batch)
@@ -359,13 +175,17 @@ class Relay:
             batch.results.put(None)
             batch.done()
 
-    def _run(self, batch: _Batch) -> Session | None:
+    def _run(self, batch: Batch) -> Session | None:
         session: Session | None = None
         held: dict[str, tuple[Envelope, float, float]] = {}  # handed out, no result yet
         again: deque[Envelope] = deque()  # unanswered on a lost session: once more on a new one
         retried: set[str] = set()
+        shed = False
 
         def take(block: bool) -> Envelope | None:
+            nonlocal shed
+            if shed or (shed := batch.shed()):
+                return None  # one session too many for the throttle: finish what is in flight, then go
             env = self._take(batch, block)
             if env is not None:
                 held[env.id] = (env, time.time(), time.monotonic())
@@ -375,9 +195,10 @@ class Relay:
             _, started, t0 = held.pop(env.id)
             batch.put(self._result(env, outcome, started, t0))
 
-        def settle_all(reason: str) -> None:
+        def settle_all(reason: str, fault: bool = False) -> None:
             for env, _, _ in list(held.values()):
-                done(env, everyone(env, None, reason, Kind.TEMPORARY))
+                _, started, t0 = held.pop(env.id)
+                batch.put(self._result(env, everyone(env, None, reason, Kind.TEMPORARY), started, t0, fault))
 
         while (env := again.popleft() if again else take(True)) is not None:
             if session is None:
@@ -386,9 +207,23 @@ class Relay:
             try:
                 unanswered = session.run(env, Exchange(take, done))
             except SessionError as exc:
-                self._down.failed("relay %s unavailable: %s", self._cfg.relay, exc.reason)
-                settle_all(exc.reason)
-                if batch.leave():
+                if is_pushback(reply_code(exc.reason), exc.reason):
+                    # Refused for load (too many connections): fewer sessions; what this one
+                    # held goes to the others, untried, unless it was the last.
+                    self.throttle.pushback(exc.reason)
+                    self.health.replied(exc.reason)
+                    if not batch.leave(shed):
+                        for env_, _, _ in list(held.values()):
+                            batch.hand_back(env_)
+                        held.clear()
+                        return session
+                    settle_all(exc.reason, fault=True)
+                    self._give_up(batch, exc.reason)
+                    return session
+                self._down.failed("relay %s unavailable: %s", self.name, exc.reason)
+                self.health.failed(exc.reason)
+                settle_all(exc.reason, fault=True)
+                if batch.leave(shed):
                     self._give_up(batch, exc.reason)
                 return session
             except Exception as exc:  # a bug: still one result per message handed out
@@ -398,6 +233,8 @@ class Relay:
                 settle_all(f"internal error: {type(exc).__name__}")
                 continue
             self._down.cleared()
+            if not self.health.up:
+                self.health.reached()
             for u in unanswered:
                 if u.retry and u.env.id not in retried:
                     log.debug("%s not answered (%s); trying it on a new session", u.env.id, u.reason)
@@ -406,27 +243,28 @@ class Relay:
                     held[u.env.id] = (u.env, time.time(), time.monotonic())
                 else:
                     done(u.env, everyone(u.env, u.code, u.reason, Kind.TEMPORARY))
-        batch.leave()
+        batch.leave(shed)
         return session
 
-    def _take(self, batch: _Batch, block: bool) -> Envelope | None:
+    def _take(self, batch: Batch, block: bool) -> Envelope | None:
         """The next message for a session. Not blocking, it comes only if the rate
         limit has a token ready: a message in flight is never held up for one."""
-        if self._bucket is None:
+        bucket = self.throttle.bucket
+        if bucket is None:
             return batch.take(block)
         if not block:
-            if self._bucket.try_take() > 0:
+            if bucket.try_take() > 0:
                 return None
             env = batch.take(block=False)
             if env is None:
-                self._bucket.give_back()
+                bucket.give_back()
             return env
         env = batch.take()
-        if env is not None and not self._bucket.take(batch.stop):
+        if env is not None and not bucket.take(batch.stop):
             return None  # stopped while waiting for the rate limit: not attempted
         return env
 
-    def _give_up(self, batch: _Batch, reason: str) -> None:
+    def _give_up(self, batch: Batch, reason: str) -> None:
         """No session of this batch could be opened: answer the rest without waiting
         out a connect timeout for each. A lazy feed is not drained: what it has
         not handed out yet stays where it is, for a later run."""
@@ -434,12 +272,20 @@ class Relay:
         while (env := batch.take()) is not None:
             now = time.time(), time.monotonic()
             outcome = everyone(env, None, f"relay unavailable: {reason}", Kind.TEMPORARY)
-            batch.put(self._result(env, outcome, *now))
+            batch.put(self._result(env, outcome, *now, fault=True))
 
-    def _result(self, env: Envelope, outcome: Outcome, started: float, t0: float) -> SendResult:
+    def _result(self, env: Envelope, outcome: Outcome, started: float, t0: float,
+                fault: bool = False) -> SendResult:
+        if outcome.kind is Kind.SENT:
+            self.throttle.delivered()
+        elif not fault and outcome.kind is Kind.TEMPORARY and is_pushback(outcome.code, outcome.reply):
+            self.throttle.pushback(outcome.reply)
+            fault = True
+        if outcome.code is not None:
+            self.health.replied(outcome.reply)
         result = SendResult(id=env.id, kind=outcome.kind, code=outcome.code, reply=outcome.reply,
                             recipients=outcome.recipients, started=started, duration=time.monotonic() - t0,
-                            relay=self._cfg.relay, lost_in_data=outcome.lost_in_data)
+                            relay=self.name, lost_in_data=outcome.lost_in_data, relay_fault=fault)
         log.debug("%s: %s %s", env.id, result.kind, result.reply)
         return result
 
@@ -447,13 +293,17 @@ class Relay:
 
     def _checkout(self) -> Session:
         with self._lock:
+            self._out += 1
             if self._idle:
                 return self._idle.pop()  # most recently used: least likely stale
         return Session(self._cfg, self._context, self._helo, self._window)
 
     def _checkin(self, session: Session) -> None:
+        # Kept open only within the connection limit, counting the sessions in use: a relay
+        # that pushed back for too many connections counts the idle ones too.
         with self._lock:
-            if not self._closed and session.alive and len(self._idle) < self._cfg.connections:
+            self._out -= 1
+            if not self._closed and session.alive and self._out + len(self._idle) < self.throttle.connections:
                 self._idle.append(session)
                 return
         session.close()

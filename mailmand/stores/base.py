@@ -327,9 +327,13 @@ class DaemonInfo:
     started_at: float
     heartbeat_at: float
     spool: str = ""  # its spool directory (one daemon per spool: a same-host, same-spool row is a predecessor)
+    # Its relays as its last heartbeat saw them: one JSON object each (smtp.fleet.RelayState.to_json).
+    relays: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["relays"] = [dict(r) for r in self.relays]
+        return d
 
 
 @dataclass(frozen=True)
@@ -463,7 +467,9 @@ class Store:
         """Add (or refresh) a daemon's row."""
         raise NotImplementedError
 
-    def heartbeat(self, daemon_id: str, now: float) -> None:
+    def heartbeat(self, daemon_id: str, now: float, relays: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Say the daemon is alive at `now`; with `relays`, replace the relay
+        state it shows (`DaemonInfo.relays`; JSON-able mappings)."""
         raise NotImplementedError
 
     def unregister(self, daemon_id: str) -> None:
@@ -472,6 +478,23 @@ class Store:
     def daemons(self, now: float | None = None) -> list[DaemonInfo]:
         """Daemons whose heartbeat is younger than DAEMON_TTL at `now`; every
         row, live or not, when `now` is None."""
+        raise NotImplementedError
+
+    # -- relay quotas ------------------------------------------------------------
+
+    def quota_reserve(self, relay: str, day: int, want: int, limit: int) -> int:
+        """Count up to `want` more messages against `relay`'s quota for `day`
+        (UTC days since the epoch) without passing `limit`; returns how many were
+        granted (0: the quota is spent). Atomic: daemons sharing the store
+        never grant more than `limit` between them."""
+        raise NotImplementedError
+
+    def quota_release(self, relay: str, day: int, n: int) -> None:
+        """Give back `n` granted and unused (never below 0)."""
+        raise NotImplementedError
+
+    def quota_used(self, relay: str, day: int) -> int:
+        """What has been granted for `relay` on `day`."""
         raise NotImplementedError
 
     # -- reading ---------------------------------------------------------------

@@ -140,7 +140,15 @@ V6 = [
         lease_owner TEXT, lease_until {real}, claims {bigint} NOT NULL DEFAULT 0,
         fails INTEGER NOT NULL DEFAULT 0, retry_at {real} NOT NULL DEFAULT 0)""",
 ]
-V7: list[str] = []  # the relays' quotas: written on their branch, merged with this one
+V7 = [
+    # Each daemon's relays as it last saw them (a JSON list, written with its heartbeat):
+    # up or down and since when, the last reply, the throttle. What `status` shows.
+    "ALTER TABLE daemons ADD COLUMN relays TEXT",
+    # Messages handed to each relay per UTC day (`quota: {per-day}`), shared by the
+    # daemons and kept across restarts.
+    """CREATE TABLE relay_quota (relay TEXT NOT NULL, day {bigint} NOT NULL, used {bigint} NOT NULL,
+        PRIMARY KEY (relay, day))""",
+]
 V8 = [
     # Suppression: an address the relays refused as unknown (5.1.x), counted per address.
     # Suppressed while `suppressed_until` is ahead; NULL: refused fewer times than `after`.

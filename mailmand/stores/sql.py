@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ ATTEMPT_ROW = (("message_id", "text"), ("at", "float8"), ("relay", "text"), ("co
 RECIPIENT_ROW = (("message_id", "text"), ("address", "text"), ("status", "text"), ("code", "int"),
                  ("reply", "text"), ("updated_at", "float8"))
 DAEMON_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, spool"
+DAEMON_READ = DAEMON_COLUMNS + ", relays"
 # A lease handed back: queued if never tried, else deferred (due as it was).
 HAND_BACK = ("UPDATE messages SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,"
              " lease_owner = NULL, lease_until = NULL")
@@ -289,9 +290,13 @@ class SQLStore(OperatorSQL, EventLog, SuppressionSQL, ActivitySQL):
                        [daemon.id, daemon.host, daemon.pid, daemon.version, daemon.started_at,
                         daemon.heartbeat_at, daemon.spool])
 
-    def heartbeat(self, daemon_id: str, now: float) -> None:
+    def heartbeat(self, daemon_id: str, now: float, relays: Sequence[Mapping[str, Any]] | None = None) -> None:
         with self.tx() as db:
-            db.execute("UPDATE daemons SET heartbeat_at = ? WHERE id = ?", [now, daemon_id])
+            if relays is None:
+                db.execute("UPDATE daemons SET heartbeat_at = ? WHERE id = ?", [now, daemon_id])
+            else:
+                db.execute("UPDATE daemons SET heartbeat_at = ?, relays = ? WHERE id = ?",
+                           [now, json.dumps(list(relays), separators=(",", ":")), daemon_id])
 
     def unregister(self, daemon_id: str) -> None:
         with self.tx() as db:
@@ -299,11 +304,39 @@ class SQLStore(OperatorSQL, EventLog, SuppressionSQL, ActivitySQL):
 
     def daemons(self, now: float | None = None) -> list[DaemonInfo]:
         if now is None:
-            rows = self._read(f"SELECT {DAEMON_COLUMNS} FROM daemons ORDER BY started_at")
+            rows = self._read(f"SELECT {DAEMON_READ} FROM daemons ORDER BY started_at")
         else:
-            rows = self._read(f"SELECT {DAEMON_COLUMNS} FROM daemons WHERE heartbeat_at >= ?"
+            rows = self._read(f"SELECT {DAEMON_READ} FROM daemons WHERE heartbeat_at >= ?"
                               " ORDER BY started_at", [now - DAEMON_TTL])
-        return [DaemonInfo(*r) for r in rows]
+        return [DaemonInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(json.loads(r[7])) if r[7] else ())
+                for r in rows]
+
+    # -- relay quotas ----------------------------------------------------------
+
+    def quota_reserve(self, relay: str, day: int, want: int, limit: int) -> int:
+        if want <= 0:
+            return 0
+        with self.tx() as db:
+            db.execute("INSERT INTO relay_quota VALUES (?, ?, 0) ON CONFLICT (relay, day) DO NOTHING", [relay, day])
+            # The row locked (PostgreSQL) or the database (SQLite's one writer) until the commit.
+            [(used,)] = db.execute(f"SELECT used FROM relay_quota WHERE relay = ? AND day = ?{self.LOCK_ROWS}",
+                                   [relay, day]).fetchall()
+            granted = max(0, min(want, limit - int(used)))
+            if granted:
+                db.execute("UPDATE relay_quota SET used = used + ? WHERE relay = ? AND day = ?",
+                           [granted, relay, day])
+        return granted
+
+    def quota_release(self, relay: str, day: int, n: int) -> None:
+        if n <= 0:
+            return
+        with self.tx() as db:
+            db.execute("UPDATE relay_quota SET used = CASE WHEN used > ? THEN used - ? ELSE 0 END"
+                       " WHERE relay = ? AND day = ?", [n, n, relay, day])
+
+    def quota_used(self, relay: str, day: int) -> int:
+        rows = self._read("SELECT used FROM relay_quota WHERE relay = ? AND day = ?", [relay, day])
+        return int(rows[0][0]) if rows else 0
 
     # -- reading ---------------------------------------------------------------
 

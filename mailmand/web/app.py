@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -14,9 +16,10 @@ from .context import WebContext, web_context
 
 
 async def healthz(request: Request) -> Response:
-    """As the metrics listener's /healthz: 200 `ok`, or 503 with one line per failing part."""
-    ok, reason = web_context(request).health()
-    return PlainTextResponse(reason + "\n", 200 if ok else 503)
+    """The metrics listener's /healthz, byte for byte: 200, or 503 with each failing part; JSON."""
+    ok, report = web_context(request).health()
+    return Response(json.dumps(report, separators=(",", ":")) + "\n", 200 if ok else 503,
+                    media_type="application/json")
 
 
 def build_app(ctx: WebContext) -> Starlette:

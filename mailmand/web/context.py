@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..client import Client
 from ..config import Config
@@ -25,7 +26,7 @@ class WebContext:
     store: Store  # read through the contract; written only through the calls the CLI makes
     client: Client  # the queue, through the one door every producer uses
     clock: Callable[[], float]  # epoch seconds
-    health: Callable[[], tuple[bool, str]]  # /healthz: (ok, reason), from memory
+    health: Callable[[], tuple[bool, dict[str, Any]]]  # /healthz: (ok, its JSON body), from memory
     wake: Callable[[], None] = lambda: None  # mail became due now (a retry, a release): dispatch at once
     daemon_id: str = ""
     commits: GroupCommit = field(init=False)

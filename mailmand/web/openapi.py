@@ -78,6 +78,9 @@ OPTIONAL: dict[str, dict[str, Any]] = {
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": STR, "field": _nullable(STR), "reason": STR}),
+    "Health": _object({"status": {"enum": ["ok", "failing"]}, "problems": {"type": "array", "items": STR},
+                       "relays": {"type": "array", "items": {"type": "object"},
+                                  "description": "Each relay's state, as `mailmand status --json` gives it."}}),
     "NewMessage": {
         "type": "object", "additionalProperties": False, "required": ["from"],
         "properties": {"from": STR, **{name: _or_null(schema) for name, schema in OPTIONAL.items()}},
@@ -145,10 +148,8 @@ def document() -> dict[str, Any]:
         "paths": {
             "/healthz": {"get": {
                 "operationId": "health", "summary": "Whether the daemon is working", "security": [],
-                "responses": {
-                    "200": {"description": "ok", "content": {"text/plain": {"schema": STR}}},
-                    "503": {"description": "One line per failing part", "content": {"text/plain": {"schema": STR}}},
-                }}},
+                "responses": {"200": _json("Working.", _ref("Health")),
+                              "503": _json("A part is failing: `problems` says which.", _ref("Health"))}}},
             "/api/v1/messages": {
                 "post": {
                     "operationId": "createMessage", "summary": "Queue a message",

@@ -71,7 +71,7 @@ class WebServer:
         # daemon's): a slow page never holds the lock dispatch and ingest write under.
         self._own_store = store is None
         self.ctx = WebContext(cfg=cfg, store=store or open_store(cfg.server.database),
-                              client=client or Client(cfg), clock=time.time, health=health.check, wake=wake,
+                              client=client or Client(cfg), clock=time.time, health=health.report, wake=wake,
                               daemon_id=daemon_id)
         self.app = build_app(self.ctx)
         self._server: uvicorn.Server | None = None
