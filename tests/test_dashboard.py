@@ -109,7 +109,8 @@ def test_a_failed_message_is_found_retried_and_seen_delivered(web_daemon, smtp_s
     # The overview counts them.
     assert by_css(browser, '#counts [data-status="failed"] .n').text == "1"
     assert by_css(browser, '#counts [data-status="sent"] .n').text == "1"
-    assert f"127.0.0.1:{relay.port}" in by_css(browser, "#relays").text
+    relays = by_css(browser, "#relays").text
+    assert f"127.0.0.1:{relay.port}" in relays and "up since" in relays  # as the daemon's heartbeat reports it
     assert "serving this page" in by_css(browser, "#daemons").text
 
     # Messages, filtered to the failed ones: bob's alone.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..cli.status import relays as relay_states
 from ..stores.base import DaemonInfo, RelayReply, Status
 from . import charts
 from .context import WebContext
@@ -23,8 +24,9 @@ RAW_SHOWN = 256 * 1024  # bytes of a message's source shown on its page (the res
 
 @dataclass(frozen=True)
 class Relay:
-    name: str  # host:port
-    configured: bool  # the one email.server.smtp names (others: seen in the events only)
+    name: str
+    configured: bool  # in email.server.relays (or smtp); others: seen in the events only
+    state: dict[str, Any] | None  # as a live daemon's heartbeat reports it (`mailmand status`'s), None: none does
     last: RelayReply | None  # its newest reply among the last REPLY_WINDOW events
 
 
@@ -67,16 +69,19 @@ def overview(ctx: WebContext) -> Overview:
                   "failed": [(f + e) / 60 for f, e in zip(hourly["failed"], hourly["expired"], strict=True)]}
     day_chart = charts.stacked("Messages per minute, the last day (each hour's mean)", per_minute,
                                [_clock(first + i * HOUR, "%H:00") for i in range(len(hourly["sent"]))], every=4)
-    relay = ctx.cfg.server.smtp.relay
+    live = store.daemons(now)
     seen = {r.relay: r for r in store.last_replies(REPLY_WINDOW)}
-    relays = [Relay(relay, True, seen.pop(relay, None))] + [Relay(r, False, e) for r, e in seen.items()]
+    relays = [Relay(str(r["name"]), True, r if r.get("state") is not None else None,
+                    seen.pop(str(r["name"]), None) or seen.pop(str(r.get("relay")), None))
+              for r in relay_states(ctx.cfg, store, live, now)]
+    relays += [Relay(name, False, None, reply) for name, reply in seen.items()]
     return Overview(
         now=now, counts=counts, total=sum(counts.values()),
         backlog=sum(counts[s.value] for s in (Status.QUEUED, Status.DEFERRED, Status.SENDING)),
         held=counts[Status.HELD.value], oldest_due=store.oldest_due(now),
         next_due=_future(store.next_due(), now), latency=day["latency"], day=day,
         hour_chart=hour_chart, day_chart=day_chart, relays=relays,
-        daemons=sorted(store.daemons(now), key=lambda d: d.started_at), this_daemon=ctx.daemon_id)
+        daemons=sorted(live, key=lambda d: d.started_at), this_daemon=ctx.daemon_id)
 
 
 def _future(ts: float | None, now: float) -> float | None:
