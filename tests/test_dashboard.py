@@ -232,7 +232,7 @@ def test_logged_out_pages_go_to_the_login_and_back(web_daemon, browser):
     assert browser.current_url == f"{daemon.base}/login?next=/messages/{mid}"
     by_css(browser, "#token").send_keys("not-the-token-000000")
     by_css(browser, "form.login button").click()
-    assert "Wrong token." in by_css(browser, ".error").text
+    assert wait_until(lambda: "Wrong token." in browser.page_source, timeout=10)
     assert wait_until(lambda: _unlocked(daemon), timeout=10)
     by_css(browser, "#token").send_keys(daemon.token)
     by_css(browser, "form.login button").click()
