@@ -1,5 +1,5 @@
 """python -m bench [--quick] [--only enqueue,ingest,dispatch,latency,scale,wan,chunking,submission,outbox,
-webhooks,throttle,web]"""
+webhooks,throttle,web,dashboard]"""
 
 from __future__ import annotations
 
@@ -10,14 +10,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chunking, dispatch, enqueue, ingest, latency, outbox, scale, submission, throttle, wan, web, webhooks
+from . import (
+    chunking,
+    dashboard,
+    dispatch,
+    enqueue,
+    ingest,
+    latency,
+    outbox,
+    scale,
+    submission,
+    throttle,
+    wan,
+    web,
+    webhooks,
+)
 from .common import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"enqueue": enqueue.run, "ingest": ingest.run, "dispatch": dispatch.run,
              "latency": latency.run, "scale": scale.run, "wan": wan.run, "chunking": chunking.run,
              "submission": submission.run, "outbox": outbox.run, "webhooks": webhooks.run,
-             "throttle": throttle.run, "web": web.run}
+             "throttle": throttle.run, "web": web.run, "dashboard": dashboard.run}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -120,6 +134,8 @@ def report(results: dict[str, Any]) -> str:
         parts += ["\n" + throttle.report(results["throttle"])]
     if "web" in results:
         parts += ["\n" + web.report(results["web"])]
+    if "dashboard" in results:
+        parts += ["\n" + dashboard.report(results["dashboard"])]
     return "\n".join(parts)
 
 

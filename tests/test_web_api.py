@@ -61,6 +61,8 @@ def test_a_message_posted_is_delivered_as_asked(web_daemon, smtp_server):
     assert detail["status"] == "sent" and detail["priority"] == 5 and detail["tags"] == {"order": "42"}
     assert detail["attempts"][-1]["code"] == 250 and detail["attempts"][-1]["outcome"] == "sent"
     assert [e["type"] for e in detail["events"]] == ["queued", "sent"]
+    # and `mailmand explain --json`'s paragraph
+    assert detail["explain"]["state"] == "sent" and detail["explain"]["text"].startswith("sent: ")
 
 
 def test_send_in_and_send_at_schedule_the_message(web_daemon):

@@ -50,6 +50,10 @@ def test_every_route_but_healthz_needs_the_token(web_daemon):
         r = anon.get("/")
         assert r.status_code == 303 and r.headers["location"] == "/login?next=/"
         assert anon.get("/login").status_code == 200
+        r = anon.get("/messages?status=failed&to=%40example.com")
+        assert r.headers["location"] == "/login?next=/messages%3Fstatus%3Dfailed%26to%3D%2540example.com"
+        form = anon.get(r.headers["location"]).text
+        assert 'value="/messages?status=failed&amp;to=%40example.com"' in form
     with daemon.http() as http:
         assert http.get("/").status_code == 200
 

@@ -213,6 +213,18 @@ class Event:
 
 
 @dataclass(frozen=True)
+class RelayReply:
+    """A relay's reply as an event recorded it: its newest, for the dashboard."""
+
+    relay: str
+    type: EventType  # what the reply made of the message: sent, deferred, failed, ...
+    message: str
+    code: int | None
+    reply: str | None
+    at: float
+
+
+@dataclass(frozen=True)
 class HookClaim:
     """A webhook's lease, held by one daemon at a time: it alone sends the webhook's events."""
 
@@ -670,6 +682,22 @@ class Store:
         raise NotImplementedError
 
     # -- statistics and upkeep -----------------------------------------------------
+
+    def activity(self, since: float, until: float, step: float) -> dict[str, list[int]]:
+        """Messages per `step` seconds from `since` to `until`, one count per step, oldest
+        first: `created` (by creation time) and each final status (by the time they
+        finished). Reads an index range: meant for a recent window (the last hour)."""
+        raise NotImplementedError
+
+    def finished_hourly(self, since: float, until: float) -> dict[str, list[int]]:
+        """Messages that became sent, failed or expired, per hour from the hour of `since`
+        to that of `until` (the hourly roll-ups: a few rows whatever the store's size)."""
+        raise NotImplementedError
+
+    def last_replies(self, window: int = 1000) -> list[RelayReply]:
+        """The newest event carrying each relay's reply, among the last `window` events
+        (relays silent for longer are absent), newest first."""
+        raise NotImplementedError
 
     def stats(self, since: float, now: float) -> dict[str, Any]:
         """Sent/failed/expired counts, latency percentiles, top failure

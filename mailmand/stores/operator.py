@@ -32,6 +32,7 @@ TYPE_CHECKING = False
 
 NEWEST = " ORDER BY created_at DESC, id DESC"  # what an index on (created_at, id) gives, walked down
 WINDOW, WINDOWS = 5000, 3  # a text filter reads up to 3 x 5,000 rows by index before it scans (_filtered)
+FIRST = 4  # rows its first window reads per row asked (at most WINDOW): a filter most rows match reads few
 MAX_LIMIT = 2**62  # "no limit" (sys.maxsize) stays a BIGINT after the one more a page asks for
 CHUNK = 500  # ids per statement of a move (SQLite allows 32,766 parameters)
 ESCAPE = "ESCAPE '\\'"
@@ -171,18 +172,20 @@ class OperatorSQL:
                   fetch: int) -> list[Any]:
         """Up to `fetch` rows of a walk that also match `text`, newest first. The walk's
         newest rows come by index, WINDOW at a time, up to WINDOWS of them (a filter that
-        many rows match fills its page there, in milliseconds); past them, one scan in
+        many rows match fills its page there, in milliseconds; the first window reads only
+        FIRST rows a row asked, so that a page of 50 such rows reads 200, not 5,000); past them, one scan in
         the table's own order and a sort of what matches (SCAN_HINT): a filter that few
         rows match would otherwise read the whole store in index order, row by row at
         random, seconds on a million."""
         hits: list[Any] = []
         edge: list[Any] = []
-        for _ in range(WINDOWS):
+        for n in range(WINDOWS):
+            size = min(WINDOW, FIRST * fetch) if n == 0 else WINDOW
             window = self._read(f"SELECT {INFO_COLUMNS}, CASE WHEN {text} THEN 1 ELSE 0 END FROM messages"
                                 f"{_where_sql([*walk, *(['(created_at, id) < (?, ?)'] if edge else [])])}"
-                                f"{NEWEST} LIMIT {WINDOW}", [*text_args, *walk_args, *edge])
+                                f"{NEWEST} LIMIT {size}", [*text_args, *walk_args, *edge])
             hits += [r[:-1] for r in window if r[-1]]
-            if len(hits) >= fetch or len(window) < WINDOW:
+            if len(hits) >= fetch or len(window) < size:
                 return hits[:fetch]
             edge = [window[-1][7], window[-1][0]]
         return hits + self._read(

@@ -90,6 +90,7 @@ class PostgresStore(SQLStore):
     JSON_AGG = "json_agg(address)::text"
     ILIKE = "ILIKE"
     SCAN_HINT = ""
+    STEP_OF = "floor(({0} - ?) / ?)::bigint"
     EACH_RECIPIENT = "json_array_elements_text(coalesce(m.pending_rcpt, m.rcpt_to)::json) AS r(value)"
     DOMAIN = "lower(substring(r.value from '[^@]*$'))"
     EVENT_JSON = ("json_build_object('id', e.id, 'type', e.type, 'message', e.message_id, 'tags',"

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidState, NotFound, RecordRejected
+from .activity import ActivitySQL
 from .base import (
     DAEMON_TTL,
     FINISHED,
@@ -80,7 +81,7 @@ def cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-class SQLStore(OperatorSQL, EventLog, SuppressionSQL):
+class SQLStore(OperatorSQL, EventLog, SuppressionSQL, ActivitySQL):
     # Dialect: how each engine spells the few things the two do not share.
     SKIP_LOCKED = ""  # appended to a sub-select that picks rows to change
     LOCK_ROWS = ""  # appended to the fenced finish's read of its leases

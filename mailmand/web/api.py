@@ -213,11 +213,18 @@ def message_json(ctx: WebContext, message_id: str) -> dict[str, Any] | None:
         info = store.get(message_id)
     except NotFound:
         return _queued(ctx, message_id)
+    from ..explain import explain
+
+    try:
+        explained = explain(store, ctx.cfg, message_id, ctx.clock()).as_dict()
+    except NotFound:  # purged between the reads
+        return None
     events, _ = store.events(message_id=message_id, limit=EVENTS_SHOWN)
     return {**info.to_json(),
             "attempts": [a.__dict__ for a in store.attempts(message_id)],
             "recipients": [r.__dict__ for r in store.recipients(message_id)],
-            "events": [e.to_json() for e in events]}
+            "events": [e.to_json() for e in events],
+            "explain": explained}
 
 
 def _queued(ctx: WebContext, message_id: str) -> dict[str, Any] | None:

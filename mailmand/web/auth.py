@@ -239,7 +239,9 @@ class AuthMiddleware:
             session = guard.session(cookie_of(headers))
             if session is None:
                 if method in SAFE_METHODS and not path.startswith("/api/"):
-                    await RedirectResponse(f"/login?next={_quote(path)}", 303)(scope, receive, send)
+                    query = scope.get("query_string", b"").decode("latin-1")
+                    back = f"{path}?{query}" if query else path  # a filtered list comes back filtered
+                    await RedirectResponse(f"/login?next={_quote(back)}", 303)(scope, receive, send)
                     return
                 await _refuse(scope, receive, send, 401, "log in: Authorization: Bearer <token>",
                               {"WWW-Authenticate": 'Bearer realm="mailmand"'})

@@ -97,7 +97,12 @@ SCHEMAS: dict[str, Any] = {
     # `show --json`: the message, with `attempts` the list of them (not their count).
     "MessageDetail": _object({**MESSAGE, "attempts": {"type": "array", "items": _ref("Attempt")},
                               "recipients": {"type": "array", "items": _ref("Recipient")},
-                              "events": {"type": "array", "items": _ref("Event")}}),
+                              "events": {"type": "array", "items": _ref("Event")},
+                              "explain": _ref("Explanation")}),
+    # `mailmand explain --json`: where the message is, why, and when it moves; the facts
+    # behind the sentence vary with the state.
+    "Explanation": {"type": "object", "required": ["id", "state", "text"],
+                    "properties": {"id": STR, "state": STR, "text": STR}},
     "InQueue": _object({"id": STR, "status": {"const": "in-queue"}, "queue": STR, "entry": STR,
                         "taken": {"type": "boolean"}, "note": STR},
                        description="Accepted and durable, not yet in the store: the daemon ingests it next."),
