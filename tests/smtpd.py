@@ -102,7 +102,7 @@ class _Smtp(SMTP):
         super().data_received(data)
 
     async def _handle_client(self) -> None:  # aiosmtpd's private step, greeting first (checked with 1.4)
-        if self._owner._too_many():
+        if self._owner._too_many(self):
             await self.push("421 4.7.0 too many connections from your host, try again later")
             assert self.transport is not None
             self.transport.close()
@@ -258,6 +258,7 @@ class SmtpServer:
         self._held = 0
         self._connections = 0
         self._live: set[_Smtp] = set()
+        self._admitted: set[_Smtp] = set()  # connections past the max_sessions check
         self._controller: _Controller | None = None
         self._last_port = 0
         self._start(0)
@@ -401,11 +402,14 @@ class SmtpServer:
         with self._lock:
             self._held += delta
 
-    def _too_many(self) -> bool:
+    def _too_many(self, protocol: _Smtp) -> bool:
+        # Sessions admitted, not connections open: a refused connection is no session, however
+        # late its close is seen here (under load the loop may not have run connection_lost yet).
         with self._lock:
-            if self.max_sessions is not None and len(self._live) > self.max_sessions:
+            if self.max_sessions is not None and len(self._admitted) >= self.max_sessions:
                 self.refused_sessions += 1
                 return True
+            self._admitted.add(protocol)
             return False
 
     def _under_ceiling(self) -> bool:
@@ -428,6 +432,7 @@ class SmtpServer:
     def _closed(self, protocol: _Smtp) -> None:
         with self._lock:
             self._live.discard(protocol)
+            self._admitted.discard(protocol)
 
 
 @pytest.fixture(scope="session")

@@ -417,6 +417,7 @@ def test_a_finish_racing_a_sweep_and_another_daemons_claim_is_dropped(store, pee
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "the race did not end"
     assert stolen[:5] == [c.id for c in late[:5]]  # claimed in the same order: the first five raced and lost
     for c in late:
         info = store.get(c.id)
