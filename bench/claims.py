@@ -60,7 +60,7 @@ def fill(dsn: str, n: int) -> None:
 
 def worker(dsn: str, batch: int, start: Any, done: Any, out: Any, name: str) -> None:
     from mailmand.config import DatabaseConfig
-    from mailmand.stores.base import Attempt, Finished, Outcome, Status
+    from mailmand.stores.model import Attempt, Finished, Outcome, Status
     from mailmand.stores.postgres import PostgresStore
 
     store = PostgresStore(DatabaseConfig(engine="postgres", dsn=dsn))

@@ -21,7 +21,7 @@ from typing import Any
 from mailmand.config.schema import WebConfig
 from mailmand.metrics import Health
 from mailmand.stores import open_store
-from mailmand.stores.base import DaemonInfo, Selection, Status
+from mailmand.stores.model import DaemonInfo, Selection, Status
 from mailmand.web.api import cursor_of
 from mailmand.web.server import WebServer
 

@@ -19,7 +19,7 @@ from typing import Any
 from mailmand.cli import setup_logging
 from mailmand.daemon import Daemon
 from mailmand.message import new_id
-from mailmand.stores.base import Status
+from mailmand.stores.model import Status
 from mailmand.stores.sqlite import SQLiteStore
 
 from .common import (

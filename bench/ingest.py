@@ -19,7 +19,7 @@ from persistqueue.exceptions import Empty
 from mailmand.client import Client
 from mailmand.ingest import Ingester
 from mailmand.queues.spool import DB_FILE, TABLE, SpoolQueue
-from mailmand.stores.base import Status
+from mailmand.stores.model import Status
 from mailmand.stores.sqlite import SQLiteStore
 
 from .common import Series, config, email, have_smtp_sink, pg_database, records, sink, workdir

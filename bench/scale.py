@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mailmand import cli
-from mailmand.stores.base import Status
+from mailmand.stores.model import Status
 from mailmand.stores.rollup import HOUR
 from mailmand.stores.rollup import bucket as _bucket
 from mailmand.stores.sqlite import SQLiteStore
@@ -323,7 +323,7 @@ def operator_views(conf: Path, store: Any, now: float) -> dict[str, Any]:
     `list` pages (the first, one after a message halfway down, by status, by a
     recipient's domain), the scans a filter with few matches costs, a walk of ten
     pages through the store's selection, and `stats --by-domain`."""
-    from mailmand.stores.base import Key, Selection
+    from mailmand.stores.model import Key, Selection
 
     [middle] = store.select(Selection(), 1, Key(now - 15 * DAY, "")).messages
     out: dict[str, Any] = {

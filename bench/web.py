@@ -161,7 +161,7 @@ def page_ms(port: int, path: str, times: int = PAGE_TIMES) -> dict[str, float]:
 def pages_on_big_store(base: Path, n: int) -> dict[str, Any]:
     """The API's reads on a store of `n` messages (30 days of them, recipients over 100
     domains; bench/scale.py's store), through a running daemon's web server."""
-    from mailmand.stores.base import Key
+    from mailmand.stores.model import Key
     from mailmand.web.api import cursor_of
 
     from .scale import DAY, generate

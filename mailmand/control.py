@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from . import locks
 from .queues import lock_path
 from .stores import open_store, shared
-from .stores.base import Status, Store
+from .stores.base import Store
+from .stores.model import Status
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -91,7 +91,7 @@ class Daemon:
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
         self._ingester: Ingester | None = None
-        self._watch: stores.base.Watch | None = None
+        self._watch: stores.model.Watch | None = None
         self._ingest_loop: IngestLoop | None = None
         self._open_lock = threading.Lock()
         self._stop = False

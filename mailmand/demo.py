@@ -22,7 +22,7 @@ from .daemon import Daemon
 from .errors import NotFound
 from .message import Email
 from .stores import open_store
-from .stores.base import FINISHED
+from .stores.model import FINISHED
 
 REFUSED = "nobody@refused.example"
 

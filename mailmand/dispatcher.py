@@ -24,7 +24,8 @@ from .errors import StoreUnavailable
 from .repeats import Repeats
 from .smtp import Envelope, SendResult
 from .smtp.fleet import Fleet
-from .stores.base import Attempt, Claimed, Finished, Outcome, Refusal, Status, Store
+from .stores.base import Store
+from .stores.model import Attempt, Claimed, Finished, Outcome, Refusal, Status
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .config.values import format_duration, format_rate
 from .errors import NotFound
-from .stores.base import Attempt, MessageInfo, RecipientOutcome, Status, Store, Suppression
+from .stores.base import Store
+from .stores.model import Attempt, MessageInfo, RecipientOutcome, Status, Suppression
 from .stores.suppression import EVERY_ONE, normal
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ from . import observe
 from .errors import MailmandError
 from .httpd import BoundedWSGIServer, HeadHandler
 from .repeats import Repeats
-from .stores.base import Status
+from .stores.model import Status
 from .version import __version__
 
 if TYPE_CHECKING:

@@ -23,7 +23,8 @@ from .config import NotifyConfig
 from .errors import StoreError
 from .headers import formatdate
 from .record import Record, new_id
-from .stores.base import Finished, MessageInfo, RecipientOutcome, Status, Store
+from .stores.base import Store
+from .stores.model import Finished, MessageInfo, RecipientOutcome, Status
 
 log = logging.getLogger(__name__)
 

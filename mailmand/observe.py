@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .smtp import SendResult
-    from .stores.base import Status
+    from .stores.model import Status
 
 
 class Observer:

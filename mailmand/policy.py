@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from .config import BackoffConfig, ServerConfig
 from .smtp import Kind, RecipientResult, SendResult
-from .stores.base import Claimed, Outcome, RecipientOutcome, Status
+from .stores.model import Claimed, Outcome, RecipientOutcome, Status
 
 # RFC 3463 §3.2: the 5.1.x codes say the address itself is wrong ("bad destination
 # mailbox address", "... system address", "mailbox has moved") where 5.7.x is policy;

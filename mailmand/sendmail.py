@@ -225,7 +225,7 @@ def mailq(cfg: Config) -> int:
 
     from .control import store
     from .queues import open_queue
-    from .stores.base import Status
+    from .stores.model import Status
 
     with store(cfg) as s:
         rows = [m for st in (Status.SENDING, Status.QUEUED, Status.DEFERRED, Status.HELD)

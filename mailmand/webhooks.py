@@ -38,7 +38,8 @@ from .config import Config, EventsConfig, WebhookConfig
 from .config.values import mask_url
 from .errors import StoreError
 from .repeats import Repeats
-from .stores.base import EventType, HookClaim, Store
+from .stores.base import Store
+from .stores.model import EventType, HookClaim
 from .version import __version__
 
 log = logging.getLogger(__name__)

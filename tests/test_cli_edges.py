@@ -12,7 +12,7 @@ import pytest
 from mailmand.cli import build_parser, main
 from mailmand.config import load
 from mailmand.stores import open_store
-from mailmand.stores.base import OPERATOR_MOVES
+from mailmand.stores.model import OPERATOR_MOVES
 from tests.conftest import run_cli
 
 

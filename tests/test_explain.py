@@ -20,7 +20,7 @@ from mailmand.explain import Facts, about, clock, describe, explain
 from mailmand.message import Record
 from mailmand.queues import open_queue
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Attempt, MessageInfo, RecipientOutcome
+from mailmand.stores.model import Attempt, MessageInfo, RecipientOutcome
 from tests.daemonproc import DaemonProcess, wait_until
 
 TODAY = datetime.now().replace(hour=10, minute=0, second=0, microsecond=0)

@@ -10,7 +10,7 @@ from mailmand.cli import main
 from mailmand.config import NotifyConfig, load
 from mailmand.notices import notices
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Attempt, Finished, MessageInfo, Outcome, RecipientOutcome
+from mailmand.stores.model import Attempt, Finished, MessageInfo, Outcome, RecipientOutcome
 from tests.conftest import run_cli
 
 NOTIFY = "    notify:\n      bounce: true\n      copy-to: postmaster@example.com\n"

@@ -9,7 +9,7 @@ import pytest
 from mailmand import policy
 from mailmand.config import BackoffConfig, ServerConfig
 from mailmand.smtp import Kind, RecipientResult, SendResult
-from mailmand.stores.base import Claimed, Status
+from mailmand.stores.model import Claimed, Status
 
 CFG = ServerConfig(max_fails=3, max_time=3600, backoff=BackoffConfig(min=30, max=900))
 NOW = 1_000_000.0

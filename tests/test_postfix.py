@@ -16,7 +16,7 @@ import pytest
 from mailmand.config import ServerConfig, SmtpConfig
 from mailmand.dispatcher import Dispatcher
 from mailmand.smtp import Envelope, Kind, Relay, SendResult
-from mailmand.stores.base import Status
+from mailmand.stores.model import Status
 from mailmand.stores.sqlite import SQLiteStore
 from tests.postfix import HOST, Postfix, Sink
 from tests.replygate import ReplyGate

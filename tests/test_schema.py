@@ -20,7 +20,7 @@ import pytest
 
 from mailmand.config import DatabaseConfig
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Finished, Outcome
+from mailmand.stores.model import Finished, Outcome
 from mailmand.stores.schema import LATEST
 from tests.conftest import _postgres_admin, postgres_database_dsn
 from tests.test_store import attempt

@@ -13,7 +13,7 @@ from mailmand.config import DatabaseConfig
 from mailmand.errors import InvalidState, NotFound, RecordRejected, StoreError
 from mailmand.message import Record
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import (
+from mailmand.stores.model import (
     START,
     Attempt,
     Claimed,

@@ -7,7 +7,7 @@ import pytest
 
 from mailmand.message import Record
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Attempt, Finished, Outcome
+from mailmand.stores.model import Attempt, Finished, Outcome
 
 T0 = 1_800_000_000.0  # on the hour (divisible by 3600)
 

@@ -9,7 +9,7 @@ import pytest
 from mailmand.errors import InvalidState, NotFound, RecordRejected
 from mailmand.message import Record
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import AGE_BOUNDS, SCHEDULED, Key, Outcome, RecipientOutcome, Selection
+from mailmand.stores.model import AGE_BOUNDS, SCHEDULED, Key, Outcome, RecipientOutcome, Selection
 from tests.test_store import done
 
 

@@ -18,7 +18,7 @@ from mailmand.config import load
 from mailmand.message import Record
 from mailmand.policy import suppressible
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import EventType, RecipientOutcome, Refusal
+from mailmand.stores.model import EventType, RecipientOutcome, Refusal
 from tests.conftest import postgres_block, write_store_config
 
 DAY = 86400.0

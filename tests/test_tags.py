@@ -21,7 +21,7 @@ from mailmand.config.schema import SubmissionConfig
 from mailmand.errors import InvalidMessage
 from mailmand.record import Record, validate
 from mailmand.stores import Status, open_store
-from mailmand.stores.base import Selection
+from mailmand.stores.model import Selection
 from tests.conftest import ROOT, mailmand_cmd, run_cli
 
 RELAY = "    max-fails: 1\n"

@@ -15,7 +15,7 @@ import pytest
 from mailmand.config import BackoffConfig, EventsConfig, WebhookConfig
 from mailmand.message import Record
 from mailmand.stores import open_store
-from mailmand.stores.base import EventType, Status
+from mailmand.stores.model import EventType, Status
 from mailmand.webhooks import BATCH, HEADER, Sender, Webhooks, shown, sign, verify
 
 pytest_plugins = ("tests.webhookrecv",)

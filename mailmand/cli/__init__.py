@@ -113,7 +113,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     fourteen, about 10 ms). Usage and errors of that command are the same."""
     import argparse  # here: mailmand-sendmail never parses with it
 
-    from ..stores.base import UNFINISHED  # here: mailmand-sendmail never loads the store's contract
+    from ..stores.model import UNFINISHED  # here: mailmand-sendmail never loads the store's contract
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS,
@@ -240,7 +240,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def _filter_flags(sp: argparse.ArgumentParser) -> None:
     """What `list` selects by (the store's Selection); each may repeat where it says so."""
-    from ..stores.base import Status
+    from ..stores.model import Status
 
     sp.add_argument("--status", action="append", default=[], choices=[s.value for s in Status],
                     help="messages in this status (may repeat)")
@@ -255,7 +255,7 @@ def _filter_flags(sp: argparse.ArgumentParser) -> None:
 
 def _move_flags(sp: argparse.ArgumentParser, move: str) -> None:
     """Ids or selectors, as `cancel`, `retry`, `hold` and `release` take them."""
-    from ..stores.base import OPERATOR_MOVES
+    from ..stores.model import OPERATOR_MOVES
 
     allowed = [s.value for s in OPERATOR_MOVES[move]]
     sp.add_argument("ids", nargs="*", metavar="ID")

@@ -9,7 +9,8 @@ import time
 from ..config.values import parse_duration
 from ..control import load_for_store, local_pid, store
 from ..errors import UsageError
-from ..stores.base import DaemonInfo, Store
+from ..stores.base import Store
+from ..stores.model import DaemonInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from ..config import Config
-    from ..stores.base import MessageInfo, Selection, Status
+    from ..stores.model import MessageInfo, Selection, Status
 
 PAGE = 500  # messages read per page when a command walks a whole selection
 
@@ -82,7 +83,7 @@ def tags(pairs: list[str]) -> dict[str, str] | None:
 
 def selection(args: argparse.Namespace, statuses: Sequence[Status], t: float) -> Selection:
     """The Selection the flags of `list` or of a move ask for (`statuses`: those they allow)."""
-    from ..stores.base import Selection, Status
+    from ..stores.model import Selection, Status
 
     wanted = tuple(Status(x) for x in dict.fromkeys(args.status)) or tuple(statuses)
     since = moment("--since", args.since, t) if getattr(args, "since", None) else None

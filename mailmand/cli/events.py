@@ -11,7 +11,7 @@ import sys
 import time
 
 from ..errors import UsageError
-from ..stores.base import Event, EventType
+from ..stores.model import Event, EventType
 from . import format as fmt
 from .common import moment, now, store, tags
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from ..control import wake
 from ..errors import InvalidState, NotFound, UsageError
 from ..stores import shared
-from ..stores.base import OPERATOR_MOVES, MessageInfo, Store
+from ..stores.base import Store
+from ..stores.model import OPERATOR_MOVES, MessageInfo
 from . import format as fmt
 from .common import now, pages, selection, store
 

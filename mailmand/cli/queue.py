@@ -13,7 +13,7 @@ import sys
 from ..control import flush
 from ..errors import NoStore, NotFound, UsageError
 from ..queues import engine, open_queue
-from ..stores.base import Key, MessageInfo, Status
+from ..stores.model import Key, MessageInfo, Status
 from . import format as fmt
 from .common import duration, now, selection, store
 

@@ -173,7 +173,7 @@ def by_domain(cfg: Config, args: argparse.Namespace, t: float) -> int:
     """qshape's view: recipients not yet delivered to, by domain (rows) and by age
     since their send time (columns: 0-5 min, 5-10, 10-20, ... and later for mail
     whose send time has not come)."""
-    from ..stores.base import AGE_BOUNDS, SCHEDULED, UNFINISHED, Status
+    from ..stores.model import AGE_BOUNDS, SCHEDULED, UNFINISHED, Status
 
     statuses = [Status(x) for x in dict.fromkeys(args.status)] or list(UNFINISHED)
     with store(cfg) as s:

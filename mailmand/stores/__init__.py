@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import DaemonInfo, Status, Store
+from .base import Store
+from .model import DaemonInfo, Status
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

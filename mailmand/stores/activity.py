@@ -10,7 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .base import FINISHED, EventType, RelayReply, Store
+from .base import Store
+from .model import FINISHED, EventType, RelayReply
 from .rollup import HOUR
 
 

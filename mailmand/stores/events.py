@@ -24,17 +24,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .base import (
-    Event,
-    EventType,
-    Finished,
-    HookClaim,
-    NewEvent,
-    Position,
-    RecipientOutcome,
-    Status,
-    Store,
-)
+from .base import Store
+from .model import Event, EventType, Finished, HookClaim, NewEvent, Position, RecipientOutcome, Status
 from .schema import Db
 
 EVENT_ROW = (("id", "text"), ("message_id", "text"), ("type", "text"), ("at", "float8"), ("attempt", "int"),

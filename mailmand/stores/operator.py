@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .base import (
+from .events import each
+from .model import (
     AGE_BOUNDS,
     OPERATOR_MOVES,
     SCHEDULED,
@@ -25,7 +26,6 @@ from .base import (
     Selection,
     Status,
 )
-from .events import each
 from .schema import Db
 
 TYPE_CHECKING = False

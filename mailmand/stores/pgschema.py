@@ -6,7 +6,7 @@ with transition tables) and folded by housekeeping."""
 
 from __future__ import annotations
 
-from .base import Status
+from .model import Status
 
 WORDS = {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "blob": "BYTEA", "serial_key": "BIGSERIAL PRIMARY KEY",
          "random_id": "replace(gen_random_uuid()::text, '-', '')",

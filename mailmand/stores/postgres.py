@@ -23,11 +23,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..config import DatabaseConfig
 from ..errors import NoStore, StoreUnavailable
 from ..repeats import Repeats
-from .base import Claimed, Position, Status
 from .deadline import Deadlines
 from .dsn import check as check_dsn
 from .dsn import connect_kwargs, mask, with_statement_timeout
 from .events import LAST
+from .model import Claimed, Position, Status
 from .pgschema import OWN, RENUMBERED, WORDS
 from .schema import Db, upgrade, version
 from .sql import LIVE, SQLStore, cause

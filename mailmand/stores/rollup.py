@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .base import Finished, Status
+from .model import Finished, Status
 
 HOUR = 3600
 LATENCY_BASE = 1.2  # latency histogram buckets grow by 20%: percentiles within ~10%

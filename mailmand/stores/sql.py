@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidState, NotFound, RecordRejected
 from .activity import ActivitySQL
-from .base import (
+from .events import EventLog, each, finished_event, tags_json
+from .model import (
     DAEMON_TTL,
     FINISHED,
     OPERATOR_MOVES,
@@ -32,7 +33,6 @@ from .base import (
     RecipientOutcome,
     Status,
 )
-from .events import EventLog, each, finished_event, tags_json
 from .operator import INFO_COLUMNS, OperatorSQL
 from .operator import info as _info
 from .rollup import HOUR, Rollup, report

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NoStore, StoreError, StoreUnavailable
-from .base import Claimed, Position, Status
+from .model import Claimed, Position, Status
 from .schema import upgrade
 from .sql import SQLStore, cause
 

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from .base import EventType, NewEvent, RecipientOutcome, Refusal, Status, Store, Suppression
+from .base import Store
 from .events import RECIPIENT_STATUS
+from .model import EventType, NewEvent, RecipientOutcome, Refusal, Status, Suppression
 from .rollup import HOUR
 from .schema import Db
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from .base import WAITING, Exported, Status
 from .events import EXPORT_EVENT, tags_of
+from .model import WAITING, Exported, Status
 from .schema import ATTEMPT_COLUMNS, MESSAGE_COLUMNS, RECIPIENT_COLUMNS
 
 if TYPE_CHECKING:

@@ -24,7 +24,8 @@ from starlette.routing import BaseRoute, Route
 
 from ..errors import InvalidMessage, InvalidState, NoStore, NotFound, QueueError, StoreError
 from ..record import check_tags
-from ..stores.base import OPERATOR_MOVES, Key, Selection, Status, Store
+from ..stores.base import Store
+from ..stores.model import OPERATOR_MOVES, Key, Selection, Status
 from . import submit
 from .context import WebContext, web_context
 from .openapi import document

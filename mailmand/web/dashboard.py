@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..errors import NotFound
-from ..stores.base import OPERATOR_MOVES, Status
+from ..stores.model import OPERATOR_MOVES, Status
 from ..version import __version__
 from . import api, queries
 from .context import WebContext, web_context

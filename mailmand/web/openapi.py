@@ -7,7 +7,7 @@ import functools
 from typing import Any
 
 from ..record import PRIORITY_MAX, new_id
-from ..stores.base import Status
+from ..stores.model import Status
 from ..version import __version__
 
 NUMBER = {"type": "number"}

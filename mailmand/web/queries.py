@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..cli.status import relays as relay_states
-from ..stores.base import DaemonInfo, RelayReply, Status
+from ..stores.model import DaemonInfo, RelayReply, Status
 from . import charts
 from .context import WebContext
 

@@ -12,7 +12,7 @@ import psycopg
 from mailmand.config import DatabaseConfig
 from mailmand.message import Record
 from mailmand.stores import open_store
-from mailmand.stores.base import Attempt, DaemonInfo, Finished, Outcome, RecipientOutcome, Status
+from mailmand.stores.model import Attempt, DaemonInfo, Finished, Outcome, RecipientOutcome, Status
 
 T = 1_790_000_000.0  # a fixed past: 2026-09-21
 
