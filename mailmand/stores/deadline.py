@@ -3,8 +3,8 @@
 TCP keepalives and tcp_user_timeout find a server that went dark behind a
 dead link, but not one behind something that keeps answering TCP for it (a
 proxy or a load balancer that lost its backend, a NAT that still acks):
-there the query is acked and waits forever, and so does the daemon (psycopg
-issue 1371). So each call is timed here, from asking the pool for a
+there the query is acked and waits forever, and so does the daemon (a known
+psycopg limitation: github.com/psycopg/psycopg/issues/1371). So each call is timed here, from asking the pool for a
 connection until the connection is back in the pool: past `timeout`, the
 watcher shuts the connection's socket down, which ends libpq's wait with an
 error. The call raises, the pool discards the connection, and the store says
